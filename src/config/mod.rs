@@ -1,0 +1,106 @@
+//! Loading and validating the account's TOML config.
+//!
+//! `load` reads the file, deserializes it into the schema (unknown keys are errors), runs every
+//! cross-check, and returns either a [`Validated`] config with its warnings, or all problems found.
+//! Every message carries the file, the line and the key path. Invariant: a `Validated` config has
+//! unique names, MACs, IPs, ifnames, VLAN ids and VNIs, resolvable references, and addresses
+//! inside their networks, so the datapath builder can index without checking again.
+
+pub mod locate;
+pub mod schema;
+pub mod types;
+mod validate;
+
+use locate::{KeyPath, Locator};
+pub use schema::Config;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem (or warning) in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    /// The key path, e.g. `port[1].mac`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{}: {}: {}", self.file.display(), l, self.key, self.message),
+            None => write!(f, "{}: {}: {}", self.file.display(), self.key, self.message),
+        }
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file was read but has problems; each names its line and key.
+    #[error("{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+}
+
+/// A config that passed every check, with the warnings worth printing.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub config: Config,
+    pub path: PathBuf,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+    let src = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse(&src, path)
+}
+
+/// Validates config text; `path` is used in messages only.
+pub fn parse(src: &str, path: &Path) -> Result<Validated, ConfigError> {
+    let loc = Locator::new(src);
+    let diag = |line: Option<usize>, key: String, message: String| Diagnostic {
+        file: path.to_path_buf(),
+        line,
+        key,
+        message,
+    };
+    let config: Config = match toml_edit::de::from_str(src) {
+        Ok(c) => c,
+        Err(e) => {
+            let (line, key) = match e.span() {
+                Some(r) => (
+                    Some(loc.line_of(r.start)),
+                    loc.path_at(r.start).map(|p| p.to_string()).unwrap_or_else(|| "(top level)".into()),
+                ),
+                None => (None, "(top level)".into()),
+            };
+            let msg = e.message().trim().replace('\n', " ");
+            return Err(ConfigError::Invalid(vec![diag(line, key, msg)]));
+        }
+    };
+    let mut out = validate::Report::default();
+    validate::check(&config, &mut out);
+    let to_diag = |(p, m): (KeyPath, String)| diag(loc.line_of_path(&p), p.to_string(), m);
+    let errors: Vec<Diagnostic> = out.errors.into_iter().map(to_diag).collect();
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid(errors));
+    }
+    let warnings = out.warnings.into_iter().map(to_diag).collect();
+    Ok(Validated { config, path: path.to_path_buf(), warnings })
+}
+
+impl Config {
+    /// The control socket path: configured, or `/run/vrouter/NAME.sock`.
+    pub fn control_socket(&self) -> PathBuf {
+        self.router
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("/run/vrouter/{}.sock", self.router.name)))
+    }
+}

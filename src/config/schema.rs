@@ -1,0 +1,293 @@
+//! The config file schema (DESIGN.md is the contract). Every struct rejects unknown keys; value
+//! types check their own syntax. Cross-references and uniqueness are checked in `validate`.
+
+use super::types::{Ipv4Iface, Ipv4Net, PortRange};
+use crate::wire::ethernet::MacAddr;
+use serde::Deserialize;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub router: Router,
+    #[serde(default, rename = "network")]
+    pub networks: Vec<Network>,
+    #[serde(default, rename = "port")]
+    pub ports: Vec<Port>,
+    #[serde(default, rename = "uplink")]
+    pub uplinks: Vec<Uplink>,
+    pub vxlan: Option<Vxlan>,
+    pub public: Option<Public>,
+    #[serde(default)]
+    pub static_nat: Vec<StaticNat>,
+    #[serde(default)]
+    pub port_forward: Vec<PortForward>,
+    #[serde(default)]
+    pub load_balancer: Vec<LoadBalancer>,
+    #[serde(default)]
+    pub firewall: Vec<Firewall>,
+    #[serde(default)]
+    pub egress: Vec<Egress>,
+    #[serde(default)]
+    pub security_group: Vec<SecurityGroup>,
+    pub dns: Option<Dns>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Router {
+    pub name: String,
+    pub mac: Option<MacAddr>,
+    pub state_dir: Option<PathBuf>,
+    pub control_socket: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds a learned MAC stays in the table without traffic (default 300).
+    #[serde(default = "defaults::mac_aging_secs")]
+    pub mac_aging_secs: u64,
+    /// Hard cap on learned MACs per network (default 8192).
+    #[serde(default = "defaults::mac_table_size")]
+    pub mac_table_size: usize,
+    /// Hard cap on MACs learned from one `[[port]]` (default 16); uplinks are bounded by
+    /// `mac_table_size` only.
+    #[serde(default = "defaults::mac_limit_per_port")]
+    pub mac_limit_per_port: usize,
+}
+
+pub mod defaults {
+    pub fn mac_aging_secs() -> u64 {
+        300
+    }
+    pub fn mac_table_size() -> usize {
+        8192
+    }
+    pub fn mac_limit_per_port() -> usize {
+        16
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub name: String,
+    pub cidr: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub vlan: Option<u16>,
+    pub vni: Option<u32>,
+    pub mtu: Option<u16>,
+    pub domain: Option<String>,
+    pub dhcp_range: Option<[Ipv4Addr; 2]>,
+    pub lease_secs: Option<u32>,
+    pub egress_default: Option<Action>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfKind {
+    /// vrouter creates (or opens) a tap; its kernel side is the guest's NIC.
+    Tap,
+    /// An existing interface (e.g. QEMU's tap) attached by AF_PACKET.
+    Netdev,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    pub name: String,
+    pub network: String,
+    pub kind: IfKind,
+    pub ifname: String,
+    pub mac: Option<MacAddr>,
+    pub ip: Option<Ipv4Addr>,
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default = "defaults::yes")]
+    pub port_security: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uplink {
+    pub name: String,
+    pub kind: IfKind,
+    pub ifname: String,
+    pub networks: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vxlan {
+    pub local: Ipv4Addr,
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub peer: Vec<VxlanPeer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VxlanPeer {
+    pub remote: Ipv4Addr,
+    pub vnis: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Public {
+    pub kind: IfKind,
+    pub ifname: String,
+    pub ips: Vec<Ipv4Iface>,
+    pub gateway: Ipv4Addr,
+    pub source_nat_ip: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticNat {
+    pub public_ip: Ipv4Addr,
+    pub private_ip: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    All,
+}
+
+impl Proto {
+    pub fn has_ports(self) -> bool {
+        matches!(self, Proto::Tcp | Proto::Udp)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortForward {
+    pub public_ip: Ipv4Addr,
+    pub protocol: L4Proto,
+    pub public_port: PortRange,
+    pub private_ip: Ipv4Addr,
+    pub private_port: PortRange,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    Roundrobin,
+    Leastconn,
+    Source,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancer {
+    pub name: String,
+    pub public_ip: Ipv4Addr,
+    pub protocol: L4Proto,
+    pub port: u16,
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Algorithm,
+    pub backends: Vec<Backend>,
+    pub health_check: Option<HealthCheck>,
+}
+
+fn default_algorithm() -> Algorithm {
+    Algorithm::Roundrobin
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Tcp,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firewall {
+    pub public_ip: Ipv4Addr,
+    pub protocol: Proto,
+    pub ports: Option<PortRange>,
+    pub sources: Vec<Ipv4Net>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    pub network: String,
+    pub protocol: Proto,
+    pub ports: Option<PortRange>,
+    pub destinations: Vec<Ipv4Net>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroup {
+    pub name: String,
+    #[serde(default)]
+    pub rules: Vec<SgRule>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SgRule {
+    pub direction: Direction,
+    pub protocol: Proto,
+    pub ports: Option<PortRange>,
+    pub cidr: Option<Ipv4Net>,
+    pub remote_group: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    #[serde(default)]
+    pub upstreams: Vec<SocketAddr>,
+    pub cache_entries: Option<usize>,
+}

@@ -1,0 +1,429 @@
+//! Cross-checks over a deserialized config: references resolve, names and addresses are
+//! unique, addresses lie in their networks, ranges are well-formed. Keys whose feature is not
+//! built yet are reported as warnings, never silently ignored.
+
+use super::locate::KeyPath;
+use super::schema::*;
+use crate::kp;
+use crate::wire::vlan::VID_MAX;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::Ipv4Addr;
+
+#[derive(Default)]
+pub struct Report {
+    pub errors: Vec<(KeyPath, String)>,
+    pub warnings: Vec<(KeyPath, String)>,
+}
+
+impl Report {
+    fn err(&mut self, p: KeyPath, m: impl Into<String>) {
+        self.errors.push((p, m.into()));
+    }
+    fn not_built(&mut self, p: KeyPath, feature: &str) {
+        self.warnings.push((
+            p,
+            format!("has no effect yet (not built in this version: {feature})"),
+        ));
+    }
+}
+
+/// Remembers the first place each value was seen and reports later duplicates.
+struct Unique<K> {
+    what: &'static str,
+    seen: HashMap<K, KeyPath>,
+}
+
+impl<K: Hash + Eq + std::fmt::Display + Clone> Unique<K> {
+    fn new(what: &'static str) -> Self {
+        Unique { what, seen: HashMap::new() }
+    }
+    fn add(&mut self, r: &mut Report, k: K, p: KeyPath) {
+        if let Some(first) = self.seen.get(&k) {
+            r.err(p, format!("duplicate {} {} (first used at {first})", self.what, k));
+        } else {
+            self.seen.insert(k, p);
+        }
+    }
+}
+
+fn valid_ifname(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 15 {
+        return Err(format!("interface name {s:?} must be 1 to 15 bytes"));
+    }
+    if s == "." || s == ".." || s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+        return Err(format!("interface name {s:?} contains '/', ':' or whitespace"));
+    }
+    Ok(())
+}
+
+fn valid_name(s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 63 {
+        return Err(format!("name {s:?} must be 1 to 63 characters"));
+    }
+    if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+        return Err(format!("name {s:?} may only contain letters, digits, '-', '_' and '.'"));
+    }
+    Ok(())
+}
+
+fn valid_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub fn check(c: &Config, r: &mut Report) {
+    // [router]
+    if let Err(m) = valid_name(&c.router.name) {
+        r.err(kp!("router", "name"), m);
+    }
+    if let Some(mac) = c.router.mac {
+        if !mac.is_unicast() {
+            r.err(kp!("router", "mac"), format!("{mac} is not a unicast MAC address"));
+        }
+    }
+    if c.router.mac_aging_secs == 0 || c.router.mac_aging_secs > 86_400 * 7 {
+        r.err(kp!("router", "mac_aging_secs"), "must be between 1 and 604800 seconds");
+    }
+    if c.router.mac_table_size == 0 || c.router.mac_table_size > 1 << 20 {
+        r.err(kp!("router", "mac_table_size"), "must be between 1 and 1048576");
+    }
+    if c.router.mac_limit_per_port == 0 || c.router.mac_limit_per_port > c.router.mac_table_size {
+        r.err(kp!("router", "mac_limit_per_port"), "must be between 1 and mac_table_size");
+    }
+    if c.router.state_dir.is_some() {
+        r.not_built(kp!("router", "state_dir"), "persisted state (DHCP leases)");
+    }
+    if c.router.metrics_listen.is_some() {
+        r.not_built(kp!("router", "metrics_listen"), "the Prometheus endpoint");
+    }
+
+    // [[network]]
+    let mut net_names = Unique::new("network name");
+    let mut vlans = Unique::new("VLAN id");
+    let mut vnis = Unique::new("VNI");
+    let mut nets: HashMap<&str, &Network> = HashMap::new();
+    let mut ips = Unique::<Ipv4Addr>::new("IP address");
+    for (i, n) in c.networks.iter().enumerate() {
+        let p = || kp!("network", i);
+        if let Err(m) = valid_name(&n.name) {
+            r.err(p().key("name"), m);
+        }
+        net_names.add(r, n.name.clone(), p().key("name"));
+        nets.insert(&n.name, n);
+        if n.cidr.prefix > 30 || n.cidr.prefix < 8 {
+            r.err(p().key("cidr"), format!("{} must be between /8 and /30", n.cidr));
+        }
+        for (j, o) in c.networks.iter().enumerate().take(i) {
+            if n.cidr.overlaps(&o.cidr) {
+                r.err(p().key("cidr"), format!("{} overlaps network[{j}] {} ({})", n.cidr, o.name, o.cidr));
+            }
+        }
+        let host = |ip: Ipv4Addr| ip != n.cidr.addr && ip != n.cidr.broadcast() && n.cidr.contains(ip);
+        if let Some(g) = n.gateway {
+            if !host(g) {
+                r.err(p().key("gateway"), format!("{g} is not a host address of {}", n.cidr));
+            } else {
+                ips.add(r, g, p().key("gateway"));
+            }
+            r.not_built(p().key("gateway"), "routing, ARP and the gateway address");
+        }
+        if let Some(v) = n.vlan {
+            if v == 0 || v > VID_MAX {
+                r.err(p().key("vlan"), format!("VLAN id {v} is outside 1..{VID_MAX}"));
+            }
+            vlans.add(r, v, p().key("vlan"));
+        }
+        if let Some(v) = n.vni {
+            if v == 0 || v >= 1 << 24 {
+                r.err(p().key("vni"), format!("VNI {v} is outside 1..16777215"));
+            }
+            vnis.add(r, v, p().key("vni"));
+            r.not_built(p().key("vni"), "VXLAN");
+        }
+        if let Some(m) = n.mtu {
+            if !(576..=9000).contains(&m) {
+                r.err(p().key("mtu"), format!("MTU {m} is outside 576..9000"));
+            }
+            r.not_built(p().key("mtu"), "DHCP (option 26)");
+        }
+        if let Some(d) = &n.domain {
+            let ok = d.len() <= 253 && d.trim_end_matches('.').split('.').all(valid_dns_label);
+            if !ok {
+                r.err(p().key("domain"), format!("{d:?} is not a valid DNS domain"));
+            }
+            r.not_built(p().key("domain"), "DNS");
+        }
+        if let Some([a, b]) = n.dhcp_range {
+            if !host(a) || !host(b) {
+                r.err(p().key("dhcp_range"), format!("{a}-{b} must lie inside {}", n.cidr));
+            } else if u32::from(a) > u32::from(b) {
+                r.err(p().key("dhcp_range"), format!("range {a}-{b} runs backwards"));
+            } else if let Some(g) = n.gateway.filter(|g| (u32::from(a)..=u32::from(b)).contains(&u32::from(*g))) {
+                r.err(p().key("dhcp_range"), format!("range {a}-{b} contains the gateway {g}"));
+            }
+            r.not_built(p().key("dhcp_range"), "DHCP");
+        }
+        if let Some(l) = n.lease_secs {
+            if l < 60 {
+                r.err(p().key("lease_secs"), "a lease must last at least 60 seconds");
+            }
+            r.not_built(p().key("lease_secs"), "DHCP");
+        }
+        if n.egress_default.is_some() {
+            r.not_built(p().key("egress_default"), "egress filtering");
+        }
+    }
+
+    // [[port]], [[uplink]], [public]: interface names and MACs are unique across all of them.
+    let mut ifnames = Unique::new("interface name");
+    let mut port_names = Unique::new("port name");
+    let mut macs = Unique::new("MAC address");
+    let sgs: HashMap<&str, usize> =
+        c.security_group.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect();
+    for (i, pt) in c.ports.iter().enumerate() {
+        let p = || kp!("port", i);
+        if let Err(m) = valid_name(&pt.name) {
+            r.err(p().key("name"), m);
+        }
+        port_names.add(r, pt.name.clone(), p().key("name"));
+        if let Err(m) = valid_ifname(&pt.ifname) {
+            r.err(p().key("ifname"), m);
+        }
+        ifnames.add(r, pt.ifname.clone(), p().key("ifname"));
+        let net = nets.get(pt.network.as_str());
+        if net.is_none() {
+            r.err(p().key("network"), format!("no [[network]] is named {:?}", pt.network));
+        }
+        if let Some(mac) = pt.mac {
+            if !mac.is_unicast() {
+                r.err(p().key("mac"), format!("{mac} is not a unicast MAC address"));
+            }
+            if Some(mac) == c.router.mac {
+                r.err(p().key("mac"), format!("{mac} is the router's own MAC"));
+            }
+            macs.add(r, mac, p().key("mac"));
+        } else if pt.port_security {
+            r.err(p().key("mac"), "port_security = true needs the guest's `mac` (or set port_security = false)");
+        }
+        if let Some(ip) = pt.ip {
+            if let Some(n) = net {
+                if !n.cidr.contains(ip) || ip == n.cidr.addr || ip == n.cidr.broadcast() {
+                    r.err(p().key("ip"), format!("{ip} is not a host address of network {} ({})", n.name, n.cidr));
+                }
+            }
+            ips.add(r, ip, p().key("ip"));
+        }
+        if let Some(h) = &pt.hostname {
+            if !valid_dns_label(h) {
+                r.err(p().key("hostname"), format!("{h:?} is not a valid DNS label"));
+            }
+            r.not_built(p().key("hostname"), "DNS");
+        }
+        for (j, g) in pt.security_groups.iter().enumerate() {
+            if !sgs.contains_key(g.as_str()) {
+                r.err(p().key("security_groups").idx(j), format!("no [[security_group]] is named {g:?}"));
+            }
+        }
+        if !pt.security_groups.is_empty() {
+            r.not_built(p().key("security_groups"), "security groups");
+        }
+    }
+    for (i, u) in c.uplinks.iter().enumerate() {
+        let p = || kp!("uplink", i);
+        if let Err(m) = valid_name(&u.name) {
+            r.err(p().key("name"), m);
+        }
+        port_names.add(r, u.name.clone(), p().key("name"));
+        if let Err(m) = valid_ifname(&u.ifname) {
+            r.err(p().key("ifname"), m);
+        }
+        ifnames.add(r, u.ifname.clone(), p().key("ifname"));
+        if u.networks.is_empty() {
+            r.err(p().key("networks"), "a trunk must carry at least one network");
+        }
+        let mut carried = Unique::new("network");
+        for (j, name) in u.networks.iter().enumerate() {
+            carried.add(r, name.clone(), p().key("networks").idx(j));
+            match nets.get(name.as_str()) {
+                None => r.err(p().key("networks").idx(j), format!("no [[network]] is named {name:?}")),
+                Some(n) if n.vlan.is_none() => r.err(
+                    p().key("networks").idx(j),
+                    format!("network {name:?} has no `vlan`, so a trunk cannot carry it"),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
+    // [vxlan]
+    if let Some(v) = &c.vxlan {
+        r.not_built(kp!("vxlan"), "VXLAN");
+        if v.port == Some(0) {
+            r.err(kp!("vxlan", "port"), "UDP port 0 is not usable");
+        }
+        let mut remotes = Unique::new("VXLAN peer");
+        for (i, peer) in v.peer.iter().enumerate() {
+            remotes.add(r, peer.remote, kp!("vxlan", "peer", i, "remote"));
+            if peer.remote == v.local {
+                r.err(kp!("vxlan", "peer", i, "remote"), "a peer cannot be the local address");
+            }
+            for (j, vni) in peer.vnis.iter().flatten().enumerate() {
+                if !vnis.seen.contains_key(vni) {
+                    r.err(kp!("vxlan", "peer", i, "vnis", j), format!("no [[network]] has vni {vni}"));
+                }
+            }
+        }
+    }
+
+    // [public] and the rules that name public IPs.
+    let mut public_ips: Vec<Ipv4Addr> = Vec::new();
+    if let Some(pb) = &c.public {
+        r.not_built(kp!("public"), "the public interface (NAT, forwarding, load balancing)");
+        if let Err(m) = valid_ifname(&pb.ifname) {
+            r.err(kp!("public", "ifname"), m);
+        }
+        ifnames.add(r, pb.ifname.clone(), kp!("public", "ifname"));
+        if pb.ips.is_empty() {
+            r.err(kp!("public", "ips"), "at least one public address is needed");
+        }
+        let mut uniq = Unique::new("public IP");
+        for (i, a) in pb.ips.iter().enumerate() {
+            uniq.add(r, a.addr, kp!("public", "ips", i));
+            if c.networks.iter().any(|n| n.cidr.contains(a.addr)) {
+                r.err(kp!("public", "ips", i), format!("{} lies inside a guest network", a.addr));
+            }
+            public_ips.push(a.addr);
+        }
+        if !pb.ips.iter().any(|a| a.network().contains(pb.gateway)) {
+            r.err(kp!("public", "gateway"), format!("{} is not on any public subnet", pb.gateway));
+        }
+        if let Some(s) = pb.source_nat_ip {
+            if !public_ips.contains(&s) {
+                r.err(kp!("public", "source_nat_ip"), format!("{s} is not one of public.ips"));
+            }
+        }
+    }
+    let in_guest_net = |ip: Ipv4Addr| c.networks.iter().any(|n| n.cidr.contains(ip));
+    let check_public = |r: &mut Report, p: KeyPath, ip: Ipv4Addr| {
+        if c.public.is_none() {
+            r.err(p, "needs a [public] section");
+        } else if !public_ips.contains(&ip) {
+            r.err(p, format!("{ip} is not one of public.ips"));
+        }
+    };
+    let mut snat_public = Unique::new("static NAT public IP");
+    let mut snat_private = Unique::new("static NAT private IP");
+    for (i, s) in c.static_nat.iter().enumerate() {
+        check_public(r, kp!("static_nat", i, "public_ip"), s.public_ip);
+        snat_public.add(r, s.public_ip, kp!("static_nat", i, "public_ip"));
+        snat_private.add(r, s.private_ip, kp!("static_nat", i, "private_ip"));
+        if !in_guest_net(s.private_ip) {
+            r.err(kp!("static_nat", i, "private_ip"), format!("{} is in no guest network", s.private_ip));
+        }
+        if c.public.as_ref().and_then(|p| p.source_nat_ip) == Some(s.public_ip) {
+            r.err(kp!("static_nat", i, "public_ip"), "the source NAT address cannot also be a static NAT");
+        }
+        r.not_built(kp!("static_nat", i), "static NAT");
+    }
+    for (i, f) in c.port_forward.iter().enumerate() {
+        check_public(r, kp!("port_forward", i, "public_ip"), f.public_ip);
+        if !in_guest_net(f.private_ip) {
+            r.err(kp!("port_forward", i, "private_ip"), format!("{} is in no guest network", f.private_ip));
+        }
+        if f.private_port.len() != 1 && f.private_port.len() != f.public_port.len() {
+            r.err(
+                kp!("port_forward", i, "private_port"),
+                format!("range {} must be one port or as long as public_port {}", f.private_port, f.public_port),
+            );
+        }
+        r.not_built(kp!("port_forward", i), "port forwarding");
+    }
+    let mut lb_names = Unique::new("load balancer name");
+    for (i, lb) in c.load_balancer.iter().enumerate() {
+        lb_names.add(r, lb.name.clone(), kp!("load_balancer", i, "name"));
+        check_public(r, kp!("load_balancer", i, "public_ip"), lb.public_ip);
+        if lb.port == 0 {
+            r.err(kp!("load_balancer", i, "port"), "port 0 is not usable");
+        }
+        if lb.backends.is_empty() {
+            r.err(kp!("load_balancer", i, "backends"), "a load balancer needs at least one backend");
+        }
+        for (j, b) in lb.backends.iter().enumerate() {
+            if !in_guest_net(b.ip) {
+                r.err(kp!("load_balancer", i, "backends", j, "ip"), format!("{} is in no guest network", b.ip));
+            }
+            if b.port == 0 {
+                r.err(kp!("load_balancer", i, "backends", j, "port"), "port 0 is not usable");
+            }
+            if b.weight == Some(0) || b.weight.is_some_and(|w| w > 256) {
+                r.err(kp!("load_balancer", i, "backends", j, "weight"), "weight must be 1..256");
+            }
+        }
+        if let Some(h) = &lb.health_check {
+            let hp = || kp!("load_balancer", i, "health_check");
+            if h.interval_ms.is_some_and(|v| !(100..=3_600_000).contains(&v)) {
+                r.err(hp().key("interval_ms"), "must be 100..3600000 ms");
+            }
+            if h.timeout_ms.is_some_and(|t| t == 0 || t > h.interval_ms.unwrap_or(2000)) {
+                r.err(hp().key("timeout_ms"), "must be at least 1 ms and no longer than interval_ms");
+            }
+            if h.rise == Some(0) || h.fall == Some(0) {
+                r.err(hp(), "rise and fall must be at least 1");
+            }
+        }
+        r.not_built(kp!("load_balancer", i), "load balancing");
+    }
+    for (i, f) in c.firewall.iter().enumerate() {
+        check_public(r, kp!("firewall", i, "public_ip"), f.public_ip);
+        if f.ports.is_some() && !f.protocol.has_ports() {
+            r.err(kp!("firewall", i, "ports"), "ports only apply to tcp or udp");
+        }
+        if f.sources.is_empty() {
+            r.err(kp!("firewall", i, "sources"), "list at least one source CIDR (0.0.0.0/0 for any)");
+        }
+        r.not_built(kp!("firewall", i), "the public firewall");
+    }
+    for (i, e) in c.egress.iter().enumerate() {
+        if !nets.contains_key(e.network.as_str()) {
+            r.err(kp!("egress", i, "network"), format!("no [[network]] is named {:?}", e.network));
+        }
+        if e.ports.is_some() && !e.protocol.has_ports() {
+            r.err(kp!("egress", i, "ports"), "ports only apply to tcp or udp");
+        }
+        if e.destinations.is_empty() {
+            r.err(kp!("egress", i, "destinations"), "list at least one destination CIDR");
+        }
+        r.not_built(kp!("egress", i), "egress filtering");
+    }
+    let mut sg_names = Unique::new("security group name");
+    for (i, g) in c.security_group.iter().enumerate() {
+        if let Err(m) = valid_name(&g.name) {
+            r.err(kp!("security_group", i, "name"), m);
+        }
+        sg_names.add(r, g.name.clone(), kp!("security_group", i, "name"));
+        for (j, rule) in g.rules.iter().enumerate() {
+            let p = || kp!("security_group", i, "rules", j);
+            if rule.ports.is_some() && !rule.protocol.has_ports() {
+                r.err(p().key("ports"), "ports only apply to tcp or udp");
+            }
+            match (&rule.cidr, &rule.remote_group) {
+                (Some(_), Some(_)) => r.err(p(), "give either cidr or remote_group, not both"),
+                (None, None) => r.err(p(), "give cidr or remote_group"),
+                (None, Some(rg)) if !sgs.contains_key(rg.as_str()) => {
+                    r.err(p().key("remote_group"), format!("no [[security_group]] is named {rg:?}"))
+                }
+                _ => {}
+            }
+        }
+    }
+    if let Some(d) = &c.dns {
+        if d.cache_entries.is_some_and(|n| n > 1_000_000) {
+            r.err(kp!("dns", "cache_entries"), "at most 1000000 entries");
+        }
+        r.not_built(kp!("dns"), "DNS");
+    }
+}

@@ -1,0 +1,179 @@
+//! The control plane's socket API: a Unix socket (mode 0600) speaking one JSON request per
+//! connection, one JSON response back. A listener thread parses requests and forwards them over
+//! a crossbeam channel to the datapath thread, which answers between batches. Bad requests get
+//! an error response; nothing a client sends can stop the datapath.
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The tables `ctl show` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Table {
+    Ports,
+    Fdb,
+    Leases,
+    Conntrack,
+    Lb,
+    Stats,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    Show { table: Table },
+    Reload,
+    Capture { port: String, count: Option<u64> },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(data: Value) -> Self {
+        Response { ok: true, data: Some(data), error: None }
+    }
+    pub fn err(msg: impl Into<String>) -> Self {
+        Response { ok: false, data: None, error: Some(msg.into()) }
+    }
+}
+
+/// A request on its way to the datapath, with where to send the answer.
+pub struct Envelope {
+    pub request: Request,
+    pub reply: Sender<Response>,
+}
+
+/// Errors of the control socket, server or client side.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Another process already serves this socket.
+    #[error("{0}: another vrouter is already listening here")]
+    InUse(PathBuf),
+    /// The socket could not be created or reached.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// The daemon answered something that is not a response.
+    #[error("bad response from {path}: {msg}")]
+    Protocol { path: PathBuf, msg: String },
+    /// The daemon refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+const MAX_REQUEST: u64 = 64 * 1024;
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds the socket and serves it from a background thread. `wake` is called after each
+/// forwarded request so the poll loop notices.
+pub fn serve(
+    path: &Path,
+    tx: Sender<Envelope>,
+    wake: impl Fn() + Send + 'static,
+) -> Result<(), ControlError> {
+    let io = |source| ControlError::Io { path: path.to_path_buf(), source };
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ControlError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(s) => {
+                        if let Err(e) = handle(s, &tx, &wake) {
+                            tracing::debug!("control connection: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("control accept: {e}"),
+                }
+            }
+        })
+        .map_err(io)?;
+    Ok(())
+}
+
+fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn()) -> std::io::Result<()> {
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new((&s).take_limited()).read_line(&mut line)?;
+    let resp = match serde_json::from_str::<Request>(line.trim()) {
+        Err(e) => Response::err(format!("bad request: {e}")),
+        Ok(request) => {
+            let (rtx, rrx) = crossbeam_channel::bounded(1);
+            if tx.send(Envelope { request, reply: rtx }).is_err() {
+                Response::err("vrouter is shutting down")
+            } else {
+                wake();
+                rrx.recv_timeout(TIMEOUT).unwrap_or_else(|_| Response::err("datapath did not answer in time"))
+            }
+        }
+    };
+    let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| r#"{"ok":false}"#.into());
+    out.push('\n');
+    (&s).write_all(out.as_bytes())
+}
+
+trait TakeLimited: std::io::Read + Sized {
+    fn take_limited(self) -> std::io::Take<Self> {
+        self.take(MAX_REQUEST)
+    }
+}
+impl<R: std::io::Read> TakeLimited for R {}
+
+/// Sends one request to the daemon at `path` and returns its data.
+pub fn request(path: &Path, req: &Request) -> Result<Value, ControlError> {
+    let io = |source| ControlError::Io { path: path.to_path_buf(), source };
+    let s = UnixStream::connect(path).map_err(io)?;
+    s.set_read_timeout(Some(TIMEOUT + Duration::from_secs(2))).map_err(io)?;
+    let mut line = serde_json::to_string(req).map_err(|e| ControlError::Protocol { path: path.into(), msg: e.to_string() })?;
+    line.push('\n');
+    (&s).write_all(line.as_bytes()).map_err(io)?;
+    let mut resp = String::new();
+    BufReader::new(&s).read_line(&mut resp).map_err(io)?;
+    let r: Response = serde_json::from_str(resp.trim())
+        .map_err(|e| ControlError::Protocol { path: path.into(), msg: e.to_string() })?;
+    if r.ok {
+        Ok(r.data.unwrap_or(Value::Null))
+    } else {
+        Err(ControlError::Refused(r.error.unwrap_or_else(|| "request failed".into())))
+    }
+}
+
+/// The datapath thread's side: requests waiting to be answered.
+pub type Inbox = Receiver<Envelope>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format() {
+        let r = Request::Show { table: Table::Fdb };
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"cmd":"show","table":"fdb"}"#);
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"show","table":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"show","table":"fdb","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>("\u{0}garbage").is_err());
+    }
+}

@@ -1,0 +1,367 @@
+//! The pipeline: one frame in, zero or more frames out, in the order of DESIGN.md's "frame's
+//! walk": slice -> ingress (network, VLAN hygiene, port security) -> learn -> L3 seam ->
+//! L2 forward or flood -> egress (tag, offload fix-ups).
+//!
+//! Sans-IO: `process(now, port, frame, tx)` never touches an fd or the clock; frames leave
+//! through the [`Transmit`] trait, which the I/O edge implements with real writes and tests
+//! implement with a Vec. Invariants: a frame never leaves its network's ports; it never goes
+//! back out the port it came in on; every frame that is not transmitted is counted as a drop
+//! with its reason on the ingress (or egress) port.
+//!
+//! State is partitioned by port and network so that later several workers can each own some
+//! ports; today one datapath thread owns all of it.
+
+use crate::buf::PacketBuf;
+use crate::offload;
+use crate::switch::fdb::{Fdb, LearnError, Learned};
+use crate::switch::stats::{DropReason, PortStats};
+use crate::switch::{self, NetId, PortId, Role};
+use crate::time::Instant;
+use crate::wire::ethernet::{EthernetFrame, MacAddr};
+use crate::wire::vnet::VnetHdr;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Where the pipeline's output goes. The I/O edge writes to the port's fd; `vnet` is `Some`
+/// exactly when the port was declared offload-capable.
+pub trait Transmit {
+    fn transmit(&mut self, port: PortId, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), DropReason>;
+}
+
+/// One port as the datapath sees it.
+#[derive(Debug, Clone)]
+pub struct PortSpec {
+    pub name: String,
+    pub ifname: String,
+    /// "tap" or "netdev" (for display).
+    pub kind: String,
+    pub role: Role,
+    /// The egress takes virtio_net_hdr metadata (GSO super-frames, partial checksums).
+    pub offload: bool,
+    /// Max MACs learned on this port (`None`: network cap only).
+    pub mac_limit: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetSpec {
+    pub name: String,
+    pub vlan: Option<u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatapathConfig {
+    pub router_mac: MacAddr,
+    pub nets: Vec<NetSpec>,
+    pub ports: Vec<PortSpec>,
+    pub mac_aging: Duration,
+    pub mac_table_size: usize,
+}
+
+struct Net {
+    spec: NetSpec,
+    /// Every port carrying this network (guest ports and trunks), in config order.
+    members: Vec<PortId>,
+}
+
+/// How often aged MAC entries are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Datapath {
+    router_mac: MacAddr,
+    ports: Vec<PortSpec>,
+    nets: Vec<Net>,
+    fdb: Fdb,
+    stats: Vec<PortStats>,
+    next_sweep: Instant,
+    /// Where software segmentation writes (one segment at a time).
+    scratch: Box<[u8]>,
+}
+
+impl Datapath {
+    pub fn new(cfg: DatapathConfig) -> Self {
+        let mut nets: Vec<Net> = cfg.nets.into_iter().map(|spec| Net { spec, members: Vec::new() }).collect();
+        for (i, p) in cfg.ports.iter().enumerate() {
+            let id = PortId(i as u16);
+            match &p.role {
+                Role::Access { net, .. } => {
+                    if let Some(n) = nets.get_mut(net.0 as usize) {
+                        n.members.push(id);
+                    }
+                }
+                Role::Trunk { vlans } => {
+                    for net in vlans.iter().flatten() {
+                        if let Some(n) = nets.get_mut(net.0 as usize) {
+                            if !n.members.contains(&id) {
+                                n.members.push(id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let caps = cfg.ports.iter().map(|p| p.mac_limit).collect();
+        Datapath {
+            router_mac: cfg.router_mac,
+            fdb: Fdb::new(nets.len(), caps, cfg.mac_table_size, cfg.mac_aging),
+            stats: vec![PortStats::default(); cfg.ports.len()],
+            ports: cfg.ports,
+            nets,
+            next_sweep: Instant::ZERO,
+            scratch: vec![0u8; crate::buf::BUF_SIZE].into_boxed_slice(),
+        }
+    }
+
+    pub fn port_count(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Counts a drop the I/O edge saw (truncated read, bad vnet header).
+    pub fn count_drop(&mut self, port: PortId, r: DropReason) {
+        if let Some(s) = self.stats.get_mut(port.0 as usize) {
+            s.drop(r);
+        }
+    }
+
+    pub fn stats(&self, port: PortId) -> Option<&PortStats> {
+        self.stats.get(port.0 as usize)
+    }
+
+    /// When `poll` next has work (MAC aging).
+    pub fn poll_at(&self) -> Instant {
+        self.next_sweep
+    }
+
+    /// Timer work: expire aged MAC entries.
+    pub fn poll(&mut self, now: Instant) {
+        if now >= self.next_sweep {
+            self.fdb.expire(now);
+            self.next_sweep = now + SWEEP_EVERY;
+        }
+    }
+
+    /// Runs one received frame through the pipeline.
+    pub fn process(&mut self, now: Instant, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+        let pi = in_port.0 as usize;
+        let Some(st) = self.stats.get_mut(pi) else { return };
+        st.rx_frames += 1;
+        st.rx_bytes += buf.len() as u64;
+        if let Err(r) = self.ingress_and_forward(now, in_port, buf, tx) {
+            self.stats[pi].drop(r);
+        }
+    }
+
+    fn ingress_and_forward(
+        &mut self,
+        now: Instant,
+        in_port: PortId,
+        buf: &mut PacketBuf,
+        tx: &mut dyn Transmit,
+    ) -> Result<(), DropReason> {
+        let pi = in_port.0 as usize;
+        let (dst, src) = {
+            let eth = EthernetFrame::new_checked(buf.frame()).map_err(|_| DropReason::Malformed)?;
+            (eth.dst(), eth.src())
+        };
+        // Ingress: which network, and is the frame allowed in at all.
+        let role = &self.ports[pi].role;
+        let (net, tagged) = switch::classify(role, buf.frame())?;
+        if tagged && !buf.pop_vlan() {
+            return Err(DropReason::BadVnetHdr);
+        }
+        if !src.is_unicast() {
+            return Err(DropReason::BadSrcMac);
+        }
+        if let Role::Access { security: Some(sec), .. } = role {
+            switch::check_security(sec, buf.frame())?;
+        }
+        // Learn.
+        match self.fdb.learn(net, src, in_port, now) {
+            Ok(Learned::Moved { .. }) => self.stats[pi].mac_moves += 1,
+            Ok(_) => {}
+            Err(LearnError::PortLimit) => return Err(DropReason::PortMacLimit),
+            Err(LearnError::NetFull) => return Err(DropReason::MacTableFull),
+        }
+        // L3 seam: ARP, DHCP, DNS, routing, NAT and filters plug in here.
+        if dst == self.router_mac {
+            return Err(DropReason::NoL3);
+        }
+        // L2.
+        if !dst.is_multicast() {
+            match self.fdb.lookup(net, dst, now) {
+                Some(p) if p == in_port => return Err(DropReason::Hairpin),
+                Some(p) => {
+                    self.output(p, net, buf, tx);
+                    return Ok(());
+                }
+                None => {}
+            }
+        }
+        self.flood(net, in_port, buf, tx);
+        Ok(())
+    }
+
+    fn flood(&mut self, net: NetId, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+        let n = net.0 as usize;
+        for i in 0..self.nets[n].members.len() {
+            let p = self.nets[n].members[i];
+            if p != in_port {
+                self.output(p, net, buf, tx);
+            }
+        }
+    }
+
+    /// Egress: tag for trunks, then hand the frame (or its software-finished segments) to `tx`.
+    fn output(&mut self, port: PortId, net: NetId, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+        let pi = port.0 as usize;
+        let trunk = matches!(self.ports[pi].role, Role::Trunk { .. });
+        let vid = self.nets[net.0 as usize].spec.vlan;
+        if trunk {
+            match vid {
+                Some(v) if buf.push_vlan(v, 0) => {}
+                _ => {
+                    self.stats[pi].drop(DropReason::BadVnetHdr);
+                    return;
+                }
+            }
+        }
+        let st = &mut self.stats[pi];
+        let len = buf.len() as u64;
+        if self.ports[pi].offload {
+            match tx.transmit(port, Some(&buf.vnet), buf.frame()) {
+                Ok(()) => {
+                    st.tx_frames += 1;
+                    st.tx_bytes += len;
+                }
+                Err(r) => st.drop(r),
+            }
+        } else if buf.vnet.is_plain() {
+            match tx.transmit(port, None, buf.frame()) {
+                Ok(()) => {
+                    st.tx_frames += 1;
+                    st.tx_bytes += len;
+                }
+                Err(r) => st.drop(r),
+            }
+        } else {
+            let gso = buf.vnet.gso != crate::wire::vnet::Gso::None;
+            let mut emit = |seg: &[u8]| match tx.transmit(port, None, seg) {
+                Ok(()) => {
+                    st.tx_frames += 1;
+                    st.tx_bytes += seg.len() as u64;
+                }
+                Err(r) => st.drop(r),
+            };
+            match offload::finish(buf.frame(), &buf.vnet, &mut self.scratch, &mut emit) {
+                Ok(_) if gso => st.tx_sw_segmented += 1,
+                Ok(_) => {}
+                Err(_) => st.drop(DropReason::OffloadFailed),
+            }
+        }
+        if trunk {
+            buf.pop_vlan();
+        }
+    }
+
+    // ---- snapshots for the control plane (off the per-packet path) ----
+
+    fn role_json(&self, r: &Role) -> Value {
+        match r {
+            Role::Access { net, security } => json!({
+                "mode": "access",
+                "network": self.nets[net.0 as usize].spec.name,
+                "port_security": security.is_some(),
+                "mac": security.map(|s| s.mac.to_string()),
+                "ip": security.and_then(|s| s.ip).map(|i| i.to_string()),
+            }),
+            Role::Trunk { vlans } => json!({
+                "mode": "trunk",
+                "networks": vlans.iter().enumerate().filter_map(|(vid, n)| n.map(|n| json!({
+                    "network": self.nets[n.0 as usize].spec.name, "vlan": vid }))).collect::<Vec<_>>(),
+            }),
+        }
+    }
+
+    pub fn show_ports(&self) -> Value {
+        let rows: Vec<Value> = self
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let s = &self.stats[i];
+                let mut v = json!({
+                    "name": p.name, "ifname": p.ifname, "kind": p.kind, "offload": p.offload,
+                    "macs_learned": self.fdb.port_count(PortId(i as u16)),
+                    "rx_frames": s.rx_frames, "rx_bytes": s.rx_bytes,
+                    "tx_frames": s.tx_frames, "tx_bytes": s.tx_bytes,
+                    "drops": s.total_drops(),
+                });
+                if let (Value::Object(m), Value::Object(r)) = (&mut v, self.role_json(&p.role)) {
+                    m.extend(r);
+                }
+                v
+            })
+            .collect();
+        Value::Array(rows)
+    }
+
+    pub fn show_fdb(&self, now: Instant) -> Value {
+        let mut rows: Vec<(String, MacAddr, String, u64)> = self
+            .fdb
+            .iter()
+            .map(|(n, m, e)| {
+                (
+                    self.nets[n.0 as usize].spec.name.clone(),
+                    m,
+                    self.ports[e.port.0 as usize].name.clone(),
+                    now.since(e.last_seen).as_secs(),
+                )
+            })
+            .collect();
+        rows.sort();
+        Value::Array(
+            rows.into_iter()
+                .map(|(n, m, p, age)| json!({"network": n, "mac": m.to_string(), "port": p, "age_secs": age}))
+                .collect(),
+        )
+    }
+
+    pub fn show_stats(&self) -> Value {
+        let mut totals = PortStats::default();
+        let ports: Vec<Value> = self
+            .ports
+            .iter()
+            .zip(&self.stats)
+            .map(|(p, s)| {
+                totals.rx_frames += s.rx_frames;
+                totals.tx_frames += s.tx_frames;
+                totals.rx_bytes += s.rx_bytes;
+                totals.tx_bytes += s.tx_bytes;
+                totals.tx_sw_segmented += s.tx_sw_segmented;
+                totals.mac_moves += s.mac_moves;
+                for (t, d) in totals.drops.iter_mut().zip(s.drops.iter()) {
+                    *t += d;
+                }
+                let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+                if let Value::Object(m) = &mut v {
+                    m.insert("name".into(), p.name.clone().into());
+                    m.insert("drops".into(), Value::Object(s.drop_map()));
+                }
+                v
+            })
+            .collect();
+        let mut t = serde_json::to_value(&totals).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut t {
+            m.insert("drops".into(), Value::Object(totals.drop_map()));
+        }
+        let nets: Vec<Value> = self
+            .nets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| json!({"name": n.spec.name, "vlan": n.spec.vlan, "macs": self.fdb.net_count(NetId(i as u16))}))
+            .collect();
+        json!({"totals": t, "ports": ports, "networks": nets, "fdb_entries": self.fdb.len()})
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+//! Pipeline tests on virtual time: flooding scope, learning, aging, limits, VLAN push/pop with
+//! offload metadata, software segmentation on the egress path.
+
+use super::*;
+use crate::switch::Security;
+use crate::wire::vnet::Gso;
+
+#[derive(Default)]
+struct Sink(Vec<(PortId, Option<VnetHdr>, Vec<u8>)>);
+
+impl Transmit for Sink {
+    fn transmit(&mut self, port: PortId, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), DropReason> {
+        self.0.push((port, vnet.copied(), frame.to_vec()));
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn ports(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self.0.iter().map(|(p, _, _)| p.0).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+const A: NetId = NetId(0);
+const B: NetId = NetId(1);
+const ROUTER: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+
+fn access(name: &str, net: NetId, offload: bool) -> PortSpec {
+    PortSpec { name: name.into(), ifname: name.into(), kind: "tap".into(), role: Role::Access { net, security: None }, offload, mac_limit: Some(4) }
+}
+
+/// p0,p1: net A (offload); p2: net B; p3: trunk A=101,B=102 (offload); p4: net A without offload;
+/// p5: trunk A only, without offload.
+fn dp() -> Datapath {
+    let trunk = |name: &str, pairs: &[(u16, NetId)], offload| PortSpec {
+        name: name.into(), ifname: name.into(), kind: "netdev".into(), role: Role::trunk(pairs), offload, mac_limit: None,
+    };
+    Datapath::new(DatapathConfig {
+        router_mac: ROUTER,
+        nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }, NetSpec { name: "b".into(), vlan: Some(102) }],
+        ports: vec![
+            access("p0", A, true),
+            access("p1", A, true),
+            access("p2", B, true),
+            trunk("p3", &[(101, A), (102, B)], true),
+            access("p4", A, false),
+            trunk("p5", &[(101, A)], false),
+        ],
+        mac_aging: Duration::from_secs(300),
+        mac_table_size: 64,
+    })
+}
+
+fn mac(i: u8) -> MacAddr {
+    MacAddr([0x52, 0x54, 0, 0, 0, i])
+}
+
+fn eth(dst: MacAddr, src: MacAddr, payload: &[u8]) -> Vec<u8> {
+    let mut f = dst.0.to_vec();
+    f.extend_from_slice(&src.0);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn tagged(vid: u16, f: &[u8]) -> Vec<u8> {
+    let mut t = f[..12].to_vec();
+    t.extend_from_slice(&crate::wire::vlan::tag_bytes(vid, 0));
+    t.extend_from_slice(&f[12..]);
+    t
+}
+
+fn send(d: &mut Datapath, now: u64, port: u16, frame: &[u8], vnet: VnetHdr) -> Sink {
+    let mut s = Sink::default();
+    let mut b = PacketBuf::from_frame(frame, vnet);
+    d.process(Instant::from_secs(now), PortId(port), &mut b, &mut s);
+    s
+}
+
+fn drops(d: &Datapath, port: u16, r: DropReason) -> u64 {
+    d.stats(PortId(port)).unwrap().dropped(r)
+}
+
+#[test]
+fn broadcast_floods_own_network_only_never_back() {
+    let mut d = dp();
+    let f = eth(MacAddr::BROADCAST, mac(1), &[0; 46]);
+    let s = send(&mut d, 0, 0, &f, VnetHdr::default());
+    assert_eq!(s.ports(), vec![1, 3, 4, 5]);
+    // The trunk copy carries net A's tag; access copies are untagged and identical.
+    for (p, _, out) in &s.0 {
+        match p.0 {
+            3 | 5 => assert_eq!(out, &tagged(101, &f)),
+            _ => assert_eq!(out, &f),
+        }
+    }
+    // From net B: only net B's members.
+    let s = send(&mut d, 0, 2, &eth(MacAddr::BROADCAST, mac(2), &[0; 46]), VnetHdr::default());
+    assert_eq!(s.ports(), vec![3]);
+    assert_eq!(s.0[0].2[14..16], [0x00, 102]);
+}
+
+#[test]
+fn learned_unicast_goes_to_one_port_and_networks_do_not_share_tables() {
+    let mut d = dp();
+    send(&mut d, 0, 1, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
+    let s = send(&mut d, 0, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default());
+    assert_eq!(s.ports(), vec![1]);
+    // A guest of net B sending to mac(1) is flooded within B: never reaches p1.
+    let s = send(&mut d, 0, 2, &eth(mac(1), mac(3), &[0; 46]), VnetHdr::default());
+    assert_eq!(s.ports(), vec![3]);
+    // Net B using mac(1) as its own source does not poison net A's entry.
+    send(&mut d, 0, 2, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
+    let s = send(&mut d, 0, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default());
+    assert_eq!(s.ports(), vec![1]);
+}
+
+#[test]
+fn aging_turns_unicast_back_into_flood() {
+    let mut d = dp();
+    send(&mut d, 0, 1, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
+    assert_eq!(send(&mut d, 300, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1]);
+    d.poll(Instant::from_secs(301));
+    assert_eq!(send(&mut d, 301, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1, 3, 4, 5]);
+    assert!(d.poll_at() > Instant::from_secs(301));
+}
+
+#[test]
+fn mac_move_and_hairpin() {
+    let mut d = dp();
+    send(&mut d, 0, 1, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
+    send(&mut d, 1, 4, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
+    assert_eq!(d.stats(PortId(4)).unwrap().mac_moves, 1);
+    assert_eq!(send(&mut d, 2, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![4]);
+    let s = send(&mut d, 2, 4, &eth(mac(1), mac(7), &[0; 46]), VnetHdr::default());
+    assert!(s.0.is_empty());
+    assert_eq!(drops(&d, 4, DropReason::Hairpin), 1);
+}
+
+#[test]
+fn per_port_learning_limit() {
+    let mut d = dp();
+    for i in 1..=4 {
+        assert_eq!(send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(i), &[0; 46]), VnetHdr::default()).0.len(), 4);
+    }
+    let s = send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(5), &[0; 46]), VnetHdr::default());
+    assert!(s.0.is_empty());
+    assert_eq!(drops(&d, 0, DropReason::PortMacLimit), 1);
+}
+
+#[test]
+fn vlan_hygiene_is_counted() {
+    let mut d = dp();
+    let f = eth(MacAddr::BROADCAST, mac(1), &[0; 46]);
+    assert!(send(&mut d, 0, 0, &tagged(102, &f), VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&d, 0, DropReason::TaggedOnAccess), 1);
+    assert!(send(&mut d, 0, 3, &f, VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&d, 3, DropReason::UntaggedOnTrunk), 1);
+    assert!(send(&mut d, 0, 3, &tagged(999, &f), VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&d, 3, DropReason::UnknownVlan), 1);
+    assert!(send(&mut d, 0, 3, &tagged(101, &tagged(102, &f)), VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&d, 3, DropReason::DoubleTagged), 1);
+    // p5 carries only net A: VLAN 102 is unknown there.
+    assert!(send(&mut d, 0, 5, &tagged(102, &f), VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&d, 5, DropReason::UnknownVlan), 1);
+    // A correctly tagged trunk frame is popped onto net A's guest ports.
+    let s = send(&mut d, 0, 3, &tagged(101, &f), VnetHdr::default());
+    assert_eq!(s.ports(), vec![0, 1, 4, 5]);
+    assert!(s.0.iter().filter(|(p, _, _)| p.0 != 5).all(|(_, _, out)| out == &f));
+}
+
+#[test]
+fn runt_and_bad_sources_are_dropped() {
+    let mut d = dp();
+    assert!(send(&mut d, 0, 0, &[1, 2, 3], VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&d, 0, DropReason::Malformed), 1);
+    assert!(send(&mut d, 0, 0, &eth(mac(1), MacAddr::BROADCAST, &[]), VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&d, 0, DropReason::BadSrcMac), 1);
+    assert!(send(&mut d, 0, 0, &eth(ROUTER, mac(1), &[]), VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&d, 0, DropReason::NoL3), 1);
+}
+
+#[test]
+fn port_security_blocks_spoofed_mac() {
+    let mut cfg_dp = dp();
+    cfg_dp.ports[0].role = Role::Access { net: A, security: Some(Security { mac: mac(1), ip: None }) };
+    assert!(send(&mut cfg_dp, 0, 0, &eth(MacAddr::BROADCAST, mac(2), &[0; 46]), VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&cfg_dp, 0, DropReason::SpoofedMac), 1);
+    assert_eq!(send(&mut cfg_dp, 0, 0, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default()).0.len(), 4);
+}
+
+fn tcp_super(payload_len: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(1).0, mac(2).0)
+        .ipv4([10, 1, 1, 11], [10, 1, 1, 12], 64)
+        .tcp(40000, 5201, 1, 65535)
+        .ack(1)
+        .write(&mut v, &vec![0xab; payload_len])
+        .unwrap();
+    v
+}
+
+#[test]
+fn gso_superframe_crosses_as_one_unit_and_tag_shifts_offsets() {
+    let mut d = dp();
+    let v = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: 1448, hdr_len: 54, csum_start: 34, csum_offset: 16, ..Default::default() };
+    // Learn mac(2) on the offload trunk p3, then send a 20 KB super-frame from p0 to it.
+    let f2 = tagged(101, &eth(MacAddr::BROADCAST, mac(2), &[0; 46]));
+    send(&mut d, 0, 3, &f2, VnetHdr::default());
+    let sf = tcp_super(20_000);
+    let s = send(&mut d, 0, 0, &sf, v);
+    assert_eq!(s.0.len(), 1, "one unit");
+    let (p, vn, out) = &s.0[0];
+    assert_eq!(p.0, 3);
+    assert_eq!(out.len(), sf.len() + 4);
+    let vn = vn.unwrap();
+    assert_eq!((vn.csum_start, vn.hdr_len, vn.gso_size, vn.gso), (38, 58, 1448, Gso::TcpV4));
+    // Learn mac(2) on p1 (offload access port): the super-frame passes through unchanged.
+    send(&mut d, 1, 1, &eth(MacAddr::BROADCAST, mac(2), &[0; 46]), VnetHdr::default());
+    let s = send(&mut d, 1, 0, &sf, v);
+    assert_eq!(s.0, vec![(PortId(1), Some(v), sf.clone())]);
+}
+
+#[test]
+fn gso_superframe_is_segmented_for_ports_without_offload() {
+    let mut d = dp();
+    let v = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: 1448, hdr_len: 54, csum_start: 34, csum_offset: 16, ..Default::default() };
+    send(&mut d, 0, 4, &eth(MacAddr::BROADCAST, mac(2), &[0; 46]), VnetHdr::default());
+    let s = send(&mut d, 0, 0, &tcp_super(10_000), v);
+    assert_eq!(s.0.len(), 7); // ceil(10000 / 1448)
+    for (p, vn, seg) in &s.0 {
+        assert_eq!(p.0, 4);
+        assert!(vn.is_none());
+        assert!(seg.len() <= 14 + 20 + 20 + 1448);
+        let pkt = etherparse::SlicedPacket::from_ethernet(seg).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &pkt.net else { panic!() };
+        let Some(etherparse::TransportSlice::Tcp(t)) = &pkt.transport else { panic!() };
+        let h = ip.header().to_header();
+        assert_eq!(t.checksum(), t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap());
+    }
+    assert_eq!(d.stats(PortId(4)).unwrap().tx_sw_segmented, 1);
+    assert_eq!(d.stats(PortId(4)).unwrap().tx_frames, 7);
+    // Flooded to the non-offload trunk p5 as well: segments carry the tag.
+    let mut d = dp();
+    let s = send(&mut d, 0, 0, &tcp_super(3000), v);
+    let on5: Vec<_> = s.0.iter().filter(|(p, _, _)| p.0 == 5).collect();
+    assert_eq!(on5.len(), 3);
+    assert!(on5.iter().all(|(_, _, f)| f[12..16] == [0x81, 0x00, 0x00, 101]));
+}

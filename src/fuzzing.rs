@@ -1,0 +1,101 @@
+//! Fuzz entry points, shared by the cargo-fuzz targets in fuzz/ and by the bounded smoke test
+//! that runs in every `cargo test` (stable toolchain, no libFuzzer needed).
+
+use crate::buf::PacketBuf;
+use crate::datapath::{Datapath, DatapathConfig, NetSpec, PortSpec, Transmit};
+use crate::switch::stats::DropReason;
+use crate::switch::{NetId, PortId, Role, Security};
+use crate::time::Instant;
+use crate::wire::ethernet::MacAddr;
+use crate::wire::vnet::VnetHdr;
+use std::time::Duration;
+
+struct Null(usize);
+impl Transmit for Null {
+    fn transmit(&mut self, _: PortId, _: Option<&VnetHdr>, f: &[u8]) -> Result<(), DropReason> {
+        self.0 += f.len();
+        Ok(())
+    }
+}
+
+/// A datapath with every kind of port: access with/without security and offload, two trunks.
+pub fn fuzz_datapath() -> Datapath {
+    let acc = |n: &str, net, security, offload| PortSpec {
+        name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net, security }, offload, mac_limit: Some(8),
+    };
+    let sec = Security { mac: MacAddr([0x52, 0x54, 0, 0, 0, 1]), ip: Some([10, 1, 1, 11].into()) };
+    Datapath::new(DatapathConfig {
+        router_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }, NetSpec { name: "b".into(), vlan: Some(102) }],
+        ports: vec![
+            acc("p0", NetId(0), Some(sec), true),
+            acc("p1", NetId(0), None, false),
+            acc("p2", NetId(1), None, true),
+            PortSpec { name: "t0".into(), ifname: "t0".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0)), (102, NetId(1))]), offload: false, mac_limit: None },
+            PortSpec { name: "t1".into(), ifname: "t1".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0))]), offload: true, mac_limit: None },
+        ],
+        mac_aging: Duration::from_secs(300),
+        mac_table_size: 64,
+    })
+}
+
+/// Interprets `data` as a sequence of (port, vnet header, frame) records and runs them through
+/// one datapath. Must never panic.
+pub fn datapath(dp: &mut Datapath, data: &[u8]) {
+    let mut rest = data;
+    let mut t = 0u64;
+    let mut sink = Null(0);
+    while rest.len() >= 13 {
+        let port = PortId((rest[0] as usize % dp.port_count()) as u16);
+        let len = u16::from_le_bytes([rest[1], rest[2]]) as usize;
+        let vnet = VnetHdr::parse(&rest[3..13]).unwrap_or_default();
+        rest = &rest[13..];
+        let take = len.min(rest.len());
+        let mut b = PacketBuf::from_frame(&rest[..take], vnet);
+        rest = &rest[take..];
+        t += 1000;
+        dp.process(Instant::from_millis(t), port, &mut b, &mut sink);
+        dp.poll(Instant::from_millis(t));
+    }
+}
+
+/// Config parsing must turn any text into a config or diagnostics, never a panic.
+pub fn config(data: &[u8]) {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = crate::config::parse(s, std::path::Path::new("fuzz.toml"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A bounded smoke run of the fuzz targets on pseudo-random and mutated inputs.
+    #[test]
+    fn fuzz_smoke() {
+        let mut dp = super::fuzz_datapath();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let n = (next() % 300) as usize;
+            let mut d: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            // Bias towards plausible frames: broadcast dst, IPv4/VLAN ethertypes.
+            if d.len() > 30 {
+                d[3..9].copy_from_slice(&[0xff; 6]);
+                d[25] = [0x08, 0x81, 0x88, 0x86][(next() % 4) as usize];
+            }
+            super::datapath(&mut dp, &d);
+            super::config(&d);
+        }
+        let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/vrouter.toml")).unwrap();
+        for i in 0..300 {
+            let mut b = base.clone().into_bytes();
+            let at = (next() as usize) % b.len();
+            b[at] = b"=[]\"\n#x.0{},"[i % 12];
+            super::config(&b);
+        }
+    }
+}

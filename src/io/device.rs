@@ -1,0 +1,79 @@
+//! A port's file descriptor, whichever kind it is, reduced to "receive a frame into a
+//! PacketBuf" and "send a frame". No protocol logic lives here.
+
+use crate::buf::PacketBuf;
+use crate::switch::stats::DropReason;
+use crate::sys::packet::PacketSocket;
+use crate::sys::tap::Tap;
+use crate::wire::vnet::{self, VnetHdr};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+pub enum Device {
+    Tap(Tap),
+    Packet(PacketSocket),
+}
+
+/// Outcome of one successful read.
+pub enum Rx {
+    /// A frame is in the buffer.
+    Frame,
+    /// A frame arrived but cannot enter the pipeline.
+    Dropped(DropReason),
+}
+
+impl Device {
+    /// The device carries virtio_net_hdr metadata (offloads) both ways.
+    pub fn offload(&self) -> bool {
+        match self {
+            Device::Tap(_) => true,
+            Device::Packet(p) => p.vnet,
+        }
+    }
+
+    pub fn recv(&self, buf: &mut PacketBuf) -> io::Result<Rx> {
+        match self {
+            Device::Tap(t) => {
+                let n = t.recv(buf.recv_area(true))?;
+                if !buf.set_received(n, true) {
+                    return Ok(Rx::Dropped(DropReason::BadVnetHdr));
+                }
+            }
+            Device::Packet(p) => {
+                let r = p.recv(buf.recv_area(p.vnet))?;
+                if r.truncated {
+                    return Ok(Rx::Dropped(DropReason::Truncated));
+                }
+                if !buf.set_received(r.len, p.vnet) {
+                    return Ok(Rx::Dropped(DropReason::BadVnetHdr));
+                }
+                if let Some((tpid, tci)) = r.vlan {
+                    if !buf.push_tag(tpid, tci) {
+                        return Ok(Rx::Dropped(DropReason::Malformed));
+                    }
+                }
+            }
+        }
+        Ok(Rx::Frame)
+    }
+
+    pub fn send(&self, v: Option<&VnetHdr>, frame: &[u8]) -> io::Result<()> {
+        let mut hdr = [0u8; vnet::HDR_LEN];
+        if let Some(v) = v {
+            v.emit(&mut hdr);
+        }
+        match self {
+            Device::Tap(t) => t.send(&hdr, frame),
+            Device::Packet(p) => p.send(p.vnet.then_some(&hdr), frame),
+        }
+    }
+}
+
+impl AsRawFd for Device {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Device::Tap(t) => t.as_raw_fd(),
+            Device::Packet(p) => p.as_raw_fd(),
+        }
+    }
+}

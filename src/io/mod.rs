@@ -1,0 +1,263 @@
+//! The I/O edge: opens the ports, runs the mio poll loop, reads frames into pooled buffers,
+//! hands them to the pure datapath with the current time, writes what it returns, and answers
+//! control requests between batches. Every fd is drained until WouldBlock (edge-triggered),
+//! with a per-fd budget per round so one busy port cannot starve the others.
+
+pub mod device;
+
+use crate::buf::BufPool;
+use crate::config::schema::{Config, IfKind};
+use crate::config::Validated;
+use crate::control::{self, Envelope, Request, Response, Table};
+use crate::datapath::{Datapath, DatapathConfig, NetSpec, PortSpec, Transmit};
+use crate::switch::stats::DropReason;
+use crate::switch::{NetId, PortId, Role, Security};
+use crate::sys::{netif, packet::PacketSocket, tap::Tap};
+use crate::time::Instant;
+use crate::wire::ethernet::MacAddr;
+use crate::wire::vnet::VnetHdr;
+use device::{Device, Rx};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Frames read from one fd before the loop looks at the others.
+const BUDGET: usize = 256;
+const SIGNAL: Token = Token(usize::MAX - 1);
+const WAKE: Token = Token(usize::MAX - 2);
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A port's device could not be opened or attached.
+    #[error("port {name} ({ifname}): {source}")]
+    Port { name: String, ifname: String, source: io::Error },
+    /// The control socket could not be served.
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    /// The poll loop failed (epoll, signal pipe).
+    #[error("poll loop: {0}")]
+    Poll(#[from] io::Error),
+}
+
+/// The router's MAC on guest networks: configured, or a locally administered address derived
+/// from the instance name (stable across restarts).
+pub fn router_mac(c: &Config) -> MacAddr {
+    c.router.mac.unwrap_or_else(|| {
+        let h = c.router.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let b = h.to_be_bytes();
+        MacAddr([0x02, b[1], b[2], b[3], b[4], b[5]])
+    })
+}
+
+/// Opens every port and builds the datapath's view of them (ports first, then uplinks).
+pub fn open_ports(c: &Config) -> Result<(Vec<Device>, DatapathConfig), RunError> {
+    let net_id = |name: &str| c.networks.iter().position(|n| n.name == name).map(|i| NetId(i as u16));
+    let mut devs = Vec::new();
+    let mut ports = Vec::new();
+    let open = |kind: IfKind, name: &str, ifname: &str, mac: Option<MacAddr>| -> Result<Device, RunError> {
+        let err = |source| RunError::Port { name: name.into(), ifname: ifname.into(), source };
+        match kind {
+            IfKind::Tap => {
+                let t = Tap::open(ifname).map_err(err)?;
+                // The tap's kernel side is the guest NIC: give it the guest's MAC.
+                if let (Some(m), true) = (mac, t.created) {
+                    netif::set_mac(ifname, m).map_err(err)?;
+                }
+                Ok(Device::Tap(t))
+            }
+            IfKind::Netdev => {
+                let p = PacketSocket::open(ifname, true).map_err(err)?;
+                netif::disable_ipv6(ifname);
+                Ok(Device::Packet(p))
+            }
+        }
+    };
+    let kind_name = |k: IfKind| match k {
+        IfKind::Tap => "tap",
+        IfKind::Netdev => "netdev",
+    };
+    for p in &c.ports {
+        let Some(net) = net_id(&p.network) else { continue };
+        let dev = open(p.kind, &p.name, &p.ifname, p.mac)?;
+        let security = match (p.port_security, p.mac) {
+            (true, Some(mac)) => Some(Security { mac, ip: p.ip }),
+            _ => None,
+        };
+        ports.push(PortSpec {
+            name: p.name.clone(),
+            ifname: p.ifname.clone(),
+            kind: kind_name(p.kind).into(),
+            role: Role::Access { net, security },
+            offload: dev.offload(),
+            mac_limit: Some(if security.is_some() { 1 } else { c.router.mac_limit_per_port }),
+        });
+        tracing::info!(port = %p.name, ifname = %p.ifname, network = %p.network, offload = dev.offload(), "guest port attached");
+        devs.push(dev);
+    }
+    for u in &c.uplinks {
+        let pairs: Vec<(u16, NetId)> = u
+            .networks
+            .iter()
+            .filter_map(|n| {
+                let id = net_id(n)?;
+                Some((c.networks[id.0 as usize].vlan?, id))
+            })
+            .collect();
+        let dev = open(u.kind, &u.name, &u.ifname, None)?;
+        ports.push(PortSpec {
+            name: u.name.clone(),
+            ifname: u.ifname.clone(),
+            kind: kind_name(u.kind).into(),
+            role: Role::trunk(&pairs),
+            offload: dev.offload(),
+            mac_limit: None,
+        });
+        tracing::info!(uplink = %u.name, ifname = %u.ifname, offload = dev.offload(), "trunk attached");
+        devs.push(dev);
+    }
+    let nets = c.networks.iter().map(|n| NetSpec { name: n.name.clone(), vlan: n.vlan }).collect();
+    Ok((
+        devs,
+        DatapathConfig {
+            router_mac: router_mac(c),
+            nets,
+            ports,
+            mac_aging: Duration::from_secs(c.router.mac_aging_secs),
+            mac_table_size: c.router.mac_table_size,
+        },
+    ))
+}
+
+struct IoTx<'a> {
+    devs: &'a [Device],
+}
+
+impl Transmit for IoTx<'_> {
+    fn transmit(&mut self, port: PortId, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), DropReason> {
+        let d = self.devs.get(port.0 as usize).ok_or(DropReason::TxError)?;
+        d.send(vnet, frame).map_err(|_| DropReason::TxError)
+    }
+}
+
+/// Runs the account until SIGINT or SIGTERM.
+pub fn run(v: &Validated) -> Result<(), RunError> {
+    let c = &v.config;
+    let (devs, dcfg) = open_ports(c)?;
+    let mut dp = Datapath::new(dcfg);
+    let mut poll = Poll::new()?;
+    for (i, d) in devs.iter().enumerate() {
+        poll.registry().register(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE)?;
+    }
+    // Signals arrive as bytes on a socketpair, so the loop sees them as an ordinary event.
+    let (sig_rx, sig_tx) = std::os::unix::net::UnixStream::pair()?;
+    sig_rx.set_nonblocking(true)?;
+    for s in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::low_level::pipe::register(s, sig_tx.try_clone()?)?;
+    }
+    poll.registry().register(&mut SourceFd(&sig_rx.as_raw_fd()), SIGNAL, Interest::READABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+    let (ctl_tx, inbox) = crossbeam_channel::bounded::<Envelope>(64);
+    let sock = c.control_socket();
+    let w = waker.clone();
+    control::serve(&sock, ctl_tx, move || {
+        let _ = w.wake();
+    })?;
+    tracing::info!(router = %c.router.name, ports = devs.len(), socket = %sock.display(), "vrouter running");
+
+    let origin = std::time::Instant::now();
+    let clock = || Instant::from_millis(origin.elapsed().as_millis() as u64);
+    let mut events = Events::with_capacity(256);
+    let mut ready = vec![false; devs.len()];
+    let mut pool = BufPool::new(4);
+    let mut shutdown = false;
+    while !shutdown {
+        let now = clock();
+        let timeout = if ready.iter().any(|r| *r) {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(dp.poll_at().millis().saturating_sub(now.millis()).clamp(1, 1000))
+        };
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.into());
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                SIGNAL => {
+                    let mut b = [0u8; 16];
+                    while (&sig_rx).read(&mut b).map(|n| n > 0).unwrap_or(false) {}
+                    shutdown = true;
+                }
+                WAKE => {}
+                Token(i) if i < ready.len() => ready[i] = true,
+                _ => {}
+            }
+        }
+        let now = clock();
+        let mut buf = pool.get();
+        for (i, dev) in devs.iter().enumerate() {
+            if !ready[i] {
+                continue;
+            }
+            let port = PortId(i as u16);
+            let mut tx = IoTx { devs: &devs };
+            ready[i] = false;
+            let mut n = 0;
+            loop {
+                if n == BUDGET {
+                    // Not drained yet: come back after the other fds had their turn.
+                    ready[i] = true;
+                    break;
+                }
+                n += 1;
+                match dev.recv(&mut buf) {
+                    Ok(Rx::Frame) => dp.process(now, port, &mut buf, &mut tx),
+                    Ok(Rx::Dropped(r)) => dp.count_drop(port, r),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::debug!(port = i, "receive: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        pool.put(buf);
+        dp.poll(now);
+        while let Ok(env) = inbox.try_recv() {
+            let resp = answer(&dp, &env.request, now, origin.elapsed());
+            let _ = env.reply.send(resp);
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}
+
+use std::io::Read;
+
+fn answer(dp: &Datapath, req: &Request, now: Instant, uptime: Duration) -> Response {
+    match req {
+        Request::Show { table: Table::Ports } => Response::ok(dp.show_ports()),
+        Request::Show { table: Table::Fdb } => Response::ok(dp.show_fdb(now)),
+        Request::Show { table: Table::Stats } => {
+            let mut s = dp.show_stats();
+            if let serde_json::Value::Object(m) = &mut s {
+                m.insert("uptime_secs".into(), uptime.as_secs().into());
+            }
+            Response::ok(s)
+        }
+        Request::Show { table } => Response::err(format!(
+            "table {:?} is not built in this version (ports, fdb and stats are)",
+            serde_json::to_value(table).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+        )),
+        Request::Reload => Response::err("reload is not built in this version; restart vrouter to apply a new config"),
+        Request::Capture { .. } => Response::err("capture is not built in this version"),
+    }
+}

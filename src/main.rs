@@ -1,0 +1,235 @@
+//! The `vrouter` command: argument parsing and output formatting only; the library does the work.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use vrouter::config::{self, ConfigError};
+use vrouter::control::{self, Request, Table};
+
+#[derive(Parser)]
+#[command(name = "vrouter", version, about = "Userspace virtual switch/router: one process per cloud account")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the account in the foreground until SIGINT/SIGTERM.
+    Run {
+        #[arg(short, long, default_value = "conf/vrouter.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config file and print a summary; exit 1 with file:line: messages on error.
+    Check {
+        #[arg(short, long, default_value = "conf/vrouter.toml")]
+        config: PathBuf,
+    },
+    /// Talk to a running vrouter over its control socket.
+    Ctl {
+        /// Control socket (default: the only socket in /run/vrouter).
+        #[arg(short, long)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: CtlCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Print a table.
+    Show {
+        table: ShowTable,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the config file and apply the difference.
+    Reload,
+    /// Write a pcap of a port's traffic.
+    Capture {
+        port: String,
+        #[arg(short = 'w', long)]
+        write: PathBuf,
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ShowTable {
+    Ports,
+    Fdb,
+    Leases,
+    Conntrack,
+    Lb,
+    Stats,
+}
+
+fn main() -> ExitCode {
+    let filter = std::env::var("VROUTER_LOG").ok().and_then(|s| s.parse().ok()).unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt().with_max_level(filter).with_writer(std::io::stderr).with_target(false).init();
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vrouter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_or_report(path: &Path) -> Result<Option<config::Validated>> {
+    match config::load(path) {
+        Ok(v) => {
+            for w in &v.warnings {
+                eprintln!("{}:{}: warning: {}: {}", w.file.display(), w.line.unwrap_or(0), w.key, w.message);
+            }
+            Ok(Some(v))
+        }
+        Err(ConfigError::Invalid(diags)) => {
+            for d in diags {
+                eprintln!("{d}");
+            }
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { config } => {
+            let Some(v) = load_or_report(&config)? else { return Ok(ExitCode::FAILURE) };
+            let c = &v.config;
+            println!(
+                "{}: ok: router {}, {} network(s), {} port(s), {} uplink(s), {} warning(s)",
+                config.display(),
+                c.router.name,
+                c.networks.len(),
+                c.ports.len(),
+                c.uplinks.len(),
+                v.warnings.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { config } => {
+            let Some(v) = load_or_report(&config)? else { return Ok(ExitCode::FAILURE) };
+            vrouter::io::run(&v).context("vrouter run")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ctl { socket, cmd } => {
+            let socket = match socket {
+                Some(s) => s,
+                None => default_socket()?,
+            };
+            match cmd {
+                CtlCmd::Show { table, json } => {
+                    let t = match table {
+                        ShowTable::Ports => Table::Ports,
+                        ShowTable::Fdb => Table::Fdb,
+                        ShowTable::Leases => Table::Leases,
+                        ShowTable::Conntrack => Table::Conntrack,
+                        ShowTable::Lb => Table::Lb,
+                        ShowTable::Stats => Table::Stats,
+                    };
+                    let data = control::request(&socket, &Request::Show { table: t })?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&data)?);
+                    } else {
+                        print!("{}", render(t, &data));
+                    }
+                }
+                CtlCmd::Reload => {
+                    control::request(&socket, &Request::Reload)?;
+                    println!("reloaded");
+                }
+                CtlCmd::Capture { port, write, count } => {
+                    let data = control::request(&socket, &Request::Capture { port, count })?;
+                    println!("{}: {data}", write.display());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn default_socket() -> Result<PathBuf> {
+    let dir = Path::new("/run/vrouter");
+    let socks: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "sock")).collect())
+        .unwrap_or_default();
+    match socks.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no control socket in {}; pass -s SOCKET", dir.display()),
+        _ => bail!("several control sockets in {}; pass -s SOCKET", dir.display()),
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        Value::Object(o) if o.contains_key("network") && o.contains_key("vlan") => {
+            format!("{}:{}", cell(&o["network"]), cell(&o["vlan"]))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn table(rows: &[Value], cols: &[&str]) -> String {
+    let cells: Vec<Vec<String>> = rows.iter().map(|r| cols.iter().map(|c| cell(&r[*c])).collect()).collect();
+    let widths: Vec<usize> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cells.iter().map(|r| r[i].len()).chain([c.len()]).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    let line = |vals: Vec<&str>| {
+        let s: Vec<String> = vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        s.join("  ").trim_end().to_string() + "\n"
+    };
+    out += &line(cols.iter().map(|c| c.to_uppercase()).collect::<Vec<_>>().iter().map(|s| s.as_str()).collect());
+    for r in &cells {
+        out += &line(r.iter().map(|s| s.as_str()).collect());
+    }
+    out
+}
+
+fn render(t: Table, data: &Value) -> String {
+    let empty = Vec::new();
+    match t {
+        Table::Ports => {
+            let rows: Vec<Value> = data.as_array().unwrap_or(&empty).iter().map(|r| {
+                let mut r = r.clone();
+                if r["mode"] == "trunk" {
+                    r["network"] = r["networks"].clone();
+                }
+                r
+            }).collect();
+            table(&rows, &["name", "kind", "ifname", "mode", "network", "offload", "macs_learned", "rx_frames", "tx_frames", "drops"])
+        }
+        Table::Fdb => table(data.as_array().unwrap_or(&empty), &["network", "mac", "port", "age_secs"]),
+        Table::Stats => {
+            let ports = data["ports"].as_array().unwrap_or(&empty);
+            let mut out = format!(
+                "uptime {}s, {} MAC entries\ntotals: rx {} frames / {} bytes, tx {} frames / {} bytes, {} software-segmented, drops {}\n\n",
+                data["uptime_secs"], data["fdb_entries"], data["totals"]["rx_frames"], data["totals"]["rx_bytes"],
+                data["totals"]["tx_frames"], data["totals"]["tx_bytes"], data["totals"]["tx_sw_segmented"],
+                cell(&data["totals"]["drops"])
+            );
+            let rows: Vec<Value> = ports.iter().map(|p| {
+                let mut p = p.clone();
+                let d = p["drops"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+                p["drops"] = Value::String(if d.is_empty() { "-".into() } else { d });
+                p
+            }).collect();
+            out += &table(&rows, &["name", "rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "tx_sw_segmented", "mac_moves", "drops"]);
+            out
+        }
+        _ => format!("{data}\n"),
+    }
+}

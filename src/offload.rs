@@ -1,0 +1,292 @@
+//! Software fallbacks for offloads: when a frame carries work for the receiver (a partial L4
+//! checksum, or a GSO super-frame to be cut into MSS-sized segments) and the egress port cannot
+//! take a virtio_net_hdr, this module finishes that work, like the kernel's skb_gso_segment and
+//! skb_checksum_help.
+//!
+//! Pure: frame bytes and metadata in, finished frames out through a callback, written into a
+//! caller-owned scratch buffer (no allocation). Any inconsistency between the metadata and the
+//! headers is an error, never a panic.
+
+use crate::wire::checksum;
+use crate::wire::ethernet::ethertype;
+use crate::wire::vnet::{Gso, VnetHdr};
+
+/// Why a frame could not be finished in software.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffloadError {
+    /// Offsets or headers do not describe a well-formed packet.
+    Malformed,
+    /// A combination we do not segment (IPv6 extension headers, non-TCP/UDP).
+    Unsupported,
+}
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+struct Layout {
+    l3: usize,
+    v4: bool,
+    l4: usize,
+    proto: u8,
+    /// End of the IP packet (excludes Ethernet padding).
+    end: usize,
+}
+
+fn be16(b: &[u8], at: usize) -> Result<u16, OffloadError> {
+    b.get(at..at + 2).map(|s| u16::from_be_bytes([s[0], s[1]])).ok_or(OffloadError::Malformed)
+}
+
+fn layout(f: &[u8]) -> Result<Layout, OffloadError> {
+    let mut l3 = 14;
+    let mut et = be16(f, 12)?;
+    if et == ethertype::VLAN {
+        et = be16(f, 16)?;
+        l3 = 18;
+    }
+    match et {
+        ethertype::IPV4 => {
+            let vihl = *f.get(l3).ok_or(OffloadError::Malformed)?;
+            let ihl = (vihl & 0x0f) as usize * 4;
+            if vihl >> 4 != 4 || ihl < 20 {
+                return Err(OffloadError::Malformed);
+            }
+            let total = be16(f, l3 + 2)? as usize;
+            let end = l3 + total;
+            if total < ihl || end > f.len() {
+                return Err(OffloadError::Malformed);
+            }
+            Ok(Layout { l3, v4: true, l4: l3 + ihl, proto: f[l3 + 9], end })
+        }
+        ethertype::IPV6 => {
+            let v = *f.get(l3).ok_or(OffloadError::Malformed)?;
+            let plen = be16(f, l3 + 4)? as usize;
+            let end = l3 + 40 + plen;
+            if v >> 4 != 6 || end > f.len() {
+                return Err(OffloadError::Malformed);
+            }
+            Ok(Layout { l3, v4: false, l4: l3 + 40, proto: f[l3 + 6], end })
+        }
+        _ => Err(OffloadError::Unsupported),
+    }
+}
+
+fn pseudo(s: &[u8], lay: &Layout, l4_len: usize) -> u64 {
+    let p = lay.proto;
+    if lay.v4 {
+        let a = |o: usize| [s[lay.l3 + o], s[lay.l3 + o + 1], s[lay.l3 + o + 2], s[lay.l3 + o + 3]];
+        checksum::pseudo_v4(a(12), a(16), p, l4_len as u32)
+    } else {
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        src.copy_from_slice(&s[lay.l3 + 8..lay.l3 + 24]);
+        dst.copy_from_slice(&s[lay.l3 + 24..lay.l3 + 40]);
+        checksum::pseudo_v6(src, dst, p, l4_len as u32)
+    }
+}
+
+/// Writes the complete L4 checksum of the IP packet in `s[..end]`, whose layout is `lay`.
+fn l4_checksum(s: &mut [u8], lay: &Layout, end: usize) {
+    let off = if lay.proto == IPPROTO_TCP { 16 } else { 6 };
+    s[lay.l4 + off] = 0;
+    s[lay.l4 + off + 1] = 0;
+    let l4_len = end - lay.l4;
+    let mut c = !checksum::fold(checksum::add(pseudo(s, lay, l4_len), &s[lay.l4..end]));
+    if lay.proto == IPPROTO_UDP && c == 0 {
+        c = 0xffff;
+    }
+    s[lay.l4 + off..lay.l4 + off + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Finishes `frame` for a port without offloads and hands each resulting frame to `out`.
+/// Returns how many frames were produced.
+pub fn finish(
+    frame: &[u8],
+    v: &VnetHdr,
+    scratch: &mut [u8],
+    out: &mut dyn FnMut(&[u8]),
+) -> Result<usize, OffloadError> {
+    if v.gso == Gso::None {
+        if !v.needs_csum {
+            out(frame);
+            return Ok(1);
+        }
+        let (cs, co) = (v.csum_start as usize, v.csum_offset as usize);
+        // Only the IP packet is summed: Ethernet padding is not part of it.
+        let end = layout(frame).map(|l| l.end).unwrap_or(frame.len());
+        if cs + co + 2 > end || frame.len() > scratch.len() {
+            return Err(OffloadError::Malformed);
+        }
+        let s = &mut scratch[..frame.len()];
+        s.copy_from_slice(frame);
+        let c = !checksum::fold(checksum::add(0, &s[cs..end]));
+        s[cs + co..cs + co + 2].copy_from_slice(&c.to_be_bytes());
+        out(s);
+        return Ok(1);
+    }
+    segment(frame, v, scratch, out)
+}
+
+fn segment(
+    f: &[u8],
+    v: &VnetHdr,
+    scratch: &mut [u8],
+    out: &mut dyn FnMut(&[u8]),
+) -> Result<usize, OffloadError> {
+    let lay = layout(f)?;
+    let want = match v.gso {
+        Gso::TcpV4 | Gso::TcpV6 => IPPROTO_TCP,
+        Gso::UdpL4 => IPPROTO_UDP,
+        Gso::None => return Err(OffloadError::Malformed),
+    };
+    if lay.proto != want || (matches!(v.gso, Gso::TcpV4) != lay.v4 && want == IPPROTO_TCP) {
+        return Err(OffloadError::Unsupported);
+    }
+    let hdr_end = if want == IPPROTO_TCP {
+        let doff = *f.get(lay.l4 + 12).ok_or(OffloadError::Malformed)?;
+        let thl = (doff >> 4) as usize * 4;
+        if thl < 20 {
+            return Err(OffloadError::Malformed);
+        }
+        lay.l4 + thl
+    } else {
+        lay.l4 + 8
+    };
+    if hdr_end > lay.end {
+        return Err(OffloadError::Malformed);
+    }
+    let mss = v.gso_size as usize;
+    let payload = &f[hdr_end..lay.end];
+    if mss == 0 || hdr_end + mss.min(payload.len()) > scratch.len() {
+        return Err(OffloadError::Malformed);
+    }
+    let seq0 = if want == IPPROTO_TCP {
+        u32::from_be_bytes([f[lay.l4 + 4], f[lay.l4 + 5], f[lay.l4 + 6], f[lay.l4 + 7]])
+    } else {
+        0
+    };
+    let id0 = if lay.v4 { be16(f, lay.l3 + 4)? } else { 0 };
+    let n = payload.len().div_ceil(mss).max(1);
+    for i in 0..n {
+        let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
+        let end = hdr_end + chunk.len();
+        let s = &mut scratch[..end];
+        s[..hdr_end].copy_from_slice(&f[..hdr_end]);
+        s[hdr_end..].copy_from_slice(chunk);
+        if lay.v4 {
+            let total = (end - lay.l3) as u16;
+            s[lay.l3 + 2..lay.l3 + 4].copy_from_slice(&total.to_be_bytes());
+            s[lay.l3 + 4..lay.l3 + 6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            s[lay.l3 + 10] = 0;
+            s[lay.l3 + 11] = 0;
+            let c = checksum::checksum(&s[lay.l3..lay.l4]);
+            s[lay.l3 + 10..lay.l3 + 12].copy_from_slice(&c.to_be_bytes());
+        } else {
+            let plen = (end - lay.l3 - 40) as u16;
+            s[lay.l3 + 4..lay.l3 + 6].copy_from_slice(&plen.to_be_bytes());
+        }
+        if want == IPPROTO_TCP {
+            let seq = seq0.wrapping_add((i * mss) as u32);
+            s[lay.l4 + 4..lay.l4 + 8].copy_from_slice(&seq.to_be_bytes());
+            let flags = &mut s[lay.l4 + 13];
+            if i + 1 < n {
+                *flags &= !(0x01 | 0x08); // FIN and PSH only on the last segment
+            }
+            if i > 0 {
+                *flags &= !0x80; // CWR only on the first
+            }
+        } else {
+            let ulen = (end - lay.l4) as u16;
+            s[lay.l4 + 4..lay.l4 + 6].copy_from_slice(&ulen.to_be_bytes());
+        }
+        l4_checksum(s, &lay, end);
+        out(s);
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice, NetSlice};
+
+    fn tcp_superframe(payload: &[u8], tag: bool) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let b = if tag {
+            b.single_vlan(etherparse::VlanId::try_new(101).unwrap())
+                .ipv4([10, 1, 1, 11], [10, 1, 1, 12], 64)
+        } else {
+            b.ipv4([10, 1, 1, 11], [10, 1, 1, 12], 64)
+        };
+        let b = b.tcp(40000, 5201, 1000, 65535).ack(7).psh().fin();
+        let mut v = Vec::new();
+        b.write(&mut v, payload).unwrap();
+        v
+    }
+
+    fn check_segments(tag: bool) {
+        let payload: Vec<u8> = (0..250u32).map(|i| (i * 7) as u8).collect();
+        let f = tcp_superframe(&payload, tag);
+        let l3 = if tag { 18 } else { 14 };
+        let v = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: 100, hdr_len: (l3 + 40) as u16, csum_start: (l3 + 20) as u16, csum_offset: 16, ..Default::default() };
+        let mut scratch = vec![0u8; 70000];
+        let mut segs: Vec<Vec<u8>> = Vec::new();
+        let n = finish(&f, &v, &mut scratch, &mut |s| segs.push(s.to_vec())).unwrap();
+        assert_eq!(n, 3);
+        let mut got = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            let p = SlicedPacket::from_ethernet(s).unwrap();
+            let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("not ipv4") };
+            let h = ip.header().to_header();
+            assert_eq!(h.header_checksum, h.calc_header_checksum(), "segment {i} ip checksum");
+            assert_eq!(h.identification, i as u16);
+            let Some(TransportSlice::Tcp(t)) = &p.transport else { panic!("not tcp") };
+            let th = t.to_header();
+            assert_eq!(th.sequence_number, 1000 + 100 * i as u32);
+            assert_eq!(th.checksum, th.calc_checksum_ipv4(&h, t.payload()).unwrap(), "segment {i} tcp checksum");
+            assert_eq!(th.fin, i == 2);
+            assert_eq!(th.psh, i == 2);
+            assert!(th.ack);
+            got.extend_from_slice(t.payload());
+        }
+        assert_eq!(got, payload);
+        assert_eq!(segs[2].len(), l3 + 40 + 50);
+    }
+
+    #[test]
+    fn tcpv4_segmentation_untagged() {
+        check_segments(false);
+    }
+
+    #[test]
+    fn tcpv4_segmentation_tagged() {
+        check_segments(true);
+    }
+
+    // Golden bytes: a 2-byte TCP payload whose partial checksum (pseudo-header sum) is completed.
+    #[test]
+    fn partial_checksum_completed_golden() {
+        let f = tcp_superframe(b"hi", false);
+        let mut partial = f.clone();
+        // Put the pseudo-header sum in the field, as a kernel sending CHECKSUM_PARTIAL does.
+        let ps = checksum::fold(checksum::pseudo_v4([10, 1, 1, 11], [10, 1, 1, 12], 6, 22));
+        partial[50..52].copy_from_slice(&ps.to_be_bytes());
+        let v = VnetHdr { needs_csum: true, csum_start: 34, csum_offset: 16, ..Default::default() };
+        let mut scratch = vec![0u8; 2048];
+        let mut out = Vec::new();
+        finish(&partial, &v, &mut scratch, &mut |s| out = s.to_vec()).unwrap();
+        assert_eq!(out, f, "completed checksum equals the one etherparse computed");
+        assert_eq!(&out[50..52], &f[50..52]);
+    }
+
+    #[test]
+    fn lying_metadata_is_an_error() {
+        let f = tcp_superframe(b"hello", false);
+        let mut scratch = vec![0u8; 2048];
+        let v = VnetHdr { needs_csum: true, csum_start: 60, csum_offset: 16, ..Default::default() };
+        assert_eq!(finish(&f, &v, &mut scratch, &mut |_| {}), Err(OffloadError::Malformed));
+        let v = VnetHdr { gso: Gso::TcpV6, gso_size: 10, ..Default::default() };
+        assert_eq!(finish(&f, &v, &mut scratch, &mut |_| {}), Err(OffloadError::Unsupported));
+        let v = VnetHdr { gso: Gso::TcpV4, gso_size: 10, ..Default::default() };
+        assert_eq!(finish(&f[..30], &v, &mut scratch, &mut |_| {}), Err(OffloadError::Malformed));
+    }
+}

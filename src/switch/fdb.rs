@@ -1,0 +1,194 @@
+//! The forwarding database: (network, MAC) -> port, with aging and hard size caps.
+//!
+//! Keyed by guest-controlled bytes, so it uses a randomly seeded foldhash and never grows past
+//! `max_per_net` entries per network or `max_per_port` entries per limited port. Invariant:
+//! `per_net[n]` and `per_port[p]` equal the number of entries for network n / port p.
+
+use super::{NetId, PortId};
+use crate::time::Instant;
+use crate::wire::ethernet::MacAddr;
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub port: PortId,
+    pub last_seen: Instant,
+}
+
+/// Why a source address was not learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LearnError {
+    NetFull,
+    PortLimit,
+}
+
+/// What learning did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    New,
+    Refreshed,
+    Moved { from: PortId },
+}
+
+pub struct Fdb {
+    map: HashMap<(NetId, MacAddr), Entry, foldhash::fast::RandomState>,
+    per_net: Vec<usize>,
+    per_port: Vec<usize>,
+    /// `None`: this port is bounded by the network cap only (trunks).
+    port_cap: Vec<Option<usize>>,
+    max_per_net: usize,
+    aging: Duration,
+}
+
+impl Fdb {
+    pub fn new(nets: usize, port_cap: Vec<Option<usize>>, max_per_net: usize, aging: Duration) -> Self {
+        Fdb {
+            map: HashMap::with_capacity_and_hasher(64, foldhash::fast::RandomState::default()),
+            per_net: vec![0; nets],
+            per_port: vec![0; port_cap.len()],
+            port_cap,
+            max_per_net,
+            aging,
+        }
+    }
+
+    fn expired(&self, e: &Entry, now: Instant) -> bool {
+        now.since(e.last_seen) > self.aging
+    }
+
+    fn port_full(&self, p: PortId) -> bool {
+        self.port_cap[p.0 as usize].is_some_and(|c| self.per_port[p.0 as usize] >= c)
+    }
+
+    /// Records that `mac` was seen on `port` in `net`.
+    pub fn learn(&mut self, net: NetId, mac: MacAddr, port: PortId, now: Instant) -> Result<Learned, LearnError> {
+        if let Some(e) = self.map.get(&(net, mac)).copied() {
+            if e.port == port {
+                if let Some(e) = self.map.get_mut(&(net, mac)) {
+                    e.last_seen = now;
+                }
+                return Ok(Learned::Refreshed);
+            }
+            if self.port_full(port) {
+                return Err(LearnError::PortLimit);
+            }
+            self.per_port[e.port.0 as usize] -= 1;
+            self.per_port[port.0 as usize] += 1;
+            self.map.insert((net, mac), Entry { port, last_seen: now });
+            return Ok(Learned::Moved { from: e.port });
+        }
+        if self.per_net[net.0 as usize] >= self.max_per_net {
+            return Err(LearnError::NetFull);
+        }
+        if self.port_full(port) {
+            return Err(LearnError::PortLimit);
+        }
+        self.per_net[net.0 as usize] += 1;
+        self.per_port[port.0 as usize] += 1;
+        self.map.insert((net, mac), Entry { port, last_seen: now });
+        Ok(Learned::New)
+    }
+
+    /// The port `mac` was learned on, unless the entry has aged out.
+    pub fn lookup(&self, net: NetId, mac: MacAddr, now: Instant) -> Option<PortId> {
+        self.map.get(&(net, mac)).filter(|e| !self.expired(e, now)).map(|e| e.port)
+    }
+
+    /// Removes aged-out entries; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let aging = self.aging;
+        let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
+        let before = self.map.len();
+        self.map.retain(|(net, _), e| {
+            let keep = now.since(e.last_seen) <= aging;
+            if !keep {
+                per_net[net.0 as usize] -= 1;
+                per_port[e.port.0 as usize] -= 1;
+            }
+            keep
+        });
+        before - self.map.len()
+    }
+
+    /// Forgets everything learned on `port` (port removed or link lost).
+    pub fn flush_port(&mut self, port: PortId) {
+        let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
+        self.map.retain(|(net, _), e| {
+            if e.port == port {
+                per_net[net.0 as usize] -= 1;
+                per_port[port.0 as usize] -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    pub fn port_count(&self, p: PortId) -> usize {
+        self.per_port[p.0 as usize]
+    }
+    pub fn net_count(&self, n: NetId) -> usize {
+        self.per_net[n.0 as usize]
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (NetId, MacAddr, Entry)> + '_ {
+        self.map.iter().map(|((n, m), e)| (*n, *m, *e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(i: u8) -> MacAddr {
+        MacAddr([2, 0, 0, 0, 0, i])
+    }
+    const N: NetId = NetId(0);
+
+    #[test]
+    fn aging_on_virtual_time() {
+        let mut f = Fdb::new(1, vec![None, None], 100, Duration::from_secs(300));
+        f.learn(N, mac(1), PortId(0), Instant::from_secs(10)).unwrap();
+        assert_eq!(f.lookup(N, mac(1), Instant::from_secs(310)), Some(PortId(0)));
+        assert_eq!(f.lookup(N, mac(1), Instant::from_millis(310_001)), None);
+        // Traffic refreshes the entry.
+        f.learn(N, mac(1), PortId(0), Instant::from_secs(300)).unwrap();
+        assert_eq!(f.expire(Instant::from_secs(599)), 0);
+        assert_eq!(f.expire(Instant::from_secs(601)), 1);
+        assert_eq!(f.net_count(N), 0);
+        assert_eq!(f.port_count(PortId(0)), 0);
+    }
+
+    #[test]
+    fn table_and_port_limits() {
+        let mut f = Fdb::new(2, vec![Some(2), None], 3, Duration::from_secs(300));
+        let t = Instant::ZERO;
+        f.learn(N, mac(1), PortId(0), t).unwrap();
+        f.learn(N, mac(2), PortId(0), t).unwrap();
+        assert_eq!(f.learn(N, mac(3), PortId(0), t), Err(LearnError::PortLimit));
+        f.learn(N, mac(3), PortId(1), t).unwrap();
+        assert_eq!(f.learn(N, mac(4), PortId(1), t), Err(LearnError::NetFull));
+        // Another network has its own table.
+        f.learn(NetId(1), mac(4), PortId(1), t).unwrap();
+        // Known MACs still refresh when the table is full.
+        assert_eq!(f.learn(N, mac(3), PortId(1), t), Ok(Learned::Refreshed));
+    }
+
+    #[test]
+    fn mac_move_updates_counts() {
+        let mut f = Fdb::new(1, vec![None, None], 10, Duration::from_secs(300));
+        f.learn(N, mac(1), PortId(0), Instant::ZERO).unwrap();
+        assert_eq!(f.learn(N, mac(1), PortId(1), Instant::ZERO), Ok(Learned::Moved { from: PortId(0) }));
+        assert_eq!(f.lookup(N, mac(1), Instant::ZERO), Some(PortId(1)));
+        assert_eq!((f.port_count(PortId(0)), f.port_count(PortId(1))), (0, 1));
+        f.flush_port(PortId(1));
+        assert!(f.is_empty());
+        assert_eq!(f.net_count(N), 0);
+    }
+}

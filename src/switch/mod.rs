@@ -1,0 +1,176 @@
+//! The L2 stages of the pipeline: ingress classification (which network a frame belongs to,
+//! VLAN hygiene), port security, MAC learning and the forwarding decision. Pure: no I/O, no
+//! clock; `datapath` calls these in the order of a frame's walk.
+
+pub mod fdb;
+pub mod stats;
+
+use crate::wire::ethernet::{ethertype, MacAddr};
+use crate::wire::vlan::{self, VlanFrame};
+use stats::DropReason;
+use std::net::Ipv4Addr;
+
+/// Index of a port (guest port or uplink) in the datapath's port table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortId(pub u16);
+
+/// Index of a network (broadcast domain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetId(pub u16);
+
+/// What may source frames from a guest port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Security {
+    pub mac: MacAddr,
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// How a port attaches to networks.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// A guest port: untagged, one network, optionally locked to the guest's MAC/IP.
+    Access { net: NetId, security: Option<Security> },
+    /// An 802.1Q trunk: each network carried with its VLAN id. `vlans[vid]` is that network.
+    Trunk { vlans: Box<[Option<NetId>]> },
+}
+
+impl Role {
+    pub fn trunk(pairs: &[(u16, NetId)]) -> Role {
+        let mut vlans = vec![None; 4096].into_boxed_slice();
+        for &(vid, net) in pairs {
+            if let Some(s) = vlans.get_mut(vid as usize) {
+                *s = Some(net);
+            }
+        }
+        Role::Trunk { vlans }
+    }
+}
+
+/// Decides the network of a frame arriving on a port with `role`. Returns the network and
+/// whether a tag must be popped first.
+pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> {
+    let et = u16::from_be_bytes([frame[12], frame[13]]);
+    match role {
+        Role::Access { net, .. } => {
+            if vlan::is_tag_ethertype(et) {
+                return Err(DropReason::TaggedOnAccess);
+            }
+            Ok((*net, false))
+        }
+        Role::Trunk { vlans } => {
+            if et == ethertype::QINQ {
+                return Err(DropReason::DoubleTagged);
+            }
+            if et != ethertype::VLAN {
+                return Err(DropReason::UntaggedOnTrunk);
+            }
+            let v = VlanFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
+            if vlan::is_tag_ethertype(v.inner_ethertype()) {
+                return Err(DropReason::DoubleTagged);
+            }
+            match vlans.get(v.vid() as usize).copied().flatten() {
+                Some(net) => Ok((net, true)),
+                None => Err(DropReason::UnknownVlan),
+            }
+        }
+    }
+}
+
+/// Port security (anti-spoofing) on an untagged frame from a guest port: the source MAC must be
+/// the guest's, and with a configured IP, IPv4 sources and ARP senders must be that IP (or
+/// 0.0.0.0 for DHCP discovery and ARP probes).
+pub fn check_security(sec: &Security, frame: &[u8]) -> Result<(), DropReason> {
+    let src = MacAddr::from_bytes(&frame[6..]).ok_or(DropReason::Malformed)?;
+    if src != sec.mac {
+        return Err(DropReason::SpoofedMac);
+    }
+    let Some(ip) = sec.ip else { return Ok(()) };
+    let et = u16::from_be_bytes([frame[12], frame[13]]);
+    let l3 = &frame[14..];
+    match et {
+        ethertype::IPV4 => {
+            let h = l3.get(..20).ok_or(DropReason::Malformed)?;
+            let s = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+            if s == ip {
+                return Ok(());
+            }
+            // DHCP from an unconfigured client: 0.0.0.0:68 -> 67.
+            let ihl = (h[0] & 0x0f) as usize * 4;
+            let dhcp = s.is_unspecified()
+                && h[9] == 17
+                && l3.get(ihl + 2..ihl + 4) == Some(&[0, 67][..]);
+            if dhcp {
+                Ok(())
+            } else {
+                Err(DropReason::SpoofedIp)
+            }
+        }
+        ethertype::ARP => {
+            // htype(2) ptype(2) hlen(1) plen(1) op(2) sha(6) spa(4)
+            let a = l3.get(..18).ok_or(DropReason::Malformed)?;
+            if a[8..14] != sec.mac.0 {
+                return Err(DropReason::SpoofedMac);
+            }
+            let spa = Ipv4Addr::new(a[14], a[15], a[16], a[17]);
+            if spa == ip || spa.is_unspecified() {
+                Ok(())
+            } else {
+                Err(DropReason::SpoofedIp)
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(src: [u8; 6], et: u16, rest: &[u8]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&et.to_be_bytes());
+        f.extend_from_slice(rest);
+        f
+    }
+
+    #[test]
+    fn trunk_classification() {
+        let r = Role::trunk(&[(101, NetId(0)), (102, NetId(1))]);
+        let t = |tpid: u16, vid: u16, inner: u16| {
+            let mut rest = vid.to_be_bytes().to_vec();
+            rest.extend_from_slice(&inner.to_be_bytes());
+            frame([2; 6], tpid, &rest)
+        };
+        assert_eq!(classify(&r, &t(0x8100, 102, 0x0800)), Ok((NetId(1), true)));
+        assert_eq!(classify(&r, &t(0x8100, 103, 0x0800)), Err(DropReason::UnknownVlan));
+        assert_eq!(classify(&r, &t(0x8100, 101, 0x8100)), Err(DropReason::DoubleTagged));
+        assert_eq!(classify(&r, &t(0x88a8, 101, 0x0800)), Err(DropReason::DoubleTagged));
+        assert_eq!(classify(&r, &frame([2; 6], 0x0800, &[0; 4])), Err(DropReason::UntaggedOnTrunk));
+        let a = Role::Access { net: NetId(3), security: None };
+        assert_eq!(classify(&a, &t(0x8100, 101, 0x0800)), Err(DropReason::TaggedOnAccess));
+        assert_eq!(classify(&a, &frame([2; 6], 0x0806, &[])), Ok((NetId(3), false)));
+    }
+
+    #[test]
+    fn security() {
+        let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+        let sec = Security { mac, ip: Some(Ipv4Addr::new(10, 1, 1, 11)) };
+        let mut ip = [0u8; 24];
+        ip[0] = 0x45;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&[10, 1, 1, 11]);
+        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip)), Ok(()));
+        assert_eq!(check_security(&sec, &frame([2; 6], 0x0800, &ip)), Err(DropReason::SpoofedMac));
+        ip[12..16].copy_from_slice(&[10, 1, 1, 12]);
+        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip)), Err(DropReason::SpoofedIp));
+        ip[12..16].copy_from_slice(&[0, 0, 0, 0]);
+        ip[22..24].copy_from_slice(&[0, 67]);
+        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip)), Ok(()), "DHCP discover");
+        let mut arp = [0u8; 28];
+        arp[8..14].copy_from_slice(&mac.0);
+        arp[14..18].copy_from_slice(&[10, 1, 1, 99]);
+        assert_eq!(check_security(&sec, &frame(mac.0, 0x0806, &arp)), Err(DropReason::SpoofedIp));
+        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip[..10])), Err(DropReason::Malformed));
+    }
+}

@@ -1,0 +1,94 @@
+//! Tap devices opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and offloads on.
+//!
+//! Why our own ioctls and not a crate: tun-tap has no IFF_VNET_HDR/TUNSETOFFLOAD; tun-rs has
+//! them but its offload path and GSO helpers are written for L3 TUN devices, while vrouter's
+//! ports are L2 taps that must pass virtio_net_hdr through untouched. The whole interface is
+//! four ioctls.
+//!
+//! A tap that did not exist before `open` is non-persistent: the kernel removes it when the fd
+//! closes, so vrouter's taps disappear on exit (kill -9 included).
+
+use super::{cvt, ifreq, netif};
+use crate::wire::vnet;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+const TUN_F_USO4: libc::c_uint = 0x20;
+const TUN_F_USO6: libc::c_uint = 0x40;
+
+pub struct Tap {
+    fd: OwnedFd,
+    name: String,
+    /// vrouter created the device (it goes away with the fd).
+    pub created: bool,
+    /// UDP segmentation offload was accepted by the kernel.
+    pub uso: bool,
+}
+
+impl Tap {
+    /// Creates the tap `name`, or attaches to an existing persistent one, non-blocking, with
+    /// vnet headers and offloads, and brings it up.
+    pub fn open(name: &str) -> io::Result<Tap> {
+        let created = netif::index(name).is_none();
+        // SAFETY: the path is a valid C string literal; flags are plain ints.
+        let fd = cvt(unsafe {
+            libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        })?;
+        // SAFETY: fd was just returned by open() and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut req = ifreq(name)?;
+        req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        // SAFETY: TUNSETIFF reads (and writes back the name into) the ifreq we own.
+        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) }).map_err(|e| {
+            io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e} (is it in use, or not a tap?)"))
+        })?;
+        let sz: libc::c_int = vnet::HDR_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which is valid.
+        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &sz) })?;
+        let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+        // USO needs Linux 6.2; fall back without it.
+        // SAFETY: TUNSETOFFLOAD takes the flags by value.
+        let uso = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, (base | TUN_F_USO4 | TUN_F_USO6) as libc::c_ulong) } == 0;
+        if !uso {
+            // SAFETY: as above.
+            cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, base as libc::c_ulong) })?;
+        }
+        netif::set_up(name, false)?;
+        Ok(Tap { fd, name: name.to_string(), created, uso })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one frame (with its vnet header) into `buf`.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for writes of buf.len() bytes for the duration of the call.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Writes one frame behind its vnet header.
+    pub fn send(&self, hdr: &[u8; vnet::HDR_LEN], frame: &[u8]) -> io::Result<()> {
+        super::packet::writev2(self.fd.as_raw_fd(), hdr, frame)
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}

@@ -1,0 +1,24 @@
+//! Wire formats: bytes in, typed views out, and nothing else.
+//!
+//! Every type here follows the smoltcp pattern: a `Packet<T: AsRef<[u8]>>`-style view whose
+//! `new_checked` constructor is the only way untrusted bytes become a view, a `field` module with
+//! the byte ranges, and (where the header has more than one field worth naming) a `Repr` with
+//! `parse` / `emit`. Nothing in this module knows about ports, networks, time or I/O.
+
+pub mod checksum;
+pub mod ethernet;
+pub mod vlan;
+pub mod vnet;
+
+/// Why a byte buffer could not be viewed as the header it was asked to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The buffer is shorter than the fixed part of the header.
+    #[error("truncated header")]
+    Truncated,
+    /// A field holds a value the format does not allow.
+    #[error("malformed header")]
+    Malformed,
+}
+
+pub type Result<T> = core::result::Result<T, WireError>;
