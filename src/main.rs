@@ -70,7 +70,8 @@ enum ShowTable {
 
 fn main() -> ExitCode {
     let filter = std::env::var("VROUTER_LOG").ok().and_then(|s| s.parse().ok()).unwrap_or(tracing::Level::INFO);
-    tracing_subscriber::fmt().with_max_level(filter).with_writer(std::io::stderr).with_target(false).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt().with_max_level(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).with_target(false).init();
     match real_main() {
         Ok(code) => code,
         Err(e) => {

@@ -116,9 +116,9 @@ pub fn serve(
 fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn()) -> std::io::Result<()> {
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
-    let mut line = String::new();
-    BufReader::new((&s).take_limited()).read_line(&mut line)?;
-    let resp = match serde_json::from_str::<Request>(line.trim()) {
+    let mut line = Vec::new();
+    BufReader::new((&s).take_limited()).read_until(b'\n', &mut line)?;
+    let resp = match serde_json::from_slice::<Request>(line.trim_ascii()) {
         Err(e) => Response::err(format!("bad request: {e}")),
         Ok(request) => {
             let (rtx, rrx) = crossbeam_channel::bounded(1);

@@ -1,0 +1,215 @@
+//! Test lab: real network namespaces, real taps (created by the vrouter binary under test), real
+//! peers. Every name carries the test process id and a per-test tag, and a [`Lab`] deletes
+//! exactly what it created when dropped, also when the test fails. Needs root, as in CI.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vrouter")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a command and returns its output (never panics on failure).
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("spawn {args:?}: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(o.status.success(), "{args:?} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Lab {
+    /// Short unique prefix for names: "v<pid><tag>".
+    pub id: String,
+    pub dir: PathBuf,
+    netns: Vec<String>,
+    children: Vec<Child>,
+    /// Processes started by helpers outside our Child handles (QEMU), ended by pid.
+    pids: Vec<u32>,
+    /// Index of the vrouter process in `children`.
+    vrouter: Option<usize>,
+}
+
+impl Lab {
+    pub fn new(tag: &str) -> Lab {
+        assert!(tag.len() <= 3, "tag too long for 15-byte ifnames");
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc_geteuid() }, 0, "integration tests need root (CI runs as root)");
+        let id = format!("v{}{}", std::process::id() % 1_000_000, tag);
+        let dir = std::env::temp_dir().join(format!("vrouter-test-{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Lab { id, dir, netns: Vec::new(), children: Vec::new(), pids: Vec::new(), vrouter: None }
+    }
+
+    /// A name unique to this lab, at most 15 bytes: id + suffix.
+    pub fn name(&self, suffix: &str) -> String {
+        let n = format!("{}{}", self.id, suffix);
+        assert!(n.len() <= 15, "{n} is longer than IFNAMSIZ");
+        n
+    }
+
+    pub fn path(&self, f: &str) -> PathBuf {
+        self.dir.join(f)
+    }
+
+    /// Starts `vrouter run` on `config` (text; `@SOCK@` is replaced by this lab's socket).
+    pub fn vrouter(&mut self, config: &str) -> PathBuf {
+        let sock = self.path("ctl.sock");
+        let cfg = self.path("vrouter.toml");
+        std::fs::write(&cfg, config.replace("@SOCK@", sock.to_str().unwrap())).unwrap();
+        let log = std::fs::File::create(self.path("vrouter.log")).unwrap();
+        let child = Command::new(bin())
+            .args(["run", "-c", cfg.to_str().unwrap()])
+            .env("VROUTER_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        self.vrouter = Some(self.children.len() - 1);
+        let t = Instant::now();
+        while !sock.exists() {
+            if let Some(c) = self.children.last_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("vrouter exited with {st}: {}", self.log());
+                }
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "vrouter did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sock
+    }
+
+    /// The vrouter's pid.
+    pub fn vrouter_pid(&self) -> u32 {
+        self.children[self.vrouter.expect("no vrouter started")].id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("vrouter.log")).unwrap_or_default()
+    }
+
+    /// Whether the most recently started vrouter still runs.
+    pub fn vrouter_alive(&mut self) -> bool {
+        let i = self.vrouter.expect("no vrouter started");
+        matches!(self.children[i].try_wait(), Ok(None))
+    }
+
+    /// `vrouter ctl show TABLE --json`.
+    pub fn show(&self, table: &str) -> serde_json::Value {
+        let sock = self.path("ctl.sock");
+        let out = ok(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", table, "--json"]);
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// Drop counter `reason` of port `port` from `show stats`.
+    pub fn drops(&self, port: &str, reason: &str) -> u64 {
+        let s = self.show("stats");
+        s["ports"].as_array().unwrap().iter().find(|p| p["name"] == port).map(|p| p["drops"][reason].as_u64().unwrap_or(0)).unwrap_or(0)
+    }
+
+    /// Creates namespace `id+suffix`, moves tap `ifname` (made by vrouter) into it, brings it up
+    /// with `addr` (CIDR). Returns the namespace name.
+    pub fn guest(&mut self, suffix: &str, ifname: &str, addr: &str) -> String {
+        let ns = self.name(suffix);
+        ok(&["ip", "netns", "add", &ns]);
+        self.netns.push(ns.clone());
+        wait_for(&format!("tap {ifname}"), Duration::from_secs(5), || run(&["ip", "link", "show", ifname]).status.success());
+        ok(&["ip", "link", "set", ifname, "netns", &ns]);
+        ok(&["ip", "netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        ok(&["ip", "-n", &ns, "addr", "add", addr, "dev", ifname]);
+        ok(&["ip", "-n", &ns, "link", "set", ifname, "up"]);
+        ns
+    }
+
+    /// Runs a command inside namespace `ns`.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
+        let mut a = vec!["ip", "netns", "exec", ns];
+        a.extend_from_slice(args);
+        run(&a)
+    }
+
+    pub fn spawn_in(&mut self, ns: &str, args: &[&str], out: &Path) -> u32 {
+        let f = std::fs::File::create(out).unwrap();
+        let c = Command::new("ip").args(["netns", "exec", ns]).args(args).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+        let pid = c.id();
+        self.children.push(c);
+        pid
+    }
+
+    /// Tracks a pid started by a helper script, to be ended on drop.
+    pub fn adopt_pid(&mut self, pid: u32) {
+        self.pids.push(pid);
+    }
+
+    /// Pings from `ns` until one reply or `tries` seconds pass.
+    pub fn ping(&self, ns: &str, dst: &str, tries: u32) -> bool {
+        (0..tries).any(|_| self.exec(ns, &["ping", "-c", "1", "-W", "1", dst]).status.success())
+    }
+
+    /// Sends SIGINT to a child (tcpdump flushes its file) and waits for it.
+    pub fn interrupt(&mut self, pid: u32) {
+        signal(pid, "INT");
+        if let Some(c) = self.children.iter_mut().find(|c| c.id() == pid) {
+            let t = Instant::now();
+            while matches!(c.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for pid in self.pids.drain(..) {
+            signal(pid, "KILL");
+        }
+        for c in self.children.iter_mut().rev() {
+            if matches!(c.try_wait(), Ok(None)) {
+                signal(c.id(), "TERM");
+                let t = Instant::now();
+                while matches!(c.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(3) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        for ns in self.netns.drain(..) {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- vrouter log ({}) ---\n{}", self.id, self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,210 @@
+//! Guests in network namespaces on vrouter taps: connectivity, throughput, isolation between
+//! networks, VLAN hopping from a guest port, and the control socket.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn config(lab: &Lab) -> String {
+    format!(
+        r#"
+[router]
+name = "{id}"
+control_socket = "@SOCK@"
+
+[[network]]
+name = "web"
+cidr = "10.1.1.0/24"
+vlan = 101
+
+[[network]]
+name = "db"
+cidr = "10.1.2.0/24"
+vlan = 102
+
+[[port]]
+name = "a1"
+network = "web"
+kind = "tap"
+ifname = "{a1}"
+mac = "52:54:00:10:01:11"
+ip = "10.1.1.11"
+
+[[port]]
+name = "a2"
+network = "web"
+kind = "tap"
+ifname = "{a2}"
+mac = "52:54:00:10:01:12"
+ip = "10.1.1.12"
+
+# The intruder: no port security, so it may use any MAC and IP it likes.
+[[port]]
+name = "b1"
+network = "db"
+kind = "tap"
+ifname = "{b1}"
+mac = "52:54:00:10:02:11"
+port_security = false
+"#,
+        id = lab.id,
+        a1 = lab.name("a1"),
+        a2 = lab.name("a2"),
+        b1 = lab.name("b1"),
+    )
+}
+
+#[test]
+fn two_guests_ping_and_iperf3_and_ctl() {
+    let mut lab = Lab::new("p");
+    let cfg = config(&lab);
+    let sock = lab.vrouter(&cfg);
+    let a1 = lab.guest("n1", &lab.name("a1"), "10.1.1.11/24");
+    let a2 = lab.guest("n2", &lab.name("a2"), "10.1.1.12/24");
+    // The guest NIC got the configured MAC from vrouter.
+    let link = ok(&["ip", "-n", &a1, "link", "show", &lab.name("a1")]);
+    assert!(link.contains("52:54:00:10:01:11"), "{link}");
+
+    assert!(lab.ping(&a1, "10.1.1.12", 5), "a1 -> a2");
+    assert!(lab.ping(&a2, "10.1.1.11", 5), "a2 -> a1");
+    let out = lab.exec(&a1, &["ping", "-c", "5", "-i", "0.2", "10.1.1.12"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(" 0% packet loss"));
+
+    // iperf3: a short TCP run must move data both ways through vrouter.
+    let srv = lab.spawn_in(&a2, &["iperf3", "-s", "-1"], &lab.path("iperf-s.log"));
+    std::thread::sleep(Duration::from_millis(500));
+    let o = lab.exec(&a1, &["iperf3", "-c", "10.1.1.12", "-t", "2", "-J"]);
+    assert!(o.status.success(), "iperf3: {}", String::from_utf8_lossy(&o.stdout));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bytes = j["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    let bps = j["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+    eprintln!("iperf3 through vrouter: {:.2} Gbit/s", bps / 1e9);
+    assert!(bytes > 1_000_000, "iperf3 moved only {bytes} bytes");
+    let _ = srv;
+
+    // Control socket: tables as JSON and as text, socket mode 0600.
+    let ports = lab.show("ports");
+    let a1p = ports.as_array().unwrap().iter().find(|p| p["name"] == "a1").unwrap();
+    assert_eq!(a1p["offload"], true);
+    assert!(a1p["rx_frames"].as_u64().unwrap() > 1000);
+    let fdb = lab.show("fdb");
+    let macs: Vec<&str> = fdb.as_array().unwrap().iter().map(|e| e["mac"].as_str().unwrap()).collect();
+    assert!(macs.contains(&"52:54:00:10:01:11") && macs.contains(&"52:54:00:10:01:12"), "{fdb}");
+    let stats = lab.show("stats");
+    assert!(stats["totals"]["tx_bytes"].as_u64().unwrap() >= bytes);
+    let text = ok(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", "ports"]);
+    assert!(text.starts_with("NAME") && text.contains("a2"), "{text}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    // Garbage on the control socket gets an error answer; the daemon keeps running.
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(b"\xff\xfe{not json\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+    assert!(line.contains("\"ok\":false"), "{line}");
+    let o = run(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", "leases"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not built"));
+    assert!(lab.vrouter_alive());
+    assert!(lab.ping(&a1, "10.1.1.12", 2));
+}
+
+/// A python3 one-liner that sends raw frames (hex) out of an interface.
+fn send_raw(lab: &Lab, ns: &str, ifname: &str, frames: &[String]) {
+    let code = format!(
+        "import socket\ns=socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('{ifname}',0))\nfor f in {frames:?}:\n  [s.send(bytes.fromhex(f)) for _ in range(3)]\n"
+    );
+    let o = lab.exec(ns, &["python3", "-c", &code]);
+    assert!(o.status.success(), "raw send: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn icmp_frame(dst: &str, src: &str, tags: &[u16]) -> String {
+    // IPv4 10.1.1.50 -> 10.1.1.11 ICMP echo (checksums need not be right: it must not arrive).
+    let mut f = format!("{}{}", dst.replace(':', ""), src.replace(':', ""));
+    for t in tags {
+        f += &format!("8100{t:04x}");
+    }
+    f += "0800450000540000400040010000";
+    f += "0a010132"; // 10.1.1.50
+    f += "0a01010b"; // 10.1.1.11
+    f += &"08000000000100010000".to_string();
+    f += &"00".repeat(56);
+    f
+}
+
+#[test]
+fn networks_are_isolated_even_against_spoofing_and_vlan_hopping() {
+    let mut lab = Lab::new("i");
+    let cfg = config(&lab);
+    lab.vrouter(&cfg);
+    let a1 = lab.guest("n1", &lab.name("a1"), "10.1.1.11/24");
+    let a2 = lab.guest("n2", &lab.name("a2"), "10.1.1.12/24");
+    let b1if = lab.name("b1");
+    // The db guest takes an address of the web subnet.
+    let b1 = lab.guest("n3", &b1if, "10.1.1.50/24");
+    assert!(lab.ping(&a1, "10.1.1.12", 5), "same network works");
+
+    // Watch everything a1 receives.
+    let pcap = lab.path("a1.pcap");
+    let tcpdump = lab.spawn_in(&a1, &["tcpdump", "-i", &lab.name("a1"), "-n", "-U", "-w", pcap.to_str().unwrap()], &lab.path("tcpdump.log"));
+    wait_for("tcpdump", Duration::from_secs(10), || std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0));
+
+    // 1. ARP broadcasts for a web address.
+    assert!(!lab.ping(&b1, "10.1.1.11", 2), "db guest must not reach web by ARP");
+    // 2. Straight to a1's MAC with a static neighbour entry.
+    ok(&["ip", "-n", &b1, "neigh", "replace", "10.1.1.11", "lladdr", "52:54:00:10:01:11", "dev", &b1if]);
+    assert!(!lab.ping(&b1, "10.1.1.11", 2), "db guest must not reach web by MAC");
+    // 3. Using a2's MAC as its own: must not poison web's table either.
+    ok(&["ip", "-n", &b1, "link", "set", &b1if, "address", "52:54:00:10:01:12"]);
+    assert!(!lab.ping(&b1, "10.1.1.11", 2));
+    // 4. VLAN hopping: frames tagged with web's VLAN, single and double, unicast and broadcast.
+    let me = "52:54:00:10:01:12";
+    send_raw(&lab, &b1, &b1if, &[
+        icmp_frame("52:54:00:10:01:11", me, &[101]),
+        icmp_frame("ff:ff:ff:ff:ff:ff", me, &[101]),
+        icmp_frame("52:54:00:10:01:11", me, &[102, 101]),
+    ]);
+    // Web keeps working, with a2 still found where it really is.
+    assert!(lab.ping(&a1, "10.1.1.12", 3), "web still works after the spoofing");
+    std::thread::sleep(Duration::from_millis(300));
+    lab.interrupt(tcpdump);
+
+    let count = |filter: &str| -> usize {
+        let o = run(&["tcpdump", "-n", "-r", pcap.to_str().unwrap(), filter]);
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    assert!(count("host 10.1.1.12") > 0, "positive control: a1 saw a2's traffic");
+    assert_eq!(count("host 10.1.1.50 or vlan or ether src 52:54:00:10:02:11"), 0, "a frame crossed from db to web");
+    assert!(lab.drops("b1", "tagged_on_access") >= 9, "{}", lab.show("stats"));
+    // a2's entry in web's table is still a2's port.
+    let fdb = lab.show("fdb");
+    let e = fdb.as_array().unwrap().iter().find(|e| e["network"] == "web" && e["mac"] == me).unwrap();
+    assert_eq!(e["port"], "a2");
+    let _ = a2;
+}
+
+#[test]
+fn port_security_drops_spoofed_sources() {
+    let mut lab = Lab::new("s");
+    let cfg = config(&lab);
+    lab.vrouter(&cfg);
+    let a1 = lab.guest("n1", &lab.name("a1"), "10.1.1.11/24");
+    let a2if = lab.name("a2");
+    let a2 = lab.guest("n2", &a2if, "10.1.1.12/24");
+    assert!(lab.ping(&a2, "10.1.1.11", 5));
+    // a2 claims another address: its ARP and IP are dropped.
+    ok(&["ip", "-n", &a2, "addr", "flush", "dev", &a2if]);
+    ok(&["ip", "-n", &a2, "addr", "add", "10.1.1.99/24", "dev", &a2if]);
+    assert!(!lab.ping(&a2, "10.1.1.11", 2));
+    assert!(lab.drops("a2", "spoofed_ip") > 0);
+    // a2 changes its MAC: dropped too.
+    ok(&["ip", "-n", &a2, "addr", "flush", "dev", &a2if]);
+    ok(&["ip", "-n", &a2, "addr", "add", "10.1.1.12/24", "dev", &a2if]);
+    ok(&["ip", "-n", &a2, "link", "set", &a2if, "address", "52:54:00:10:01:99"]);
+    assert!(!lab.ping(&a2, "10.1.1.11", 2));
+    assert!(lab.drops("a2", "spoofed_mac") > 0);
+    // Back to its own identity: works again.
+    ok(&["ip", "-n", &a2, "link", "set", &a2if, "address", "52:54:00:10:01:12"]);
+    ok(&["ip", "-n", &a1, "neigh", "flush", "all"]);
+    assert!(lab.ping(&a2, "10.1.1.11", 5));
+}
