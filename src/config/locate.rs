@@ -88,6 +88,18 @@ impl<'a> Locator<'a> {
         Locator { src, doc: ImDocument::parse(src).ok() }
     }
 
+    /// The text did not even parse as TOML.
+    pub fn is_syntax_error(&self) -> bool {
+        self.doc.is_none()
+    }
+
+    /// The key written on `line` (1-based), for messages about text that did not parse.
+    pub fn key_on_line(&self, line: usize) -> Option<String> {
+        let l = self.src.lines().nth(line.checked_sub(1)?)?;
+        let k = l.split_once('=')?.0.trim();
+        (!k.is_empty()).then(|| k.to_string())
+    }
+
     /// 1-based line of a byte offset.
     pub fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.src.len());

@@ -73,14 +73,17 @@ pub fn parse(src: &str, path: &Path) -> Result<Validated, ConfigError> {
     let config: Config = match toml_edit::de::from_str(src) {
         Ok(c) => c,
         Err(e) => {
-            let (line, key) = match e.span() {
-                Some(r) => (
-                    Some(loc.line_of(r.start)),
-                    loc.path_at(r.start).map(|p| p.to_string()).unwrap_or_else(|| "(top level)".into()),
-                ),
-                None => (None, "(top level)".into()),
-            };
-            let msg = e.message().trim().replace('\n', " ");
+            let line = e.span().map(|r| loc.line_of(r.start));
+            let key = match (e.span(), line) {
+                (Some(r), _) if !loc.is_syntax_error() => loc.path_at(r.start).map(|p| p.to_string()),
+                (_, Some(l)) => loc.key_on_line(l),
+                _ => None,
+            }
+            .unwrap_or_else(|| "(top level)".into());
+            let mut msg = e.message().trim().replace('\n', " ");
+            if loc.is_syntax_error() {
+                msg = format!("TOML syntax error: {msg}");
+            }
             return Err(ConfigError::Invalid(vec![diag(line, key, msg)]));
         }
     };

@@ -1,0 +1,124 @@
+//! `vrouter check` and `vrouter run` on good and broken configs: exit codes and file:line: key
+//! messages, as an operator sees them.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+
+fn check(name: &str, text: &str) -> (i32, String) {
+    let dir = std::env::temp_dir().join(format!("vrouter-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    let o = run(&[bin(), "check", "-c", p.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&p);
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+const BASE: &str = r#"[router]
+name = "t"
+
+[[network]]
+name = "web"
+cidr = "10.1.1.0/24"
+gateway = "10.1.1.1"
+vlan = 101
+
+[[network]]
+name = "db"
+cidr = "10.1.2.0/24"
+vlan = 102
+
+[[port]]
+name = "vm1"
+network = "web"
+kind = "tap"
+ifname = "vr-vm1"
+mac = "52:54:00:12:34:01"
+ip = "10.1.1.11"
+"#;
+
+/// Each case: config text, the line and key the message must name, a phrase it must contain.
+fn cases() -> Vec<(&'static str, String, usize, &'static str, &'static str)> {
+    vec![
+        ("unknown_key", BASE.replace("vlan = 101", "vlan = 101\ncolour = \"red\""), 9, "network[0].colour", "unknown field"),
+        ("missing_network", BASE.replace("network = \"web\"", "network = \"nope\""), 17, "port[0].network", "no [[network]] is named"),
+        ("ip_outside_cidr", BASE.replace("ip = \"10.1.1.11\"", "ip = \"10.9.9.9\""), 21, "port[0].ip", "not a host address"),
+        ("gateway_outside", BASE.replace("gateway = \"10.1.1.1\"", "gateway = \"10.1.2.1\""), 7, "network[0].gateway", "not a host address"),
+        ("dup_vlan", BASE.replace("vlan = 102", "vlan = 101"), 13, "network[1].vlan", "duplicate VLAN id 101"),
+        ("bad_vlan", BASE.replace("vlan = 102", "vlan = 4095"), 13, "network[1].vlan", "outside 1..4094"),
+        ("bad_mac", BASE.replace("52:54:00:12:34:01", "52:54:00:12:34"), 20, "port[0].mac", "invalid MAC"),
+        ("bad_cidr", BASE.replace("10.1.2.0/24", "10.1.2.7/24"), 12, "network[1].cidr", "host bits"),
+        ("overlap", BASE.replace("10.1.2.0/24", "10.1.0.0/16"), 12, "network[1].cidr", "overlaps"),
+        ("bad_type", BASE.replace("vlan = 101", "vlan = \"x\""), 8, "network[0].vlan", "invalid type"),
+        ("bad_range", format!("{BASE}\n[[egress]]\nnetwork = \"web\"\nprotocol = \"tcp\"\nports = \"30-20\"\ndestinations = [\"0.0.0.0/0\"]\naction = \"deny\"\n"), 26, "egress[0].ports", "runs backwards"),
+        ("bad_dhcp_range", BASE.replace("vlan = 101", "vlan = 101\ndhcp_range = [\"10.1.1.200\", \"10.1.1.100\"]"), 9, "network[0].dhcp_range", "runs backwards"),
+        ("bad_enum", BASE.replace("kind = \"tap\"", "kind = \"vhost\""), 18, "port[0].kind", "unknown variant"),
+        ("syntax", BASE.replace("name = \"vm1\"", "name = vm1"), 16, "name", "TOML syntax error"),
+        (
+            "dup_mac_ifname",
+            format!("{BASE}\n[[port]]\nname = \"vm2\"\nnetwork = \"web\"\nkind = \"tap\"\nifname = \"vr-vm1\"\nmac = \"52:54:00:12:34:01\"\n"),
+            27, "port[1].ifname", "duplicate interface name vr-vm1",
+        ),
+        (
+            "trunk_without_vlan",
+            format!("{}\n[[uplink]]\nname = \"t0\"\nkind = \"netdev\"\nifname = \"eth9\"\nnetworks = [\"db\"]\n", BASE.replace("vlan = 102\n", "")),
+            26, "uplink[0].networks[0]", "has no `vlan`",
+        ),
+        ("security_needs_mac", BASE.replace("mac = \"52:54:00:12:34:01\"\n", ""), 15, "port[0].mac", "port_security"),
+    ]
+}
+
+#[test]
+fn broken_configs_name_file_line_and_key_and_exit_1() {
+    for (name, text, line, key, phrase) in cases() {
+        let (code, err) = check(&format!("{name}.toml"), &text);
+        assert_eq!(code, 1, "{name}: exit code; stderr: {err}");
+        let want = if key.is_empty() { format!("{name}.toml:{line}:") } else { format!("{name}.toml:{line}: {key}:") };
+        assert!(err.contains(&want), "{name}: expected {want:?} in: {err}");
+        assert!(err.contains(phrase), "{name}: expected {phrase:?} in: {err}");
+    }
+}
+
+#[test]
+fn several_errors_are_all_reported() {
+    let text = BASE.replace("vlan = 102", "vlan = 101").replace("ip = \"10.1.1.11\"", "ip = \"10.1.2.11\"");
+    let (code, err) = check("multi.toml", &text);
+    assert_eq!(code, 1);
+    assert!(err.contains("network[1].vlan") && err.contains("port[0].ip"), "{err}");
+}
+
+#[test]
+fn every_file_in_conf_passes_and_unbuilt_keys_warn() {
+    let conf = repo().join("conf");
+    let mut n = 0;
+    for e in std::fs::read_dir(&conf).unwrap() {
+        let p: PathBuf = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let o = run(&[bin(), "check", "-c", p.to_str().unwrap()]);
+            assert!(o.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&o.stderr));
+            assert!(String::from_utf8_lossy(&o.stdout).contains(": ok:"));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "conf/ should hold the documented example and the demo");
+    let o = run(&[bin(), "check", "-c", repo().join("conf/vrouter.toml").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("vrouter.toml:79: warning: public: has no effect yet"), "{err}");
+    assert!(err.contains("warning: dns: has no effect yet (not built in this version: DNS)"), "{err}");
+}
+
+#[test]
+fn run_refuses_a_broken_config_and_a_missing_file() {
+    let dir = std::env::temp_dir().join(format!("vrouter-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("bad.toml");
+    std::fs::write(&p, BASE.replace("vlan = 102", "vlan = 101")).unwrap();
+    let o = run(&[bin(), "run", "-c", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.toml:13: network[1].vlan"));
+    let o = run(&[bin(), "check", "-c", dir.join("absent.toml").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
