@@ -1,0 +1,202 @@
+//! QEMU guests attached the way operators attach VMs: QEMU creates its tap
+//! (`-netdev tap,ifname=...`), vrouter attaches it as a `netdev` port (AF_PACKET), and the
+//! guest's own kernel is the peer: virtio-net with its offloads, and 8021q for trunks (this host
+//! kernel has no VLAN sub-interfaces). Guests boot under TCG from scripts/lib/guest-image.sh.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+/// Starts a guest running `script`; returns its serial log path. Its pid is adopted by the lab.
+fn start_guest(lab: &mut Lab, name: &str, tap: &str, mac: &str, script: &str) -> std::path::PathBuf {
+    let sp = lab.path(&format!("{name}.sh"));
+    std::fs::write(&sp, script).unwrap();
+    let log = lab.path(&format!("{name}.log"));
+    let lib = repo().join("scripts/lib/qemu-guest.sh");
+    let cmd = format!(
+        "source {} && qemu_guest_start {name} {tap} {mac} {} {} && echo PID=$QEMU_GUEST_PID",
+        lib.display(),
+        sp.display(),
+        log.display()
+    );
+    let o = run(&["bash", "-c", &cmd]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "qemu_guest_start: {out}{}", String::from_utf8_lossy(&o.stderr));
+    let pid: u32 = out.lines().find_map(|l| l.strip_prefix("PID=")).and_then(|p| p.trim().parse().ok()).expect("pid");
+    lab.adopt_pid(pid);
+    log
+}
+
+fn wait_marker(log: &std::path::Path, marker: &str, secs: u64) -> String {
+    let t = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(log).unwrap_or_default();
+        if s.contains(marker) {
+            return s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(secs), "guest never printed {marker}; console:\n{s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn qemu_guest_on_netdev_port_talks_to_namespace_guest() {
+    let mut lab = Lab::new("q");
+    let qtap = lab.name("qt");
+    let guest_mac = "52:54:00:20:01:50";
+    let script = r#"
+. /lib/vrguest.sh
+vrg_addr eth0 10.1.1.50/24
+if vrg_wait_ping 10.1.1.11 90; then echo VRT_PING_OK; else echo VRT_PING_FAIL; exit 1; fi
+# Host -> guest TCP (the guest receives GSO frames through the AF_PACKET port).
+rx() { wc -c < /tmp/rx; }
+: > /tmp/rx
+nc -l -p 5001 > /tmp/rx &
+echo VRT_LISTENING
+i=0; while [ $i -lt 100 ] && [ "$(rx)" -lt 4194304 ]; do sleep 0.2; i=$((i+1)); done
+echo "VRT_RX=$(rx)"
+# Guest -> host TCP (the guest's TSO super-frames arrive with a vnet header).
+dd if=/dev/zero bs=1024 count=4096 2>/dev/null | nc 10.1.1.11 5002
+echo VRT_TX_DONE
+sleep 8
+"#;
+    let log = start_guest(&mut lab, "q1", &qtap, guest_mac, script);
+    let cfg = format!(
+        r#"
+[router]
+name = "{id}"
+control_socket = "@SOCK@"
+[[network]]
+name = "web"
+cidr = "10.1.1.0/24"
+[[port]]
+name = "a1"
+network = "web"
+kind = "tap"
+ifname = "{a1}"
+mac = "52:54:00:20:01:11"
+ip = "10.1.1.11"
+[[port]]
+name = "vm"
+network = "web"
+kind = "netdev"
+ifname = "{qtap}"
+mac = "{guest_mac}"
+ip = "10.1.1.50"
+"#,
+        id = lab.id,
+        a1 = lab.name("a1"),
+    );
+    lab.vrouter(&cfg);
+    let a1 = lab.guest("n1", &lab.name("a1"), "10.1.1.11/24");
+    // Receive the guest's 4 MiB on a1 (python: count bytes until EOF).
+    let rxfile = lab.path("rx-count");
+    let server = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('10.1.1.11',5002))\ns.listen(1)\nc,_=s.accept()\nn=0\nwhile True:\n  b=c.recv(65536)\n  if not b: break\n  n+=len(b)\nopen('{}','w').write(str(n))\n",
+        rxfile.display()
+    );
+    lab.spawn_in(&a1, &["python3", "-c", &server], &lab.path("py-server.log"));
+
+    wait_marker(&log, "VRT_PING_OK", 120);
+    assert!(lab.ping(&a1, "10.1.1.50", 10), "namespace guest -> QEMU guest");
+    wait_marker(&log, "VRT_LISTENING", 30);
+    std::thread::sleep(Duration::from_millis(300));
+    let send = "import socket\nc=socket.create_connection(('10.1.1.50',5001),timeout=30)\nc.sendall(b'x'*4194304)\nc.close()\n";
+    let o = lab.exec(&a1, &["python3", "-c", send]);
+    assert!(o.status.success(), "send to guest: {}", String::from_utf8_lossy(&o.stderr));
+    let console = wait_marker(&log, "VRT_TX_DONE", 120);
+    assert!(console.contains("VRT_RX=4194304"), "guest received everything: {console}");
+    wait_for("python server result", Duration::from_secs(20), || rxfile.exists());
+    assert_eq!(std::fs::read_to_string(&rxfile).unwrap(), "4194304", "a1 received the guest's 4 MiB");
+
+    let ports = lab.show("ports");
+    let vm = ports.as_array().unwrap().iter().find(|p| p["name"] == "vm").unwrap().clone();
+    assert_eq!(vm["kind"], "netdev");
+    assert!(vm["rx_frames"].as_u64().unwrap() > 0 && vm["tx_frames"].as_u64().unwrap() > 0);
+    eprintln!("netdev port: {vm}");
+}
+
+#[test]
+fn qemu_guest_trunk_reaches_matching_vlans_only() {
+    let mut lab = Lab::new("t");
+    let qtap = lab.name("qt");
+    let script = r#"
+. /lib/vrguest.sh
+vrg_vlan_add eth0 101 && vrg_addr eth0.101 10.1.1.50/24
+vrg_vlan_add eth0 102 && vrg_addr eth0.102 10.1.2.50/24
+vrg_vlan_add eth0 103 && vrg_addr eth0.103 10.1.3.50/24
+if vrg_wait_ping 10.1.1.11 90; then echo VRT_V101_OK; else echo VRT_V101_FAIL; fi
+if vrg_wait_ping 10.1.2.11 10; then echo VRT_V102_OK; else echo VRT_V102_FAIL; fi
+if vrg_wait_ping 10.1.3.11 3; then echo VRT_V103_REACHED; else echo VRT_V103_BLOCKED; fi
+echo VRT_CHECKS_DONE
+sleep 8
+"#;
+    let log = start_guest(&mut lab, "t1", &qtap, "52:54:00:30:01:50", script);
+    let cfg = format!(
+        r#"
+[router]
+name = "{id}"
+control_socket = "@SOCK@"
+[[network]]
+name = "web"
+cidr = "10.1.1.0/24"
+vlan = 101
+[[network]]
+name = "db"
+cidr = "10.1.2.0/24"
+vlan = 102
+[[network]]
+name = "app"
+cidr = "10.1.3.0/24"
+vlan = 103
+[[port]]
+name = "web1"
+network = "web"
+kind = "tap"
+ifname = "{w}"
+mac = "52:54:00:30:01:11"
+[[port]]
+name = "db1"
+network = "db"
+kind = "tap"
+ifname = "{d}"
+mac = "52:54:00:30:02:11"
+[[port]]
+name = "app1"
+network = "app"
+kind = "tap"
+ifname = "{a}"
+mac = "52:54:00:30:03:11"
+[[uplink]]
+name = "trunk0"
+kind = "netdev"
+ifname = "{qtap}"
+networks = ["web", "db"]
+"#,
+        id = lab.id,
+        w = lab.name("w"),
+        d = lab.name("d"),
+        a = lab.name("a"),
+    );
+    lab.vrouter(&cfg);
+    let web = lab.guest("n1", &lab.name("w"), "10.1.1.11/24");
+    let db = lab.guest("n2", &lab.name("d"), "10.1.2.11/24");
+    let app = lab.guest("n3", &lab.name("a"), "10.1.3.11/24");
+    let pcap = lab.path("app.pcap");
+    let td = lab.spawn_in(&app, &["tcpdump", "-i", &lab.name("a"), "-n", "-U", "-w", pcap.to_str().unwrap()], &lab.path("td.log"));
+
+    let console = wait_marker(&log, "VRT_CHECKS_DONE", 150);
+    assert!(console.contains("VRT_V101_OK"), "web via eth0.101: {console}");
+    assert!(console.contains("VRT_V102_OK"), "db via eth0.102: {console}");
+    assert!(console.contains("VRT_V103_BLOCKED"), "app is not on the trunk: {console}");
+    // From the namespaces, through the trunk to the guest's sub-interfaces.
+    assert!(lab.ping(&web, "10.1.1.50", 5));
+    assert!(lab.ping(&db, "10.1.2.50", 5));
+    // Cross-network: web's guest cannot reach the trunk guest's db address by L2.
+    assert!(!lab.ping(&web, "10.1.2.50", 2));
+    lab.interrupt(td);
+    let o = run(&["tcpdump", "-n", "-e", "-r", pcap.to_str().unwrap(), "ether src 52:54:00:30:01:50"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 0, "a trunk frame reached app");
+    assert!(lab.drops("trunk0", "unknown_vlan") > 0, "VLAN 103 frames are dropped and counted: {}", lab.show("stats"));
+    let _ = db;
+}
