@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what vrouter's build, tests, demo and benchmark need on a fresh Debian machine:
+# Debian packages (only the missing ones) and the Rust toolchain check. Idempotent.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip || need+=(iproute2)
+have ping || need+=(iputils-ping)
+have iperf3 || need+=(iperf3)
+have tcpdump || need+=(tcpdump)
+have socat || need+=(socat)
+have python3 || need+=(python3)
+have qemu-system-x86_64 || need+=(qemu-system-x86)
+have cpio || need+=(cpio)
+have iptables || need+=(iptables)
+[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "deps: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! have cargo; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    else
+        echo "deps: no Rust toolchain (cargo) found; install rustup's stable toolchain" >&2
+        exit 1
+    fi
+fi
+[ -e /dev/net/tun ] || { echo "deps: /dev/net/tun is missing" >&2; exit 1; }

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests (sans-IO pipeline, wire golden bytes, fuzz smoke), the config
+# checks, integration tests with namespaces/taps/iperf3/tcpdump, and QEMU guests (virtio-net
+# offloads and 802.1Q trunks). Needs root and /dev/net/tun; installs what it needs first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "scripts/test.sh needs root (taps, namespaces)" >&2; exit 1; }
+source scripts/deps.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# The QEMU guest image (Debian kernel + busybox initramfs), cached across runs.
+bash scripts/lib/guest-image.sh
+
+# --all-targets also builds the benchmarks and runs each once as a test.
+cargo test --all-targets --locked 2>&1
