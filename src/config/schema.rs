@@ -52,6 +52,10 @@ pub struct Router {
     /// `mac_table_size` only.
     #[serde(default = "defaults::mac_limit_per_port")]
     pub mac_limit_per_port: usize,
+    /// After traffic, keep polling the ports without sleeping for this long (microseconds,
+    /// default 200; 0 = always sleep in epoll). Trades idle-CPU for latency and throughput.
+    #[serde(default = "defaults::busy_poll_us")]
+    pub busy_poll_us: u64,
 }
 
 pub mod defaults {
@@ -63,6 +67,9 @@ pub mod defaults {
     }
     pub fn mac_limit_per_port() -> usize {
         16
+    }
+    pub fn busy_poll_us() -> u64 {
+        200
     }
     pub fn yes() -> bool {
         true

@@ -94,6 +94,9 @@ pub fn check(c: &Config, r: &mut Report) {
     if c.router.mac_limit_per_port == 0 || c.router.mac_limit_per_port > c.router.mac_table_size {
         r.err(kp!("router", "mac_limit_per_port"), "must be between 1 and mac_table_size");
     }
+    if c.router.busy_poll_us > 100_000 {
+        r.err(kp!("router", "busy_poll_us"), "must be at most 100000 (0.1 s)");
+    }
     if c.router.state_dir.is_some() {
         r.not_built(kp!("router", "state_dir"), "persisted state (DHCP leases)");
     }
