@@ -37,11 +37,17 @@ impl PacketBuf {
     /// A buffer holding a copy of `frame` (tests, benchmarks, fuzzing).
     pub fn from_frame(frame: &[u8], vnet: VnetHdr) -> Self {
         let mut b = Self::new();
-        let n = frame.len().min(MAX_FRAME);
-        b.data[HEADROOM..HEADROOM + n].copy_from_slice(&frame[..n]);
-        b.end = HEADROOM + n;
-        b.vnet = vnet;
+        b.load(frame, vnet);
         b
+    }
+
+    /// Replaces the contents with a copy of `frame` (cut at [`MAX_FRAME`]).
+    pub fn load(&mut self, frame: &[u8], vnet: VnetHdr) {
+        let n = frame.len().min(MAX_FRAME);
+        self.data[HEADROOM..HEADROOM + n].copy_from_slice(&frame[..n]);
+        self.start = HEADROOM;
+        self.end = HEADROOM + n;
+        self.vnet = vnet;
     }
 
     /// The area a read fills: a vnet header (if `with_vnet`) ends exactly at HEADROOM, where the

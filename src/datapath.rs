@@ -111,6 +111,10 @@ impl Datapath {
         }
     }
 
+    pub fn port_name(&self, p: PortId) -> &str {
+        self.ports.get(p.0 as usize).map_or("?", |s| s.name.as_str())
+    }
+
     pub fn port_count(&self) -> usize {
         self.ports.len()
     }

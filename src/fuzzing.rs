@@ -45,13 +45,14 @@ pub fn datapath(dp: &mut Datapath, data: &[u8]) {
     let mut rest = data;
     let mut t = 0u64;
     let mut sink = Null(0);
+    let mut b = PacketBuf::new();
     while rest.len() >= 13 {
         let port = PortId((rest[0] as usize % dp.port_count()) as u16);
         let len = u16::from_le_bytes([rest[1], rest[2]]) as usize;
         let vnet = VnetHdr::parse(&rest[3..13]).unwrap_or_default();
         rest = &rest[13..];
         let take = len.min(rest.len());
-        let mut b = PacketBuf::from_frame(&rest[..take], vnet);
+        b.load(&rest[..take], vnet);
         rest = &rest[take..];
         t += 1000;
         dp.process(Instant::from_millis(t), port, &mut b, &mut sink);

@@ -208,3 +208,36 @@ fn port_security_drops_spoofed_sources() {
     ok(&["ip", "-n", &a1, "neigh", "flush", "all"]);
     assert!(lab.ping(&a2, "10.1.1.11", 5));
 }
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_existing_taps_survive() {
+    let mut lab = Lab::new("x");
+    // A persistent tap made beforehand (as an operator's tooling might): vrouter opens it and
+    // must leave it in place on exit; the taps it creates itself must disappear.
+    let pre = lab.name("pre");
+    ok(&["ip", "tuntap", "add", "dev", &pre, "mode", "tap", "vnet_hdr"]);
+    struct DelLink(String);
+    impl Drop for DelLink {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+    let _del = DelLink(pre.clone());
+    let cfg = format!(
+        "[router]\nname = \"{id}\"\ncontrol_socket = \"@SOCK@\"\n[[network]]\nname = \"n\"\ncidr = \"10.7.0.0/24\"\n\
+         [[port]]\nname = \"p1\"\nnetwork = \"n\"\nkind = \"tap\"\nifname = \"{pre}\"\nmac = \"52:54:00:70:00:01\"\n\
+         [[port]]\nname = \"p2\"\nnetwork = \"n\"\nkind = \"tap\"\nifname = \"{new}\"\nmac = \"52:54:00:70:00:02\"\n",
+        id = lab.id,
+        new = lab.name("new"),
+    );
+    let sock = lab.vrouter(&cfg);
+    assert!(run(&["ip", "link", "show", &lab.name("new")]).status.success());
+    let pid = lab.vrouter_pid();
+    signal(pid, "TERM");
+    wait_for("vrouter exit", std::time::Duration::from_secs(5), || !lab.vrouter_alive());
+    assert_eq!(lab.vrouter_exit_code(), Some(0));
+    assert!(lab.log().contains("shutting down"), "{}", lab.log());
+    assert!(!sock.exists(), "control socket removed");
+    assert!(!run(&["ip", "link", "show", &lab.name("new")]).status.success(), "vrouter's own tap is gone");
+    assert!(run(&["ip", "link", "show", &pre]).status.success(), "the pre-existing tap is kept");
+}

@@ -172,6 +172,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let clock = || Instant::from_millis(origin.elapsed().as_millis() as u64);
     let mut events = Events::with_capacity(256);
     let mut ready = vec![false; devs.len()];
+    let mut last_err: Vec<Option<i32>> = vec![None; devs.len()];
     let mut pool = BufPool::new(4);
     let mut shutdown = false;
     // Sleeping in epoll costs a wakeup (an IPI, a hypervisor exit on a VM) per batch; spinning
@@ -226,12 +227,18 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                     Ok(Rx::Frame) => {
                         dp.process(now, port, &mut buf, &mut tx);
                         got = true;
+                        last_err[i] = None;
                     }
                     Ok(Rx::Dropped(r)) => dp.count_drop(port, r),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        tracing::debug!(port = i, "receive: {e}");
+                        // Edge-triggered: a dead device wakes us once, so this cannot spin.
+                        // Say it once per error kind, not per frame.
+                        if last_err[i] != e.raw_os_error() {
+                            last_err[i] = e.raw_os_error();
+                            tracing::warn!(port = %dp.port_name(port), "receive failed: {e} (device down or removed?)");
+                        }
                         break;
                     }
                 }

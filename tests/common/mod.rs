@@ -99,6 +99,12 @@ impl Lab {
         sock
     }
 
+    /// The vrouter's exit code once it has exited.
+    pub fn vrouter_exit_code(&mut self) -> Option<i32> {
+        let i = self.vrouter.expect("no vrouter started");
+        self.children[i].try_wait().ok().flatten().and_then(|s| s.code())
+    }
+
     /// The vrouter's pid.
     pub fn vrouter_pid(&self) -> u32 {
         self.children[self.vrouter.expect("no vrouter started")].id()
