@@ -262,6 +262,66 @@ mod tests {
         check_segments(true);
     }
 
+    /// Byte-exact oracle: each segment equals what etherparse builds from scratch for that
+    /// segment (sequence number, IP id, FIN/PSH only on the last, lengths, both checksums).
+    #[test]
+    fn segments_match_independently_built_frames_byte_for_byte() {
+        use etherparse::{IpHeaders, Ipv4Header, IpNumber};
+        let payload: Vec<u8> = (0..10u8).collect();
+        let build = |seq: u32, id: u16, last: bool, data: &[u8]| {
+            let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, [10, 1, 1, 11], [10, 1, 1, 12]).unwrap();
+            ip.identification = id;
+            let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ip(IpHeaders::Ipv4(ip, Default::default()))
+                .tcp(40000, 5201, seq, 65535)
+                .ack(7);
+            let b = if last { b.psh().fin() } else { b };
+            let mut v = Vec::new();
+            b.write(&mut v, data).unwrap();
+            v
+        };
+        let sf = build(1000, 0x1234, true, &payload);
+        let v = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: 4, hdr_len: 54, csum_start: 34, csum_offset: 16, ..Default::default() };
+        let mut scratch = vec![0u8; 256];
+        let mut segs = Vec::new();
+        finish(&sf, &v, &mut scratch, &mut |s| segs.push(s.to_vec())).unwrap();
+        assert_eq!(segs, vec![
+            build(1000, 0x1234, false, &payload[0..4]),
+            build(1004, 0x1235, false, &payload[4..8]),
+            build(1008, 0x1236, true, &payload[8..10]),
+        ]);
+    }
+
+    #[test]
+    fn tcpv6_and_udp_l4_segments_match_independent_frames() {
+        use etherparse::{IpHeaders, Ipv4Header, IpNumber};
+        let eth = || PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let (a, b) = ([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        let v6 = |seq: u32, d: &[u8]| {
+            let mut v = Vec::new();
+            eth().ipv6(a, b, 64).tcp(1, 2, seq, 100).ack(9).write(&mut v, d).unwrap();
+            v
+        };
+        let data: Vec<u8> = (0..7u8).collect();
+        let v = VnetHdr { needs_csum: true, gso: Gso::TcpV6, gso_size: 4, hdr_len: 74, csum_start: 54, csum_offset: 16, ..Default::default() };
+        let mut scratch = vec![0u8; 256];
+        let mut segs = Vec::new();
+        finish(&v6(5, &data), &v, &mut scratch, &mut |s| segs.push(s.to_vec())).unwrap();
+        assert_eq!(segs, vec![v6(5, &data[..4]), v6(9, &data[4..])]);
+
+        let udp = |id: u16, d: &[u8]| {
+            let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, [10, 0, 0, 1], [10, 0, 0, 2]).unwrap();
+            ip.identification = id;
+            let mut v = Vec::new();
+            eth().ip(IpHeaders::Ipv4(ip, Default::default())).udp(53, 5353).write(&mut v, d).unwrap();
+            v
+        };
+        let v = VnetHdr { needs_csum: true, gso: Gso::UdpL4, gso_size: 3, hdr_len: 42, csum_start: 34, csum_offset: 6, ..Default::default() };
+        let mut segs = Vec::new();
+        finish(&udp(7, &data), &v, &mut scratch, &mut |s| segs.push(s.to_vec())).unwrap();
+        assert_eq!(segs, vec![udp(7, &data[..3]), udp(8, &data[3..6]), udp(9, &data[6..])]);
+    }
+
     // Golden bytes: a 2-byte TCP payload whose partial checksum (pseudo-header sum) is completed.
     #[test]
     fn partial_checksum_completed_golden() {
