@@ -53,7 +53,7 @@ pub struct Router {
     #[serde(default = "defaults::mac_limit_per_port")]
     pub mac_limit_per_port: usize,
     /// After traffic, keep polling the ports without sleeping for this long (microseconds,
-    /// default 200; 0 = always sleep in epoll). Trades idle-CPU for latency and throughput.
+    /// default 2000; 0 = always sleep in epoll). Trades idle-CPU for latency and throughput.
     #[serde(default = "defaults::busy_poll_us")]
     pub busy_poll_us: u64,
 }
@@ -69,7 +69,7 @@ pub mod defaults {
         16
     }
     pub fn busy_poll_us() -> u64 {
-        200
+        2000
     }
     pub fn yes() -> bool {
         true
