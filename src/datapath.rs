@@ -100,9 +100,17 @@ impl Datapath {
             }
         }
         let caps = cfg.ports.iter().map(|p| p.mac_limit).collect();
+        let mut fdb = Fdb::new(nets.len(), caps, cfg.mac_table_size, cfg.mac_aging);
+        // A port-security guest's MAC is known up front: unicast to it is never flooded, and no
+        // other port (a trunk included) can take it over.
+        for (i, p) in cfg.ports.iter().enumerate() {
+            if let Role::Access { net, security: Some(sec) } = &p.role {
+                fdb.pin(*net, sec.mac, PortId(i as u16));
+            }
+        }
         Datapath {
             router_mac: cfg.router_mac,
-            fdb: Fdb::new(nets.len(), caps, cfg.mac_table_size, cfg.mac_aging),
+            fdb,
             stats: vec![PortStats::default(); cfg.ports.len()],
             ports: cfg.ports,
             nets,
@@ -184,6 +192,7 @@ impl Datapath {
             Ok(_) => {}
             Err(LearnError::PortLimit) => return Err(DropReason::PortMacLimit),
             Err(LearnError::NetFull) => return Err(DropReason::MacTableFull),
+            Err(LearnError::Pinned) => return Err(DropReason::SpoofedMac),
         }
         // L3 seam: ARP, DHCP, DNS, routing, NAT and filters plug in here.
         if dst == self.router_mac {
@@ -309,7 +318,7 @@ impl Datapath {
     }
 
     pub fn show_fdb(&self, now: Instant) -> Value {
-        let mut rows: Vec<(String, MacAddr, String, u64)> = self
+        let mut rows: Vec<(String, MacAddr, String, Option<u64>)> = self
             .fdb
             .iter()
             .map(|(n, m, e)| {
@@ -317,14 +326,17 @@ impl Datapath {
                     self.nets[n.0 as usize].spec.name.clone(),
                     m,
                     self.ports[e.port.0 as usize].name.clone(),
-                    now.since(e.last_seen).as_secs(),
+                    (!e.fixed).then(|| now.since(e.last_seen).as_secs()),
                 )
             })
             .collect();
         rows.sort();
         Value::Array(
             rows.into_iter()
-                .map(|(n, m, p, age)| json!({"network": n, "mac": m.to_string(), "port": p, "age_secs": age}))
+                .map(|(n, m, p, age)| {
+                    json!({"network": n, "mac": m.to_string(), "port": p,
+                           "type": if age.is_some() { "learned" } else { "static" }, "age_secs": age})
+                })
                 .collect(),
         )
     }

@@ -213,7 +213,7 @@ fn render(t: Table, data: &Value) -> String {
             }).collect();
             table(&rows, &["name", "kind", "ifname", "mode", "network", "offload", "macs_learned", "rx_frames", "tx_frames", "drops"])
         }
-        Table::Fdb => table(data.as_array().unwrap_or(&empty), &["network", "mac", "port", "age_secs"]),
+        Table::Fdb => table(data.as_array().unwrap_or(&empty), &["network", "mac", "port", "type", "age_secs"]),
         Table::Stats => {
             let ports = data["ports"].as_array().unwrap_or(&empty);
             let mut out = format!(

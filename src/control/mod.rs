@@ -63,7 +63,7 @@ pub enum ControlError {
     #[error("{0}: another vrouter is already listening here")]
     InUse(PathBuf),
     /// The socket could not be created or reached.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     /// The daemon answered something that is not a response.
     #[error("bad response from {path}: {msg}")]

@@ -184,6 +184,29 @@ fn runt_and_bad_sources_are_dropped() {
 }
 
 #[test]
+fn port_security_macs_are_pinned_against_trunk_takeover() {
+    let mut d = dp();
+    d = Datapath::new(DatapathConfig {
+        ports: {
+            let mut p = d.ports.clone();
+            p[1].role = Role::Access { net: A, security: Some(Security { mac: mac(1), ip: None }) };
+            p
+        },
+        router_mac: ROUTER,
+        nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }, NetSpec { name: "b".into(), vlan: Some(102) }],
+        mac_aging: Duration::from_secs(300),
+        mac_table_size: 64,
+    });
+    // Known before it ever spoke: unicast goes straight to p1.
+    assert_eq!(send(&mut d, 0, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1]);
+    // Someone behind the trunk claims mac(1): dropped, and the entry stays on p1.
+    let f = tagged(101, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]));
+    assert!(send(&mut d, 0, 3, &f, VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&d, 3, DropReason::SpoofedMac), 1);
+    assert_eq!(send(&mut d, 1000, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1]);
+}
+
+#[test]
 fn port_security_blocks_spoofed_mac() {
     let mut cfg_dp = dp();
     cfg_dp.ports[0].role = Role::Access { net: A, security: Some(Security { mac: mac(1), ip: None }) };

@@ -33,7 +33,7 @@ const WAKE: Token = Token(usize::MAX - 2);
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// A port's device could not be opened or attached.
-    #[error("port {name} ({ifname}): {source}")]
+    #[error("port {name} ({ifname})")]
     Port { name: String, ifname: String, source: io::Error },
     /// The control socket could not be served.
     #[error(transparent)]

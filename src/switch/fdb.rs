@@ -14,6 +14,8 @@ use std::time::Duration;
 pub struct Entry {
     pub port: PortId,
     pub last_seen: Instant,
+    /// Configured (a port-security guest's own MAC): never ages, never moves.
+    pub fixed: bool,
 }
 
 /// Why a source address was not learned.
@@ -21,6 +23,8 @@ pub struct Entry {
 pub enum LearnError {
     NetFull,
     PortLimit,
+    /// The MAC is pinned to another port.
+    Pinned,
 }
 
 /// What learning did.
@@ -54,7 +58,18 @@ impl Fdb {
     }
 
     fn expired(&self, e: &Entry, now: Instant) -> bool {
-        now.since(e.last_seen) > self.aging
+        !e.fixed && now.since(e.last_seen) > self.aging
+    }
+
+    /// Pins `mac` to `port` (a port-security guest's configured MAC). Counts against the
+    /// network's table but not against the port's learning limit.
+    pub fn pin(&mut self, net: NetId, mac: MacAddr, port: PortId) {
+        let old = self.map.insert((net, mac), Entry { port, last_seen: Instant::ZERO, fixed: true });
+        match old {
+            None => self.per_net[net.0 as usize] += 1,
+            Some(e) if !e.fixed => self.per_port[e.port.0 as usize] -= 1,
+            Some(_) => {}
+        }
     }
 
     fn port_full(&self, p: PortId) -> bool {
@@ -64,6 +79,9 @@ impl Fdb {
     /// Records that `mac` was seen on `port` in `net`.
     pub fn learn(&mut self, net: NetId, mac: MacAddr, port: PortId, now: Instant) -> Result<Learned, LearnError> {
         if let Some(e) = self.map.get(&(net, mac)).copied() {
+            if e.fixed {
+                return if e.port == port { Ok(Learned::Refreshed) } else { Err(LearnError::Pinned) };
+            }
             if e.port == port {
                 if let Some(e) = self.map.get_mut(&(net, mac)) {
                     e.last_seen = now;
@@ -75,7 +93,7 @@ impl Fdb {
             }
             self.per_port[e.port.0 as usize] -= 1;
             self.per_port[port.0 as usize] += 1;
-            self.map.insert((net, mac), Entry { port, last_seen: now });
+            self.map.insert((net, mac), Entry { port, last_seen: now, fixed: false });
             return Ok(Learned::Moved { from: e.port });
         }
         if self.per_net[net.0 as usize] >= self.max_per_net {
@@ -86,7 +104,7 @@ impl Fdb {
         }
         self.per_net[net.0 as usize] += 1;
         self.per_port[port.0 as usize] += 1;
-        self.map.insert((net, mac), Entry { port, last_seen: now });
+        self.map.insert((net, mac), Entry { port, last_seen: now, fixed: false });
         Ok(Learned::New)
     }
 
@@ -101,7 +119,7 @@ impl Fdb {
         let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
         let before = self.map.len();
         self.map.retain(|(net, _), e| {
-            let keep = now.since(e.last_seen) <= aging;
+            let keep = e.fixed || now.since(e.last_seen) <= aging;
             if !keep {
                 per_net[net.0 as usize] -= 1;
                 per_port[e.port.0 as usize] -= 1;
@@ -115,7 +133,7 @@ impl Fdb {
     pub fn flush_port(&mut self, port: PortId) {
         let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
         self.map.retain(|(net, _), e| {
-            if e.port == port {
+            if e.port == port && !e.fixed {
                 per_net[net.0 as usize] -= 1;
                 per_port[port.0 as usize] -= 1;
                 false
@@ -178,6 +196,18 @@ mod tests {
         f.learn(NetId(1), mac(4), PortId(1), t).unwrap();
         // Known MACs still refresh when the table is full.
         assert_eq!(f.learn(N, mac(3), PortId(1), t), Ok(Learned::Refreshed));
+    }
+
+    #[test]
+    fn pinned_macs_never_age_or_move() {
+        let mut f = Fdb::new(1, vec![Some(1), None], 10, Duration::from_secs(300));
+        f.pin(N, mac(1), PortId(0));
+        assert_eq!(f.learn(N, mac(1), PortId(1), Instant::ZERO), Err(LearnError::Pinned));
+        assert_eq!(f.learn(N, mac(1), PortId(0), Instant::ZERO), Ok(Learned::Refreshed));
+        assert_eq!(f.expire(Instant::from_secs(100_000)), 0);
+        assert_eq!(f.lookup(N, mac(1), Instant::from_secs(100_000)), Some(PortId(0)));
+        assert_eq!(f.port_count(PortId(0)), 0, "pins do not use the learning limit");
+        assert_eq!(f.net_count(N), 1);
     }
 
     #[test]
