@@ -72,8 +72,15 @@ fn two_guests_ping_and_iperf3_and_ctl() {
 
     // iperf3: a short TCP run must move data both ways through vrouter.
     let srv = lab.spawn_in(&a2, &["iperf3", "-s", "-1"], &lab.path("iperf-s.log"));
-    std::thread::sleep(Duration::from_millis(500));
-    let o = lab.exec(&a1, &["iperf3", "-c", "10.1.1.12", "-t", "2", "-J"]);
+    // Retry while the server is still starting (a refused connect does not use up `-1`).
+    let mut o = lab.exec(&a1, &["true"]);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(250));
+        o = lab.exec(&a1, &["iperf3", "-c", "10.1.1.12", "-t", "2", "-J"]);
+        if o.status.success() || !String::from_utf8_lossy(&o.stdout).contains("unable to connect") {
+            break;
+        }
+    }
     assert!(o.status.success(), "iperf3: {}", String::from_utf8_lossy(&o.stdout));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let bytes = j["end"]["sum_received"]["bytes"].as_u64().unwrap();
