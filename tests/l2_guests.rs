@@ -99,6 +99,8 @@ fn two_guests_ping_and_iperf3_and_ctl() {
     assert!(macs.contains(&"52:54:00:10:01:11") && macs.contains(&"52:54:00:10:01:12"), "{fdb}");
     let stats = lab.show("stats");
     assert!(stats["totals"]["tx_bytes"].as_u64().unwrap() >= bytes);
+    // The guests' NICs had their MAC before they first went up: nothing legitimate was dropped.
+    assert_eq!(stats["totals"]["drops"].get("spoofed_mac"), None, "{stats}");
     let text = ok(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", "ports"]);
     assert!(text.starts_with("NAME") && text.contains("a2"), "{text}");
     use std::os::unix::fs::PermissionsExt;
@@ -153,7 +155,7 @@ fn networks_are_isolated_even_against_spoofing_and_vlan_hopping() {
 
     // Watch everything a1 receives.
     let pcap = lab.path("a1.pcap");
-    let tcpdump = lab.spawn_in(&a1, &["tcpdump", "-i", &lab.name("a1"), "-n", "-U", "-w", pcap.to_str().unwrap()], &lab.path("tcpdump.log"));
+    let tcpdump = lab.spawn_in(&a1, &["tcpdump", "--immediate-mode", "-i", &lab.name("a1"), "-n", "-U", "-w", pcap.to_str().unwrap()], &lab.path("tcpdump.log"));
     wait_for("tcpdump", Duration::from_secs(10), || std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0));
 
     // 1. ARP broadcasts for a web address.
@@ -247,4 +249,47 @@ fn sigterm_shuts_down_cleanly_and_existing_taps_survive() {
     assert!(!sock.exists(), "control socket removed");
     assert!(!run(&["ip", "link", "show", &lab.name("new")]).status.success(), "vrouter's own tap is gone");
     assert!(run(&["ip", "link", "show", &pre]).status.success(), "the pre-existing tap is kept");
+}
+
+#[test]
+fn tap_trunk_tags_egress_and_pops_ingress() {
+    let mut lab = Lab::new("k");
+    let cfg = format!(
+        "{}\n[[uplink]]\nname = \"trunk0\"\nkind = \"tap\"\nifname = \"{}\"\nnetworks = [\"web\", \"db\"]\n",
+        config(&lab),
+        lab.name("tk")
+    );
+    lab.vrouter(&cfg);
+    let a1 = lab.guest("n1", &lab.name("a1"), "10.1.1.11/24");
+    let b1 = lab.guest("n3", &lab.name("b1"), "10.1.2.11/24");
+    // The "physical switch" side of the trunk: a namespace holding the tap's kernel end.
+    let tk = lab.name("tk");
+    let sw = lab.guest("sw", &tk, "192.0.2.1/24");
+    let sw_pcap = lab.path("sw.pcap");
+    let b1_pcap = lab.path("b1.pcap");
+    let t1 = lab.spawn_in(&sw, &["tcpdump", "--immediate-mode", "-i", &tk, "-n", "-e", "-U", "-w", sw_pcap.to_str().unwrap()], &lab.path("t1.log"));
+    let t2 = lab.spawn_in(&b1, &["tcpdump", "--immediate-mode", "-i", &lab.name("b1"), "-n", "-e", "-U", "-w", b1_pcap.to_str().unwrap()], &lab.path("t2.log"));
+    for p in [&sw_pcap, &b1_pcap] {
+        wait_for("tcpdump", Duration::from_secs(10), || std::fs::metadata(p).is_ok_and(|m| m.len() > 0));
+    }
+    // Egress: web's ARP broadcast leaves the trunk tagged 101.
+    assert!(!lab.ping(&a1, "10.1.1.99", 1));
+    // Ingress: a frame tagged 102 reaches db's guest untagged; 103 is carried by no network.
+    let src = "52:54:00:77:00:01";
+    send_raw(&lab, &sw, &tk, &[icmp_frame("ff:ff:ff:ff:ff:ff", src, &[102]), icmp_frame("ff:ff:ff:ff:ff:ff", src, &[103])]);
+    std::thread::sleep(Duration::from_millis(300));
+    lab.interrupt(t1);
+    lab.interrupt(t2);
+    let read = |f: &std::path::Path, filter: &str| -> String {
+        String::from_utf8_lossy(&run(&["tcpdump", "-n", "-e", "-r", f.to_str().unwrap(), filter]).stdout).into_owned()
+    };
+    let out = read(&sw_pcap, "vlan 101 and arp");
+    assert!(out.contains("vlan 101") && out.contains("10.1.1.99"), "tagged ARP on the trunk: {out}");
+    assert!(read(&sw_pcap, "not vlan and ether src 52:54:00:10:01:11").is_empty(), "untagged web frame on the trunk");
+    let got = read(&b1_pcap, &format!("ether src {src}"));
+    assert_eq!(got.lines().count(), 3, "three untagged copies of the VLAN 102 frame: {got}");
+    assert!(!got.contains("vlan"), "{got}");
+    assert_eq!(lab.drops("trunk0", "unknown_vlan"), 3);
+    let fdb = lab.show("fdb");
+    assert!(fdb.as_array().unwrap().iter().any(|e| e["mac"] == src && e["network"] == "db" && e["port"] == "trunk0"), "{fdb}");
 }

@@ -183,7 +183,7 @@ networks = ["web", "db"]
     let db = lab.guest("n2", &lab.name("d"), "10.1.2.11/24");
     let app = lab.guest("n3", &lab.name("a"), "10.1.3.11/24");
     let pcap = lab.path("app.pcap");
-    let td = lab.spawn_in(&app, &["tcpdump", "-i", &lab.name("a"), "-n", "-U", "-w", pcap.to_str().unwrap()], &lab.path("td.log"));
+    let td = lab.spawn_in(&app, &["tcpdump", "--immediate-mode", "-i", &lab.name("a"), "-n", "-U", "-w", pcap.to_str().unwrap()], &lab.path("td.log"));
 
     let console = wait_marker(&log, "VRT_CHECKS_DONE", 150);
     assert!(console.contains("VRT_V101_OK"), "web via eth0.101: {console}");

@@ -62,12 +62,8 @@ pub fn open_ports(c: &Config) -> Result<(Vec<Device>, DatapathConfig), RunError>
         let err = |source| RunError::Port { name: name.into(), ifname: ifname.into(), source };
         match kind {
             IfKind::Tap => {
-                let t = Tap::open(ifname).map_err(err)?;
-                // The tap's kernel side is the guest NIC: give it the guest's MAC.
-                if let (Some(m), true) = (mac, t.created) {
-                    netif::set_mac(ifname, m).map_err(err)?;
-                }
-                Ok(Device::Tap(t))
+                // The tap's kernel side is the guest NIC: it gets the guest's MAC.
+                Ok(Device::Tap(Tap::open(ifname, mac).map_err(err)?))
             }
             IfKind::Netdev => {
                 let p = PacketSocket::open(ifname, true).map_err(err)?;

@@ -37,8 +37,9 @@ pub struct Tap {
 
 impl Tap {
     /// Creates the tap `name`, or attaches to an existing persistent one, non-blocking, with
-    /// vnet headers and offloads, and brings it up.
-    pub fn open(name: &str) -> io::Result<Tap> {
+    /// vnet headers and offloads, and brings it up. A tap vrouter creates gets `mac` (the
+    /// guest's) before it goes up, so the kernel side never speaks with another address.
+    pub fn open(name: &str, mac: Option<crate::wire::ethernet::MacAddr>) -> io::Result<Tap> {
         let created = netif::index(name).is_none();
         // SAFETY: the path is a valid C string literal; flags are plain ints.
         let fd = cvt(unsafe {
@@ -62,6 +63,9 @@ impl Tap {
         if !uso {
             // SAFETY: as above.
             cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, base as libc::c_ulong) })?;
+        }
+        if let (Some(m), true) = (mac, created) {
+            netif::set_mac(name, m)?;
         }
         netif::set_up(name, false)?;
         Ok(Tap { fd, name: name.to_string(), created, uso })
