@@ -12,4 +12,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/lib/guest-image.sh
 
 # --all-targets also builds the benchmarks and runs each once as a test.
-cargo test --all-targets --locked 2>&1
+log=$(mktemp /tmp/vrouter-test-log.XXXXXX)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets --locked 2>&1 | tee "$log"
+sum() { grep -oE "test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed" "$log" | awk -v f="$1" '{ s += $f } END { print s + 0 }'; }
+echo "$(sum 4) passed, $(sum 6) failed"
