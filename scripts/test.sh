@@ -16,4 +16,6 @@ log=$(mktemp /tmp/vrouter-test-log.XXXXXX)
 trap 'rm -f "$log"' EXIT
 cargo test --all-targets --locked 2>&1 | tee "$log"
 sum() { grep -oE "test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed" "$log" | awk -v f="$1" '{ s += $f } END { print s + 0 }'; }
+# The cargo-fuzz targets must keep compiling (running them needs nightly's libFuzzer flags).
+(cd fuzz && cargo check --locked --target-dir ../target/fuzz -q)
 echo "$(sum 4) passed, $(sum 6) failed"

@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// The tables `ctl show` knows.
@@ -74,6 +75,7 @@ pub enum ControlError {
 }
 
 const MAX_REQUEST: u64 = 64 * 1024;
+const MAX_CLIENTS: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the socket and serves it from a background thread. `wake` is called after each
@@ -81,7 +83,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub fn serve(
     path: &Path,
     tx: Sender<Envelope>,
-    wake: impl Fn() + Send + 'static,
+    wake: impl Fn() + Send + Sync + 'static,
 ) -> Result<(), ControlError> {
     let io = |source| ControlError::Io { path: path.to_path_buf(), source };
     if path.exists() {
@@ -98,14 +100,32 @@ pub fn serve(
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            // One thread per connection, at most MAX_CLIENTS at once, so a client that
+            // connects and says nothing cannot block `ctl` for others.
+            let wake = std::sync::Arc::new(wake);
+            let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => {
-                        if let Err(e) = handle(s, &tx, &wake) {
-                            tracing::debug!("control connection: {e}");
-                        }
+                let s = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("control accept: {e}");
+                        continue;
                     }
-                    Err(e) => tracing::warn!("control accept: {e}"),
+                };
+                if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    let _ = (&s).write_all(b"{\"ok\":false,\"error\":\"too many control clients\"}\n");
+                    continue;
+                }
+                let (tx, wake, done) = (tx.clone(), wake.clone(), busy.clone());
+                let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
+                    if let Err(e) = handle(s, &tx, &*wake) {
+                        tracing::debug!("control connection: {e}");
+                    }
+                    done.fetch_sub(1, Ordering::SeqCst);
+                });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::SeqCst);
                 }
             }
         })
