@@ -180,8 +180,12 @@ impl Datapath {
         if tagged && !buf.pop_vlan() {
             return Err(DropReason::BadVnetHdr);
         }
-        if !src.is_unicast() {
+        if !src.is_unicast() || src == self.router_mac {
             return Err(DropReason::BadSrcMac);
+        }
+        // A guest's BPDU or LLDP must never reach a physical switch through a trunk.
+        if dst.is_link_local() {
+            return Err(DropReason::LinkLocal);
         }
         if let Role::Access { security: Some(sec), .. } = role {
             switch::check_security(sec, buf.frame())?;

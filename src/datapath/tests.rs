@@ -181,6 +181,17 @@ fn runt_and_bad_sources_are_dropped() {
     assert_eq!(drops(&d, 0, DropReason::BadSrcMac), 1);
     assert!(send(&mut d, 0, 0, &eth(ROUTER, mac(1), &[]), VnetHdr::default()).0.is_empty());
     assert_eq!(drops(&d, 0, DropReason::NoL3), 1);
+    // Nobody may speak as the router.
+    assert!(send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, ROUTER, &[]), VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&d, 0, DropReason::BadSrcMac), 2);
+    // STP BPDU / LLDP destinations are never bridged; the next group address is.
+    let stp = MacAddr([0x01, 0x80, 0xc2, 0, 0, 0x00]);
+    let lldp = MacAddr([0x01, 0x80, 0xc2, 0, 0, 0x0e]);
+    assert!(send(&mut d, 0, 0, &eth(stp, mac(1), &[0; 46]), VnetHdr::default()).0.is_empty());
+    assert!(send(&mut d, 0, 0, &eth(lldp, mac(1), &[0; 46]), VnetHdr::default()).0.is_empty());
+    assert_eq!(drops(&d, 0, DropReason::LinkLocal), 2);
+    let mcast = MacAddr([0x01, 0x80, 0xc2, 0, 0, 0x10]);
+    assert_eq!(send(&mut d, 0, 0, &eth(mcast, mac(1), &[0; 46]), VnetHdr::default()).ports(), vec![1, 3, 4, 5]);
 }
 
 #[test]

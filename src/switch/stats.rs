@@ -43,6 +43,8 @@ drop_reasons! {
     MacTableFull => "mac_table_full",
     /// The destination was learned on the ingress port itself.
     Hairpin => "hairpin",
+    /// IEEE 802.1D link-local group address (STP BPDUs, LLDP, pause, 802.1X): never bridged.
+    LinkLocal => "link_local",
     /// Addressed to the router, whose L3 services are not built yet.
     NoL3 => "no_l3_service",
     /// Offload metadata does not match the headers, so software segmentation was impossible.

@@ -46,6 +46,11 @@ impl MacAddr {
     pub fn is_broadcast(&self) -> bool {
         *self == Self::BROADCAST
     }
+    /// 01:80:c2:00:00:00..0f, reserved by IEEE 802.1D for link-local protocols (STP, LACP,
+    /// LLDP, 802.1X, pause) that a bridge must not forward.
+    pub fn is_link_local(&self) -> bool {
+        self.0[..5] == [0x01, 0x80, 0xc2, 0x00, 0x00] && self.0[5] <= 0x0f
+    }
     /// A valid station address: not group, not all-zero.
     pub fn is_unicast(&self) -> bool {
         !self.is_multicast() && *self != Self::ZERO
