@@ -216,11 +216,16 @@ fn render(t: Table, data: &Value) -> String {
         Table::Fdb => table(data.as_array().unwrap_or(&empty), &["network", "mac", "port", "type", "age_secs"]),
         Table::Stats => {
             let ports = data["ports"].as_array().unwrap_or(&empty);
+            let lat = |k: &str| {
+                let h = &data["latency"][k];
+                format!("p50 {} / p99 {} / max {} ns over {}", h["p50_ns"], h["p99_ns"], h["max_ns"], h["count"])
+            };
             let mut out = format!(
-                "uptime {}s, {} MAC entries\ntotals: rx {} frames / {} bytes, tx {} frames / {} bytes, {} software-segmented, drops {}\n\n",
+                "uptime {}s, {} MAC entries\ntotals: rx {} frames / {} bytes, tx {} frames / {} bytes, {} software-segmented, drops {}\n\
+                 latency: per frame (decision + writes) {}; per write {}\n\n",
                 data["uptime_secs"], data["fdb_entries"], data["totals"]["rx_frames"], data["totals"]["rx_bytes"],
                 data["totals"]["tx_frames"], data["totals"]["tx_bytes"], data["totals"]["tx_sw_segmented"],
-                cell(&data["totals"]["drops"])
+                cell(&data["totals"]["drops"]), lat("frame"), lat("write")
             );
             let rows: Vec<Value> = ports.iter().map(|p| {
                 let mut p = p.clone();

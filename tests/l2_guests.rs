@@ -99,6 +99,8 @@ fn two_guests_ping_and_iperf3_and_ctl() {
     assert!(macs.contains(&"52:54:00:10:01:11") && macs.contains(&"52:54:00:10:01:12"), "{fdb}");
     let stats = lab.show("stats");
     assert!(stats["totals"]["tx_bytes"].as_u64().unwrap() >= bytes);
+    assert!(stats["latency"]["frame"]["count"].as_u64().unwrap() > 1000, "{stats}");
+    assert!(stats["latency"]["write"]["p50_ns"].as_u64().unwrap() > 0, "{stats}");
     // The guests' NICs had their MAC before they first went up: nothing legitimate was dropped.
     assert_eq!(stats["totals"]["drops"].get("spoofed_mac"), None, "{stats}");
     let text = ok(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", "ports"]);

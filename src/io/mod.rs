@@ -4,6 +4,7 @@
 //! with a per-fd budget per round so one busy port cannot starve the others.
 
 pub mod device;
+pub mod latency;
 
 use crate::buf::BufPool;
 use crate::config::schema::{Config, IfKind};
@@ -130,12 +131,16 @@ pub fn open_ports(c: &Config) -> Result<(Vec<Device>, DatapathConfig), RunError>
 
 struct IoTx<'a> {
     devs: &'a [Device],
+    write_ns: &'a mut hdrhistogram::Histogram<u64>,
 }
 
 impl Transmit for IoTx<'_> {
     fn transmit(&mut self, port: PortId, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), DropReason> {
         let d = self.devs.get(port.0 as usize).ok_or(DropReason::TxError)?;
-        d.send(vnet, frame).map_err(|_| DropReason::TxError)
+        let t = std::time::Instant::now();
+        let r = d.send(vnet, frame).map_err(|_| DropReason::TxError);
+        self.write_ns.saturating_record(t.elapsed().as_nanos() as u64);
+        r
     }
 }
 
@@ -169,6 +174,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let mut events = Events::with_capacity(256);
     let mut ready = vec![false; devs.len()];
     let mut last_err: Vec<Option<i32>> = vec![None; devs.len()];
+    let mut lat = latency::Latency::default();
     let mut pool = BufPool::new(4);
     let mut shutdown = false;
     // Sleeping in epoll costs a wakeup (an IPI, a hypervisor exit on a VM) per batch; spinning
@@ -209,7 +215,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                 continue;
             }
             let port = PortId(i as u16);
-            let mut tx = IoTx { devs: &devs };
+            let mut tx = IoTx { devs: &devs, write_ns: &mut lat.write };
             ready[i] = false;
             let mut n = 0;
             loop {
@@ -221,7 +227,9 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                 n += 1;
                 match dev.recv(&mut buf) {
                     Ok(Rx::Frame) => {
+                        let t = std::time::Instant::now();
                         dp.process(now, port, &mut buf, &mut tx);
+                        lat.frame.saturating_record(t.elapsed().as_nanos() as u64);
                         got = true;
                         last_err[i] = None;
                     }
@@ -246,7 +254,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         }
         dp.poll(now);
         while let Ok(env) = inbox.try_recv() {
-            let resp = answer(&dp, &env.request, now, origin.elapsed());
+            let resp = answer(&dp, &lat, &env.request, now, origin.elapsed());
             let _ = env.reply.send(resp);
         }
     }
@@ -257,7 +265,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
 
 use std::io::Read;
 
-fn answer(dp: &Datapath, req: &Request, now: Instant, uptime: Duration) -> Response {
+fn answer(dp: &Datapath, lat: &latency::Latency, req: &Request, now: Instant, uptime: Duration) -> Response {
     match req {
         Request::Show { table: Table::Ports } => Response::ok(dp.show_ports()),
         Request::Show { table: Table::Fdb } => Response::ok(dp.show_fdb(now)),
@@ -265,6 +273,7 @@ fn answer(dp: &Datapath, req: &Request, now: Instant, uptime: Duration) -> Respo
             let mut s = dp.show_stats();
             if let serde_json::Value::Object(m) = &mut s {
                 m.insert("uptime_secs".into(), uptime.as_secs().into());
+                m.insert("latency".into(), lat.json());
             }
             Response::ok(s)
         }
