@@ -138,7 +138,11 @@ impl Transmit for IoTx<'_> {
     fn transmit(&mut self, port: PortId, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), DropReason> {
         let d = self.devs.get(port.0 as usize).ok_or(DropReason::TxError)?;
         let t = std::time::Instant::now();
-        let r = d.send(vnet, frame).map_err(|_| DropReason::TxError);
+        let r = d.send(vnet, frame).map_err(|e| match e.raw_os_error() {
+            Some(libc::EIO | libc::ENETDOWN | libc::ENXIO | libc::EBADFD | libc::ENODEV) => DropReason::PortDown,
+            Some(libc::EAGAIN | libc::ENOBUFS) => DropReason::TxFull,
+            _ => DropReason::TxError,
+        });
         self.write_ns.saturating_record(t.elapsed().as_nanos() as u64);
         r
     }

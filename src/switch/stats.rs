@@ -49,7 +49,11 @@ drop_reasons! {
     NoL3 => "no_l3_service",
     /// Offload metadata does not match the headers, so software segmentation was impossible.
     OffloadFailed => "offload_failed",
-    /// The egress device refused the frame (queue full, interface down).
+    /// The egress interface is down or gone (EIO, ENETDOWN, ENXIO, EBADFD).
+    PortDown => "port_down",
+    /// The egress queue was full (EAGAIN, ENOBUFS).
+    TxFull => "tx_full",
+    /// The egress device refused the frame for another reason (e.g. EINVAL, EMSGSIZE).
     TxError => "tx_error",
     /// Larger than a receive buffer; the tail was cut by the kernel.
     Truncated => "truncated",
