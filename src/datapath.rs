@@ -190,6 +190,9 @@ impl Datapath {
         if let Role::Access { security: Some(sec), .. } = role {
             switch::check_security(sec, buf.frame())?;
         }
+        // Offload metadata is guest-controlled too: it must describe this frame, or a receiver
+        // finishing the checksum could rewrite headers that port security has just passed.
+        offload::validate(buf.frame(), &buf.vnet).map_err(|_| DropReason::BadVnetHdr)?;
         // Learn.
         match self.fdb.learn(net, src, in_port, now) {
             Ok(Learned::Moved { .. }) => self.stats[pi].mac_moves += 1,

@@ -36,37 +36,75 @@ fn be16(b: &[u8], at: usize) -> Result<u16, OffloadError> {
     b.get(at..at + 2).map(|s| u16::from_be_bytes([s[0], s[1]])).ok_or(OffloadError::Malformed)
 }
 
+/// Where L3 and L4 start in an Ethernet frame (one optional 802.1Q tag), using etherparse's
+/// checked header slices; IPv6 extension headers are walked to find the transport protocol.
 fn layout(f: &[u8]) -> Result<Layout, OffloadError> {
+    use etherparse::{Ipv4HeaderSlice, Ipv6ExtensionsSlice, Ipv6HeaderSlice};
     let mut l3 = 14;
     let mut et = be16(f, 12)?;
     if et == ethertype::VLAN {
         et = be16(f, 16)?;
         l3 = 18;
     }
+    let ip = f.get(l3..).ok_or(OffloadError::Malformed)?;
     match et {
         ethertype::IPV4 => {
-            let vihl = *f.get(l3).ok_or(OffloadError::Malformed)?;
-            let ihl = (vihl & 0x0f) as usize * 4;
-            if vihl >> 4 != 4 || ihl < 20 {
+            let h = Ipv4HeaderSlice::from_slice(ip).map_err(|_| OffloadError::Malformed)?;
+            let (hl, total) = (h.slice().len(), h.total_len() as usize);
+            if total < hl || l3 + total > f.len() {
                 return Err(OffloadError::Malformed);
             }
-            let total = be16(f, l3 + 2)? as usize;
-            let end = l3 + total;
-            if total < ihl || end > f.len() {
-                return Err(OffloadError::Malformed);
-            }
-            Ok(Layout { l3, v4: true, l4: l3 + ihl, proto: f[l3 + 9], end })
+            Ok(Layout { l3, v4: true, l4: l3 + hl, proto: h.protocol().0, end: l3 + total })
         }
         ethertype::IPV6 => {
-            let v = *f.get(l3).ok_or(OffloadError::Malformed)?;
-            let plen = be16(f, l3 + 4)? as usize;
-            let end = l3 + 40 + plen;
-            if v >> 4 != 6 || end > f.len() {
+            let h = Ipv6HeaderSlice::from_slice(ip).map_err(|_| OffloadError::Malformed)?;
+            let end = l3 + 40 + h.payload_length() as usize;
+            if end > f.len() {
                 return Err(OffloadError::Malformed);
             }
-            Ok(Layout { l3, v4: false, l4: l3 + 40, proto: f[l3 + 6], end })
+            let (exts, proto, _) = Ipv6ExtensionsSlice::from_slice(h.next_header(), &f[l3 + 40..end])
+                .map_err(|_| OffloadError::Unsupported)?;
+            Ok(Layout { l3, v4: false, l4: l3 + 40 + exts.slice().len(), proto: proto.0, end })
         }
         _ => Err(OffloadError::Unsupported),
+    }
+}
+
+/// Smallest segment size accepted for GSO: Linux's TCP_MIN_SND_MSS for TCP, one byte of
+/// payload per datagram is legal for UDP but 8 keeps the fan-out of one super-frame bounded.
+const MIN_GSO_SIZE: u16 = 48;
+
+/// Checks that offload metadata from an untrusted port describes this very frame, before the
+/// frame goes anywhere. A partial checksum must sit exactly in the TCP/UDP header (anything
+/// else could make the receiver, or our own software path, overwrite MACs or IP addresses
+/// after port security has passed them); a GSO type must match the packet's protocols; and the
+/// segment size must be sane (a tiny one would multiply one frame into thousands).
+pub fn validate(f: &[u8], v: &VnetHdr) -> Result<(), OffloadError> {
+    if v.is_plain() {
+        return Ok(());
+    }
+    let lay = layout(f)?;
+    if v.needs_csum {
+        let (cs, co) = (v.csum_start as usize, v.csum_offset as usize);
+        match lay.proto {
+            IPPROTO_TCP if cs == lay.l4 && co == 16 => {}
+            IPPROTO_UDP if cs == lay.l4 && co == 6 => {}
+            IPPROTO_TCP | IPPROTO_UDP => return Err(OffloadError::Malformed),
+            // Other protocols (none use it today): the field must at least lie in L4.
+            _ if cs >= lay.l4 && cs + co + 2 <= lay.end => {}
+            _ => return Err(OffloadError::Malformed),
+        }
+    }
+    let ok = match v.gso {
+        Gso::None => true,
+        Gso::TcpV4 => lay.v4 && lay.proto == IPPROTO_TCP && v.gso_size >= MIN_GSO_SIZE,
+        Gso::TcpV6 => !lay.v4 && lay.proto == IPPROTO_TCP && v.gso_size >= MIN_GSO_SIZE,
+        Gso::UdpL4 => lay.proto == IPPROTO_UDP && v.gso_size >= 8,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(OffloadError::Malformed)
     }
 }
 
@@ -110,19 +148,24 @@ pub fn finish(
             out(frame);
             return Ok(1);
         }
+        validate(frame, v)?;
         let (cs, co) = (v.csum_start as usize, v.csum_offset as usize);
         // Only the IP packet is summed: Ethernet padding is not part of it.
-        let end = layout(frame).map(|l| l.end).unwrap_or(frame.len());
-        if cs + co + 2 > end || frame.len() > scratch.len() {
+        let lay = layout(frame)?;
+        if frame.len() > scratch.len() {
             return Err(OffloadError::Malformed);
         }
         let s = &mut scratch[..frame.len()];
         s.copy_from_slice(frame);
-        let c = !checksum::fold(checksum::add(0, &s[cs..end]));
+        let mut c = !checksum::fold(checksum::add(0, &s[cs..lay.end]));
+        if lay.proto == IPPROTO_UDP && c == 0 {
+            c = 0xffff; // RFC 768: zero means "no checksum"
+        }
         s[cs + co..cs + co + 2].copy_from_slice(&c.to_be_bytes());
         out(s);
         return Ok(1);
     }
+    validate(frame, v)?;
     segment(frame, v, scratch, out)
 }
 
@@ -156,7 +199,7 @@ fn segment(
     }
     let mss = v.gso_size as usize;
     let payload = &f[hdr_end..lay.end];
-    if mss == 0 || hdr_end + mss.min(payload.len()) > scratch.len() {
+    if mss < 8 || hdr_end + mss.min(payload.len()) > scratch.len() {
         return Err(OffloadError::Malformed);
     }
     let seq0 = if want == IPPROTO_TCP {
@@ -267,7 +310,7 @@ mod tests {
     #[test]
     fn segments_match_independently_built_frames_byte_for_byte() {
         use etherparse::{IpHeaders, Ipv4Header, IpNumber};
-        let payload: Vec<u8> = (0..10u8).collect();
+        let payload: Vec<u8> = (0..100u8).collect();
         let build = |seq: u32, id: u16, last: bool, data: &[u8]| {
             let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, [10, 1, 1, 11], [10, 1, 1, 12]).unwrap();
             ip.identification = id;
@@ -281,14 +324,14 @@ mod tests {
             v
         };
         let sf = build(1000, 0x1234, true, &payload);
-        let v = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: 4, hdr_len: 54, csum_start: 34, csum_offset: 16, ..Default::default() };
+        let v = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: 48, hdr_len: 54, csum_start: 34, csum_offset: 16, ..Default::default() };
         let mut scratch = vec![0u8; 256];
         let mut segs = Vec::new();
         finish(&sf, &v, &mut scratch, &mut |s| segs.push(s.to_vec())).unwrap();
         assert_eq!(segs, vec![
-            build(1000, 0x1234, false, &payload[0..4]),
-            build(1004, 0x1235, false, &payload[4..8]),
-            build(1008, 0x1236, true, &payload[8..10]),
+            build(1000, 0x1234, false, &payload[0..48]),
+            build(1048, 0x1235, false, &payload[48..96]),
+            build(1096, 0x1236, true, &payload[96..100]),
         ]);
     }
 
@@ -302,12 +345,12 @@ mod tests {
             eth().ipv6(a, b, 64).tcp(1, 2, seq, 100).ack(9).write(&mut v, d).unwrap();
             v
         };
-        let data: Vec<u8> = (0..7u8).collect();
-        let v = VnetHdr { needs_csum: true, gso: Gso::TcpV6, gso_size: 4, hdr_len: 74, csum_start: 54, csum_offset: 16, ..Default::default() };
+        let data: Vec<u8> = (0..70u8).collect();
+        let v = VnetHdr { needs_csum: true, gso: Gso::TcpV6, gso_size: 48, hdr_len: 74, csum_start: 54, csum_offset: 16, ..Default::default() };
         let mut scratch = vec![0u8; 256];
         let mut segs = Vec::new();
         finish(&v6(5, &data), &v, &mut scratch, &mut |s| segs.push(s.to_vec())).unwrap();
-        assert_eq!(segs, vec![v6(5, &data[..4]), v6(9, &data[4..])]);
+        assert_eq!(segs, vec![v6(5, &data[..48]), v6(53, &data[48..])]);
 
         let udp = |id: u16, d: &[u8]| {
             let mut ip = Ipv4Header::new(0, 64, IpNumber::UDP, [10, 0, 0, 1], [10, 0, 0, 2]).unwrap();
@@ -316,10 +359,11 @@ mod tests {
             eth().ip(IpHeaders::Ipv4(ip, Default::default())).udp(53, 5353).write(&mut v, d).unwrap();
             v
         };
-        let v = VnetHdr { needs_csum: true, gso: Gso::UdpL4, gso_size: 3, hdr_len: 42, csum_start: 34, csum_offset: 6, ..Default::default() };
+        let data = &data[..20];
+        let v = VnetHdr { needs_csum: true, gso: Gso::UdpL4, gso_size: 8, hdr_len: 42, csum_start: 34, csum_offset: 6, ..Default::default() };
         let mut segs = Vec::new();
-        finish(&udp(7, &data), &v, &mut scratch, &mut |s| segs.push(s.to_vec())).unwrap();
-        assert_eq!(segs, vec![udp(7, &data[..3]), udp(8, &data[3..6]), udp(9, &data[6..])]);
+        finish(&udp(7, data), &v, &mut scratch, &mut |s| segs.push(s.to_vec())).unwrap();
+        assert_eq!(segs, vec![udp(7, &data[..8]), udp(8, &data[8..16]), udp(9, &data[16..])]);
     }
 
     // Golden bytes: a 2-byte TCP payload whose partial checksum (pseudo-header sum) is completed.
@@ -339,13 +383,76 @@ mod tests {
     }
 
     #[test]
+    fn checksum_offsets_must_point_at_the_l4_checksum() {
+        let f = tcp_superframe(b"hello", false);
+        let ok = VnetHdr { needs_csum: true, csum_start: 34, csum_offset: 16, ..Default::default() };
+        assert_eq!(validate(&f, &ok), Ok(()));
+        // Aimed at the IPv4 source address, or at the MACs: refused.
+        for (cs, co) in [(14, 12), (0, 0), (0, 6), (34, 14), (30, 20)] {
+            let v = VnetHdr { needs_csum: true, csum_start: cs, csum_offset: co, ..Default::default() };
+            assert_eq!(validate(&f, &v), Err(OffloadError::Malformed), "{cs}/{co}");
+            let mut scratch = vec![0u8; 2048];
+            assert!(finish(&f, &v, &mut scratch, &mut |_| panic!("must not emit")).is_err());
+        }
+        // GSO type must match the packet, and tiny segments are refused.
+        let v = VnetHdr { gso: Gso::TcpV4, gso_size: 1, ..ok };
+        assert_eq!(validate(&f, &v), Err(OffloadError::Malformed));
+        let v = VnetHdr { gso: Gso::UdpL4, gso_size: 1000, ..ok };
+        assert_eq!(validate(&f, &v), Err(OffloadError::Malformed));
+        let v = VnetHdr { gso: Gso::TcpV4, gso_size: 1448, ..ok };
+        assert_eq!(validate(&f, &v), Ok(()));
+        // Plain frames need no layout at all (ARP, anything).
+        assert_eq!(validate(&[0u8; 20], &VnetHdr::default()), Ok(()));
+    }
+
+    #[test]
+    fn udp_checksum_zero_is_sent_as_ffff() {
+        // Find a payload whose UDP checksum computes to zero, then complete it in software.
+        let mut p = [0u8; 4];
+        let build = |p: &[u8]| {
+            let mut v = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64).udp(1, 2).write(&mut v, p).unwrap();
+            v
+        };
+        // etherparse writes 0xffff for a zero sum; adjust the payload until that happens.
+        let mut found = None;
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                p[0] = a;
+                p[1] = b;
+                let f = build(&p);
+                if f[40..42] == [0xff, 0xff] {
+                    found = Some(f);
+                    break;
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        let f = found.expect("some payload sums to zero");
+        let mut partial = f.clone();
+        let ps = checksum::fold(checksum::pseudo_v4([10, 0, 0, 1], [10, 0, 0, 2], 17, 12));
+        partial[40..42].copy_from_slice(&ps.to_be_bytes());
+        let v = VnetHdr { needs_csum: true, csum_start: 34, csum_offset: 6, ..Default::default() };
+        let mut scratch = vec![0u8; 256];
+        let mut out = Vec::new();
+        finish(&partial, &v, &mut scratch, &mut |s| out = s.to_vec()).unwrap();
+        assert_eq!(&out[40..42], &[0xff, 0xff]);
+    }
+
+    #[test]
     fn lying_metadata_is_an_error() {
         let f = tcp_superframe(b"hello", false);
         let mut scratch = vec![0u8; 2048];
         let v = VnetHdr { needs_csum: true, csum_start: 60, csum_offset: 16, ..Default::default() };
         assert_eq!(finish(&f, &v, &mut scratch, &mut |_| {}), Err(OffloadError::Malformed));
-        let v = VnetHdr { gso: Gso::TcpV6, gso_size: 10, ..Default::default() };
-        assert_eq!(finish(&f, &v, &mut scratch, &mut |_| {}), Err(OffloadError::Unsupported));
+        let v = VnetHdr { gso: Gso::TcpV6, gso_size: 1000, ..Default::default() };
+        assert_eq!(finish(&f, &v, &mut scratch, &mut |_| {}), Err(OffloadError::Malformed));
+        let mut arp = f.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        let v = VnetHdr { gso: Gso::TcpV4, gso_size: 1000, ..Default::default() };
+        assert_eq!(finish(&arp, &v, &mut scratch, &mut |_| {}), Err(OffloadError::Unsupported));
         let v = VnetHdr { gso: Gso::TcpV4, gso_size: 10, ..Default::default() };
         assert_eq!(finish(&f[..30], &v, &mut scratch, &mut |_| {}), Err(OffloadError::Malformed));
     }

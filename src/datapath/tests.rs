@@ -284,3 +284,17 @@ fn gso_superframe_is_segmented_for_ports_without_offload() {
     assert_eq!(on5.len(), 3);
     assert!(on5.iter().all(|(_, _, f)| f[12..16] == [0x81, 0x00, 0x00, 101]));
 }
+
+#[test]
+fn lying_offload_metadata_is_dropped_at_ingress() {
+    let mut d = dp();
+    // csum_start/offset aimed at the IPv4 source address.
+    let v = VnetHdr { needs_csum: true, csum_start: 14, csum_offset: 12, ..Default::default() };
+    let s = send(&mut d, 0, 0, &tcp_super(100), v);
+    assert!(s.0.is_empty());
+    assert_eq!(drops(&d, 0, DropReason::BadVnetHdr), 1);
+    // A GSO super-frame asking for 1-byte segments.
+    let v = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: 1, hdr_len: 54, csum_start: 34, csum_offset: 16, ..Default::default() };
+    assert!(send(&mut d, 0, 0, &tcp_super(60_000), v).0.is_empty());
+    assert_eq!(drops(&d, 0, DropReason::BadVnetHdr), 2);
+}
