@@ -198,7 +198,7 @@ impl Datapath {
             Ok(Learned::Moved { .. }) => self.stats[pi].mac_moves += 1,
             Ok(_) => {}
             Err(LearnError::PortLimit) => return Err(DropReason::PortMacLimit),
-            Err(LearnError::NetFull) => return Err(DropReason::MacTableFull),
+            Err(LearnError::NetFull) => self.stats[pi].learn_table_full += 1,
             Err(LearnError::Pinned) => return Err(DropReason::SpoofedMac),
         }
         // L3 seam: ARP, DHCP, DNS, routing, NAT and filters plug in here.
@@ -361,6 +361,7 @@ impl Datapath {
                 totals.tx_bytes += s.tx_bytes;
                 totals.tx_sw_segmented += s.tx_sw_segmented;
                 totals.mac_moves += s.mac_moves;
+                totals.learn_table_full += s.learn_table_full;
                 for (t, d) in totals.drops.iter_mut().zip(s.drops.iter()) {
                     *t += d;
                 }

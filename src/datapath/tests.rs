@@ -298,3 +298,22 @@ fn lying_offload_metadata_is_dropped_at_ingress() {
     assert!(send(&mut d, 0, 0, &tcp_super(60_000), v).0.is_empty());
     assert_eq!(drops(&d, 0, DropReason::BadVnetHdr), 2);
 }
+
+#[test]
+fn full_table_still_forwards_without_learning() {
+    let mut d = Datapath::new(DatapathConfig {
+        router_mac: ROUTER,
+        nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }],
+        ports: vec![access("p0", A, true), access("p1", A, true)],
+        mac_aging: Duration::from_secs(300),
+        mac_table_size: 2,
+    });
+    send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
+    send(&mut d, 0, 1, &eth(MacAddr::BROADCAST, mac(2), &[0; 46]), VnetHdr::default());
+    // Table full: a third source is forwarded, not learned, and counted.
+    assert_eq!(send(&mut d, 0, 0, &eth(mac(2), mac(3), &[0; 46]), VnetHdr::default()).ports(), vec![1]);
+    assert_eq!(d.stats(PortId(0)).unwrap().learn_table_full, 1);
+    assert_eq!(d.stats(PortId(0)).unwrap().total_drops(), 0);
+    // Replies to it are flooded (unknown), as on a Linux bridge.
+    assert_eq!(send(&mut d, 0, 1, &eth(mac(3), mac(2), &[0; 46]), VnetHdr::default()).ports(), vec![0]);
+}

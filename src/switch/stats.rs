@@ -39,8 +39,6 @@ drop_reasons! {
     SpoofedIp => "spoofed_ip",
     /// The port already has as many learned MACs as it may.
     PortMacLimit => "port_mac_limit",
-    /// The network's MAC table is full.
-    MacTableFull => "mac_table_full",
     /// The destination was learned on the ingress port itself.
     Hairpin => "hairpin",
     /// IEEE 802.1D link-local group address (STP BPDUs, LLDP, pause, 802.1X): never bridged.
@@ -70,6 +68,9 @@ pub struct PortStats {
     pub tx_sw_segmented: u64,
     /// MAC moves onto this port.
     pub mac_moves: u64,
+    /// Frames forwarded without learning their source because the network's table was full
+    /// (like a Linux bridge: the frame still goes, the address is not remembered).
+    pub learn_table_full: u64,
     #[serde(skip)]
     pub drops: [u64; DropReason::COUNT],
 }
