@@ -78,7 +78,7 @@ pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> 
 
 /// Port security (anti-spoofing) on an untagged frame from a guest port: the source MAC must be
 /// the guest's, and with a configured IP, IPv4 sources and ARP senders must be that IP (or
-/// 0.0.0.0 for DHCP discovery and ARP probes).
+/// 0.0.0.0 for DHCP discovery and ARP probes) and IPv6 sources must be link-local or `::`.
 pub fn check_security(sec: &Security, frame: &[u8]) -> Result<(), DropReason> {
     let src = MacAddr::from_bytes(&frame[6..]).ok_or(DropReason::Malformed)?;
     if src != sec.mac {
@@ -118,6 +118,19 @@ pub fn check_security(sec: &Security, frame: &[u8]) -> Result<(), DropReason> {
                 Err(DropReason::SpoofedIp)
             }
         }
+        ethertype::IPV6 => {
+            // Networks are IPv4; a locked port may speak IPv6 only link-locally (neighbour
+            // discovery, DAD from ::), never from a routable address it could claim.
+            let h = l3.get(..40).ok_or(DropReason::Malformed)?;
+            let link_local = h[8] == 0xfe && h[9] & 0xc0 == 0x80;
+            let unspecified = h[8..24].iter().all(|b| *b == 0);
+            if link_local || unspecified {
+                Ok(())
+            } else {
+                Err(DropReason::SpoofedIp)
+            }
+        }
+        // Other protocols carry no address to check; the source MAC was checked above.
         _ => Ok(()),
     }
 }
@@ -172,5 +185,13 @@ mod tests {
         arp[14..18].copy_from_slice(&[10, 1, 1, 99]);
         assert_eq!(check_security(&sec, &frame(mac.0, 0x0806, &arp)), Err(DropReason::SpoofedIp));
         assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip[..10])), Err(DropReason::Malformed));
+        let mut v6 = [0u8; 40];
+        v6[0] = 0x60;
+        assert_eq!(check_security(&sec, &frame(mac.0, 0x86dd, &v6)), Ok(()), "DAD from ::");
+        v6[8..10].copy_from_slice(&[0xfe, 0x80]);
+        v6[23] = 1;
+        assert_eq!(check_security(&sec, &frame(mac.0, 0x86dd, &v6)), Ok(()), "link-local");
+        v6[8..10].copy_from_slice(&[0x20, 0x01]);
+        assert_eq!(check_security(&sec, &frame(mac.0, 0x86dd, &v6)), Err(DropReason::SpoofedIp), "global");
     }
 }
