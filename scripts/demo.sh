@@ -68,8 +68,11 @@ fi
 
 echo "== iperf3 web1 -> web2 through vrouter (5 s, one TCP stream)"
 ip netns exec "$(ns_of web2)" iperf3 -s -1 >/dev/null 2>&1 &
-sleep 0.5
-ip netns exec "$(ns_of web1)" iperf3 -c 10.1.1.12 -t 5 -f g | grep -E "sender|receiver"
+for _ in $(seq 20); do   # until the server listens
+    sleep 0.25
+    if out=$(ip netns exec "$(ns_of web1)" iperf3 -c 10.1.1.12 -t 5 -f g 2>&1); then break; fi
+done
+echo "$out" | grep -E "sender|receiver"
 
 echo "== vrouter ctl show ports"
 $VR ctl -s "$sock" show ports

@@ -14,8 +14,10 @@ bash scripts/lib/guest-image.sh
 # --all-targets also builds the benchmarks and runs each once as a test.
 log=$(mktemp /tmp/vrouter-test-log.XXXXXX)
 trap 'rm -f "$log"' EXIT
-cargo test --all-targets --locked 2>&1 | tee "$log"
-sum() { grep -oE "test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed" "$log" | awk -v f="$1" '{ s += $f } END { print s + 0 }'; }
+rc=0
+cargo test --all-targets --locked --no-fail-fast 2>&1 | tee "$log" || rc=$?
 # The cargo-fuzz targets must keep compiling (running them needs nightly's libFuzzer flags).
-(cd fuzz && cargo check --locked --target-dir ../target/fuzz -q)
+(cd fuzz && cargo check --locked --target-dir ../target/fuzz -q) || { echo "fuzz targets do not build"; rc=1; }
+sum() { grep -oE "test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed" "$log" | awk -v f="$1" '{ s += $f } END { print s + 0 }'; }
 echo "$(sum 4) passed, $(sum 6) failed"
+exit "$rc"

@@ -157,6 +157,9 @@ impl Datapath {
         let Some(st) = self.stats.get_mut(pi) else { return };
         st.rx_frames += 1;
         st.rx_bytes += buf.len() as u64;
+        if buf.vnet.gso != crate::wire::vnet::Gso::None {
+            st.rx_gso_frames += 1;
+        }
         if let Err(r) = self.ingress_and_forward(now, in_port, buf, tx) {
             self.stats[pi].drop(r);
         }
@@ -358,6 +361,7 @@ impl Datapath {
                 totals.rx_frames += s.rx_frames;
                 totals.tx_frames += s.tx_frames;
                 totals.rx_bytes += s.rx_bytes;
+                totals.rx_gso_frames += s.rx_gso_frames;
                 totals.tx_bytes += s.tx_bytes;
                 totals.tx_sw_segmented += s.tx_sw_segmented;
                 totals.mac_moves += s.mac_moves;

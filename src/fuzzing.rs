@@ -69,6 +69,8 @@ pub fn config(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    use crate::wire::vnet::Gso;
+
     /// A bounded smoke run of the fuzz targets on pseudo-random and mutated inputs.
     #[test]
     fn fuzz_smoke() {
@@ -81,15 +83,62 @@ mod tests {
             x
         };
         for _ in 0..3000 {
-            let n = (next() % 300) as usize;
-            let mut d: Vec<u8> = (0..n).map(|_| next() as u8).collect();
-            // Bias towards plausible frames: broadcast dst, IPv4/VLAN ethertypes.
-            if d.len() > 30 {
-                d[3..9].copy_from_slice(&[0xff; 6]);
-                d[25] = [0x08, 0x81, 0x88, 0x86][(next() % 4) as usize];
+            // One input = a few records: [port][len u16][vnet 10][frame]. Most are plausible
+            // (broadcast or learned-looking destinations, IPv4/IPv6/VLAN/QinQ/ARP ethertypes,
+            // valid-looking offload headers), then randomly corrupted.
+            let mut d = Vec::new();
+            for _ in 0..(1 + next() % 4) {
+                let n = 14 + (next() % 1600) as usize;
+                let mut frame: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+                if next() % 2 == 0 {
+                    frame[..6].copy_from_slice(&[0xff; 6]);
+                }
+                frame[6] &= 0xfe; // unicast sources, so learning runs
+                let et: [u8; 2] = [[0x08, 0x00], [0x81, 0x00], [0x88, 0xa8], [0x86, 0xdd], [0x08, 0x06]][(next() % 5) as usize];
+                frame[12..14].copy_from_slice(&et);
+                if et == [0x81, 0x00] && n > 18 {
+                    frame[14] = 0;
+                    frame[15] = [101u8, 102, 7][(next() % 3) as usize];
+                    frame[16..18].copy_from_slice(&[0x08, 0x00]);
+                }
+                if et == [0x08, 0x00] && n > 34 {
+                    frame[14] = 0x45;
+                    frame[16..18].copy_from_slice(&((n - 14) as u16).to_be_bytes());
+                    frame[23] = [6u8, 17, 1][(next() % 3) as usize];
+                }
+                let mut vnet = [0u8; 10];
+                if next() % 2 == 0 {
+                    let v = crate::wire::vnet::VnetHdr {
+                        needs_csum: true,
+                        gso: [Gso::None, Gso::TcpV4, Gso::TcpV6, Gso::UdpL4][(next() % 4) as usize],
+                        gso_size: (next() % 2000) as u16,
+                        hdr_len: 54,
+                        csum_start: [34u16, 38, 14, 0][(next() % 4) as usize],
+                        csum_offset: [16u16, 6, 12][(next() % 3) as usize],
+                        ..Default::default()
+                    };
+                    v.emit(&mut vnet);
+                }
+                if next() % 8 == 0 {
+                    let at = (next() as usize) % frame.len();
+                    frame[at] ^= next() as u8;
+                }
+                d.push(next() as u8);
+                d.extend_from_slice(&(frame.len() as u16).to_le_bytes());
+                d.extend_from_slice(&vnet);
+                d.extend_from_slice(&frame);
+            }
+            if next() % 4 == 0 {
+                d.truncate((next() as usize) % d.len().max(1));
             }
             super::datapath(&mut dp, &d);
             super::config(&d);
+        }
+        let st = dp.show_stats();
+        // The generator must reach the interesting paths, or this smoke test proves little.
+        assert!(st["totals"]["tx_sw_segmented"].as_u64().unwrap() > 0, "{st}");
+        for reason in ["tagged_on_access", "unknown_vlan", "bad_vnet_hdr", "double_tagged"] {
+            assert!(st["totals"]["drops"][reason].as_u64().unwrap_or(0) > 0, "{reason} never hit: {st}");
         }
         let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/vrouter.toml")).unwrap();
         for i in 0..300 {

@@ -233,7 +233,7 @@ fn render(t: Table, data: &Value) -> String {
                 p["drops"] = Value::String(if d.is_empty() { "-".into() } else { d });
                 p
             }).collect();
-            out += &table(&rows, &["name", "rx_frames", "rx_bytes", "tx_frames", "tx_bytes", "tx_sw_segmented", "mac_moves", "drops"]);
+            out += &table(&rows, &["name", "rx_frames", "rx_bytes", "rx_gso_frames", "tx_frames", "tx_bytes", "tx_sw_segmented", "mac_moves", "drops"]);
             out
         }
         _ => format!("{data}\n"),

@@ -117,6 +117,14 @@ fn run_refuses_a_broken_config_and_a_missing_file() {
     let o = run(&[bin(), "run", "-c", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad.toml:13: network[1].vlan"));
+    // Something that is not a socket where the control socket goes: refused, left in place.
+    let blocker = dir.join("not-a-socket");
+    std::fs::write(&blocker, "precious").unwrap();
+    std::fs::write(&p, format!("[router]\nname = \"t\"\ncontrol_socket = \"{}\"\n", blocker.display())).unwrap();
+    let o = run(&[bin(), "run", "-c", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not a socket"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "precious");
     let o = run(&[bin(), "check", "-c", dir.join("absent.toml").to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read"));

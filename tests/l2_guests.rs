@@ -100,6 +100,11 @@ fn two_guests_ping_and_iperf3_and_ctl() {
     let stats = lab.show("stats");
     assert!(stats["totals"]["tx_bytes"].as_u64().unwrap() >= bytes);
     assert!(stats["latency"]["frame"]["count"].as_u64().unwrap() > 1000, "{stats}");
+    // Offloads end to end: the sender's TSO super-frames crossed whole, none was cut in software.
+    let a1s = stats["ports"].as_array().unwrap().iter().find(|p| p["name"] == "a1").unwrap();
+    assert!(a1s["rx_gso_frames"].as_u64().unwrap() > 100, "{a1s}");
+    assert!(a1s["rx_bytes"].as_u64().unwrap() / a1s["rx_frames"].as_u64().unwrap() > 1514, "{a1s}");
+    assert_eq!(stats["totals"]["tx_sw_segmented"], 0);
     assert!(stats["latency"]["write"]["p50_ns"].as_u64().unwrap() > 0, "{stats}");
     // The guests' NICs had their MAC before they first went up: nothing legitimate was dropped.
     assert_eq!(stats["totals"]["drops"].get("spoofed_mac"), None, "{stats}");

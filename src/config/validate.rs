@@ -212,6 +212,12 @@ pub fn check(c: &Config, r: &mut Report) {
         } else if pt.port_security {
             r.err(p().key("mac"), "port_security = true needs the guest's `mac` (or set port_security = false)");
         }
+        if pt.ip.is_some() && !pt.port_security {
+            r.not_built(p().key("ip"), "DHCP reservations; without port_security the address is not enforced");
+        }
+        if pt.mac.is_some() && !pt.port_security && pt.kind == IfKind::Netdev {
+            r.not_built(p().key("mac"), "DHCP reservations; without port_security the MAC is not enforced");
+        }
         if let Some(ip) = pt.ip {
             if let Some(n) = net {
                 if !n.cidr.contains(ip) || ip == n.cidr.addr || ip == n.cidr.broadcast() {
@@ -408,6 +414,7 @@ pub fn check(c: &Config, r: &mut Report) {
             r.err(kp!("security_group", i, "name"), m);
         }
         sg_names.add(r, g.name.clone(), kp!("security_group", i, "name"));
+        r.not_built(kp!("security_group", i), "security groups");
         for (j, rule) in g.rules.iter().enumerate() {
             let p = || kp!("security_group", i, "rules", j);
             if rule.ports.is_some() && !rule.protocol.has_ports() {

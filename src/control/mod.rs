@@ -7,7 +7,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -60,6 +60,9 @@ pub struct Envelope {
 /// Errors of the control socket, server or client side.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
+    /// Something that is not a socket sits where the socket should go; it is not removed.
+    #[error("{0}: exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
     /// Another process already serves this socket.
     #[error("{0}: another vrouter is already listening here")]
     InUse(PathBuf),
@@ -86,16 +89,27 @@ pub fn serve(
     wake: impl Fn() + Send + Sync + 'static,
 ) -> Result<(), ControlError> {
     let io = |source| ControlError::Io { path: path.to_path_buf(), source };
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ControlError::NotASocket(path.to_path_buf()));
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(ControlError::InUse(path.to_path_buf()));
         }
+        // A stale socket of a vrouter that died (kill -9): take its place.
         std::fs::remove_file(path).map_err(io)?;
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let listener = UnixListener::bind(path).map_err(io)?;
+    // The socket is created 0600 (no window where others could connect); umask is
+    // process-wide, and no other thread exists yet while the daemon starts.
+    // SAFETY: umask only swaps the process's file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     std::thread::Builder::new()
         .name("control".into())

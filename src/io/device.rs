@@ -20,6 +20,8 @@ pub enum Rx {
     Frame,
     /// A frame arrived but cannot enter the pipeline.
     Dropped(DropReason),
+    /// Our own (or the host's) transmission, looped back by an old kernel: not a frame.
+    Ignored,
 }
 
 impl Device {
@@ -41,6 +43,9 @@ impl Device {
             }
             Device::Packet(p) => {
                 let r = p.recv(buf.recv_area(p.vnet))?;
+                if r.outgoing {
+                    return Ok(Rx::Ignored);
+                }
                 if r.truncated {
                     return Ok(Rx::Dropped(DropReason::Truncated));
                 }

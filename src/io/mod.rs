@@ -67,9 +67,13 @@ pub fn open_ports(c: &Config) -> Result<(Vec<Device>, DatapathConfig), RunError>
                 Ok(Device::Tap(Tap::open(ifname, mac).map_err(err)?))
             }
             IfKind::Netdev => {
-                let p = PacketSocket::open(ifname, true).map_err(err)?;
-                netif::disable_ipv6(ifname);
-                Ok(Device::Packet(p))
+                // An interface nobody had brought up (a fresh QEMU tap) becomes a pure L2 port:
+                // no IPv6 link-local address, no host traffic. One already up is the
+                // operator's: its host configuration is left alone.
+                if !netif::is_up(ifname).map_err(err)? {
+                    netif::disable_ipv6(ifname);
+                }
+                Ok(Device::Packet(PacketSocket::open(ifname, true).map_err(err)?))
             }
         }
     };
@@ -238,8 +242,18 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                         last_err[i] = None;
                     }
                     Ok(Rx::Dropped(r)) => dp.count_drop(port, r),
+                    Ok(Rx::Ignored) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // A packet socket reports these once, ahead of frames still queued: keep
+                    // draining (within the budget), or those frames would wait for a new edge.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENETDOWN | libc::ENOBUFS)) => {
+                        if last_err[i] != e.raw_os_error() {
+                            last_err[i] = e.raw_os_error();
+                            tracing::warn!(port = %dp.port_name(port), "receive: {e}");
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         // Edge-triggered: a dead device wakes us once, so this cannot spin.
                         // Say it once per error kind, not per frame.

@@ -62,6 +62,8 @@ drop_reasons! {
 pub struct PortStats {
     pub rx_frames: u64,
     pub rx_bytes: u64,
+    /// Frames that arrived as GSO super-frames (offloads at work on the sending side).
+    pub rx_gso_frames: u64,
     pub tx_frames: u64,
     pub tx_bytes: u64,
     /// GSO super-frames that had to be segmented in software for this port.

@@ -29,6 +29,13 @@ fn flags(name: &str) -> io::Result<(OwnedFd, libc::ifreq)> {
     Ok((s, req))
 }
 
+/// Whether the interface is administratively up.
+pub fn is_up(name: &str) -> io::Result<bool> {
+    let (_s, req) = flags(name)?;
+    // SAFETY: ifru_flags is the union member SIOCGIFFLAGS filled in.
+    Ok(unsafe { req.ifr_ifru.ifru_flags } & libc::IFF_UP as libc::c_short != 0)
+}
+
 /// Sets IFF_UP (and IFF_PROMISC if `promisc`).
 pub fn set_up(name: &str, promisc: bool) -> io::Result<()> {
     let (s, mut req) = flags(name)?;

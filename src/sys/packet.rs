@@ -21,6 +21,7 @@ const PACKET_MR_PROMISC: libc::c_ushort = 1;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
 const ETH_P_ALL: u16 = 0x0003;
+const PACKET_OUTGOING: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -51,6 +52,9 @@ pub struct Received {
     pub truncated: bool,
     /// (TPID, TCI) of a tag the kernel stripped.
     pub vlan: Option<(u16, u16)>,
+    /// A frame this host sent out of the interface (seen when PACKET_IGNORE_OUTGOING is
+    /// unavailable, before Linux 4.20); it must not be switched again.
+    pub outgoing: bool,
 }
 
 pub struct PacketSocket {
@@ -100,13 +104,17 @@ impl PacketSocket {
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         // u64 alignment covers cmsghdr; 64 bytes fit one auxdata cmsg.
         let mut cbuf = [0u64; 8];
-        // SAFETY: msghdr is plain old data.
+        // SAFETY: msghdr and sockaddr_ll are plain old data.
         let mut msg: libc::msghdr = unsafe { zeroed() };
+        // SAFETY: as above.
+        let mut from: libc::sockaddr_ll = unsafe { zeroed() };
+        msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = cbuf.as_mut_ptr().cast();
         msg.msg_controllen = size_of::<[u64; 8]>();
-        // SAFETY: msg points at iov/cbuf, both valid and writable for their stated lengths.
+        // SAFETY: msg points at from/iov/cbuf, all valid and writable for their stated lengths.
         let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
         if n < 0 {
             return Err(io::Error::last_os_error());
@@ -130,7 +138,8 @@ impl PacketSocket {
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
-        Ok(Received { len: n.min(buf.len()), truncated: n > buf.len(), vlan })
+        let outgoing = from.sll_pkttype == PACKET_OUTGOING;
+        Ok(Received { len: n.min(buf.len()), truncated: n > buf.len(), vlan, outgoing })
     }
 
     /// Sends one frame (behind its vnet header when the socket has them).

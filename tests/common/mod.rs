@@ -46,6 +46,8 @@ pub struct Lab {
     pids: Vec<u32>,
     /// Index of the vrouter process in `children`.
     vrouter: Option<usize>,
+    /// Directories made by helper scripts for this lab, removed on drop.
+    dirs: Vec<PathBuf>,
 }
 
 impl Lab {
@@ -57,7 +59,7 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("vrouter-test-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        Lab { id, dir, netns: Vec::new(), children: Vec::new(), pids: Vec::new(), vrouter: None }
+        Lab { id, dir, netns: Vec::new(), children: Vec::new(), pids: Vec::new(), vrouter: None, dirs: Vec::new() }
     }
 
     /// A name unique to this lab, at most 15 bytes: id + suffix.
@@ -163,6 +165,13 @@ impl Lab {
         pid
     }
 
+    /// Tracks a directory made by a helper script, to be removed on drop.
+    pub fn adopt_dir(&mut self, d: PathBuf) {
+        if d.to_string_lossy().starts_with("/tmp/vrouter-guest-") {
+            self.dirs.push(d);
+        }
+    }
+
     /// Tracks a pid started by a helper script, to be ended on drop.
     pub fn adopt_pid(&mut self, pid: u32) {
         self.pids.push(pid);
@@ -215,6 +224,9 @@ impl Drop for Lab {
         }
         if std::thread::panicking() {
             eprintln!("--- vrouter log ({}) ---\n{}", self.id, self.log());
+        }
+        for d in self.dirs.drain(..) {
+            let _ = std::fs::remove_dir_all(d);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
