@@ -245,9 +245,11 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                     Ok(Rx::Ignored) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // A packet socket reports these once, ahead of frames still queued: keep
-                    // draining (within the budget), or those frames would wait for a new edge.
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENETDOWN | libc::ENOBUFS)) => {
+                    // Per-frame or one-shot errors (a packet socket reports ENETDOWN once, ahead
+                    // of frames still queued): keep draining within the budget, or those frames
+                    // would wait for a new edge. Anything else (EBADFD, ENODEV: the device is
+                    // gone) stops this fd, so a dead device cannot keep the loop busy.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ENETDOWN | libc::ENOBUFS | libc::EFAULT | libc::EMSGSIZE)) => {
                         if last_err[i] != e.raw_os_error() {
                             last_err[i] = e.raw_os_error();
                             tracing::warn!(port = %dp.port_name(port), "receive: {e}");
