@@ -5,53 +5,18 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// web: a1, a2 (port security with IPs); db: b1, the intruder, without port security so it
+/// may use any MAC and IP it likes.
 fn config(lab: &Lab) -> String {
-    format!(
-        r#"
-[router]
-name = "{id}"
-control_socket = "@SOCK@"
-
-[[network]]
-name = "web"
-cidr = "10.1.1.0/24"
-vlan = 101
-
-[[network]]
-name = "db"
-cidr = "10.1.2.0/24"
-vlan = 102
-
-[[port]]
-name = "a1"
-network = "web"
-kind = "tap"
-ifname = "{a1}"
-mac = "52:54:00:10:01:11"
-ip = "10.1.1.11"
-
-[[port]]
-name = "a2"
-network = "web"
-kind = "tap"
-ifname = "{a2}"
-mac = "52:54:00:10:01:12"
-ip = "10.1.1.12"
-
-# The intruder: no port security, so it may use any MAC and IP it likes.
-[[port]]
-name = "b1"
-network = "db"
-kind = "tap"
-ifname = "{b1}"
-mac = "52:54:00:10:02:11"
-port_security = false
-"#,
-        id = lab.id,
-        a1 = lab.name("a1"),
-        a2 = lab.name("a2"),
-        b1 = lab.name("b1"),
-    )
+    [
+        cfg::router(&lab.id),
+        cfg::network("web", "10.1.1.0/24", Some(101)),
+        cfg::network("db", "10.1.2.0/24", Some(102)),
+        cfg::port("a1", "web", "tap", &lab.name("a1"), "52:54:00:10:01:11", "ip = \"10.1.1.11\""),
+        cfg::port("a2", "web", "tap", &lab.name("a2"), "52:54:00:10:01:12", "ip = \"10.1.1.12\""),
+        cfg::port("b1", "db", "tap", &lab.name("b1"), "52:54:00:10:02:11", "port_security = false"),
+    ]
+    .concat()
 }
 
 #[test]
@@ -244,13 +209,13 @@ fn sigterm_shuts_down_cleanly_and_existing_taps_survive() {
         }
     }
     let _del = DelLink(pre.clone());
-    let cfg = format!(
-        "[router]\nname = \"{id}\"\ncontrol_socket = \"@SOCK@\"\n[[network]]\nname = \"n\"\ncidr = \"10.7.0.0/24\"\n\
-         [[port]]\nname = \"p1\"\nnetwork = \"n\"\nkind = \"tap\"\nifname = \"{pre}\"\nmac = \"52:54:00:70:00:01\"\n\
-         [[port]]\nname = \"p2\"\nnetwork = \"n\"\nkind = \"tap\"\nifname = \"{new}\"\nmac = \"52:54:00:70:00:02\"\n",
-        id = lab.id,
-        new = lab.name("new"),
-    );
+    let cfg = [
+        cfg::router(&lab.id),
+        cfg::network("n", "10.7.0.0/24", None),
+        cfg::port("p1", "n", "tap", &pre, "52:54:00:70:00:01", ""),
+        cfg::port("p2", "n", "tap", &lab.name("new"), "52:54:00:70:00:02", ""),
+    ]
+    .concat();
     let sock = lab.vrouter(&cfg);
     assert!(run(&["ip", "link", "show", &lab.name("new")]).status.success());
     let pid = lab.vrouter_pid();

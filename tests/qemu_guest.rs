@@ -64,32 +64,13 @@ echo VRT_TX_DONE
 sleep 8
 "#;
     let log = start_guest(&mut lab, "q1", &qtap, guest_mac, script);
-    let cfg = format!(
-        r#"
-[router]
-name = "{id}"
-control_socket = "@SOCK@"
-[[network]]
-name = "web"
-cidr = "10.1.1.0/24"
-[[port]]
-name = "a1"
-network = "web"
-kind = "tap"
-ifname = "{a1}"
-mac = "52:54:00:20:01:11"
-ip = "10.1.1.11"
-[[port]]
-name = "vm"
-network = "web"
-kind = "netdev"
-ifname = "{qtap}"
-mac = "{guest_mac}"
-ip = "10.1.1.50"
-"#,
-        id = lab.id,
-        a1 = lab.name("a1"),
-    );
+    let cfg = [
+        cfg::router(&lab.id),
+        cfg::network("web", "10.1.1.0/24", None),
+        cfg::port("a1", "web", "tap", &lab.name("a1"), "52:54:00:20:01:11", "ip = \"10.1.1.11\""),
+        cfg::port("vm", "web", "netdev", &qtap, guest_mac, "ip = \"10.1.1.50\""),
+    ]
+    .concat();
     lab.vrouter(&cfg);
     let a1 = lab.guest("n1", &lab.name("a1"), "10.1.1.11/24");
     // Receive the guest's 4 MiB on a1 (python: count bytes until EOF).
@@ -141,52 +122,17 @@ echo VRT_CHECKS_DONE
 sleep 8
 "#;
     let log = start_guest(&mut lab, "t1", &qtap, "52:54:00:30:01:50", script);
-    let cfg = format!(
-        r#"
-[router]
-name = "{id}"
-control_socket = "@SOCK@"
-[[network]]
-name = "web"
-cidr = "10.1.1.0/24"
-vlan = 101
-[[network]]
-name = "db"
-cidr = "10.1.2.0/24"
-vlan = 102
-[[network]]
-name = "app"
-cidr = "10.1.3.0/24"
-vlan = 103
-[[port]]
-name = "web1"
-network = "web"
-kind = "tap"
-ifname = "{w}"
-mac = "52:54:00:30:01:11"
-[[port]]
-name = "db1"
-network = "db"
-kind = "tap"
-ifname = "{d}"
-mac = "52:54:00:30:02:11"
-[[port]]
-name = "app1"
-network = "app"
-kind = "tap"
-ifname = "{a}"
-mac = "52:54:00:30:03:11"
-[[uplink]]
-name = "trunk0"
-kind = "netdev"
-ifname = "{qtap}"
-networks = ["web", "db"]
-"#,
-        id = lab.id,
-        w = lab.name("w"),
-        d = lab.name("d"),
-        a = lab.name("a"),
-    );
+    let cfg = [
+        cfg::router(&lab.id),
+        cfg::network("web", "10.1.1.0/24", Some(101)),
+        cfg::network("db", "10.1.2.0/24", Some(102)),
+        cfg::network("app", "10.1.3.0/24", Some(103)),
+        cfg::port("web1", "web", "tap", &lab.name("w"), "52:54:00:30:01:11", ""),
+        cfg::port("db1", "db", "tap", &lab.name("d"), "52:54:00:30:02:11", ""),
+        cfg::port("app1", "app", "tap", &lab.name("a"), "52:54:00:30:03:11", ""),
+        format!("[[uplink]]\nname = \"trunk0\"\nkind = \"netdev\"\nifname = \"{qtap}\"\nnetworks = [\"web\", \"db\"]\n"),
+    ]
+    .concat();
     lab.vrouter(&cfg);
     let web = lab.guest("n1", &lab.name("w"), "10.1.1.11/24");
     let db = lab.guest("n2", &lab.name("d"), "10.1.2.11/24");

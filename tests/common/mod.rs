@@ -36,6 +36,22 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Config text builders, so each test states only what differs.
+pub mod cfg {
+    /// `[router]` for a lab (`@SOCK@` becomes the lab's control socket).
+    pub fn router(id: &str) -> String {
+        format!("[router]\nname = \"{id}\"\ncontrol_socket = \"@SOCK@\"\n")
+    }
+    pub fn network(name: &str, cidr: &str, vlan: Option<u16>) -> String {
+        let vlan = vlan.map(|v| format!("vlan = {v}\n")).unwrap_or_default();
+        format!("[[network]]\nname = \"{name}\"\ncidr = \"{cidr}\"\n{vlan}")
+    }
+    /// A `[[port]]`; `extra` holds further keys (`ip = ...`, `port_security = false`).
+    pub fn port(name: &str, network: &str, kind: &str, ifname: &str, mac: &str, extra: &str) -> String {
+        format!("[[port]]\nname = \"{name}\"\nnetwork = \"{network}\"\nkind = \"{kind}\"\nifname = \"{ifname}\"\nmac = \"{mac}\"\n{extra}\n")
+    }
+}
+
 pub struct Lab {
     /// Short unique prefix for names: "v<pid><tag>".
     pub id: String,
