@@ -6,12 +6,12 @@ use common::*;
 use std::path::PathBuf;
 
 fn check(name: &str, text: &str) -> (i32, String) {
-    let dir = std::env::temp_dir().join(format!("vrouter-check-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("vrouter-check-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     let o = run(&[bin(), "check", "-c", p.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&p);
+    let _ = std::fs::remove_dir_all(&dir);
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
