@@ -57,6 +57,13 @@ pub struct DatapathConfig {
     pub mac_table_size: usize,
 }
 
+/// What ingress established about a frame.
+struct Ingress {
+    net: NetId,
+    src: MacAddr,
+    dst: MacAddr,
+}
+
 struct Net {
     spec: NetSpec,
     /// Every port carrying this network (guest ports and trunks), in config order.
@@ -165,6 +172,8 @@ impl Datapath {
         }
     }
 
+    /// The walk of DESIGN.md, one stage per call; each stage either passes the frame on or
+    /// says why it stops.
     fn ingress_and_forward(
         &mut self,
         now: Instant,
@@ -172,13 +181,20 @@ impl Datapath {
         buf: &mut PacketBuf,
         tx: &mut dyn Transmit,
     ) -> Result<(), DropReason> {
-        let pi = in_port.0 as usize;
+        let Ingress { net, src, dst } = self.ingress(in_port, buf)?;
+        self.learn(now, net, src, in_port)?;
+        self.l3(dst)?;
+        self.forward(now, net, dst, in_port, buf, tx)
+    }
+
+    /// Ingress: which network the frame belongs to (popping a trunk tag), and whether it may
+    /// enter at all (source address, 802.1D link-local groups, port security, offload metadata).
+    fn ingress(&self, in_port: PortId, buf: &mut PacketBuf) -> Result<Ingress, DropReason> {
         let (dst, src) = {
             let eth = EthernetFrame::new_checked(buf.frame()).map_err(|_| DropReason::Malformed)?;
             (eth.dst(), eth.src())
         };
-        // Ingress: which network, and is the frame allowed in at all.
-        let role = &self.ports[pi].role;
+        let role = &self.ports[in_port.0 as usize].role;
         let (net, tagged) = switch::classify(role, buf.frame())?;
         if tagged && !buf.pop_vlan() {
             return Err(DropReason::BadVnetHdr);
@@ -196,19 +212,44 @@ impl Datapath {
         // Offload metadata is guest-controlled too: it must describe this frame, or a receiver
         // finishing the checksum could rewrite headers that port security has just passed.
         offload::validate(buf.frame(), &buf.vnet).map_err(|_| DropReason::BadVnetHdr)?;
-        // Learn.
+        Ok(Ingress { net, src, dst })
+    }
+
+    /// Learning: remember where `src` lives (or refuse a port over its limit, or a pinned MAC).
+    fn learn(&mut self, now: Instant, net: NetId, src: MacAddr, in_port: PortId) -> Result<(), DropReason> {
+        let st = &mut self.stats[in_port.0 as usize];
         match self.fdb.learn(net, src, in_port, now) {
-            Ok(Learned::Moved { .. }) => self.stats[pi].mac_moves += 1,
+            Ok(Learned::Moved { .. }) => st.mac_moves += 1,
             Ok(_) => {}
             Err(LearnError::PortLimit) => return Err(DropReason::PortMacLimit),
-            Err(LearnError::NetFull) => self.stats[pi].learn_table_full += 1,
+            Err(LearnError::NetFull) => st.learn_table_full += 1,
             Err(LearnError::Pinned) => return Err(DropReason::SpoofedMac),
         }
-        // L3 seam: ARP, DHCP, DNS, routing, NAT and filters plug in here.
+        Ok(())
+    }
+
+    /// The L3 seam. Frames for the router's MAC, and the broadcasts it must answer (ARP for
+    /// the gateway, DHCP), will go here to ARP, DHCP/DNS, filters, conntrack, NAT/LB and
+    /// routing, which consume them or hand frames to `tx`; `Ok` means "not for L3, forward at
+    /// L2". Until those stages exist, frames for the router are dropped and counted.
+    fn l3(&mut self, dst: MacAddr) -> Result<(), DropReason> {
         if dst == self.router_mac {
             return Err(DropReason::NoL3);
         }
-        // L2.
+        Ok(())
+    }
+
+    /// L2 forwarding: a learned unicast destination gets the frame alone; group and unknown
+    /// destinations are flooded to the network's other ports.
+    fn forward(
+        &mut self,
+        now: Instant,
+        net: NetId,
+        dst: MacAddr,
+        in_port: PortId,
+        buf: &mut PacketBuf,
+        tx: &mut dyn Transmit,
+    ) -> Result<(), DropReason> {
         if !dst.is_multicast() {
             match self.fdb.lookup(net, dst, now) {
                 Some(p) if p == in_port => return Err(DropReason::Hairpin),
