@@ -21,6 +21,9 @@ pub struct PacketBuf {
     end: usize,
     /// Offload metadata (all-zero when the port has no vnet header).
     pub vnet: VnetHdr,
+    /// 802.1p priority of the tag popped at ingress (0 for untagged frames), so a frame keeps
+    /// its priority from one trunk to another.
+    pub pcp: u8,
 }
 
 impl Default for PacketBuf {
@@ -31,7 +34,7 @@ impl Default for PacketBuf {
 
 impl PacketBuf {
     pub fn new() -> Self {
-        PacketBuf { data: vec![0u8; BUF_SIZE].into_boxed_slice(), start: HEADROOM, end: HEADROOM, vnet: VnetHdr::default() }
+        PacketBuf { data: vec![0u8; BUF_SIZE].into_boxed_slice(), start: HEADROOM, end: HEADROOM, vnet: VnetHdr::default(), pcp: 0 }
     }
 
     /// A buffer holding a copy of `frame` (tests, benchmarks, fuzzing).
@@ -48,6 +51,7 @@ impl PacketBuf {
         self.start = HEADROOM;
         self.end = HEADROOM + n;
         self.vnet = vnet;
+        self.pcp = 0;
     }
 
     /// The area a read fills: a vnet header (if `with_vnet`) ends exactly at HEADROOM, where the
@@ -61,6 +65,7 @@ impl PacketBuf {
     /// missing or invalid (the frame must then be dropped).
     pub fn set_received(&mut self, n: usize, with_vnet: bool) -> bool {
         self.start = HEADROOM;
+        self.pcp = 0;
         if with_vnet {
             if n < vnet::HDR_LEN {
                 self.end = HEADROOM;
@@ -118,11 +123,13 @@ impl PacketBuf {
         true
     }
 
-    /// Removes the tag after the MACs (the caller has checked there is one).
+    /// Removes the tag after the MACs (the caller has checked there is one), remembering its
+    /// priority in `pcp`.
     pub fn pop_vlan(&mut self) -> bool {
         if self.len() < 12 + TAG_LEN + 2 {
             return false;
         }
+        let pcp = self.data[self.start + 14] >> 5;
         let mut v = self.vnet;
         if !v.shift(-(TAG_LEN as i32)) {
             return false;
@@ -131,6 +138,7 @@ impl PacketBuf {
         self.data.copy_within(s..s + 12, s + TAG_LEN);
         self.start += TAG_LEN;
         self.vnet = v;
+        self.pcp = pcp;
         true
     }
 }

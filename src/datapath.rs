@@ -281,7 +281,7 @@ impl Datapath {
         let vid = self.nets[net.0 as usize].spec.vlan;
         if trunk {
             match vid {
-                Some(v) if buf.push_vlan(v, 0) => {}
+                Some(v) if buf.push_vlan(v, buf.pcp) => {}
                 _ => {
                     self.stats[pi].drop(DropReason::BadVnetHdr);
                     return;
@@ -322,7 +322,10 @@ impl Datapath {
             }
         }
         if trunk {
+            // Undo our own push; the ingress priority stays for the next port.
+            let pcp = buf.pcp;
             buf.pop_vlan();
+            buf.pcp = pcp;
         }
     }
 

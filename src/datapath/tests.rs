@@ -317,3 +317,20 @@ fn full_table_still_forwards_without_learning() {
     // Replies to it are flooded (unknown), as on a Linux bridge.
     assert_eq!(send(&mut d, 0, 1, &eth(mac(3), mac(2), &[0; 46]), VnetHdr::default()).ports(), vec![0]);
 }
+
+#[test]
+fn trunk_priority_is_kept_from_trunk_to_trunk() {
+    let mut d = dp();
+    let f = eth(MacAddr::BROADCAST, mac(7), &[0; 46]);
+    let mut t = tagged(101, &f);
+    t[14] |= 5 << 5; // PCP 5
+    let s = send(&mut d, 0, 3, &t, VnetHdr::default());
+    // Out of the other trunk with the same priority; to guest ports untagged.
+    let on5: Vec<_> = s.0.iter().filter(|(p, _, _)| p.0 == 5).collect();
+    assert_eq!(on5.len(), 1);
+    assert_eq!(on5[0].2, t);
+    assert!(s.0.iter().filter(|(p, _, _)| p.0 != 5).all(|(_, _, out)| *out == f));
+    // Guest frames leave trunks with priority 0.
+    let s = send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(8), &[0; 46]), VnetHdr::default());
+    assert!(s.0.iter().filter(|(p, _, _)| p.0 == 3).all(|(_, _, out)| out[14] >> 5 == 0));
+}
