@@ -9,12 +9,9 @@ have ip || need+=(iproute2)
 have ping || need+=(iputils-ping)
 have iperf3 || need+=(iperf3)
 have tcpdump || need+=(tcpdump)
-have socat || need+=(socat)
 have python3 || need+=(python3)
 have qemu-system-x86_64 || need+=(qemu-system-x86)
-have cpio || need+=(cpio)
-have iptables || need+=(iptables)
-[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
+have cpio || need+=(cpio)      # the QEMU guest's initramfs (scripts/lib/guest-image.sh)
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
