@@ -10,6 +10,9 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::Ipv4Addr;
 
+const MAX_PORTS: usize = 4096;
+const MAX_NETWORKS: usize = 4094;
+
 #[derive(Default)]
 pub struct Report {
     pub errors: Vec<(KeyPath, String)>,
@@ -102,6 +105,14 @@ pub fn check(c: &Config, r: &mut Report) {
     }
     if c.router.metrics_listen.is_some() {
         r.not_built(kp!("router", "metrics_listen"), "the Prometheus endpoint");
+    }
+
+    // Port and network ids are 16-bit in the datapath; keep far below that.
+    if c.ports.len() + c.uplinks.len() > MAX_PORTS {
+        r.err(kp!("port"), format!("at most {MAX_PORTS} ports and uplinks per instance"));
+    }
+    if c.networks.len() > MAX_NETWORKS {
+        r.err(kp!("network"), format!("at most {MAX_NETWORKS} networks per instance"));
     }
 
     // [[network]]
