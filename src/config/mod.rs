@@ -107,3 +107,18 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from(format!("/run/vrouter/{}.sock", self.router.name)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_ports_is_an_error_not_a_wrapped_id() {
+        let mut t = String::from("[router]\nname = \"t\"\n[[network]]\nname = \"n\"\ncidr = \"10.0.0.0/8\"\n");
+        for i in 0..4097 {
+            t += &format!("[[port]]\nname = \"p{i}\"\nnetwork = \"n\"\nkind = \"tap\"\nifname = \"t{i}\"\nport_security = false\n");
+        }
+        let Err(ConfigError::Invalid(d)) = parse(&t, Path::new("big.toml")) else { panic!("accepted") };
+        assert!(d.iter().any(|d| d.key == "port" && d.message.contains("at most 4096")), "{d:?}");
+    }
+}
