@@ -141,6 +141,14 @@ impl Datapath {
         }
     }
 
+    /// The port's device failed: forget the MACs learned on it (pinned ones stay: they are
+    /// configuration), so traffic for them is flooded rather than sent into a dead port.
+    pub fn port_lost(&mut self, port: PortId) {
+        if (port.0 as usize) < self.ports.len() {
+            self.fdb.flush_port(port);
+        }
+    }
+
     pub fn stats(&self, port: PortId) -> Option<&PortStats> {
         self.stats.get(port.0 as usize)
     }

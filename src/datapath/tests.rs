@@ -334,3 +334,13 @@ fn trunk_priority_is_kept_from_trunk_to_trunk() {
     let s = send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(8), &[0; 46]), VnetHdr::default());
     assert!(s.0.iter().filter(|(p, _, _)| p.0 == 3).all(|(_, _, out)| out[14] >> 5 == 0));
 }
+
+#[test]
+fn lost_port_forgets_its_learned_macs() {
+    let mut d = dp();
+    send(&mut d, 0, 1, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
+    assert_eq!(send(&mut d, 0, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1]);
+    d.port_lost(PortId(1));
+    assert_eq!(send(&mut d, 0, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1, 3, 4, 5]);
+    d.port_lost(PortId(999)); // unknown ids are ignored
+}

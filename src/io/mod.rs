@@ -262,6 +262,8 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                         if last_err[i] != e.raw_os_error() {
                             last_err[i] = e.raw_os_error();
                             tracing::warn!(port = %dp.port_name(port), "receive failed: {e} (device down or removed?)");
+                            // Its learned addresses point at a dead end now: flood instead.
+                            dp.port_lost(port);
                         }
                         break;
                     }

@@ -208,6 +208,8 @@ mod tests {
         assert_eq!(f.lookup(N, mac(1), Instant::from_secs(100_000)), Some(PortId(0)));
         assert_eq!(f.port_count(PortId(0)), 0, "pins do not use the learning limit");
         assert_eq!(f.net_count(N), 1);
+        f.flush_port(PortId(0));
+        assert_eq!(f.lookup(N, mac(1), Instant::ZERO), Some(PortId(0)), "pins survive a flush");
     }
 
     #[test]
