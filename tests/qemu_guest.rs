@@ -61,7 +61,6 @@ echo "VRT_RX=$(rx)"
 # Guest -> host TCP (the guest's TSO super-frames arrive with a vnet header).
 dd if=/dev/zero bs=1024 count=4096 2>/dev/null | nc 10.1.1.11 5002
 echo VRT_TX_DONE
-sleep 8
 "#;
     let log = start_guest(&mut lab, "q1", &qtap, guest_mac, script);
     let cfg = [
@@ -103,6 +102,14 @@ sleep 8
     let vms = st["ports"].as_array().unwrap().iter().find(|p| p["name"] == "vm").unwrap();
     assert!(vms["rx_gso_frames"].as_u64().unwrap() > 0, "{vms}");
     assert_eq!(st["totals"]["tx_sw_segmented"], 0);
+
+    // The VM powers off and QEMU deletes its tap: vrouter says so and keeps serving the rest.
+    wait_marker(&log, "VRGUEST_DONE", 60);
+    wait_for("vrouter to notice the lost tap", Duration::from_secs(20), || {
+        lab.log().lines().any(|l| l.contains("WARN") && l.contains("receive") && l.contains("port=vm"))
+    });
+    assert!(lab.vrouter_alive());
+    lab.show("ports");
     eprintln!("netdev port: {vm}");
 }
 

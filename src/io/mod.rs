@@ -254,6 +254,11 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                             last_err[i] = e.raw_os_error();
                             tracing::warn!(port = %dp.port_name(port), "receive: {e}");
                         }
+                        // Link down or interface deleted: what was learned behind it is gone,
+                        // as a physical switch flushes its table on link loss.
+                        if e.raw_os_error() == Some(libc::ENETDOWN) {
+                            dp.port_lost(port);
+                        }
                         continue;
                     }
                     Err(e) => {
