@@ -82,7 +82,9 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for _ in 0..3000 {
+        // VROUTER_FUZZ_ITERS runs a longer stress locally (stable toolchain, no libFuzzer).
+        let iters: usize = std::env::var("VROUTER_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+        for _ in 0..iters {
             // One input = a few records: [port][len u16][vnet 10][frame]. Most are plausible
             // (broadcast or learned-looking destinations, IPv4/IPv6/VLAN/QinQ/ARP ethertypes,
             // valid-looking offload headers), then randomly corrupted.

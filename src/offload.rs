@@ -91,8 +91,13 @@ pub fn validate(f: &[u8], v: &VnetHdr) -> Result<(), OffloadError> {
             IPPROTO_UDP if cs == lay.l4 && co == 6 => {}
             IPPROTO_TCP | IPPROTO_UDP => return Err(OffloadError::Malformed),
             // Other protocols (none use it today): the field must at least lie in L4.
-            _ if cs >= lay.l4 && cs + co + 2 <= lay.end => {}
+            _ if cs >= lay.l4 => {}
             _ => return Err(OffloadError::Malformed),
+        }
+        // The checksum field itself must lie inside the IP packet (a short IP length can cut
+        // the L4 header off).
+        if cs + co + 2 > lay.end {
+            return Err(OffloadError::Malformed);
         }
     }
     let ok = match v.gso {
@@ -401,6 +406,12 @@ mod tests {
         assert_eq!(validate(&f, &v), Err(OffloadError::Malformed));
         let v = VnetHdr { gso: Gso::TcpV4, gso_size: 1448, ..ok };
         assert_eq!(validate(&f, &v), Ok(()));
+        // An IP length that cuts the TCP header short: refused, not indexed out of bounds.
+        let mut short = f.clone();
+        short[16..18].copy_from_slice(&30u16.to_be_bytes());
+        assert_eq!(validate(&short, &ok), Err(OffloadError::Malformed));
+        let mut scratch = vec![0u8; 2048];
+        assert!(finish(&short, &ok, &mut scratch, &mut |_| {}).is_err());
         // Plain frames need no layout at all (ARP, anything).
         assert_eq!(validate(&[0u8; 20], &VnetHdr::default()), Ok(()));
     }
