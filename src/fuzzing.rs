@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn fuzz_smoke() {
         let mut dp = super::fuzz_datapath();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut x: u64 = std::env::var("VROUTER_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x9e37_79b9_7f4a_7c15) | 1;
         let mut next = || {
             x ^= x << 13;
             x ^= x >> 7;
