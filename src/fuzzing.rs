@@ -143,10 +143,26 @@ mod tests {
             assert!(st["totals"]["drops"][reason].as_u64().unwrap_or(0) > 0, "{reason} never hit: {st}");
         }
         let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/vrouter.toml")).unwrap();
-        for i in 0..300 {
-            let mut b = base.clone().into_bytes();
-            let at = (next() as usize) % b.len();
-            b[at] = b"=[]\"\n#x.0{},"[i % 12];
+        // The documented config with a few bytes changed, lines dropped or repeated: parse
+        // errors, type errors and cross-check failures, never a panic.
+        let lines: Vec<&str> = base.lines().collect();
+        for _ in 0..iters / 100 {
+            let mut l = lines.clone();
+            for _ in 0..(1 + next() % 3) {
+                let at = (next() as usize) % l.len();
+                match next() % 3 {
+                    0 => {
+                        l.remove(at);
+                    }
+                    1 => l.insert(at, l[(next() as usize) % l.len()]),
+                    _ => {}
+                }
+            }
+            let mut b = l.join("\n").into_bytes();
+            for _ in 0..(next() % 3) {
+                let at = (next() as usize) % b.len();
+                b[at] = b"=[]\"\n#x.0{},-9"[(next() % 14) as usize];
+            }
             super::config(&b);
         }
     }
