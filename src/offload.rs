@@ -83,6 +83,11 @@ pub fn validate(f: &[u8], v: &VnetHdr) -> Result<(), OffloadError> {
     if v.is_plain() {
         return Ok(());
     }
+    checked_layout(f, v).map(|_| ())
+}
+
+/// The frame's layout, once its non-plain offload metadata has been checked against it.
+fn checked_layout(f: &[u8], v: &VnetHdr) -> Result<Layout, OffloadError> {
     let lay = layout(f)?;
     if v.needs_csum {
         let (cs, co) = (v.csum_start as usize, v.csum_offset as usize);
@@ -107,7 +112,7 @@ pub fn validate(f: &[u8], v: &VnetHdr) -> Result<(), OffloadError> {
         Gso::UdpL4 => lay.proto == IPPROTO_UDP && v.gso_size >= 8,
     };
     if ok {
-        Ok(())
+        Ok(lay)
     } else {
         Err(OffloadError::Malformed)
     }
@@ -153,10 +158,9 @@ pub fn finish(
             out(frame);
             return Ok(1);
         }
-        validate(frame, v)?;
-        let (cs, co) = (v.csum_start as usize, v.csum_offset as usize);
         // Only the IP packet is summed: Ethernet padding is not part of it.
-        let lay = layout(frame)?;
+        let lay = checked_layout(frame, v)?;
+        let (cs, co) = (v.csum_start as usize, v.csum_offset as usize);
         if frame.len() > scratch.len() {
             return Err(OffloadError::Malformed);
         }
@@ -170,25 +174,20 @@ pub fn finish(
         out(s);
         return Ok(1);
     }
-    validate(frame, v)?;
-    segment(frame, v, scratch, out)
+    let lay = checked_layout(frame, v)?;
+    segment(frame, &lay, v, scratch, out)
 }
 
+/// Cuts a super-frame whose metadata `checked_layout` has accepted (so the GSO type matches
+/// the L3/L4 protocols and the segment size is sane) into wire-sized frames.
 fn segment(
     f: &[u8],
+    lay: &Layout,
     v: &VnetHdr,
     scratch: &mut [u8],
     out: &mut dyn FnMut(&[u8]),
 ) -> Result<usize, OffloadError> {
-    let lay = layout(f)?;
-    let want = match v.gso {
-        Gso::TcpV4 | Gso::TcpV6 => IPPROTO_TCP,
-        Gso::UdpL4 => IPPROTO_UDP,
-        Gso::None => return Err(OffloadError::Malformed),
-    };
-    if lay.proto != want || (matches!(v.gso, Gso::TcpV4) != lay.v4 && want == IPPROTO_TCP) {
-        return Err(OffloadError::Unsupported);
-    }
+    let want = lay.proto;
     let hdr_end = if want == IPPROTO_TCP {
         let doff = *f.get(lay.l4 + 12).ok_or(OffloadError::Malformed)?;
         let thl = (doff >> 4) as usize * 4;
@@ -246,7 +245,7 @@ fn segment(
             let ulen = (end - lay.l4) as u16;
             s[lay.l4 + 4..lay.l4 + 6].copy_from_slice(&ulen.to_be_bytes());
         }
-        l4_checksum(s, &lay, end);
+        l4_checksum(s, lay, end);
         out(s);
     }
     Ok(n)
