@@ -159,9 +159,6 @@ impl BufPool {
     pub fn put(&mut self, b: PacketBuf) {
         self.free.push(b);
     }
-    pub fn available(&self) -> usize {
-        self.free.len()
-    }
 }
 
 #[cfg(test)]

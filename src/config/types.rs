@@ -98,11 +98,9 @@ pub struct PortRange {
 }
 
 impl PortRange {
-    pub fn len(&self) -> u32 {
+    /// How many ports the range holds (at least one).
+    pub fn count(&self) -> u32 {
         self.hi as u32 - self.lo as u32 + 1
-    }
-    pub fn is_empty(&self) -> bool {
-        false
     }
 }
 
@@ -188,7 +186,7 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!("8000-8010".parse::<PortRange>().unwrap().len(), 11);
+        assert_eq!("8000-8010".parse::<PortRange>().unwrap().count(), 11);
         assert!("0".parse::<PortRange>().is_err());
         assert!("10-5".parse::<PortRange>().is_err());
         assert!("70000".parse::<PortRange>().is_err());

@@ -354,7 +354,7 @@ pub fn check(c: &Config, r: &mut Report) {
         if !in_guest_net(f.private_ip) {
             r.err(kp!("port_forward", i, "private_ip"), format!("{} is in no guest network", f.private_ip));
         }
-        if f.private_port.len() != 1 && f.private_port.len() != f.public_port.len() {
+        if f.private_port.count() != 1 && f.private_port.count() != f.public_port.count() {
             r.err(
                 kp!("port_forward", i, "private_port"),
                 format!("range {} must be one port or as long as public_port {}", f.private_port, f.public_port),

@@ -6,7 +6,7 @@
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -151,7 +151,7 @@ fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn()) -> std::io::Res
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     let mut line = Vec::new();
-    BufReader::new((&s).take_limited()).read_until(b'\n', &mut line)?;
+    BufReader::new((&s).take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
     let resp = match serde_json::from_slice::<Request>(line.trim_ascii()) {
         Err(e) => Response::err(format!("bad request: {e}")),
         Ok(request) => {
@@ -169,12 +169,6 @@ fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn()) -> std::io::Res
     (&s).write_all(out.as_bytes())
 }
 
-trait TakeLimited: std::io::Read + Sized {
-    fn take_limited(self) -> std::io::Take<Self> {
-        self.take(MAX_REQUEST)
-    }
-}
-impl<R: std::io::Read> TakeLimited for R {}
 
 /// Sends one request to the daemon at `path` and returns its data.
 pub fn request(path: &Path, req: &Request) -> Result<Value, ControlError> {
