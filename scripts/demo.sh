@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The main job: a demo account on this machine. Installs what it needs, builds vrouter, starts
 # it on conf/demo.toml (two "web" guests and one "db" guest, each a network namespace whose NIC
-# is the kernel side of a vrouter tap), and shows the guests pinging each other, the networks
-# isolated, the control socket's tables and an iperf3 result. Cleans up everything it made.
+# is the kernel side of a vrouter tap, and an "outside" namespace on the public tap), and shows:
+# guests pinging each other on one network and across networks through the router, the networks
+# isolated at L2, guests reaching the outside through source NAT, the outside reaching guests
+# through a port forward and a static NAT, iperf3 results, and the control socket's tables.
+# Cleans up everything it made.
 # Run as root:  sudo scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +28,13 @@ vr_pid=""
 cleanup() {
     set +e
     [ -n "$vr_pid" ] && kill "$vr_pid" 2>/dev/null && wait "$vr_pid" 2>/dev/null
-    for g in web1 web2 db1; do ip netns del "$(ns_of $g)" 2>/dev/null; done
+    local g ns p
+    for g in web1 web2 db1 out; do
+        ns=$(ns_of $g)
+        # Servers this script started live in its namespaces only.
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null; done
+        ip netns del "$ns" 2>/dev/null
+    done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -37,8 +46,9 @@ $VR run -c "$work/demo.toml" 2>"$work/vrouter.log" &
 vr_pid=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 [ -S "$sock" ] || { cat "$work/vrouter.log"; exit 1; }
+fail() { echo "   FAILED: $*"; echo "--- vrouter log (tail)"; tail -20 "$work/vrouter.log"; exit 1; }
 
-guest() { # name addr
+guest() { # name addr/len gateway
     local ns tap
     ns=$(ns_of "$1"); tap=$(if_of "$1")
     ip netns add "$ns"
@@ -46,40 +56,131 @@ guest() { # name addr
     ip -n "$ns" link set lo up
     ip -n "$ns" addr add "$2" dev "$tap"
     ip -n "$ns" link set "$tap" up
-    echo "   guest $1: netns $ns, NIC $tap $(ip -n "$ns" -br link show "$tap" | awk '{print $3}') $2"
+    ip -n "$ns" route add default via "$3"
+    echo "   guest $1: netns $ns, NIC $tap $(ip -n "$ns" -br link show "$tap" | awk '{print $3}') $2, default via $3"
 }
 echo "== guests (network namespaces on vrouter taps)"
-guest web1 10.1.1.11/24
-guest web2 10.1.1.12/24
-guest db1 10.1.2.11/24
-# db1 also takes a web address, to show that networks are isolated at L2 regardless.
-ip -n "$(ns_of db1)" addr add 10.1.1.50/24 dev "$(if_of db1)"
+guest web1 10.1.1.11/24 10.1.1.1
+guest web2 10.1.1.12/24 10.1.1.1
+guest db1 10.1.2.11/24 10.1.2.1
+echo "== outside (a namespace on the public tap: the public gateway, and a remote host on its lo)"
+out=$(ns_of out) pub=$(if_of pub)
+ip netns add "$out"
+ip link set "$pub" netns "$out"
+ip -n "$out" link set lo up
+ip -n "$out" addr add 198.51.100.5/32 dev lo
+ip -n "$out" addr add 203.0.113.1/24 dev "$pub"
+ip -n "$out" link set "$pub" up
+echo "   outside: netns $out, NIC $pub 203.0.113.1/24, lo 198.51.100.5/32"
+
+# One-shot TCP server: prints the peer address it saw and answers one line ({peer} is replaced).
+cat >"$work/serve.py" <<'PY'
+import socket, sys
+port, who, reply = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", port))
+s.listen(1)
+s.settimeout(30)
+try:
+    c, (ip, p) = s.accept()
+except socket.timeout:
+    sys.exit(f"   [{who}] nobody connected to port {port}")
+print(f"   [{who} server on port {port}] connection from {ip}:{p}", flush=True)
+c.sendall((reply.replace("{peer}", ip) + "\n").encode())
+c.close()
+PY
+srv_pid="" got=""
+serve() { # guest port reply: one connection in the guest's namespace, in the background
+    ip netns exec "$(ns_of "$1")" python3 "$work/serve.py" "$2" "$1" "$3" &
+    srv_pid=$!
+}
+ask() { # guest host port: sets $got to the server's answer (retried until the server listens)
+    got=""
+    for _ in $(seq 30); do
+        got=$(ip netns exec "$(ns_of "$1")" socat -t 3 -T 5 - "TCP:$2:$3,connect-timeout=2" </dev/null 2>/dev/null) &&
+            [ -n "$got" ] && break
+        got=""; sleep 0.1
+    done
+    [ -n "$got" ] || kill "$srv_pid" 2>/dev/null
+    wait "$srv_pid" 2>/dev/null || true
+}
+pings() { # guest target what: three pings that must get answers
+    local res
+    res=$(ip netns exec "$(ns_of "$1")" ping -c 3 -i 0.2 "$2") || fail "$3: $1 cannot ping $2"
+    echo "$res" | grep -m1 "ttl=" || true
+    echo "$res" | tail -2
+}
 
 echo "== web1 -> web2 (same network)"
-ip netns exec "$(ns_of web1)" ping -c 3 -i 0.2 10.1.1.12 | tail -2
+pings web1 10.1.1.12 "same network"
 echo "== web2 -> web1"
-ip netns exec "$(ns_of web2)" ping -c 3 -i 0.2 10.1.1.11 | tail -2
-echo "== db1 -> web1 (other network, even with a web address): must fail"
-if ip netns exec "$(ns_of db1)" ping -c 2 -W 1 10.1.1.11 >/dev/null 2>&1; then
-    echo "   UNEXPECTED: db1 reached web1"; exit 1
-else
-    echo "   blocked: web frames never enter db, and db1's port security drops its foreign source (spoofed_ip)"
-fi
+pings web2 10.1.1.11 "same network"
 
-echo "== iperf3 web1 -> web2 through vrouter (5 s, one TCP stream)"
-ip netns exec "$(ns_of web2)" iperf3 -s -1 >/dev/null 2>&1 &
-for _ in $(seq 20); do   # until the server listens
-    sleep 0.25
-    if out=$(ip netns exec "$(ns_of web1)" iperf3 -c 10.1.1.12 -t 5 -f g 2>&1); then break; fi
-done
-echo "$out" | grep -E "sender|receiver"
+echo "== web1 -> db1 (other network: routed through the gateway 10.1.1.1, so the TTL drops by one)"
+pings web1 10.1.2.11 "routing between networks"
+echo "   traceroute (the router answers with time exceeded from 10.1.1.1):"
+ip netns exec "$(ns_of web1)" traceroute -n -q 1 -w 1 -m 4 10.1.2.11 2>&1 | sed 's/^/   /' || true
+
+echo "== db1 takes a web address (10.1.1.50) and tries web1 directly at L2 (/32 route out its NIC): must fail"
+db1=$(ns_of db1) db1if=$(if_of db1)
+ip -n "$db1" addr add 10.1.1.50/32 dev "$db1if"
+ip -n "$db1" route add 10.1.1.11/32 dev "$db1if" src 10.1.1.50
+if ip netns exec "$db1" ping -c 2 -W 1 10.1.1.11 >/dev/null 2>&1; then
+    fail "db1 reached web1 at L2"
+else
+    echo "   blocked: db1's frames never leave network db, and its port security drops the foreign source 10.1.1.50"
+fi
+ip -n "$db1" route del 10.1.1.11/32 dev "$db1if"
+ip -n "$db1" addr del 10.1.1.50/32 dev "$db1if"
+
+echo "== web1 -> outside (198.51.100.5) through source NAT"
+pings web1 198.51.100.5 "source NAT"
+serve out 8000 "{peer}"
+ask web1 198.51.100.5 8000
+echo "   the outside saw web1 as: ${got:-nothing}"
+[ "$got" = 203.0.113.10 ] || fail "web1 should leave as the source NAT address 203.0.113.10"
+
+echo "== outside -> 203.0.113.10:2222, forwarded to web1:22"
+serve web1 22 "web1 port 22 here; you are {peer}"
+ask out 203.0.113.10 2222
+echo "   the outside got: ${got:-nothing}"
+[[ "$got" == "web1 port 22 here"* ]] || fail "the port forward 203.0.113.10:2222 -> 10.1.1.11:22"
+
+echo "== outside -> 203.0.113.11 (web2's static NAT), port 8080"
+serve web2 8080 "web2 port 8080 here; you are {peer}"
+ask out 203.0.113.11 8080
+echo "   the outside got: ${got:-nothing}"
+[[ "$got" == "web2 port 8080 here"* ]] || fail "the static NAT 203.0.113.11 <-> 10.1.1.12"
+echo "== web2 -> outside: leaves as its static NAT address"
+serve out 8001 "{peer}"
+ask web2 198.51.100.5 8001
+echo "   the outside saw web2 as: ${got:-nothing}"
+[ "$got" = 203.0.113.11 ] || fail "web2 should leave as its static NAT address 203.0.113.11"
+
+iperf() { # client-guest server-guest target label
+    echo "== iperf3 $4 (5 s, one TCP stream)"
+    ip netns exec "$(ns_of "$2")" iperf3 -s -1 >/dev/null 2>&1 &
+    local spid=$! res=""
+    for _ in $(seq 20); do   # until the server listens
+        sleep 0.25
+        if res=$(ip netns exec "$(ns_of "$1")" iperf3 -c "$3" --connect-timeout 3000 -t 5 -f g 2>&1); then break; fi
+        res=""
+    done
+    [ -n "$res" ] || { kill "$spid" 2>/dev/null; fail "iperf3 $4"; }
+    wait "$spid" 2>/dev/null || true
+    echo "$res" | grep -E "sender|receiver"
+}
+iperf web1 web2 10.1.1.12 "web1 -> web2, same network"
+iperf web1 out 198.51.100.5 "web1 -> outside through source NAT"
 
 echo "== vrouter ctl show ports"
 $VR ctl -s "$sock" show ports
 echo "== vrouter ctl show fdb"
 $VR ctl -s "$sock" show fdb
+echo "== vrouter ctl show conntrack"
+$VR ctl -s "$sock" show conntrack
 echo "== vrouter ctl show stats"
 $VR ctl -s "$sock" show stats
-echo "== not built yet: DHCP, DNS, routing between networks, NAT, forwards, load balancing"
-echo "   (they arrive as pipeline stages; conf/vrouter.toml documents their keys)"
+echo "== not in this demo yet: DHCP, DNS, load balancing (conf/vrouter.toml documents their keys)"
 echo "== done; cleaning up"

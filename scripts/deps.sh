@@ -12,6 +12,9 @@ have tcpdump || need+=(tcpdump)
 have python3 || need+=(python3)
 have qemu-system-x86_64 || need+=(qemu-system-x86)
 have cpio || need+=(cpio)      # the QEMU guest's initramfs (scripts/lib/guest-image.sh)
+have socat || need+=(socat)    # L3 tests and the demo: TCP/UDP peers behind NAT and forwards
+have traceroute || need+=(traceroute)   # TTL / ICMP time-exceeded checks through the router
+have nft || need+=(nftables)   # the kernel NAT baseline in scripts/bench.sh (masquerade)
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -1,6 +1,12 @@
 //! The pipeline: one frame in, zero or more frames out, in the order of DESIGN.md's "frame's
-//! walk": slice -> ingress (network, VLAN hygiene, port security) -> learn -> L3 seam ->
-//! L2 forward or flood -> egress (tag, offload fix-ups).
+//! walk": slice -> ingress (network, VLAN hygiene, port security) -> learn -> L3 (the router:
+//! ARP, routing, conntrack, NAT, filters) for frames addressed to the router -> L2 forward or
+//! flood -> egress (tag, offload fix-ups).
+//!
+//! The router is a member port of every network: a frame it routes re-enters L2 forwarding on
+//! the destination network from [`ROUTER_PORT`], and frames it makes (ARP, ICMP) leave through
+//! the same egress as forwarded ones. The public port is not part of any network: everything
+//! arriving there goes to the router.
 //!
 //! Sans-IO: `process(now, port, frame, tx)` never touches an fd or the clock; frames leave
 //! through the [`Transmit`] trait, which the I/O edge implements with real writes and tests
@@ -13,6 +19,7 @@
 
 use crate::buf::PacketBuf;
 use crate::offload;
+use crate::router::{Iface, L3Config, Router, Verdict};
 use crate::switch::fdb::{Fdb, LearnError, Learned};
 use crate::switch::stats::{DropReason, PortStats};
 use crate::switch::{self, NetId, PortId, Role};
@@ -55,7 +62,12 @@ pub struct DatapathConfig {
     pub ports: Vec<PortSpec>,
     pub mac_aging: Duration,
     pub mac_table_size: usize,
+    pub l3: L3Config,
 }
+
+/// The router's own port on every network: never a real port, so no hairpin check fires for
+/// routed frames and flooding reaches every member.
+pub const ROUTER_PORT: PortId = PortId(u16::MAX);
 
 /// What ingress established about a frame.
 struct Ingress {
@@ -82,6 +94,8 @@ pub struct Datapath {
     next_sweep: Instant,
     /// Where software segmentation writes (one segment at a time).
     scratch: Box<[u8]>,
+    router: Router,
+    public_port: Option<PortId>,
 }
 
 impl Datapath {
@@ -104,8 +118,10 @@ impl Datapath {
                         }
                     }
                 }
+                Role::Public => {}
             }
         }
+        let public_port = cfg.ports.iter().position(|p| matches!(p.role, Role::Public)).map(|i| PortId(i as u16));
         let caps = cfg.ports.iter().map(|p| p.mac_limit).collect();
         let mut fdb = Fdb::new(nets.len(), caps, cfg.mac_table_size, cfg.mac_aging);
         // A port-security guest's MAC is known up front: unicast to it is never flooded, and no
@@ -123,6 +139,8 @@ impl Datapath {
             nets,
             next_sweep: Instant::ZERO,
             scratch: vec![0u8; crate::buf::BUF_SIZE].into_boxed_slice(),
+            router: Router::new(cfg.router_mac, cfg.l3),
+            public_port,
         }
     }
 
@@ -153,16 +171,52 @@ impl Datapath {
         self.stats.get(port.0 as usize)
     }
 
-    /// When `poll` next has work (MAC aging).
+    /// When `poll` next has work: the earliest deadline over every subsystem (MAC aging, ARP
+    /// retries, conntrack expiry).
     pub fn poll_at(&self) -> Instant {
-        self.next_sweep
+        self.next_sweep.min(self.router.poll_at())
     }
 
-    /// Timer work: expire aged MAC entries.
-    pub fn poll(&mut self, now: Instant) {
+    /// Timer work: expire aged MAC entries, ARP retries, conntrack sweeps; may transmit.
+    pub fn poll(&mut self, now: Instant, tx: &mut dyn Transmit) {
         if now >= self.next_sweep {
             self.fdb.expire(now);
             self.next_sweep = now + SWEEP_EVERY;
+        }
+        self.router.poll(now);
+        self.drain_outbox(now, tx);
+    }
+
+    /// The router, for snapshots (conntrack pages, counters).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Sends what the router made (ARP, ICMP, frames released by ARP resolution) through the
+    /// normal egress.
+    fn drain_outbox(&mut self, now: Instant, tx: &mut dyn Transmit) {
+        while !self.router.outbox.is_empty() {
+            let out = std::mem::take(&mut self.router.outbox);
+            for mut o in out {
+                self.egress_routed(now, o.iface, &mut o.buf, tx);
+                self.router.recycle(o.buf);
+            }
+        }
+    }
+
+    /// A frame the router finished (Ethernet header set) leaves on `iface`.
+    fn egress_routed(&mut self, now: Instant, iface: Iface, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+        match iface {
+            Iface::Net(net) if (net.0 as usize) < self.nets.len() => {
+                let dst = MacAddr::from_bytes(buf.frame()).unwrap_or(MacAddr::BROADCAST);
+                let _ = self.forward(now, net, dst, ROUTER_PORT, buf, tx);
+            }
+            Iface::Net(_) => {}
+            Iface::Public => {
+                if let Some(p) = self.public_port {
+                    self.output(p, None, buf, tx);
+                }
+            }
         }
     }
 
@@ -189,10 +243,66 @@ impl Datapath {
         buf: &mut PacketBuf,
         tx: &mut dyn Transmit,
     ) -> Result<(), DropReason> {
+        if matches!(self.ports[in_port.0 as usize].role, Role::Public) {
+            return self.public_in(now, in_port, buf, tx);
+        }
         let Ingress { net, src, dst } = self.ingress(in_port, buf)?;
         self.learn(now, net, src, in_port)?;
-        self.l3(dst)?;
+        if self.for_router(dst, buf) {
+            let v = self.router.handle(now, Iface::Net(net), in_port, buf);
+            let r = self.l3_verdict(now, v, buf, tx);
+            self.drain_outbox(now, tx);
+            if v != Verdict::NotMine {
+                return r;
+            }
+        }
         self.forward(now, net, dst, in_port, buf, tx)
+    }
+
+    /// The router takes frames for its MAC and the broadcasts it answers (ARP).
+    fn for_router(&self, dst: MacAddr, buf: &PacketBuf) -> bool {
+        dst == self.router_mac
+            || (dst.is_broadcast() && buf.frame().get(12..14) == Some(&crate::wire::ethernet::ethertype::ARP.to_be_bytes()[..]))
+    }
+
+    fn l3_verdict(&mut self, now: Instant, v: Verdict, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
+        match v {
+            Verdict::Forward(iface) => {
+                self.egress_routed(now, iface, buf, tx);
+                Ok(())
+            }
+            Verdict::Consumed | Verdict::NotMine => Ok(()),
+            Verdict::Drop(r) => Err(r),
+        }
+    }
+
+    /// The public port: not part of any network; what is addressed to the router (or a
+    /// broadcast ARP) goes to it, everything else stops here.
+    fn public_in(&mut self, now: Instant, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
+        let (dst, src, et) = {
+            let eth = EthernetFrame::new_checked(buf.frame()).map_err(|_| DropReason::Malformed)?;
+            (eth.dst(), eth.src(), eth.ethertype())
+        };
+        if crate::wire::vlan::is_tag_ethertype(et) {
+            return Err(DropReason::TaggedOnAccess);
+        }
+        if !src.is_unicast() || src == self.router_mac {
+            return Err(DropReason::BadSrcMac);
+        }
+        if dst.is_link_local() {
+            return Err(DropReason::LinkLocal);
+        }
+        offload::validate(buf.frame(), &buf.vnet).map_err(|_| DropReason::BadVnetHdr)?;
+        if !self.for_router(dst, buf) {
+            return Err(if dst.is_multicast() { DropReason::UnsupportedL3 } else { DropReason::NotForwarded });
+        }
+        let v = self.router.handle(now, Iface::Public, in_port, buf);
+        let r = match v {
+            Verdict::NotMine => Ok(()),
+            v => self.l3_verdict(now, v, buf, tx),
+        };
+        self.drain_outbox(now, tx);
+        r
     }
 
     /// Ingress: which network the frame belongs to (popping a trunk tag), and whether it may
@@ -236,17 +346,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// The L3 seam. Frames for the router's MAC, and the broadcasts it must answer (ARP for
-    /// the gateway, DHCP), will go here to ARP, DHCP/DNS, filters, conntrack, NAT/LB and
-    /// routing, which consume them or hand frames to `tx`; `Ok` means "not for L3, forward at
-    /// L2". Until those stages exist, frames for the router are dropped and counted.
-    fn l3(&mut self, dst: MacAddr) -> Result<(), DropReason> {
-        if dst == self.router_mac {
-            return Err(DropReason::NoL3);
-        }
-        Ok(())
-    }
-
     /// L2 forwarding: a learned unicast destination gets the frame alone; group and unknown
     /// destinations are flooded to the network's other ports.
     fn forward(
@@ -262,7 +361,7 @@ impl Datapath {
             match self.fdb.lookup(net, dst, now) {
                 Some(p) if p == in_port => return Err(DropReason::Hairpin),
                 Some(p) => {
-                    self.output(p, net, buf, tx);
+                    self.output(p, Some(net), buf, tx);
                     return Ok(());
                 }
                 None => {}
@@ -277,16 +376,16 @@ impl Datapath {
         for i in 0..self.nets[n].members.len() {
             let p = self.nets[n].members[i];
             if p != in_port {
-                self.output(p, net, buf, tx);
+                self.output(p, Some(net), buf, tx);
             }
         }
     }
 
     /// Egress: tag for trunks, then hand the frame (or its software-finished segments) to `tx`.
-    fn output(&mut self, port: PortId, net: NetId, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+    fn output(&mut self, port: PortId, net: Option<NetId>, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
         let pi = port.0 as usize;
         let trunk = matches!(self.ports[pi].role, Role::Trunk { .. });
-        let vid = self.nets[net.0 as usize].spec.vlan;
+        let vid = net.and_then(|n| self.nets[n.0 as usize].spec.vlan);
         if trunk {
             match vid {
                 Some(v) if buf.push_vlan(v, buf.pcp) => {}
@@ -353,6 +452,7 @@ impl Datapath {
                 "networks": vlans.iter().enumerate().filter_map(|(vid, n)| n.map(|n| json!({
                     "network": self.nets[n.0 as usize].spec.name, "vlan": vid }))).collect::<Vec<_>>(),
             }),
+            Role::Public => json!({ "mode": "public", "network": null }),
         }
     }
 
@@ -439,7 +539,11 @@ impl Datapath {
             .enumerate()
             .map(|(i, n)| json!({"name": n.spec.name, "vlan": n.spec.vlan, "macs": self.fdb.net_count(NetId(i as u16))}))
             .collect();
-        json!({"totals": t, "ports": ports, "networks": nets, "fdb_entries": self.fdb.len()})
+        let ct = &self.router.ct;
+        json!({"totals": t, "ports": ports, "networks": nets, "fdb_entries": self.fdb.len(),
+               "router": self.router.stats, "neighbours": self.router.neigh.len(),
+               "conntrack": {"flows": ct.len(), "max": ct.max(), "created": ct.stats.created, "expired": ct.stats.expired,
+                             "evicted": ct.stats.evicted, "refused": ct.stats.refused}})
     }
 }
 

@@ -36,6 +36,7 @@ pub fn fuzz_datapath() -> Datapath {
         ],
         mac_aging: Duration::from_secs(300),
         mac_table_size: 64,
+        l3: Default::default(),
     })
 }
 
@@ -56,7 +57,7 @@ pub fn datapath(dp: &mut Datapath, data: &[u8]) {
         rest = &rest[take..];
         t += 1000;
         dp.process(Instant::from_millis(t), port, &mut b, &mut sink);
-        dp.poll(Instant::from_millis(t));
+        dp.poll(Instant::from_millis(t), &mut sink);
     }
 }
 

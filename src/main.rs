@@ -136,7 +136,11 @@ fn real_main() -> Result<ExitCode> {
                         ShowTable::Lb => Table::Lb,
                         ShowTable::Stats => Table::Stats,
                     };
-                    let data = control::request(&socket, &Request::Show { table: t })?;
+                    let data = if t == Table::Conntrack {
+                        fetch_pages(&socket)?
+                    } else {
+                        control::request(&socket, &Request::Show { table: t, offset: None })?
+                    };
                     if json {
                         println!("{}", serde_json::to_string_pretty(&data)?);
                     } else {
@@ -155,6 +159,27 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Reads the conntrack table page by page (each page is bounded work for the datapath).
+fn fetch_pages(socket: &Path) -> Result<Value> {
+    let mut flows = Vec::new();
+    let mut offset = None;
+    let mut head;
+    loop {
+        let mut page = control::request(socket, &Request::Show { table: Table::Conntrack, offset })?;
+        if let Some(Value::Array(rows)) = page.get_mut("flows").map(Value::take) {
+            flows.extend(rows);
+        }
+        offset = page.get("next").and_then(Value::as_u64).map(|n| n as usize);
+        head = page;
+        if offset.is_none() {
+            break;
+        }
+    }
+    let mut out = serde_json::json!({"count": head["count"], "max": head["max"]});
+    out["flows"] = Value::Array(flows);
+    Ok(out)
 }
 
 fn default_socket() -> Result<PathBuf> {
@@ -234,6 +259,17 @@ fn render(t: Table, data: &Value) -> String {
                 p
             }).collect();
             out += &table(&rows, &["name", "rx_frames", "rx_bytes", "rx_gso_frames", "tx_frames", "tx_bytes", "tx_sw_segmented", "mac_moves", "drops"]);
+            out
+        }
+        Table::Conntrack => {
+            let rows: Vec<Value> = data["flows"].as_array().unwrap_or(&empty).iter().map(|r| {
+                let mut r = r.clone();
+                r["original"] = format!("{}:{} -> {}:{}", cell(&r["src"]), r["sport"], cell(&r["dst"]), r["dport"]).into();
+                r["reply"] = format!("{}:{} -> {}:{}", cell(&r["reply_src"]), r["reply_sport"], cell(&r["reply_dst"]), r["reply_dport"]).into();
+                r
+            }).collect();
+            let mut out = table(&rows, &["proto", "state", "original", "reply", "expires_secs", "packets", "bytes"]);
+            out += &format!("{} of at most {} flows\n", data["count"], data["max"]);
             out
         }
         _ => format!("{data}\n"),

@@ -145,6 +145,26 @@ fn l4_checksum(s: &mut [u8], lay: &Layout, end: usize) {
     s[lay.l4 + off..lay.l4 + off + 2].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Completes a pending (partial) L4 checksum in place and clears the flag; for frames the
+/// router must cut into IP fragments. GSO frames are refused (they are segmented instead).
+pub fn complete_checksum(frame: &mut [u8], v: &mut VnetHdr) -> Result<(), OffloadError> {
+    if !v.needs_csum {
+        return Ok(());
+    }
+    if v.gso != Gso::None {
+        return Err(OffloadError::Unsupported);
+    }
+    let lay = checked_layout(frame, v)?;
+    let (cs, co) = (v.csum_start as usize, v.csum_offset as usize);
+    let mut c = !checksum::fold(checksum::add(0, &frame[cs..lay.end]));
+    if lay.proto == IPPROTO_UDP && c == 0 {
+        c = 0xffff;
+    }
+    frame[cs + co..cs + co + 2].copy_from_slice(&c.to_be_bytes());
+    v.needs_csum = false;
+    Ok(())
+}
+
 /// Finishes `frame` for a port without offloads and hands each resulting frame to `out`.
 /// Returns how many frames were produced.
 pub fn finish(

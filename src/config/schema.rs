@@ -32,6 +32,7 @@ pub struct Config {
     #[serde(default)]
     pub security_group: Vec<SecurityGroup>,
     pub dns: Option<Dns>,
+    pub conntrack: Option<ConntrackCfg>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,7 +156,10 @@ pub struct Public {
     pub ifname: String,
     pub ips: Vec<Ipv4Iface>,
     pub gateway: Ipv4Addr,
+    /// Guests' outbound traffic leaves with this address (default: the first of `ips`).
     pub source_nat_ip: Option<Ipv4Addr>,
+    /// MTU of the public link (default 1500): larger DF packets get "fragmentation needed".
+    pub mtu: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -297,4 +301,21 @@ pub struct Dns {
     #[serde(default)]
     pub upstreams: Vec<SocketAddr>,
     pub cache_entries: Option<usize>,
+}
+
+/// Connection tracking limits and timeouts (defaults follow Linux's nf_conntrack).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackCfg {
+    /// Hard cap on tracked flows (default 262144).
+    pub max_flows: Option<usize>,
+    pub tcp_established_secs: Option<u64>,
+    pub tcp_syn_secs: Option<u64>,
+    /// FIN_WAIT, CLOSE_WAIT, LAST_ACK and TIME_WAIT.
+    pub tcp_close_secs: Option<u64>,
+    /// UDP flows not answered yet.
+    pub udp_secs: Option<u64>,
+    /// UDP flows that were answered.
+    pub udp_stream_secs: Option<u64>,
+    pub icmp_secs: Option<u64>,
 }

@@ -143,7 +143,6 @@ pub fn check(c: &Config, r: &mut Report) {
             } else {
                 ips.add(r, g, p().key("gateway"));
             }
-            r.not_built(p().key("gateway"), "routing, ARP and the gateway address");
         }
         if let Some(v) = n.vlan {
             if v == 0 || v > VID_MAX {
@@ -162,7 +161,6 @@ pub fn check(c: &Config, r: &mut Report) {
             if !(576..=9000).contains(&m) {
                 r.err(p().key("mtu"), format!("MTU {m} is outside 576..9000"));
             }
-            r.not_built(p().key("mtu"), "DHCP (option 26)");
         }
         if let Some(d) = &n.domain {
             let ok = d.len() <= 253 && d.trim_end_matches('.').split('.').all(valid_dns_label);
@@ -186,9 +184,6 @@ pub fn check(c: &Config, r: &mut Report) {
                 r.err(p().key("lease_secs"), "a lease must last at least 60 seconds");
             }
             r.not_built(p().key("lease_secs"), "DHCP");
-        }
-        if n.egress_default.is_some() {
-            r.not_built(p().key("egress_default"), "egress filtering");
         }
     }
 
@@ -302,7 +297,6 @@ pub fn check(c: &Config, r: &mut Report) {
     // [public] and the rules that name public IPs.
     let mut public_ips: Vec<Ipv4Addr> = Vec::new();
     if let Some(pb) = &c.public {
-        r.not_built(kp!("public"), "the public interface (NAT, forwarding, load balancing)");
         if let Err(m) = valid_ifname(&pb.ifname) {
             r.err(kp!("public", "ifname"), m);
         }
@@ -326,8 +320,24 @@ pub fn check(c: &Config, r: &mut Report) {
                 r.err(kp!("public", "source_nat_ip"), format!("{s} is not one of public.ips"));
             }
         }
+        if let Some(m) = pb.mtu {
+            if !(576..=9000).contains(&m) {
+                r.err(kp!("public", "mtu"), format!("MTU {m} is outside 576..9000"));
+            }
+        }
+        if pb.ips.iter().any(|a| a.addr == pb.gateway) {
+            r.err(kp!("public", "gateway"), format!("{} is one of public.ips", pb.gateway));
+        }
     }
     let in_guest_net = |ip: Ipv4Addr| c.networks.iter().any(|n| n.cidr.contains(ip));
+    // NAT targets are reached by routing: their network needs a gateway.
+    let routed = |r: &mut Report, p: KeyPath, ip: Ipv4Addr| {
+        if let Some(n) = c.networks.iter().find(|n| n.cidr.contains(ip)) {
+            if n.gateway.is_none() {
+                r.err(p, format!("{ip} is in network {:?}, which has no gateway to route through", n.name));
+            }
+        }
+    };
     let check_public = |r: &mut Report, p: KeyPath, ip: Ipv4Addr| {
         if c.public.is_none() {
             r.err(p, "needs a [public] section");
@@ -344,23 +354,23 @@ pub fn check(c: &Config, r: &mut Report) {
         if !in_guest_net(s.private_ip) {
             r.err(kp!("static_nat", i, "private_ip"), format!("{} is in no guest network", s.private_ip));
         }
-        if c.public.as_ref().and_then(|p| p.source_nat_ip) == Some(s.public_ip) {
+        routed(r, kp!("static_nat", i, "private_ip"), s.private_ip);
+        if c.public.as_ref().and_then(|p| p.source_nat_ip.or(p.ips.first().map(|a| a.addr))) == Some(s.public_ip) {
             r.err(kp!("static_nat", i, "public_ip"), "the source NAT address cannot also be a static NAT");
         }
-        r.not_built(kp!("static_nat", i), "static NAT");
     }
     for (i, f) in c.port_forward.iter().enumerate() {
         check_public(r, kp!("port_forward", i, "public_ip"), f.public_ip);
         if !in_guest_net(f.private_ip) {
             r.err(kp!("port_forward", i, "private_ip"), format!("{} is in no guest network", f.private_ip));
         }
+        routed(r, kp!("port_forward", i, "private_ip"), f.private_ip);
         if f.private_port.count() != 1 && f.private_port.count() != f.public_port.count() {
             r.err(
                 kp!("port_forward", i, "private_port"),
                 format!("range {} must be one port or as long as public_port {}", f.private_port, f.public_port),
             );
         }
-        r.not_built(kp!("port_forward", i), "port forwarding");
     }
     let mut lb_names = Unique::new("load balancer name");
     for (i, lb) in c.load_balancer.iter().enumerate() {
@@ -405,7 +415,6 @@ pub fn check(c: &Config, r: &mut Report) {
         if f.sources.is_empty() {
             r.err(kp!("firewall", i, "sources"), "list at least one source CIDR (0.0.0.0/0 for any)");
         }
-        r.not_built(kp!("firewall", i), "the public firewall");
     }
     for (i, e) in c.egress.iter().enumerate() {
         if !nets.contains_key(e.network.as_str()) {
@@ -417,7 +426,6 @@ pub fn check(c: &Config, r: &mut Report) {
         if e.destinations.is_empty() {
             r.err(kp!("egress", i, "destinations"), "list at least one destination CIDR");
         }
-        r.not_built(kp!("egress", i), "egress filtering");
     }
     let mut sg_names = Unique::new("security group name");
     for (i, g) in c.security_group.iter().enumerate() {
@@ -438,6 +446,24 @@ pub fn check(c: &Config, r: &mut Report) {
                     r.err(p().key("remote_group"), format!("no [[security_group]] is named {rg:?}"))
                 }
                 _ => {}
+            }
+        }
+    }
+    if let Some(ct) = &c.conntrack {
+        if ct.max_flows.is_some_and(|m| m == 0 || m > 16_777_216) {
+            r.err(kp!("conntrack", "max_flows"), "must be between 1 and 16777216");
+        }
+        let secs = [
+            ("tcp_established_secs", ct.tcp_established_secs),
+            ("tcp_syn_secs", ct.tcp_syn_secs),
+            ("tcp_close_secs", ct.tcp_close_secs),
+            ("udp_secs", ct.udp_secs),
+            ("udp_stream_secs", ct.udp_stream_secs),
+            ("icmp_secs", ct.icmp_secs),
+        ];
+        for (k, v) in secs {
+            if v.is_some_and(|v| v == 0 || v > 30 * 86_400) {
+                r.err(kp!("conntrack", k), "must be between 1 and 2592000 seconds (30 days)");
             }
         }
     }

@@ -28,7 +28,12 @@ pub enum Table {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Request {
-    Show { table: Table },
+    Show {
+        table: Table,
+        /// Where a paged table (conntrack) continues; the answer's `next` gives the next one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<usize>,
+    },
     Reload,
     Capture { port: String, count: Option<u64> },
 }
@@ -198,7 +203,7 @@ mod tests {
 
     #[test]
     fn request_wire_format() {
-        let r = Request::Show { table: Table::Fdb };
+        let r = Request::Show { table: Table::Fdb, offset: None };
         assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"cmd":"show","table":"fdb"}"#);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"show","table":"nope"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"show","table":"fdb","x":1}"#).is_err());

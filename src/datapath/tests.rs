@@ -51,6 +51,7 @@ fn dp() -> Datapath {
         ],
         mac_aging: Duration::from_secs(300),
         mac_table_size: 64,
+        l3: Default::default(),
     })
 }
 
@@ -123,7 +124,7 @@ fn aging_turns_unicast_back_into_flood() {
     let mut d = dp();
     send(&mut d, 0, 1, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
     assert_eq!(send(&mut d, 300, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1]);
-    d.poll(Instant::from_secs(301));
+    d.poll(Instant::from_secs(301), &mut Sink::default());
     assert_eq!(send(&mut d, 301, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1, 3, 4, 5]);
     assert!(d.poll_at() > Instant::from_secs(301));
 }
@@ -180,7 +181,7 @@ fn runt_and_bad_sources_are_dropped() {
     assert!(send(&mut d, 0, 0, &eth(mac(1), MacAddr::BROADCAST, &[]), VnetHdr::default()).0.is_empty());
     assert_eq!(drops(&d, 0, DropReason::BadSrcMac), 1);
     assert!(send(&mut d, 0, 0, &eth(ROUTER, mac(1), &[]), VnetHdr::default()).0.is_empty());
-    assert_eq!(drops(&d, 0, DropReason::NoL3), 1);
+    assert_eq!(drops(&d, 0, DropReason::BadIp), 1, "an empty IPv4 packet for the router");
     // Nobody may speak as the router.
     assert!(send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, ROUTER, &[]), VnetHdr::default()).0.is_empty());
     assert_eq!(drops(&d, 0, DropReason::BadSrcMac), 2);
@@ -207,6 +208,7 @@ fn port_security_macs_are_pinned_against_trunk_takeover() {
         nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }, NetSpec { name: "b".into(), vlan: Some(102) }],
         mac_aging: Duration::from_secs(300),
         mac_table_size: 64,
+        l3: Default::default(),
     });
     // Known before it ever spoke: unicast goes straight to p1.
     assert_eq!(send(&mut d, 0, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1]);
@@ -307,6 +309,7 @@ fn full_table_still_forwards_without_learning() {
         ports: vec![access("p0", A, true), access("p1", A, true)],
         mac_aging: Duration::from_secs(300),
         mac_table_size: 2,
+        l3: Default::default(),
     });
     send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
     send(&mut d, 0, 1, &eth(MacAddr::BROADCAST, mac(2), &[0; 46]), VnetHdr::default());

@@ -10,9 +10,10 @@ use crate::buf::BufPool;
 use crate::config::schema::{Config, IfKind};
 use crate::config::Validated;
 use crate::control::{self, Envelope, Request, Response, Table};
-use crate::datapath::{Datapath, DatapathConfig, NetSpec, PortSpec, Transmit};
+use crate::build;
+use crate::datapath::{Datapath, DatapathConfig, Transmit};
 use crate::switch::stats::DropReason;
-use crate::switch::{NetId, PortId, Role, Security};
+use crate::switch::PortId;
 use crate::sys::{netif, packet::PacketSocket, tap::Tap};
 use crate::time::Instant;
 use crate::wire::ethernet::MacAddr;
@@ -25,6 +26,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Conntrack rows per control request.
+const CONNTRACK_PAGE: usize = 4096;
 /// Frames read from one fd before the loop looks at the others.
 const BUDGET: usize = 256;
 const SIGNAL: Token = Token(usize::MAX - 1);
@@ -44,21 +47,12 @@ pub enum RunError {
     Poll(#[from] io::Error),
 }
 
-/// The router's MAC on guest networks: configured, or a locally administered address derived
-/// from the instance name (stable across restarts).
-pub fn router_mac(c: &Config) -> MacAddr {
-    c.router.mac.unwrap_or_else(|| {
-        let h = c.router.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-        let b = h.to_be_bytes();
-        MacAddr([0x02, b[1], b[2], b[3], b[4], b[5]])
-    })
-}
+pub use crate::build::router_mac;
 
-/// Opens every port and builds the datapath's view of them (ports first, then uplinks).
+/// Opens every port and builds the datapath's view of them (`build::datapath_config`, plus
+/// each device's offload capability). Ports, then uplinks, then the public port.
 pub fn open_ports(c: &Config) -> Result<(Vec<Device>, DatapathConfig), RunError> {
-    let net_id = |name: &str| c.networks.iter().position(|n| n.name == name).map(|i| NetId(i as u16));
-    let mut devs = Vec::new();
-    let mut ports = Vec::new();
+    let mut dcfg = build::datapath_config(c);
     let open = |kind: IfKind, name: &str, ifname: &str, mac: Option<MacAddr>| -> Result<Device, RunError> {
         let err = |source| RunError::Port { name: name.into(), ifname: ifname.into(), source };
         match kind {
@@ -77,60 +71,29 @@ pub fn open_ports(c: &Config) -> Result<(Vec<Device>, DatapathConfig), RunError>
             }
         }
     };
-    let kind_name = |k: IfKind| match k {
-        IfKind::Tap => "tap",
-        IfKind::Netdev => "netdev",
-    };
+    let mut devs = Vec::new();
     for p in &c.ports {
-        let Some(net) = net_id(&p.network) else { continue };
+        if !c.networks.iter().any(|n| n.name == p.network) {
+            continue;
+        }
         let dev = open(p.kind, &p.name, &p.ifname, p.mac)?;
-        let security = match (p.port_security, p.mac) {
-            (true, Some(mac)) => Some(Security { mac, ip: p.ip }),
-            _ => None,
-        };
-        ports.push(PortSpec {
-            name: p.name.clone(),
-            ifname: p.ifname.clone(),
-            kind: kind_name(p.kind).into(),
-            role: Role::Access { net, security },
-            offload: dev.offload(),
-            mac_limit: Some(if security.is_some() { 1 } else { c.router.mac_limit_per_port }),
-        });
         tracing::info!(port = %p.name, ifname = %p.ifname, network = %p.network, offload = dev.offload(), "guest port attached");
         devs.push(dev);
     }
     for u in &c.uplinks {
-        let pairs: Vec<(u16, NetId)> = u
-            .networks
-            .iter()
-            .filter_map(|n| {
-                let id = net_id(n)?;
-                Some((c.networks[id.0 as usize].vlan?, id))
-            })
-            .collect();
         let dev = open(u.kind, &u.name, &u.ifname, None)?;
-        ports.push(PortSpec {
-            name: u.name.clone(),
-            ifname: u.ifname.clone(),
-            kind: kind_name(u.kind).into(),
-            role: Role::trunk(&pairs),
-            offload: dev.offload(),
-            mac_limit: None,
-        });
         tracing::info!(uplink = %u.name, ifname = %u.ifname, offload = dev.offload(), "trunk attached");
         devs.push(dev);
     }
-    let nets = c.networks.iter().map(|n| NetSpec { name: n.name.clone(), vlan: n.vlan }).collect();
-    Ok((
-        devs,
-        DatapathConfig {
-            router_mac: router_mac(c),
-            nets,
-            ports,
-            mac_aging: Duration::from_secs(c.router.mac_aging_secs),
-            mac_table_size: c.router.mac_table_size,
-        },
-    ))
+    if let Some(pb) = &c.public {
+        let dev = open(pb.kind, build::PUBLIC_PORT, &pb.ifname, None)?;
+        tracing::info!(ifname = %pb.ifname, ips = ?pb.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(), offload = dev.offload(), "public port attached");
+        devs.push(dev);
+    }
+    for (spec, dev) in dcfg.ports.iter_mut().zip(&devs) {
+        spec.offload = dev.offload();
+    }
+    Ok((devs, dcfg))
 }
 
 struct IoTx<'a> {
@@ -279,7 +242,10 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         if got {
             last_frame = std::time::Instant::now();
         }
-        dp.poll(now);
+        {
+            let mut tx = IoTx { devs: &devs, write_ns: &mut lat.write };
+            dp.poll(now, &mut tx);
+        }
         while let Ok(env) = inbox.try_recv() {
             let resp = answer(&dp, &lat, &env.request, now, origin.elapsed());
             let _ = env.reply.send(resp);
@@ -294,9 +260,15 @@ use std::io::Read;
 
 fn answer(dp: &Datapath, lat: &latency::Latency, req: &Request, now: Instant, uptime: Duration) -> Response {
     match req {
-        Request::Show { table: Table::Ports } => Response::ok(dp.show_ports()),
-        Request::Show { table: Table::Fdb } => Response::ok(dp.show_fdb(now)),
-        Request::Show { table: Table::Stats } => {
+        Request::Show { table: Table::Ports, .. } => Response::ok(dp.show_ports()),
+        Request::Show { table: Table::Conntrack, offset } => {
+            // One bounded page per request: a full table never stalls forwarding.
+            let r = dp.router();
+            let (flows, next) = r.conntrack_page(now, offset.unwrap_or(0), CONNTRACK_PAGE);
+            Response::ok(serde_json::json!({"count": r.ct.len(), "max": r.ct.max(), "flows": flows, "next": next}))
+        }
+        Request::Show { table: Table::Fdb, .. } => Response::ok(dp.show_fdb(now)),
+        Request::Show { table: Table::Stats, .. } => {
             let mut s = dp.show_stats();
             if let serde_json::Value::Object(m) = &mut s {
                 m.insert("uptime_secs".into(), uptime.as_secs().into());
@@ -304,8 +276,8 @@ fn answer(dp: &Datapath, lat: &latency::Latency, req: &Request, now: Instant, up
             }
             Response::ok(s)
         }
-        Request::Show { table } => Response::err(format!(
-            "table {:?} is not built in this version (ports, fdb and stats are)",
+        Request::Show { table, .. } => Response::err(format!(
+            "table {:?} is not built in this version (ports, fdb, conntrack and stats are)",
             serde_json::to_value(table).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
         )),
         Request::Reload => Response::err("reload is not built in this version; restart vrouter to apply a new config"),

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 pub struct PortId(pub u16);
 
 /// Index of a network (broadcast domain).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct NetId(pub u16);
 
 /// What may source frames from a guest port.
@@ -32,6 +32,8 @@ pub enum Role {
     Access { net: NetId, security: Option<Security> },
     /// An 802.1Q trunk: each network carried with its VLAN id. `vlans[vid]` is that network.
     Trunk { vlans: Box<[Option<NetId>]> },
+    /// The public side: in no network; everything arriving goes to the router.
+    Public,
 }
 
 impl Role {
@@ -57,6 +59,7 @@ pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> 
             }
             Ok((*net, false))
         }
+        Role::Public => Err(DropReason::NotForwarded),
         Role::Trunk { vlans } => {
             if et == ethertype::QINQ {
                 return Err(DropReason::DoubleTagged);

@@ -43,7 +43,7 @@ drop_reasons! {
     Hairpin => "hairpin",
     /// IEEE 802.1D link-local group address (STP BPDUs, LLDP, pause, 802.1X): never bridged.
     LinkLocal => "link_local",
-    /// Addressed to the router, whose L3 services are not built yet.
+    /// Addressed to one of the router's own addresses on a port it serves nothing on.
     NoL3 => "no_l3_service",
     /// Offload metadata does not match the headers, so software segmentation was impossible.
     OffloadFailed => "offload_failed",
@@ -55,10 +55,42 @@ drop_reasons! {
     TxError => "tx_error",
     /// Larger than a receive buffer; the tail was cut by the kernel.
     Truncated => "truncated",
+    /// An IPv4 header that does not parse (version, IHL, lengths) or whose checksum is wrong.
+    BadIp => "bad_ip",
+    /// TTL ran out here (time exceeded sent back, rate permitting).
+    TtlExceeded => "ttl_exceeded",
+    /// No network or public route leads to the destination (or it is a broadcast).
+    NoRoute => "no_route",
+    /// A new inbound flow to a public IP matched none of that IP's `[[firewall]]` rules.
+    Firewall => "firewall",
+    /// A new flow leaving a network was refused by its `[[egress]]` rules or `egress_default`.
+    EgressDenied => "egress_denied",
+    /// Public traffic matching no static NAT, port forward or tracked flow (a guest's private
+    /// address aimed at directly, an unsolicited reply, an unknown ICMP error).
+    NotForwarded => "not_forwarded",
+    /// A source that cannot be genuine: from the public side one of ours, a guest network's or
+    /// a martian; from a guest one outside its own network.
+    SpoofedSource => "spoofed_source",
+    /// The connection table is full of established flows.
+    ConntrackFull => "conntrack_full",
+    /// No free NAT port (or ICMP id) for a new flow.
+    NatExhausted => "nat_exhausted",
+    /// The next hop did not answer ARP.
+    NeighUnresolved => "neigh_unresolved",
+    /// Too many frames already wait for ARP resolution.
+    NeighQueueFull => "neigh_queue_full",
+    /// A non-first fragment whose first fragment was not seen.
+    FragNoFlow => "frag_no_flow",
+    /// Larger than the egress MTU with DF set (fragmentation needed sent back).
+    FragNeeded => "frag_needed",
+    /// A protocol the router does not handle (IPv6, unknown EtherType) addressed to its MAC.
+    UnsupportedL3 => "unsupported_l3",
+    /// A TCP/UDP/ICMP header cut short, or offload metadata the router cannot honour.
+    BadL4 => "bad_l4",
 }
 
 /// Counters of one port. Owned by the datapath thread; snapshots are copied out.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PortStats {
     pub rx_frames: u64,
     pub rx_bytes: u64,
@@ -75,6 +107,22 @@ pub struct PortStats {
     pub learn_table_full: u64,
     #[serde(skip)]
     pub drops: [u64; DropReason::COUNT],
+}
+
+impl Default for PortStats {
+    fn default() -> Self {
+        PortStats {
+            rx_frames: 0,
+            rx_bytes: 0,
+            rx_gso_frames: 0,
+            tx_frames: 0,
+            tx_bytes: 0,
+            tx_sw_segmented: 0,
+            mac_moves: 0,
+            learn_table_full: 0,
+            drops: [0; DropReason::COUNT],
+        }
+    }
 }
 
 impl PortStats {

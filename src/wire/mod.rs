@@ -5,8 +5,10 @@
 //! the byte ranges, and (where the header has more than one field worth naming) a `Repr` with
 //! `parse` / `emit`. Nothing in this module knows about ports, networks, time or I/O.
 
+pub mod arp;
 pub mod checksum;
 pub mod ethernet;
+pub mod ipv4;
 pub mod vlan;
 pub mod vnet;
 

@@ -46,6 +46,11 @@ pub mod cfg {
         let vlan = vlan.map(|v| format!("vlan = {v}\n")).unwrap_or_default();
         format!("[[network]]\nname = \"{name}\"\ncidr = \"{cidr}\"\n{vlan}")
     }
+    /// A routed `[[network]]` with its `gateway`; `extra` holds further keys (`vlan = 101`,
+    /// `egress_default = "deny"`).
+    pub fn l3_network(name: &str, cidr: &str, gateway: &str, extra: &str) -> String {
+        format!("[[network]]\nname = \"{name}\"\ncidr = \"{cidr}\"\ngateway = \"{gateway}\"\n{extra}\n")
+    }
     /// A `[[port]]`; `extra` holds further keys (`ip = ...`, `port_security = false`).
     pub fn port(name: &str, network: &str, kind: &str, ifname: &str, mac: &str, extra: &str) -> String {
         format!("[[port]]\nname = \"{name}\"\nnetwork = \"{network}\"\nkind = \"{kind}\"\nifname = \"{ifname}\"\nmac = \"{mac}\"\n{extra}\n")

@@ -1,0 +1,167 @@
+//! Config -> datapath tables, as a pure function: names resolve to ids, rules become
+//! classifiers, defaults are filled in. Opening devices is the I/O edge's business (`io`), which
+//! only adds what the devices can do (offload capability) to what this builds.
+//!
+//! Ports are numbered guest ports first (config order), then uplinks, then the public port;
+//! networks in config order.
+
+use crate::config::schema::{Action, Config, IfKind, L4Proto};
+use crate::conntrack::Timeouts;
+use crate::datapath::{DatapathConfig, NetSpec, PortSpec};
+use crate::filter::{Classifier, Rule};
+use crate::router::{Forward, L3Config, NetL3, PublicL3};
+use crate::switch::{NetId, Role, Security};
+use crate::wire::ethernet::MacAddr;
+use crate::wire::ipv4::proto;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The name the public port has in `ctl show ports` and stats.
+pub const PUBLIC_PORT: &str = "public";
+
+/// The router's MAC on guest networks: configured, or a locally administered address derived
+/// from the instance name (stable across restarts).
+pub fn router_mac(c: &Config) -> MacAddr {
+    c.router.mac.unwrap_or_else(|| {
+        let h = c.router.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let b = h.to_be_bytes();
+        MacAddr([0x02, b[1], b[2], b[3], b[4], b[5]])
+    })
+}
+
+pub fn kind_name(k: IfKind) -> &'static str {
+    match k {
+        IfKind::Tap => "tap",
+        IfKind::Netdev => "netdev",
+    }
+}
+
+/// Builds the datapath's tables from a validated config. Every port starts without offload
+/// capability; the I/O edge sets it from the opened device.
+pub fn datapath_config(c: &Config) -> DatapathConfig {
+    let net_id = |name: &str| c.networks.iter().position(|n| n.name == name).map(|i| NetId(i as u16));
+    let mut ports = Vec::new();
+    for p in &c.ports {
+        let Some(net) = net_id(&p.network) else { continue };
+        let security = match (p.port_security, p.mac) {
+            (true, Some(mac)) => Some(Security { mac, ip: p.ip }),
+            _ => None,
+        };
+        ports.push(PortSpec {
+            name: p.name.clone(),
+            ifname: p.ifname.clone(),
+            kind: kind_name(p.kind).into(),
+            role: Role::Access { net, security },
+            offload: false,
+            mac_limit: Some(if security.is_some() { 1 } else { c.router.mac_limit_per_port }),
+        });
+    }
+    for u in &c.uplinks {
+        let pairs: Vec<(u16, NetId)> =
+            u.networks.iter().filter_map(|n| net_id(n).and_then(|id| Some((c.networks[id.0 as usize].vlan?, id)))).collect();
+        ports.push(PortSpec {
+            name: u.name.clone(),
+            ifname: u.ifname.clone(),
+            kind: kind_name(u.kind).into(),
+            role: Role::trunk(&pairs),
+            offload: false,
+            mac_limit: None,
+        });
+    }
+    if let Some(pb) = &c.public {
+        ports.push(PortSpec {
+            name: PUBLIC_PORT.into(),
+            ifname: pb.ifname.clone(),
+            kind: kind_name(pb.kind).into(),
+            role: Role::Public,
+            offload: false,
+            mac_limit: Some(0),
+        });
+    }
+    let nets = c.networks.iter().map(|n| NetSpec { name: n.name.clone(), vlan: n.vlan }).collect();
+    DatapathConfig {
+        router_mac: router_mac(c),
+        nets,
+        ports,
+        mac_aging: Duration::from_secs(c.router.mac_aging_secs),
+        mac_table_size: c.router.mac_table_size,
+        l3: l3_config(c),
+    }
+}
+
+fn l4(p: L4Proto) -> u8 {
+    match p {
+        L4Proto::Tcp => proto::TCP,
+        L4Proto::Udp => proto::UDP,
+    }
+}
+
+/// The router's tables: networks with their egress classifiers, the public side, NAT rules,
+/// the firewall per public IP, conntrack limits.
+pub fn l3_config(c: &Config) -> L3Config {
+    let nets = c
+        .networks
+        .iter()
+        .map(|n| {
+            let rules = c
+                .egress
+                .iter()
+                .filter(|e| e.network == n.name)
+                .map(|e| Rule { protocol: e.protocol, ports: e.ports, nets: e.destinations.clone(), value: e.action })
+                .collect();
+            NetL3 {
+                cidr: n.cidr,
+                gateway: n.gateway,
+                mtu: n.mtu.unwrap_or(1500),
+                egress: Classifier::new(rules),
+                egress_default: n.egress_default.unwrap_or(Action::Allow),
+            }
+        })
+        .collect();
+    let public = c.public.as_ref().and_then(|p| {
+        Some(PublicL3 {
+            ips: p.ips.clone(),
+            gateway: p.gateway,
+            source_nat_ip: p.source_nat_ip.or(p.ips.first().map(|a| a.addr))?,
+            mtu: p.mtu.unwrap_or(1500),
+        })
+    });
+    let mut fw: HashMap<_, Vec<Rule<()>>> = HashMap::new();
+    for f in &c.firewall {
+        fw.entry(f.public_ip).or_default().push(Rule { protocol: f.protocol, ports: f.ports, nets: f.sources.clone(), value: () });
+    }
+    let ct = c.conntrack.clone();
+    let d = Timeouts::default();
+    let secs = |v: Option<u64>, dflt: Duration| v.map_or(dflt, Duration::from_secs);
+    let timeouts = match &ct {
+        Some(t) => Timeouts {
+            tcp_established: secs(t.tcp_established_secs, d.tcp_established),
+            tcp_syn: secs(t.tcp_syn_secs, d.tcp_syn),
+            tcp_close: secs(t.tcp_close_secs, d.tcp_close),
+            udp: secs(t.udp_secs, d.udp),
+            udp_stream: secs(t.udp_stream_secs, d.udp_stream),
+            icmp: secs(t.icmp_secs, d.icmp),
+        },
+        None => d,
+    };
+    L3Config {
+        nets,
+        public,
+        static_nat: c.static_nat.iter().map(|s| (s.public_ip, s.private_ip)).collect(),
+        forwards: c
+            .port_forward
+            .iter()
+            .map(|f| Forward {
+                protocol: l4(f.protocol),
+                public_ip: f.public_ip,
+                public_port: f.public_port,
+                private_ip: f.private_ip,
+                private_port: f.private_port,
+            })
+            .collect(),
+        firewall: fw.into_iter().map(|(ip, rules)| (ip, Classifier::new(rules))).collect(),
+        conntrack_max: ct.and_then(|t| t.max_flows).unwrap_or(262_144),
+        timeouts,
+        neigh_cap: 4096,
+    }
+}

@@ -1,0 +1,588 @@
+//! Connection tracking: one entry per flow, keyed by the 5-tuple of each direction as it arrives
+//! at the router (before any rewrite), the way Linux conntrack keys its ORIGINAL and REPLY tuples.
+//!
+//! A packet matching a flow's `orig` key is rewritten to `reverse(reply)`, one matching `reply`
+//! to `reverse(orig)`: the NAT decision is implied by the two keys, so the per-packet path is one
+//! hash lookup and a few field writes ("decide once per flow, then replay", DESIGN.md). Each flow
+//! also stores where each direction leaves (interface and next hop) and the config epoch it was
+//! decided under.
+//!
+//! Invariants: the table never holds more than `max` flows; both keys of a live flow are in the
+//! map and point at it; a key is in the map at most once, so a NAT port chosen by checking the
+//! map is never handed out twice. Expired flows are removed lazily on lookup and by an
+//! incremental sweep (`sweep`), never by a full scan on the packet path. When the table is full a
+//! new flow may evict a flow that never became established (unreplied UDP, half-open or closing
+//! TCP), never an established one; otherwise it is refused and counted.
+//!
+//! Sans-IO: time comes in as [`Instant`]; nothing here logs or touches an fd.
+
+use crate::router::Iface;
+use crate::time::Instant;
+use crate::wire::ipv4::proto;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// A flow's identity in one direction, as seen on the wire entering the router.
+/// For ICMP echo, `sport` and `dport` both hold the echo identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl Key {
+    pub fn reverse(&self) -> Key {
+        Key { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, proto: self.proto }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Orig,
+    Reply,
+}
+
+impl Dir {
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+/// Protocol state, Linux conntrack's names where they exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum State {
+    SynSent,
+    SynRecv,
+    Established,
+    FinWait,
+    CloseWait,
+    TimeWait,
+    Close,
+    /// UDP/ICMP/other: no answer seen yet.
+    Unreplied,
+    /// UDP/ICMP/other: answered.
+    Replied,
+}
+
+impl State {
+    /// A flow worth keeping under pressure: an established TCP connection, or datagrams that
+    /// were answered.
+    pub fn assured(self) -> bool {
+        matches!(self, State::Established | State::Replied)
+    }
+}
+
+/// Per-state timeouts. Defaults follow Linux's nf_conntrack sysctls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_established: Duration,
+    pub tcp_syn: Duration,
+    pub tcp_close: Duration,
+    pub udp: Duration,
+    pub udp_stream: Duration,
+    pub icmp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_established: Duration::from_secs(432_000),
+            tcp_syn: Duration::from_secs(120),
+            tcp_close: Duration::from_secs(120),
+            udp: Duration::from_secs(30),
+            udp_stream: Duration::from_secs(120),
+            icmp: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where one direction of a flow leaves the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Egress {
+    pub iface: Iface,
+    pub next_hop: Ipv4Addr,
+}
+
+/// One tracked flow. Kept small: the table is sized for a million of them.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub orig: Key,
+    pub reply: Key,
+    pub egress: [Egress; 2],
+    /// Expiry, milliseconds on the datapath clock.
+    pub expires: u64,
+    pub bytes: u64,
+    pub packets: u32,
+    /// Config generation the decision was made under.
+    pub epoch: u32,
+    pub state: State,
+    /// Bit 0: FIN seen from the originator, bit 1: from the responder.
+    fins: u8,
+    live: bool,
+}
+
+/// TCP flags the state machine reads.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Counters of the table.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CtStats {
+    pub created: u64,
+    pub expired: u64,
+    /// Not-yet-established flows removed to make room for a new one.
+    pub evicted: u64,
+    /// New flows refused because the table was full of established ones.
+    pub refused: u64,
+}
+
+/// The table is full and nothing may be evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+/// A flow as the control plane shows it (a typed snapshot; JSON is made on the control side).
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowRow {
+    pub proto: &'static str,
+    pub state: State,
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub reply_src: Ipv4Addr,
+    pub reply_sport: u16,
+    pub reply_dst: Ipv4Addr,
+    pub reply_dport: u16,
+    pub expires_secs: u64,
+    pub packets: u32,
+    pub bytes: u64,
+}
+
+/// How many slots one `sweep` call looks at, at least.
+const SWEEP_MIN: usize = 1024;
+/// How many slots a full table inspects for something evictable.
+const EVICT_SCAN: usize = 64;
+
+pub struct Conntrack {
+    map: HashMap<Key, u32, foldhash::fast::RandomState>,
+    flows: Vec<Flow>,
+    free: Vec<u32>,
+    max: usize,
+    live: usize,
+    hand: usize,
+    evict_hand: usize,
+    pub timeouts: Timeouts,
+    pub stats: CtStats,
+}
+
+fn slot(idx: u32, dir: Dir) -> u32 {
+    idx << 1 | dir as u32
+}
+
+impl Conntrack {
+    /// A table for at most `max` flows. The index is allocated up front so it never rehashes
+    /// (a stall) under a flood.
+    pub fn new(max: usize, timeouts: Timeouts) -> Self {
+        let max = max.clamp(1, 1 << 24);
+        Conntrack {
+            map: HashMap::with_capacity_and_hasher(2 * max, foldhash::fast::RandomState::default()),
+            flows: Vec::with_capacity(max.min(1 << 16)),
+            free: Vec::new(),
+            max,
+            live: 0,
+            hand: 0,
+            evict_hand: 0,
+            timeouts,
+            stats: CtStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Whether `k` is some live flow's key (NAT uses it to pick unused ports).
+    pub fn contains(&self, now: Instant, k: &Key) -> bool {
+        match self.map.get(k) {
+            Some(&s) => self.flows[(s >> 1) as usize].expires > now.millis(),
+            None => false,
+        }
+    }
+
+    /// The flow a packet with key `k` belongs to, and its direction. Expired flows are removed.
+    pub fn lookup(&mut self, now: Instant, k: &Key) -> Option<(u32, Dir)> {
+        let s = *self.map.get(k)?;
+        let idx = s >> 1;
+        if self.flows[idx as usize].expires <= now.millis() {
+            self.remove(idx);
+            self.stats.expired += 1;
+            return None;
+        }
+        Some((idx, if s & 1 == 0 { Dir::Orig } else { Dir::Reply }))
+    }
+
+    pub fn flow(&self, idx: u32) -> &Flow {
+        &self.flows[idx as usize]
+    }
+
+    /// Adds a flow for a first packet seen in the `orig` direction. The caller has checked that
+    /// neither key is in use.
+    pub fn insert(&mut self, now: Instant, orig: Key, reply: Key, egress: [Egress; 2], epoch: u32, tcp: u8) -> Result<u32, Full> {
+        if self.map.contains_key(&orig) || self.map.contains_key(&reply) {
+            // A stale flow holding the key (expired but not yet swept) gives way.
+            for k in [orig, reply] {
+                if let Some(&s) = self.map.get(&k) {
+                    let idx = s >> 1;
+                    if self.flows[idx as usize].expires <= now.millis() {
+                        self.remove(idx);
+                        self.stats.expired += 1;
+                    } else {
+                        return Err(Full);
+                    }
+                }
+            }
+        }
+        if self.live >= self.max && !self.evict_one(now) {
+            self.stats.refused += 1;
+            return Err(Full);
+        }
+        let state = match orig.proto {
+            proto::TCP if tcp & tcp_flags::SYN != 0 && tcp & tcp_flags::ACK == 0 => State::SynSent,
+            // Picked up mid-stream (Linux's nf_conntrack_tcp_loose): treated as established
+            // once the other side answers; until then it lives as long as a half-open one.
+            proto::TCP => State::SynSent,
+            _ => State::Unreplied,
+        };
+        let flow = Flow { orig, reply, egress, expires: 0, bytes: 0, packets: 0, epoch, state, fins: 0, live: true };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.flows[i as usize] = flow;
+                i
+            }
+            None => {
+                self.flows.push(flow);
+                (self.flows.len() - 1) as u32
+            }
+        };
+        let f = &mut self.flows[idx as usize];
+        f.expires = now.millis() + self.timeouts.for_state(f.state).as_millis() as u64;
+        self.map.insert(orig, slot(idx, Dir::Orig));
+        self.map.insert(reply, slot(idx, Dir::Reply));
+        self.live += 1;
+        self.stats.created += 1;
+        Ok(idx)
+    }
+
+    /// Accounts one packet of `len` bytes in direction `dir` and advances the state machine
+    /// (`tcp`: the TCP flags, 0 for other protocols).
+    pub fn update(&mut self, now: Instant, idx: u32, dir: Dir, tcp: u8, len: usize) {
+        let t = self.timeouts;
+        let f = &mut self.flows[idx as usize];
+        f.packets = f.packets.wrapping_add(1);
+        f.bytes = f.bytes.wrapping_add(len as u64);
+        f.state = if f.orig.proto == proto::TCP { tcp_next(f, dir, tcp) } else {
+            match (f.state, dir) {
+                (State::Unreplied, Dir::Reply) => State::Replied,
+                (s, _) => s,
+            }
+        };
+        let mut timeout = t.for_state(f.state);
+        if f.orig.proto == proto::ICMP {
+            timeout = t.icmp;
+        }
+        f.expires = now.millis() + timeout.as_millis() as u64;
+    }
+
+    /// Moves a flow to the current config epoch (re-decided and still allowed).
+    pub fn set_epoch(&mut self, idx: u32, epoch: u32) {
+        self.flows[idx as usize].epoch = epoch;
+    }
+
+    pub fn remove(&mut self, idx: u32) {
+        let f = &mut self.flows[idx as usize];
+        if !f.live {
+            return;
+        }
+        f.live = false;
+        let (o, r) = (f.orig, f.reply);
+        for (k, d) in [(o, Dir::Orig), (r, Dir::Reply)] {
+            if self.map.get(&k) == Some(&slot(idx, d)) {
+                self.map.remove(&k);
+            }
+        }
+        self.free.push(idx);
+        self.live -= 1;
+    }
+
+    /// Looks at the next slice of the table and removes expired flows. Called from timer work;
+    /// covers the whole table about every hundred calls.
+    pub fn sweep(&mut self, now: Instant) {
+        let n = self.flows.len();
+        if n == 0 {
+            return;
+        }
+        let budget = (n / 100).max(SWEEP_MIN).min(n);
+        for _ in 0..budget {
+            self.hand = (self.hand + 1) % n;
+            let f = &self.flows[self.hand];
+            if f.live && f.expires <= now.millis() {
+                self.remove(self.hand as u32);
+                self.stats.expired += 1;
+            }
+        }
+    }
+
+    /// Frees one slot in a full table: an expired flow, or one that is not assured.
+    fn evict_one(&mut self, now: Instant) -> bool {
+        let n = self.flows.len();
+        for _ in 0..EVICT_SCAN.min(n) {
+            self.evict_hand = (self.evict_hand + 1) % n;
+            let f = &self.flows[self.evict_hand];
+            if !f.live {
+                continue;
+            }
+            if f.expires <= now.millis() {
+                self.remove(self.evict_hand as u32);
+                self.stats.expired += 1;
+                return true;
+            }
+            if !f.state.assured() {
+                self.remove(self.evict_hand as u32);
+                self.stats.evicted += 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Up to `limit` flows starting at slot `offset`, and the slot to continue from (`None` at
+    /// the end). Bounded work per call, so a full table is shown without stalling forwarding.
+    pub fn page(&self, now: Instant, offset: usize, limit: usize) -> (Vec<FlowRow>, Option<usize>) {
+        let mut rows = Vec::new();
+        let mut i = offset;
+        let end = self.flows.len().min(offset.saturating_add(limit.saturating_mul(8)));
+        while i < end && rows.len() < limit {
+            let f = &self.flows[i];
+            i += 1;
+            if !f.live || f.expires <= now.millis() {
+                continue;
+            }
+            rows.push(FlowRow {
+                proto: match f.orig.proto {
+                    proto::TCP => "tcp",
+                    proto::UDP => "udp",
+                    proto::ICMP => "icmp",
+                    _ => "other",
+                },
+                state: f.state,
+                src: f.orig.src,
+                sport: f.orig.sport,
+                dst: f.orig.dst,
+                dport: f.orig.dport,
+                reply_src: f.reply.src,
+                reply_sport: f.reply.sport,
+                reply_dst: f.reply.dst,
+                reply_dport: f.reply.dport,
+                expires_secs: (f.expires - now.millis()) / 1000,
+                packets: f.packets,
+                bytes: f.bytes,
+            });
+        }
+        (rows, (i < self.flows.len()).then_some(i))
+    }
+
+    /// Bytes the table uses per flow at its present size: the entry plus two index slots
+    /// (hashbrown: key and value plus one control byte each, at its 7/8 load factor).
+    pub fn bytes_per_flow() -> usize {
+        let slot = std::mem::size_of::<(Key, u32)>() + 1;
+        std::mem::size_of::<Flow>() + 2 * slot * 8 / 7
+    }
+}
+
+impl Timeouts {
+    fn for_state(&self, s: State) -> Duration {
+        match s {
+            State::SynSent | State::SynRecv => self.tcp_syn,
+            State::Established => self.tcp_established,
+            State::FinWait | State::CloseWait | State::TimeWait => self.tcp_close,
+            State::Close => Duration::from_secs(10).min(self.tcp_close),
+            State::Unreplied => self.udp,
+            State::Replied => self.udp_stream,
+        }
+    }
+}
+
+/// The TCP state after a packet with `flags` in direction `dir` (no window tracking: the
+/// endpoints are the guests' and the outside's own stacks).
+fn tcp_next(f: &mut Flow, dir: Dir, flags: u8) -> State {
+    use tcp_flags::*;
+    let s = f.state;
+    if flags & RST != 0 {
+        return State::Close;
+    }
+    let syn = flags & SYN != 0;
+    let ack = flags & ACK != 0;
+    if flags & FIN != 0 {
+        f.fins |= 1 << dir.idx();
+    }
+    match (s, dir) {
+        // A new connection reusing the tuple after the old one closed.
+        (State::TimeWait | State::Close, Dir::Orig) if syn && !ack => {
+            f.fins = 0;
+            State::SynSent
+        }
+        (State::SynSent, Dir::Reply) if syn && ack => State::SynRecv,
+        // Picked up mid-stream: the other side answered, so it is a live connection.
+        (State::SynSent, Dir::Reply) if !syn => State::Established,
+        (State::SynRecv, Dir::Orig) if ack && !syn => State::Established,
+        _ if f.fins == 3 => State::TimeWait,
+        (State::Established, _) if f.fins != 0 => {
+            if f.fins & 1 != 0 {
+                State::FinWait
+            } else {
+                State::CloseWait
+            }
+        }
+        (State::FinWait | State::CloseWait, _) => s,
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::switch::NetId;
+
+    fn key(sp: u16, dp: u16, p: u8) -> Key {
+        Key { src: Ipv4Addr::new(10, 1, 1, 11), dst: Ipv4Addr::new(198, 51, 100, 5), sport: sp, dport: dp, proto: p }
+    }
+    fn eg() -> [Egress; 2] {
+        let e = Egress { iface: Iface::Net(NetId(0)), next_hop: Ipv4Addr::new(10, 1, 1, 11) };
+        [e, e]
+    }
+    fn snat(k: Key, port: u16) -> Key {
+        Key { src: k.dst, dst: Ipv4Addr::new(203, 0, 113, 10), sport: k.dport, dport: port, proto: k.proto }
+    }
+    const T0: Instant = Instant(1_000);
+
+    #[test]
+    fn tcp_handshake_to_close_with_timeouts() {
+        use tcp_flags::*;
+        let mut ct = Conntrack::new(16, Timeouts::default());
+        let o = key(40000, 80, proto::TCP);
+        let r = snat(o, 1024);
+        let i = ct.insert(T0, o, r, eg(), 0, SYN).unwrap();
+        assert_eq!(ct.flow(i).state, State::SynSent);
+        assert_eq!(ct.lookup(T0, &r), Some((i, Dir::Reply)));
+        ct.update(T0, i, Dir::Reply, SYN | ACK, 60);
+        assert_eq!(ct.flow(i).state, State::SynRecv);
+        ct.update(T0, i, Dir::Orig, ACK, 52);
+        assert_eq!(ct.flow(i).state, State::Established);
+        assert_eq!(ct.flow(i).expires, T0.millis() + 432_000_000);
+        ct.update(T0, i, Dir::Orig, FIN | ACK, 52);
+        assert_eq!(ct.flow(i).state, State::FinWait);
+        ct.update(T0, i, Dir::Reply, FIN | ACK, 52);
+        assert_eq!(ct.flow(i).state, State::TimeWait);
+        // After the close timeout the flow is gone and its keys are free again.
+        let later = T0 + Duration::from_secs(121);
+        assert_eq!(ct.lookup(later, &o), None);
+        assert!(!ct.contains(later, &r));
+        assert_eq!(ct.len(), 0);
+    }
+
+    #[test]
+    fn udp_replied_gets_stream_timeout() {
+        let mut ct = Conntrack::new(16, Timeouts::default());
+        let o = key(5000, 53, proto::UDP);
+        let i = ct.insert(T0, o, snat(o, 5000), eg(), 0, 0).unwrap();
+        ct.update(T0, i, Dir::Orig, 0, 60);
+        assert_eq!(ct.flow(i).expires, T0.millis() + 30_000);
+        ct.update(T0, i, Dir::Reply, 0, 60);
+        assert_eq!(ct.flow(i).state, State::Replied);
+        assert_eq!(ct.flow(i).expires, T0.millis() + 120_000);
+    }
+
+    #[test]
+    fn full_table_evicts_unassured_and_spares_established() {
+        let mut ct = Conntrack::new(4, Timeouts::default());
+        let mut est = Vec::new();
+        for p in 0..2 {
+            let o = key(1000 + p, 80, proto::TCP);
+            let i = ct.insert(T0, o, snat(o, 2000 + p), eg(), 0, tcp_flags::SYN).unwrap();
+            ct.update(T0, i, Dir::Reply, tcp_flags::SYN | tcp_flags::ACK, 60);
+            ct.update(T0, i, Dir::Orig, tcp_flags::ACK, 60);
+            est.push(o);
+        }
+        // A flood of new UDP flows: each evicts an earlier unreplied one.
+        for p in 0..100 {
+            let o = key(3000 + p, 9, proto::UDP);
+            ct.insert(T0, o, snat(o, 3000 + p), eg(), 0, 0).unwrap();
+        }
+        assert_eq!(ct.len(), 4);
+        assert!(ct.stats.evicted >= 98);
+        for o in &est {
+            assert!(ct.lookup(T0, o).is_some(), "established flow survived");
+        }
+        // Only established flows left: new ones are refused.
+        let mut ct2 = Conntrack::new(2, Timeouts::default());
+        for o in est {
+            let i = ct2.insert(T0, o, snat(o, o.sport + 1000), eg(), 0, tcp_flags::SYN).unwrap();
+            ct2.update(T0, i, Dir::Reply, tcp_flags::SYN | tcp_flags::ACK, 60);
+            ct2.update(T0, i, Dir::Orig, tcp_flags::ACK, 60);
+        }
+        let o = key(9, 9, proto::UDP);
+        assert_eq!(ct2.insert(T0, o, snat(o, 9), eg(), 0, 0), Err(Full));
+        assert_eq!(ct2.stats.refused, 1);
+    }
+
+    #[test]
+    fn sweep_expires_incrementally_and_reuses_slots() {
+        let mut ct = Conntrack::new(5000, Timeouts::default());
+        for p in 0..3000u16 {
+            let o = key(p, 53, proto::UDP);
+            ct.insert(T0, o, snat(o, p), eg(), 0, 0).unwrap();
+        }
+        let later = T0 + Duration::from_secs(31);
+        for _ in 0..3 {
+            ct.sweep(later);
+        }
+        assert_eq!(ct.len(), 0);
+        assert_eq!(ct.stats.expired, 3000);
+        let o = key(1, 1, proto::UDP);
+        let i = ct.insert(later, o, snat(o, 1), eg(), 0, 0).unwrap();
+        assert!((i as usize) < 3000, "slot reused");
+        let (mut rows, mut next, mut pages) = (Vec::new(), Some(0), 0);
+        while let Some(off) = next {
+            let (r, n) = ct.page(later, off, 10);
+            rows.extend(r);
+            next = n;
+            pages += 1;
+        }
+        assert_eq!(rows.len(), 1);
+        assert!(pages >= 3000 / 80, "each page scans a bounded slice");
+    }
+
+    #[test]
+    fn entry_is_compact() {
+        // DESIGN: aim at <= 128 bytes per flow, a million flows well under 1 GiB.
+        let b = Conntrack::bytes_per_flow();
+        assert!(b <= 128, "{b} bytes per flow");
+    }
+}

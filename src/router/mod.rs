@@ -1,0 +1,906 @@
+//! The router: the L3 stage of the pipeline. On each guest network it is a member with the
+//! router MAC and the network's gateway address; on the public side it owns the public IPs.
+//! It answers ARP, keeps the neighbour table, routes between networks and to the public
+//! gateway, tracks connections, applies source NAT, static NAT and port forwards (hairpin
+//! included), the public firewall and the per-network egress rules, decrements TTL and
+//! generates the ICMP errors that belong to a router (time exceeded, unreachable, frag needed),
+//! translating ICMP errors that cross NAT.
+//!
+//! Sans-IO: [`Router::handle`] takes the time, the interface, the ingress port and a frame, and
+//! returns a [`Verdict`]; frames the router makes (ARP, ICMP, frames released by ARP
+//! resolution) wait in [`Router::outbox`] for the datapath to send through the normal egress.
+//! Nothing here reads the clock, touches an fd or logs per packet.
+//!
+//! The first packet of a flow runs the rule stages and stores the decision in conntrack; later
+//! packets do one lookup and replay it. Invariants: a packet from the public side reaches a
+//! guest only through a static NAT, a port forward or a flow the guest opened; a guest's
+//! private source never leaves on the public side; frames are only modified when they are
+//! forwarded (a drop leaves the buffer as it came).
+
+pub mod neigh;
+
+use crate::buf::PacketBuf;
+use crate::config::schema::Action;
+use crate::config::types::{Ipv4Iface, Ipv4Net, PortRange};
+use crate::conntrack::{self, Conntrack, Dir, Egress, Key, Timeouts};
+use crate::filter::Classifier;
+use crate::nat;
+use crate::switch::stats::DropReason;
+use crate::switch::{NetId, PortId};
+use crate::time::Instant;
+use crate::wire::arp::{self, ArpPacket, ArpRepr};
+use crate::wire::checksum;
+use crate::wire::ethernet::{ethertype, MacAddr};
+use crate::wire::ipv4::{self, icmp, proto, Ipv4Packet};
+use crate::wire::vnet::{Gso, VnetHdr};
+use neigh::{Neighbours, Queued, Resolve, Work};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// Where a routed frame leaves: a guest network (through L2 forwarding from the router's own
+/// port on it) or the public port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Iface {
+    Net(NetId),
+    Public,
+}
+
+/// A guest network as the router sees it.
+#[derive(Debug, Clone)]
+pub struct NetL3 {
+    pub cidr: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub mtu: u16,
+    pub egress: Classifier<Action>,
+    pub egress_default: Action,
+}
+
+#[derive(Debug, Clone)]
+pub struct PublicL3 {
+    pub ips: Vec<Ipv4Iface>,
+    pub gateway: Ipv4Addr,
+    /// Where guests' outbound traffic is translated to.
+    pub source_nat_ip: Ipv4Addr,
+    pub mtu: u16,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Forward {
+    pub protocol: u8,
+    pub public_ip: Ipv4Addr,
+    pub public_port: PortRange,
+    pub private_ip: Ipv4Addr,
+    pub private_port: PortRange,
+}
+
+/// Everything the router needs from the config (built by a pure function in `build`).
+#[derive(Debug, Clone)]
+pub struct L3Config {
+    pub nets: Vec<NetL3>,
+    pub public: Option<PublicL3>,
+    /// (public, private) pairs.
+    pub static_nat: Vec<(Ipv4Addr, Ipv4Addr)>,
+    pub forwards: Vec<Forward>,
+    /// Public IP -> the firewall rules naming it.
+    pub firewall: HashMap<Ipv4Addr, Classifier<()>>,
+    pub conntrack_max: usize,
+    pub timeouts: Timeouts,
+    pub neigh_cap: usize,
+}
+
+impl Default for L3Config {
+    fn default() -> Self {
+        L3Config {
+            nets: Vec::new(),
+            public: None,
+            static_nat: Vec::new(),
+            forwards: Vec::new(),
+            firewall: HashMap::new(),
+            conntrack_max: 262_144,
+            timeouts: Timeouts::default(),
+            neigh_cap: 4096,
+        }
+    }
+}
+
+/// What to do with a frame the router was handed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Rewritten (Ethernet header included): send it out of this interface.
+    Forward(Iface),
+    /// Answered, queued or absorbed; nothing more to do with the buffer.
+    Consumed,
+    /// Not for the router (an ARP between guests): forward it at L2 as usual.
+    NotMine,
+    Drop(DropReason),
+}
+
+/// A frame the router made, ready for egress.
+pub struct Out {
+    pub iface: Iface,
+    pub buf: PacketBuf,
+}
+
+/// Router counters (a typed snapshot for `show stats`).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RouterStats {
+    pub forwarded: u64,
+    pub arp_replies: u64,
+    pub arp_requests: u64,
+    pub icmp_sent: u64,
+    pub icmp_rate_limited: u64,
+    pub icmp_errors_translated: u64,
+    pub echo_replies: u64,
+    pub snat_flows: u64,
+    pub dnat_flows: u64,
+    pub hairpin_flows: u64,
+    pub routed_flows: u64,
+    pub fragments_forwarded: u64,
+    pub fragmented: u64,
+    pub neigh_queued: u64,
+    pub neigh_unresolved: u64,
+}
+
+/// ICMP errors the router may send: a token bucket (Linux: net.ipv4.icmp_ratelimit).
+const ICMP_PER_SEC: u64 = 200;
+const ICMP_BURST: u64 = 100;
+/// Bytes of the offending packet quoted in an ICMP error (RFC 1812: up to 576 in total).
+const ICMP_QUOTE: usize = 576 - 20 - 8;
+/// Non-first fragments follow the first one's translation for this long.
+const FRAG_TIMEOUT: Duration = Duration::from_secs(30);
+const FRAG_CAP: usize = 4096;
+/// Ephemeral range for source NAT ports.
+const NAT_PORT_LO: u16 = 1024;
+/// Candidate ports tried before a new flow is refused for want of one.
+const NAT_TRIES: u32 = 512;
+
+#[derive(Clone, Copy)]
+struct FragFlow {
+    new_src: Ipv4Addr,
+    new_dst: Ipv4Addr,
+    egress: Egress,
+    expires: Instant,
+}
+
+/// What the rule stages decided for a flow's first packet.
+enum Decision {
+    Flow { reply: Key, egress: [Egress; 2], kind: FlowKind },
+    /// For the router itself.
+    Local,
+    Drop(DropReason),
+}
+
+#[derive(Clone, Copy)]
+enum FlowKind {
+    Routed,
+    Snat,
+    Dnat,
+    Hairpin,
+}
+
+pub struct Router {
+    mac: MacAddr,
+    cfg: L3Config,
+    static_by_public: HashMap<Ipv4Addr, Ipv4Addr>,
+    static_by_private: HashMap<Ipv4Addr, Ipv4Addr>,
+    forwards_by_ip: HashMap<(Ipv4Addr, u8), Vec<Forward>>,
+    public_ips: Vec<Ipv4Addr>,
+    pub ct: Conntrack,
+    pub neigh: Neighbours,
+    frags: HashMap<(Ipv4Addr, Ipv4Addr, u8, u16), FragFlow, foldhash::fast::RandomState>,
+    /// Frames made by the router, waiting for egress.
+    pub outbox: Vec<Out>,
+    pool: Vec<PacketBuf>,
+    icmp_tokens: u64,
+    icmp_refill: Instant,
+    ident: u16,
+    nat_seed: u32,
+    epoch: u32,
+    garp_sent: bool,
+    next_sweep: Instant,
+    pub stats: RouterStats,
+}
+
+fn rd16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Addresses no public packet may come from: ours, the unspecified, loopback, multicast,
+/// limited broadcast, and "this network".
+fn martian(a: Ipv4Addr) -> bool {
+    a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast() || a.octets()[0] == 0
+}
+
+impl Router {
+    pub fn new(mac: MacAddr, cfg: L3Config) -> Self {
+        let mut forwards_by_ip: HashMap<(Ipv4Addr, u8), Vec<Forward>> = HashMap::new();
+        for f in &cfg.forwards {
+            forwards_by_ip.entry((f.public_ip, f.protocol)).or_default().push(*f);
+        }
+        let public_ips = cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default();
+        Router {
+            mac,
+            static_by_public: cfg.static_nat.iter().copied().collect(),
+            static_by_private: cfg.static_nat.iter().map(|&(p, q)| (q, p)).collect(),
+            forwards_by_ip,
+            public_ips,
+            ct: Conntrack::new(cfg.conntrack_max, cfg.timeouts),
+            neigh: Neighbours::new(cfg.neigh_cap),
+            frags: HashMap::with_capacity_and_hasher(64, Default::default()),
+            outbox: Vec::new(),
+            pool: Vec::new(),
+            icmp_tokens: ICMP_BURST,
+            icmp_refill: Instant::ZERO,
+            ident: 1,
+            nat_seed: 0x9e37_79b9,
+            epoch: 0,
+            garp_sent: false,
+            next_sweep: Instant::ZERO,
+            cfg,
+            stats: RouterStats::default(),
+        }
+    }
+
+    pub fn has_public(&self) -> bool {
+        self.cfg.public.is_some()
+    }
+
+    /// Gives back a buffer used for an [`Out`] frame.
+    pub fn recycle(&mut self, b: PacketBuf) {
+        if self.pool.len() < 64 {
+            self.pool.push(b);
+        }
+    }
+
+    fn buf(&mut self) -> PacketBuf {
+        self.pool.pop().unwrap_or_default()
+    }
+
+    fn gateway(&self, n: NetId) -> Option<Ipv4Addr> {
+        self.cfg.nets.get(n.0 as usize)?.gateway
+    }
+
+    fn net_of(&self, ip: Ipv4Addr) -> Option<NetId> {
+        self.cfg.nets.iter().position(|n| n.cidr.contains(ip)).map(|i| NetId(i as u16))
+    }
+
+    fn is_gateway(&self, ip: Ipv4Addr) -> bool {
+        self.cfg.nets.iter().any(|n| n.gateway == Some(ip))
+    }
+
+    fn mtu(&self, i: Iface) -> usize {
+        match i {
+            Iface::Net(n) => self.cfg.nets.get(n.0 as usize).map_or(1500, |n| n.mtu as usize),
+            Iface::Public => self.cfg.public.as_ref().map_or(1500, |p| p.mtu as usize),
+        }
+    }
+
+    /// The next hop toward `dst` on the public side: on-link, or the public gateway.
+    fn public_next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
+        match &self.cfg.public {
+            Some(p) if p.ips.iter().any(|i| i.network().contains(dst)) => dst,
+            Some(p) => p.gateway,
+            None => dst,
+        }
+    }
+
+    /// Our own address on `iface` for packets toward `to` (ARP sender, ICMP source).
+    fn own_addr(&self, iface: Iface, to: Ipv4Addr) -> Option<Ipv4Addr> {
+        match iface {
+            Iface::Net(n) => self.gateway(n),
+            Iface::Public => {
+                let p = self.cfg.public.as_ref()?;
+                p.ips.iter().find(|i| i.network().contains(to)).map(|i| i.addr).or(Some(p.source_nat_ip))
+            }
+        }
+    }
+
+    /// When `poll` next has work.
+    pub fn poll_at(&self) -> Instant {
+        self.neigh.poll_at().min(self.next_sweep)
+    }
+
+    /// Timer work: ARP retries and failures, conntrack and fragment expiry, the gratuitous ARP
+    /// for the public addresses at start.
+    pub fn poll(&mut self, now: Instant) {
+        if !self.garp_sent {
+            self.garp_sent = true;
+            for ip in self.public_ips.clone() {
+                self.emit_arp(Iface::Public, arp::OP_REQUEST, MacAddr::BROADCAST, ip, MacAddr::ZERO, ip);
+            }
+        }
+        let mut w = Work::default();
+        self.neigh.poll(now, &mut w);
+        self.run_work(now, w);
+        if now >= self.next_sweep {
+            self.ct.sweep(now);
+            self.frags.retain(|_, f| f.expires > now);
+            self.next_sweep = now + Duration::from_millis(100);
+        }
+    }
+
+    fn run_work(&mut self, now: Instant, w: Work) {
+        for (iface, ip, known) in w.requests {
+            let Some(src) = self.own_addr(iface, ip) else { continue };
+            let dst = known.unwrap_or(MacAddr::BROADCAST);
+            self.emit_arp(iface, arp::OP_REQUEST, dst, src, MacAddr::ZERO, ip);
+            self.stats.arp_requests += 1;
+        }
+        for (iface, mac, q) in w.ready {
+            let mut b = self.buf();
+            b.load(&q.frame, q.vnet);
+            b.frame_mut()[0..6].copy_from_slice(&mac.0);
+            self.outbox.push(Out { iface, buf: b });
+        }
+        for (_iface, q) in w.failed {
+            self.stats.neigh_unresolved += 1;
+            let src_mac = MacAddr::from_bytes(&q.frame[6..]).unwrap_or_default();
+            let from = self.iface_of_source(&q.frame);
+            if let Some(from) = from {
+                self.icmp_error(now, from, src_mac, &q.frame[14..], icmp::DEST_UNREACH, icmp::CODE_HOST_UNREACH, 0);
+            }
+        }
+    }
+
+    /// The interface a queued frame's sender sits behind (to tell it the host is unreachable).
+    fn iface_of_source(&self, frame: &[u8]) -> Option<Iface> {
+        let ip = Ipv4Packet::new_checked(frame.get(14..)?).ok()?;
+        Some(match self.net_of(ip.src()) {
+            Some(n) => Iface::Net(n),
+            None => Iface::Public,
+        })
+    }
+
+    /// Runs one frame addressed to the router (its MAC, or a broadcast ARP) that arrived on
+    /// `from` through `in_port`. The frame is untagged (ingress popped any tag).
+    pub fn handle(&mut self, now: Instant, from: Iface, in_port: PortId, buf: &mut PacketBuf) -> Verdict {
+        let f = buf.frame();
+        if f.len() < 14 {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        match rd16(f, 12) {
+            ethertype::ARP => self.arp(now, from, buf),
+            ethertype::IPV4 => self.ipv4(now, from, in_port, buf),
+            _ if f[0] & 1 != 0 => Verdict::NotMine,
+            _ => Verdict::Drop(DropReason::UnsupportedL3),
+        }
+    }
+
+    fn arp(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf) -> Verdict {
+        let Ok(a) = ArpPacket::new_checked(&buf.frame()[14..]) else { return Verdict::Drop(DropReason::Malformed) };
+        let (op, sha, spa, tpa) = (a.operation(), a.sender_mac(), a.sender_ip(), a.target_ip());
+        let ours = match from {
+            Iface::Net(n) => self.gateway(n) == Some(tpa),
+            Iface::Public => self.public_ips.contains(&tpa),
+        };
+        // Nobody else may claim our addresses; a sender in the wrong place teaches us nothing.
+        let plausible = !spa.is_unspecified()
+            && sha.is_unicast()
+            && !self.public_ips.contains(&spa)
+            && !self.is_gateway(spa)
+            && match from {
+                Iface::Net(n) => self.cfg.nets.get(n.0 as usize).is_some_and(|c| c.cidr.contains(spa)),
+                Iface::Public => self.net_of(spa).is_none(),
+            };
+        if plausible {
+            let mut w = Work::default();
+            self.neigh.confirm(now, from, spa, sha, ours, &mut w);
+            self.run_work(now, w);
+        }
+        if op == arp::OP_REQUEST && ours && !spa.is_unspecified() {
+            self.emit_arp(from, arp::OP_REPLY, sha, tpa, sha, spa);
+            self.stats.arp_replies += 1;
+            return Verdict::Consumed;
+        }
+        if ours || buf.frame()[0] & 1 == 0 {
+            Verdict::Consumed
+        } else {
+            Verdict::NotMine
+        }
+    }
+
+    fn emit_arp(&mut self, iface: Iface, op: u16, eth_dst: MacAddr, spa: Ipv4Addr, tha: MacAddr, tpa: Ipv4Addr) {
+        let mut b = self.buf();
+        let mut f = [0u8; 60];
+        f[0..6].copy_from_slice(&eth_dst.0);
+        f[6..12].copy_from_slice(&self.mac.0);
+        f[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
+        ArpRepr { operation: op, sender_mac: self.mac, sender_ip: spa, target_mac: tha, target_ip: tpa }.emit(&mut f[14..]);
+        b.load(&f, VnetHdr::default());
+        self.outbox.push(Out { iface, buf: b });
+    }
+
+    fn ipv4(&mut self, now: Instant, from: Iface, in_port: PortId, buf: &mut PacketBuf) -> Verdict {
+        let (src, dst, protocol, ttl, frag_off, mf, df, tl, hl, ident) = {
+            let Ok(ip) = Ipv4Packet::new_checked(&buf.frame()[14..]) else { return Verdict::Drop(DropReason::BadIp) };
+            if !ip.verify_checksum() {
+                return Verdict::Drop(DropReason::BadIp);
+            }
+            (ip.src(), ip.dst(), ip.protocol(), ip.ttl(), ip.frag_offset(), ip.more_frags(), ip.dont_frag(), ip.total_len(), ip.header_len(), ip.ident())
+        };
+        // Source checks: the public side may not speak for our networks or our own addresses;
+        // a guest only from its own network's prefix (strict reverse-path filtering).
+        match from {
+            Iface::Public => {
+                if martian(src) || self.net_of(src).is_some() || self.public_ips.contains(&src) {
+                    return Verdict::Drop(DropReason::SpoofedSource);
+                }
+            }
+            Iface::Net(n) => {
+                let ok = self.cfg.nets.get(n.0 as usize).is_some_and(|c| c.cidr.contains(src) && Some(src) != c.gateway);
+                if !ok {
+                    return Verdict::Drop(DropReason::SpoofedSource);
+                }
+            }
+        }
+        if dst.is_broadcast() || dst.is_multicast() || self.cfg.nets.iter().any(|n| n.cidr.broadcast() == dst) {
+            return Verdict::Drop(DropReason::NoRoute);
+        }
+        let eth_src = MacAddr::from_bytes(&buf.frame()[6..]).unwrap_or_default();
+        if frag_off > 0 {
+            return self.fragment_in(now, from, in_port, buf, (src, dst, protocol, ident), ttl, df, tl, eth_src);
+        }
+        let l4 = &buf.frame()[14 + hl..14 + tl];
+        if protocol == proto::ICMP && l4.len() >= 8 && icmp::is_error(l4[0]) {
+            return self.icmp_error_in(now, from, buf, hl, tl);
+        }
+        let Some((sport, dport)) = ipv4::l4_ports(protocol, l4) else { return Verdict::Drop(DropReason::BadL4) };
+        let tcp = if protocol == proto::TCP {
+            match l4.get(13) {
+                Some(f) => *f,
+                None => return Verdict::Drop(DropReason::BadL4),
+            }
+        } else {
+            0
+        };
+        // ICMP other than echo (and errors, handled above) is for the router or dropped.
+        if protocol == proto::ICMP && !matches!(l4[0], icmp::ECHO_REQUEST | icmp::ECHO_REPLY) {
+            return Verdict::Drop(DropReason::NotForwarded);
+        }
+        let key = Key { src, dst, sport, dport, proto: protocol };
+        let (idx, dir) = match self.ct.lookup(now, &key) {
+            Some(hit) => hit,
+            None => {
+                // Only a request opens an ICMP flow; an unsolicited echo reply goes nowhere.
+                if protocol == proto::ICMP && l4[0] == icmp::ECHO_REPLY {
+                    return Verdict::Drop(DropReason::NotForwarded);
+                }
+                if protocol == proto::TCP && tcp & conntrack::tcp_flags::RST != 0 {
+                    return Verdict::Drop(DropReason::NotForwarded);
+                }
+                match self.decide(now, from, &key) {
+                    Decision::Drop(r) => return Verdict::Drop(r),
+                    Decision::Local => return self.local(now, from, eth_src, buf, hl, tl),
+                    Decision::Flow { reply, egress, kind } => {
+                        // TTL and MTU problems are answered before a flow is created.
+                        if ttl <= 1 {
+                            self.icmp_error(now, from, eth_src, &buf.frame()[14..14 + tl], icmp::TIME_EXCEEDED, 0, 0);
+                            return Verdict::Drop(DropReason::TtlExceeded);
+                        }
+                        match self.ct.insert(now, key, reply, egress, self.epoch, tcp) {
+                            Ok(i) => {
+                                match kind {
+                                    FlowKind::Routed => self.stats.routed_flows += 1,
+                                    FlowKind::Snat => self.stats.snat_flows += 1,
+                                    FlowKind::Dnat => self.stats.dnat_flows += 1,
+                                    FlowKind::Hairpin => self.stats.hairpin_flows += 1,
+                                }
+                                (i, Dir::Orig)
+                            }
+                            Err(_) => return Verdict::Drop(DropReason::ConntrackFull),
+                        }
+                    }
+                }
+            }
+        };
+        let flow = self.ct.flow(idx);
+        let target = match dir {
+            Dir::Orig => flow.reply.reverse(),
+            Dir::Reply => flow.orig.reverse(),
+        };
+        let egress = flow.egress[dir as usize];
+        if ttl <= 1 {
+            self.icmp_error(now, from, eth_src, &buf.frame()[14..14 + tl], icmp::TIME_EXCEEDED, 0, 0);
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        let mtu = self.mtu(egress.iface);
+        if let Some(v) = self.check_mtu(now, from, eth_src, buf, tl, df, mtu) {
+            return v;
+        }
+        self.ct.update(now, idx, dir, tcp, tl);
+        if mf {
+            if self.frags.len() < FRAG_CAP {
+                self.frags.insert((src, dst, protocol, ident), FragFlow { new_src: target.src, new_dst: target.dst, egress, expires: now + FRAG_TIMEOUT });
+            }
+        }
+        let partial = buf.vnet.needs_csum;
+        {
+            let ipb = &mut buf.frame_mut()[14..14 + tl];
+            nat::rewrite(ipb, partial, &key, &target);
+            if let Ok(mut p) = Ipv4Packet::new_checked(ipb) {
+                p.decrement_ttl();
+            }
+        }
+        self.send(now, egress, in_port, buf, tl, df)
+    }
+
+    /// Frag-needed for DF packets (and GSO super-frames, whose segments would be too big)
+    /// larger than the egress MTU. `None`: it fits (or will be fragmented on the way out).
+    #[allow(clippy::too_many_arguments)]
+    fn check_mtu(&mut self, now: Instant, from: Iface, eth_src: MacAddr, buf: &PacketBuf, tl: usize, df: bool, mtu: usize) -> Option<Verdict> {
+        let v = &buf.vnet;
+        let wire = if v.gso != Gso::None { (v.hdr_len as usize).saturating_sub(14) + v.gso_size as usize } else { tl };
+        if wire <= mtu || (!df && v.gso == Gso::None) {
+            return None;
+        }
+        self.icmp_error(now, from, eth_src, &buf.frame()[14..14 + tl], icmp::DEST_UNREACH, icmp::CODE_FRAG_NEEDED, mtu as u16);
+        Some(Verdict::Drop(DropReason::FragNeeded))
+    }
+
+    /// Resolves the next hop and finishes the frame for `egress`: Ethernet addresses, or a
+    /// place in the neighbour queue, or fragments when it is too big and may be cut.
+    fn send(&mut self, now: Instant, egress: Egress, in_port: PortId, buf: &mut PacketBuf, tl: usize, df: bool) -> Verdict {
+        let mut w = Work::default();
+        let r = self.neigh.resolve(now, egress.iface, egress.next_hop, &mut w);
+        self.run_work(now, w);
+        let too_big = buf.vnet.gso == Gso::None && tl > self.mtu(egress.iface) && !df;
+        match r {
+            Resolve::Mac(mac) => {
+                let f = buf.frame_mut();
+                f[0..6].copy_from_slice(&mac.0);
+                f[6..12].copy_from_slice(&self.mac.0);
+                self.stats.forwarded += 1;
+                if too_big {
+                    self.fragment_out(egress.iface, buf, tl);
+                    return Verdict::Consumed;
+                }
+                Verdict::Forward(egress.iface)
+            }
+            Resolve::Pending => {
+                let f = buf.frame_mut();
+                f[6..12].copy_from_slice(&self.mac.0);
+                let q = Queued { frame: buf.frame()[..14 + tl].to_vec(), vnet: buf.vnet, in_port };
+                if self.neigh.enqueue(egress.iface, egress.next_hop, q) {
+                    self.stats.neigh_queued += 1;
+                    Verdict::Consumed
+                } else {
+                    Verdict::Drop(DropReason::NeighQueueFull)
+                }
+            }
+            Resolve::Failed => Verdict::Drop(DropReason::NeighUnresolved),
+        }
+    }
+
+    /// Splits a (non-DF) packet too big for its egress into fragments (RFC 791), finishing a
+    /// pending checksum first since the receiver cannot see the whole datagram at once.
+    fn fragment_out(&mut self, iface: Iface, buf: &mut PacketBuf, tl: usize) {
+        let mtu = self.mtu(iface);
+        if buf.vnet.needs_csum {
+            let mut v = buf.vnet;
+            if crate::offload::complete_checksum(buf.frame_mut(), &mut v).is_err() {
+                return;
+            }
+            buf.vnet = v;
+        }
+        let f = buf.frame();
+        let hl = ((f[14] & 0x0f) as usize) * 4;
+        let (base_off, base_mf) = {
+            let w = rd16(f, 14 + 6);
+            (((w & 0x1fff) as usize) * 8, w & 0x2000 != 0)
+        };
+        let data = &f[14 + hl..14 + tl];
+        let step = (mtu - hl) & !7;
+        if step == 0 {
+            return;
+        }
+        let mut frames = Vec::new();
+        let mut off = 0;
+        while off < data.len() {
+            let n = step.min(data.len() - off);
+            let last = off + n == data.len();
+            let mut fr = Vec::with_capacity(14 + hl + n);
+            fr.extend_from_slice(&f[..14 + hl]);
+            fr.extend_from_slice(&data[off..off + n]);
+            let total = (hl + n) as u16;
+            fr[16..18].copy_from_slice(&total.to_be_bytes());
+            let mut w = ((base_off + off) / 8) as u16;
+            if !last || base_mf {
+                w |= 0x2000;
+            }
+            fr[20..22].copy_from_slice(&w.to_be_bytes());
+            if let Ok(mut p) = Ipv4Packet::new_checked(&mut fr[14..]) {
+                p.fill_checksum();
+            }
+            frames.push(fr);
+            off += n;
+        }
+        for fr in frames {
+            let mut b = self.buf();
+            b.load(&fr, VnetHdr::default());
+            self.outbox.push(Out { iface, buf: b });
+        }
+        self.stats.fragmented += 1;
+    }
+
+    /// A non-first fragment: it carries no ports, so it follows the translation recorded for
+    /// the first fragment of its datagram (same source, destination, protocol and id).
+    #[allow(clippy::too_many_arguments)]
+    fn fragment_in(
+        &mut self,
+        now: Instant,
+        from: Iface,
+        in_port: PortId,
+        buf: &mut PacketBuf,
+        id: (Ipv4Addr, Ipv4Addr, u8, u16),
+        ttl: u8,
+        df: bool,
+        tl: usize,
+        eth_src: MacAddr,
+    ) -> Verdict {
+        let Some(ff) = self.frags.get(&id).copied().filter(|f| f.expires > now) else {
+            return Verdict::Drop(DropReason::FragNoFlow);
+        };
+        if ttl <= 1 {
+            self.icmp_error(now, from, eth_src, &buf.frame()[14..14 + tl], icmp::TIME_EXCEEDED, 0, 0);
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        {
+            let ipb = &mut buf.frame_mut()[14..14 + tl];
+            let Ok(mut p) = Ipv4Packet::new_checked(ipb) else { return Verdict::Drop(DropReason::BadIp) };
+            if p.src() != ff.new_src {
+                p.set_src(ff.new_src);
+            }
+            if p.dst() != ff.new_dst {
+                p.set_dst(ff.new_dst);
+            }
+            p.decrement_ttl();
+        }
+        self.stats.fragments_forwarded += 1;
+        self.send(now, ff.egress, in_port, buf, tl, df)
+    }
+
+    /// The rule stages for a flow's first packet: where it goes, what it becomes, whether it
+    /// may. Firewall and egress rules are classifier lookups, not scans.
+    fn decide(&mut self, now: Instant, from: Iface, k: &Key) -> Decision {
+        match from {
+            Iface::Net(n) => {
+                if self.public_ips.contains(&k.dst) || self.is_gateway(k.dst) {
+                    let Some((pip, pport)) = self.dnat_target(k.dst, k.proto, k.dport) else { return Decision::Local };
+                    // Hairpin: a guest reaching its own account's public IP. The source becomes
+                    // the destination network's gateway, so the reply comes back through us.
+                    if !self.egress_allowed(n, k) {
+                        return Decision::Drop(DropReason::EgressDenied);
+                    }
+                    let Some(m) = self.net_of(pip) else { return Decision::Drop(DropReason::NoRoute) };
+                    let Some(gw) = self.gateway(m) else { return Decision::Drop(DropReason::NoRoute) };
+                    let Some(port) = self.alloc_port(now, k, pip, pport, gw) else { return Decision::Drop(DropReason::NatExhausted) };
+                    let reply = Key { src: pip, dst: gw, sport: pport, dport: port, proto: k.proto };
+                    let reply = if k.proto == proto::ICMP { Key { sport: port, ..reply } } else { reply };
+                    let egress = [Egress { iface: Iface::Net(m), next_hop: pip }, Egress { iface: Iface::Net(n), next_hop: k.src }];
+                    return Decision::Flow { reply, egress, kind: FlowKind::Hairpin };
+                }
+                if !self.egress_allowed(n, k) {
+                    return Decision::Drop(DropReason::EgressDenied);
+                }
+                if let Some(m) = self.net_of(k.dst) {
+                    let egress = [Egress { iface: Iface::Net(m), next_hop: k.dst }, Egress { iface: Iface::Net(n), next_hop: k.src }];
+                    return Decision::Flow { reply: k.reverse(), egress, kind: FlowKind::Routed };
+                }
+                let Some(public) = &self.cfg.public else { return Decision::Drop(DropReason::NoRoute) };
+                let nat_ip = self.static_by_private.get(&k.src).copied().unwrap_or(public.source_nat_ip);
+                let Some(port) = self.alloc_port(now, k, k.dst, k.dport, nat_ip) else { return Decision::Drop(DropReason::NatExhausted) };
+                let reply = Key { src: k.dst, dst: nat_ip, sport: k.dport, dport: port, proto: k.proto };
+                let reply = if k.proto == proto::ICMP { Key { sport: port, ..reply } } else { reply };
+                let egress = [
+                    Egress { iface: Iface::Public, next_hop: self.public_next_hop(k.dst) },
+                    Egress { iface: Iface::Net(n), next_hop: k.src },
+                ];
+                Decision::Flow { reply, egress, kind: FlowKind::Snat }
+            }
+            Iface::Public => {
+                if !self.public_ips.contains(&k.dst) {
+                    return Decision::Drop(DropReason::NotForwarded);
+                }
+                if let Some(fw) = self.cfg.firewall.get(&k.dst) {
+                    if fw.lookup(k.proto, k.dport, k.src).is_none() {
+                        return Decision::Drop(DropReason::Firewall);
+                    }
+                }
+                let Some((pip, pport)) = self.dnat_target(k.dst, k.proto, k.dport) else { return Decision::Local };
+                let Some(m) = self.net_of(pip) else { return Decision::Drop(DropReason::NoRoute) };
+                let reply = Key { src: pip, dst: k.src, sport: pport, dport: k.sport, proto: k.proto };
+                if self.ct.contains(now, &reply) {
+                    return Decision::Drop(DropReason::NatExhausted);
+                }
+                let egress = [
+                    Egress { iface: Iface::Net(m), next_hop: pip },
+                    Egress { iface: Iface::Public, next_hop: self.public_next_hop(k.src) },
+                ];
+                Decision::Flow { reply, egress, kind: FlowKind::Dnat }
+            }
+        }
+    }
+
+    fn egress_allowed(&self, n: NetId, k: &Key) -> bool {
+        let Some(net) = self.cfg.nets.get(n.0 as usize) else { return false };
+        let a = net.egress.lookup(k.proto, k.dport, k.dst).copied().unwrap_or(net.egress_default);
+        a == Action::Allow
+    }
+
+    /// Where a public address and port lead: a port forward (tcp/udp), else a static NAT.
+    fn dnat_target(&self, ip: Ipv4Addr, protocol: u8, port: u16) -> Option<(Ipv4Addr, u16)> {
+        if let Some(fs) = self.forwards_by_ip.get(&(ip, protocol)) {
+            for f in fs {
+                if (f.public_port.lo..=f.public_port.hi).contains(&port) {
+                    let p = if f.private_port.count() == 1 { f.private_port.lo } else { f.private_port.lo + (port - f.public_port.lo) };
+                    return Some((f.private_ip, p));
+                }
+            }
+        }
+        self.static_by_public.get(&ip).map(|&p| (p, port))
+    }
+
+    fn forwarded_port(&self, ip: Ipv4Addr, protocol: u8, port: u16) -> bool {
+        self.forwards_by_ip.get(&(ip, protocol)).is_some_and(|fs| fs.iter().any(|f| (f.public_port.lo..=f.public_port.hi).contains(&port)))
+    }
+
+    /// A source port (or ICMP id) on `nat_ip` for a flow whose replies come from
+    /// `remote:rport`: the original one if free, else a pseudo-random free one. "Free" means no
+    /// live flow has that reply tuple, so a port is reused as soon as its flow expires, and the
+    /// same port serves different remotes (as Linux's NAT does).
+    fn alloc_port(&mut self, now: Instant, k: &Key, remote: Ipv4Addr, rport: u16, nat_ip: Ipv4Addr) -> Option<u16> {
+        let icmp = k.proto == proto::ICMP;
+        self.nat_seed = self.nat_seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let seed = self.nat_seed;
+        let lo = if icmp { 0u32 } else { NAT_PORT_LO as u32 };
+        let span = 65536 - lo;
+        let free = |p: u16, ct: &Conntrack| {
+            let reply = if icmp {
+                Key { src: remote, dst: nat_ip, sport: p, dport: p, proto: k.proto }
+            } else {
+                Key { src: remote, dst: nat_ip, sport: rport, dport: p, proto: k.proto }
+            };
+            !ct.contains(now, &reply) && (icmp || !self.forwarded_port(nat_ip, k.proto, p))
+        };
+        if (k.sport as u32) >= lo && free(k.sport, &self.ct) {
+            return Some(k.sport);
+        }
+        let h = u32::from(k.src) ^ (k.sport as u32) << 16 ^ u32::from(remote).rotate_left(7) ^ (rport as u32) ^ seed;
+        let start = h % span;
+        // A stride coprime with the span visits distinct ports.
+        let stride = 2 * (h >> 16 | 1) + 1;
+        (0..NAT_TRIES).map(|i| (lo + (start + i.wrapping_mul(stride)) % span) as u16).find(|&p| free(p, &self.ct))
+    }
+
+    /// The router's own endpoints: ICMP echo on every gateway and public address; UDP to an
+    /// unserved port gets port unreachable.
+    fn local(&mut self, now: Instant, from: Iface, eth_src: MacAddr, buf: &mut PacketBuf, hl: usize, tl: usize) -> Verdict {
+        let (protocol, is_echo) = {
+            let f = buf.frame();
+            let l4 = &f[14 + hl..14 + tl];
+            (f[14 + 9], l4.len() >= 8 && l4[0] == icmp::ECHO_REQUEST && f[14 + 9] == proto::ICMP)
+        };
+        if is_echo {
+            if buf.vnet.needs_csum || buf.vnet.gso != Gso::None {
+                return Verdict::Drop(DropReason::BadL4);
+            }
+            let f = buf.frame_mut();
+            let mut reply = f[..14 + tl].to_vec();
+            reply[0..6].copy_from_slice(&eth_src.0);
+            reply[6..12].copy_from_slice(&self.mac.0);
+            let (s, d) = (reply[26..30].to_vec(), reply[30..34].to_vec());
+            reply[26..30].copy_from_slice(&d);
+            reply[30..34].copy_from_slice(&s);
+            reply[22] = 64;
+            if let Ok(mut p) = Ipv4Packet::new_checked(&mut reply[14..]) {
+                p.fill_checksum();
+            }
+            let l4 = 14 + hl;
+            let c = checksum::update16(rd16(&reply, l4 + 2), (icmp::ECHO_REQUEST as u16) << 8, (icmp::ECHO_REPLY as u16) << 8);
+            reply[l4] = icmp::ECHO_REPLY;
+            reply[l4 + 2..l4 + 4].copy_from_slice(&c.to_be_bytes());
+            let mut b = self.buf();
+            b.load(&reply, VnetHdr::default());
+            self.outbox.push(Out { iface: from, buf: b });
+            self.stats.echo_replies += 1;
+            return Verdict::Consumed;
+        }
+        if protocol == proto::UDP {
+            let pkt = buf.frame()[14..14 + tl].to_vec();
+            self.icmp_error(now, from, eth_src, &pkt, icmp::DEST_UNREACH, icmp::CODE_PORT_UNREACH, 0);
+        }
+        Verdict::Drop(DropReason::NoL3)
+    }
+
+    /// An ICMP error arriving: if it quotes a packet of a tracked flow, it is translated and
+    /// sent where that flow's packets in the opposite direction go.
+    fn icmp_error_in(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf, hl: usize, tl: usize) -> Verdict {
+        let (outer_src, outer_dst, ttl) = {
+            let f = buf.frame();
+            let a = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+            (a(26), a(30), f[22])
+        };
+        let Some(quoted) = nat::quoted_key(&buf.frame()[14 + hl..14 + tl]) else { return Verdict::Drop(DropReason::BadL4) };
+        let k = quoted.reverse();
+        let Some((idx, dir)) = self.ct.lookup(now, &k) else { return Verdict::Drop(DropReason::NotForwarded) };
+        let flow = self.ct.flow(idx);
+        let target = match dir {
+            Dir::Orig => flow.reply.reverse(),
+            Dir::Reply => flow.orig.reverse(),
+        };
+        let egress = flow.egress[dir as usize];
+        // The error must come from where that direction's packets come from.
+        let expected_from = flow.egress[1 - dir as usize].iface;
+        if expected_from != from || outer_dst != k.dst || ttl <= 1 {
+            return Verdict::Drop(DropReason::NotForwarded);
+        }
+        let new_quoted = target.reverse();
+        let new_outer_src = if outer_src == k.src { target.src } else { outer_src };
+        {
+            let ipb = &mut buf.frame_mut()[14..14 + tl];
+            if !nat::rewrite_icmp_error(ipb, new_outer_src, target.dst, &quoted, &new_quoted) {
+                return Verdict::Drop(DropReason::BadL4);
+            }
+            if let Ok(mut p) = Ipv4Packet::new_checked(ipb) {
+                p.decrement_ttl();
+            }
+        }
+        self.stats.icmp_errors_translated += 1;
+        self.send(now, egress, PortId(u16::MAX), buf, tl, true)
+    }
+
+    /// Sends an ICMP error about `pkt` (the IP packet as received) back to its sender, whose
+    /// frame came from `eth_src` on `from`. Never about an ICMP error, a non-first fragment,
+    /// or a packet from an address that cannot be answered; rate limited.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp_error(&mut self, now: Instant, from: Iface, eth_src: MacAddr, pkt: &[u8], typ: u8, code: u8, mtu: u16) {
+        let Ok(ip) = Ipv4Packet::new_checked(pkt) else { return };
+        let l4 = ip.payload();
+        if ip.frag_offset() != 0 || martian(ip.src()) || (ip.protocol() == proto::ICMP && l4.first().is_some_and(|t| icmp::is_error(*t))) {
+            return;
+        }
+        let elapsed = now.millis().saturating_sub(self.icmp_refill.millis());
+        if elapsed > 0 {
+            self.icmp_tokens = (self.icmp_tokens + elapsed * ICMP_PER_SEC / 1000).min(ICMP_BURST);
+            self.icmp_refill = now;
+        }
+        if self.icmp_tokens == 0 {
+            self.stats.icmp_rate_limited += 1;
+            return;
+        }
+        self.icmp_tokens -= 1;
+        let src = match from {
+            Iface::Public if self.public_ips.contains(&ip.dst()) => Some(ip.dst()),
+            _ => self.own_addr(from, ip.src()),
+        };
+        let Some(src) = src else { return };
+        let quote = &pkt[..pkt.len().min(ICMP_QUOTE)];
+        let mut f = vec![0u8; 14 + 20 + 8 + quote.len()];
+        f[0..6].copy_from_slice(&eth_src.0);
+        f[6..12].copy_from_slice(&self.mac.0);
+        f[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+        self.ident = self.ident.wrapping_add(1);
+        ipv4::emit_header(&mut f[14..34], src, ip.src(), proto::ICMP, 64, 8 + quote.len(), self.ident);
+        f[34] = typ;
+        f[35] = code;
+        f[40..42].copy_from_slice(&mtu.to_be_bytes());
+        f[42..].copy_from_slice(quote);
+        let c = checksum::checksum(&f[34..]);
+        f[36..38].copy_from_slice(&c.to_be_bytes());
+        let mut b = self.buf();
+        b.load(&f, VnetHdr::default());
+        self.outbox.push(Out { iface: from, buf: b });
+        self.stats.icmp_sent += 1;
+    }
+
+    /// A page of the conntrack table (bounded work).
+    pub fn conntrack_page(&self, now: Instant, offset: usize, limit: usize) -> (Vec<conntrack::FlowRow>, Option<usize>) {
+        self.ct.page(now, offset, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests;

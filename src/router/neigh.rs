@@ -1,0 +1,286 @@
+//! The neighbour table: IPv4 -> MAC per interface (ARP), with retries, a bounded queue of frames
+//! waiting for resolution, and a cap. Sans-IO: it says which ARP requests to send and which
+//! queued frames became sendable or must be given up; the router builds and sends them.
+//!
+//! Invariants: at most `cap` entries; at most [`QUEUE_PER_NEIGH`] frames per entry and
+//! [`QUEUE_TOTAL`] over the table; an incomplete entry is retried [`RETRIES`] times one second
+//! apart, then fails for [`FAIL_HOLD`] (its frames are returned to be answered with host
+//! unreachable).
+
+use super::Iface;
+use crate::switch::PortId;
+use crate::time::Instant;
+use crate::wire::ethernet::MacAddr;
+use crate::wire::vnet::VnetHdr;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+pub const QUEUE_PER_NEIGH: usize = 16;
+pub const QUEUE_TOTAL: usize = 256;
+pub const RETRIES: u8 = 3;
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+pub const FAIL_HOLD: Duration = Duration::from_secs(3);
+/// A confirmed entry is used without question this long (Linux: base_reachable_time 30 s,
+/// randomised up to 45 s).
+pub const REACHABLE: Duration = Duration::from_secs(30);
+/// A stale entry is still used, and re-probed at most this often.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// A stale entry nobody confirms is forgotten after this long.
+pub const STALE_GC: Duration = Duration::from_secs(600);
+
+/// A frame waiting for its next hop's MAC.
+pub struct Queued {
+    pub frame: Vec<u8>,
+    pub vnet: VnetHdr,
+    pub in_port: PortId,
+}
+
+enum State {
+    Reachable { mac: MacAddr, confirmed: Instant, probed: Instant },
+    Incomplete { tries: u8, next: Instant },
+    Failed { until: Instant },
+}
+
+struct Entry {
+    state: State,
+    queue: Vec<Queued>,
+}
+
+/// What a lookup found.
+pub enum Resolve {
+    Mac(MacAddr),
+    /// Unknown yet: queue the frame (if there is room) and wait.
+    Pending,
+    /// Recently failed to resolve.
+    Failed,
+}
+
+/// Work for the router after a lookup, a confirmation or a timer.
+#[derive(Default)]
+pub struct Work {
+    /// ARP requests to send: (interface, target, known MAC for a unicast probe).
+    pub requests: Vec<(Iface, Ipv4Addr, Option<MacAddr>)>,
+    /// Frames that can go now: (interface, next-hop MAC, frame).
+    pub ready: Vec<(Iface, MacAddr, Queued)>,
+    /// Frames given up on.
+    pub failed: Vec<(Iface, Queued)>,
+}
+
+pub struct Neighbours {
+    map: HashMap<(Iface, Ipv4Addr), Entry, foldhash::fast::RandomState>,
+    cap: usize,
+    queued: usize,
+    next_timer: Instant,
+}
+
+/// A row of `show neighbours` (a typed snapshot).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NeighRow {
+    pub iface: Iface,
+    pub ip: Ipv4Addr,
+    pub mac: Option<String>,
+    pub state: &'static str,
+    pub queued: usize,
+}
+
+impl Neighbours {
+    pub fn new(cap: usize) -> Self {
+        Neighbours { map: HashMap::with_capacity_and_hasher(64, Default::default()), cap, queued: 0, next_timer: Instant(u64::MAX) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The MAC for `ip` on `iface`, starting resolution (and asking for a request) if needed.
+    pub fn resolve(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr, work: &mut Work) -> Resolve {
+        if let Some(e) = self.map.get_mut(&(iface, ip)) {
+            return match &mut e.state {
+                State::Reachable { mac, confirmed, probed } => {
+                    let m = *mac;
+                    if now.since(*confirmed) >= REACHABLE && now.since(*probed) >= PROBE_EVERY {
+                        *probed = now;
+                        work.requests.push((iface, ip, Some(m)));
+                    }
+                    Resolve::Mac(m)
+                }
+                State::Incomplete { .. } => Resolve::Pending,
+                State::Failed { until } if *until > now => Resolve::Failed,
+                State::Failed { .. } => {
+                    e.state = State::Incomplete { tries: 1, next: now + RETRY_EVERY };
+                    self.next_timer = self.next_timer.min(now + RETRY_EVERY);
+                    work.requests.push((iface, ip, None));
+                    Resolve::Pending
+                }
+            };
+        }
+        if self.map.len() >= self.cap && !self.gc(now) {
+            return Resolve::Failed;
+        }
+        self.map.insert((iface, ip), Entry { state: State::Incomplete { tries: 1, next: now + RETRY_EVERY }, queue: Vec::new() });
+        self.next_timer = self.next_timer.min(now + RETRY_EVERY);
+        work.requests.push((iface, ip, None));
+        Resolve::Pending
+    }
+
+    /// Queues a frame for an entry that is resolving. False if there is no room.
+    pub fn enqueue(&mut self, iface: Iface, ip: Ipv4Addr, q: Queued) -> bool {
+        if self.queued >= QUEUE_TOTAL {
+            return false;
+        }
+        match self.map.get_mut(&(iface, ip)) {
+            Some(e) if matches!(e.state, State::Incomplete { .. }) && e.queue.len() < QUEUE_PER_NEIGH => {
+                e.queue.push(q);
+                self.queued += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `ip` is at `mac` on `iface` (an ARP reply or a request from it). `create`: add an entry
+    /// if there is none (only when the ARP was aimed at us, as Linux does).
+    pub fn confirm(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr, mac: MacAddr, create: bool, work: &mut Work) {
+        if !self.map.contains_key(&(iface, ip)) && !(create && (self.map.len() < self.cap || self.gc(now))) {
+            return;
+        }
+        let e = self.map.entry((iface, ip)).or_insert(Entry { state: State::Failed { until: now }, queue: Vec::new() });
+        e.state = State::Reachable { mac, confirmed: now, probed: now };
+        self.queued -= e.queue.len();
+        for q in e.queue.drain(..) {
+            work.ready.push((iface, mac, q));
+        }
+    }
+
+    /// Known MAC of `ip`, without side effects.
+    pub fn peek(&self, iface: Iface, ip: Ipv4Addr) -> Option<MacAddr> {
+        match self.map.get(&(iface, ip))?.state {
+            State::Reachable { mac, .. } => Some(mac),
+            _ => None,
+        }
+    }
+
+    pub fn poll_at(&self) -> Instant {
+        self.next_timer
+    }
+
+    /// Retries and failures of incomplete entries.
+    pub fn poll(&mut self, now: Instant, work: &mut Work) {
+        if now < self.next_timer {
+            return;
+        }
+        let mut next = Instant(u64::MAX);
+        let mut drained = 0;
+        for ((iface, ip), e) in self.map.iter_mut() {
+            if let State::Incomplete { tries, next: at } = &mut e.state {
+                if *at <= now {
+                    if *tries < RETRIES {
+                        *tries += 1;
+                        *at = now + RETRY_EVERY;
+                        work.requests.push((*iface, *ip, None));
+                    } else {
+                        e.state = State::Failed { until: now + FAIL_HOLD };
+                        drained += e.queue.len();
+                        for q in e.queue.drain(..) {
+                            work.failed.push((*iface, q));
+                        }
+                        continue;
+                    }
+                }
+                next = next.min(*at);
+            }
+        }
+        self.queued -= drained;
+        self.next_timer = next;
+    }
+
+    /// Makes room: drops failed entries and long-stale ones. True if something was freed.
+    fn gc(&mut self, now: Instant) -> bool {
+        let before = self.map.len();
+        self.map.retain(|_, e| match e.state {
+            State::Failed { until } => until > now,
+            State::Reachable { confirmed, .. } => now.since(confirmed) < STALE_GC,
+            State::Incomplete { .. } => true,
+        });
+        self.map.len() < before
+    }
+
+    pub fn rows(&self) -> Vec<NeighRow> {
+        self.map
+            .iter()
+            .map(|((iface, ip), e)| {
+                let (mac, state) = match e.state {
+                    State::Reachable { mac, .. } => (Some(mac.to_string()), "reachable"),
+                    State::Incomplete { .. } => (None, "incomplete"),
+                    State::Failed { .. } => (None, "failed"),
+                };
+                NeighRow { iface: *iface, ip: *ip, mac, state, queued: e.queue.len() }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::switch::NetId;
+
+    fn q() -> Queued {
+        Queued { frame: vec![0; 60], vnet: VnetHdr::default(), in_port: PortId(0) }
+    }
+
+    #[test]
+    fn resolve_queue_retry_fail_then_confirm() {
+        let mut n = Neighbours::new(8);
+        let i = Iface::Net(NetId(0));
+        let ip = Ipv4Addr::new(10, 1, 1, 11);
+        let mut w = Work::default();
+        let t0 = Instant::from_secs(1);
+        assert!(matches!(n.resolve(t0, i, ip, &mut w), Resolve::Pending));
+        assert_eq!(w.requests.len(), 1);
+        for _ in 0..QUEUE_PER_NEIGH {
+            assert!(n.enqueue(i, ip, q()));
+        }
+        assert!(!n.enqueue(i, ip, q()), "per-neighbour cap");
+        // Two retries, then failure returns the queue.
+        let mut w = Work::default();
+        n.poll(t0 + Duration::from_secs(1), &mut w);
+        n.poll(t0 + Duration::from_secs(2), &mut w);
+        assert_eq!(w.requests.len(), 2);
+        n.poll(t0 + Duration::from_secs(3), &mut w);
+        assert_eq!(w.failed.len(), QUEUE_PER_NEIGH);
+        assert!(matches!(n.resolve(t0 + Duration::from_secs(4), i, ip, &mut w), Resolve::Failed));
+        // After the hold, a new attempt; a reply releases what was queued since.
+        let t1 = t0 + Duration::from_secs(7);
+        assert!(matches!(n.resolve(t1, i, ip, &mut w), Resolve::Pending));
+        assert!(n.enqueue(i, ip, q()));
+        let mut w = Work::default();
+        let mac = MacAddr([0x52, 0x54, 0, 0, 0, 0x11]);
+        n.confirm(t1, i, ip, mac, false, &mut w);
+        assert_eq!(w.ready.len(), 1);
+        assert!(matches!(n.resolve(t1, i, ip, &mut w), Resolve::Mac(m) if m == mac));
+        // Stale: still used, probed once per PROBE_EVERY.
+        let mut w = Work::default();
+        let t2 = t1 + REACHABLE;
+        assert!(matches!(n.resolve(t2, i, ip, &mut w), Resolve::Mac(_)));
+        assert!(matches!(n.resolve(t2, i, ip, &mut w), Resolve::Mac(_)));
+        assert_eq!(w.requests.len(), 1);
+    }
+
+    #[test]
+    fn capped() {
+        let mut n = Neighbours::new(2);
+        let mut w = Work::default();
+        let i = Iface::Public;
+        let t = Instant::from_secs(1);
+        for k in 0..2 {
+            assert!(matches!(n.resolve(t, i, Ipv4Addr::new(203, 0, 113, k), &mut w), Resolve::Pending));
+        }
+        assert!(matches!(n.resolve(t, i, Ipv4Addr::new(203, 0, 113, 9), &mut w), Resolve::Failed));
+        assert_eq!(n.len(), 2);
+    }
+}

@@ -1,0 +1,1 @@
+//! Router tests on virtual time.
