@@ -125,18 +125,23 @@ vrg_vlan_add eth0 103 && vrg_addr eth0.103 10.1.3.50/24
 if vrg_wait_ping 10.1.1.11 90; then echo VRT_V101_OK; else echo VRT_V101_FAIL; fi
 if vrg_wait_ping 10.1.2.11 10; then echo VRT_V102_OK; else echo VRT_V102_FAIL; fi
 if vrg_wait_ping 10.1.3.11 3; then echo VRT_V103_REACHED; else echo VRT_V103_BLOCKED; fi
+# Routed: ops is on no VLAN of the trunk; eth0.101 reaches it through web's gateway.
+ip route add 10.1.4.0/24 via 10.1.1.1 dev eth0.101
+if vrg_wait_ping 10.1.4.11 10; then echo VRT_ROUTED_OK; else echo VRT_ROUTED_FAIL; fi
 echo VRT_CHECKS_DONE
 sleep 8
 "#;
     let log = start_guest(&mut lab, "t1", &qtap, "52:54:00:30:01:50", script);
     let cfg = [
         cfg::router(&lab.id),
-        cfg::network("web", "10.1.1.0/24", Some(101)),
-        cfg::network("db", "10.1.2.0/24", Some(102)),
-        cfg::network("app", "10.1.3.0/24", Some(103)),
+        cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "vlan = 101\n"),
+        cfg::l3_network("db", "10.1.2.0/24", "10.1.2.1", "vlan = 102\n"),
+        cfg::l3_network("app", "10.1.3.0/24", "10.1.3.1", "vlan = 103\n"),
+        cfg::l3_network("ops", "10.1.4.0/24", "10.1.4.1", ""),
         cfg::port("web1", "web", "tap", &lab.name("w"), "52:54:00:30:01:11", ""),
         cfg::port("db1", "db", "tap", &lab.name("d"), "52:54:00:30:02:11", ""),
         cfg::port("app1", "app", "tap", &lab.name("a"), "52:54:00:30:03:11", ""),
+        cfg::port("ops1", "ops", "tap", &lab.name("o"), "52:54:00:30:04:11", ""),
         format!("[[uplink]]\nname = \"trunk0\"\nkind = \"netdev\"\nifname = \"{qtap}\"\nnetworks = [\"web\", \"db\"]\n"),
     ]
     .concat();
@@ -144,6 +149,8 @@ sleep 8
     let web = lab.guest("n1", &lab.name("w"), "10.1.1.11/24");
     let db = lab.guest("n2", &lab.name("d"), "10.1.2.11/24");
     let app = lab.guest("n3", &lab.name("a"), "10.1.3.11/24");
+    let ops = lab.guest("n4", &lab.name("o"), "10.1.4.11/24");
+    ok(&["ip", "-n", &ops, "route", "add", "default", "via", "10.1.4.1"]);
     let pcap = lab.path("app.pcap");
     let td = lab.spawn_in(&app, &["tcpdump", "--immediate-mode", "-i", &lab.name("a"), "-n", "-U", "-w", pcap.to_str().unwrap()], &lab.path("td.log"));
     wait_for("tcpdump", Duration::from_secs(10), || std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0));
@@ -152,6 +159,7 @@ sleep 8
     assert!(console.contains("VRT_V101_OK"), "web via eth0.101: {console}");
     assert!(console.contains("VRT_V102_OK"), "db via eth0.102: {console}");
     assert!(console.contains("VRT_V103_BLOCKED"), "app is not on the trunk: {console}");
+    assert!(console.contains("VRT_ROUTED_OK"), "the VM's eth0.101 reaches ops through the router: {console}");
     // From the namespaces, through the trunk to the guest's sub-interfaces.
     assert!(lab.ping(&web, "10.1.1.50", 5));
     assert!(lab.ping(&db, "10.1.2.50", 5));

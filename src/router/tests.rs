@@ -1,1 +1,364 @@
-//! Router tests on virtual time.
+//! Router tests on virtual time: ARP, neighbour resolution, SNAT/DNAT round trips with
+//! independently built packets (etherparse) as oracles, ICMP generation and translation,
+//! fragments, and the source checks.
+
+use super::*;
+use crate::config::types::Ipv4Iface;
+use crate::wire::ethernet::MacAddr;
+
+const R: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+const G1: MacAddr = MacAddr([0x52, 0x54, 0, 0, 1, 0x11]);
+const G2: MacAddr = MacAddr([0x52, 0x54, 0, 0, 1, 0x12]);
+const GW: MacAddr = MacAddr([0x52, 0x54, 0, 0, 9, 1]);
+const WEB: Iface = Iface::Net(NetId(0));
+const T0: Instant = Instant(10_000);
+
+fn a(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn router(mtu: u16) -> Router {
+    let net = |cidr: &str, gw: &str| NetL3 {
+        cidr: cidr.parse().unwrap(),
+        gateway: Some(a(gw)),
+        mtu: 1500,
+        egress: Classifier::new(Vec::new()),
+        egress_default: Action::Allow,
+    };
+    let ips: Vec<Ipv4Iface> = vec!["203.0.113.10/24".parse().unwrap(), "203.0.113.11/24".parse().unwrap()];
+    Router::new(
+        R,
+        L3Config {
+            nets: vec![net("10.1.1.0/24", "10.1.1.1"), net("10.1.2.0/24", "10.1.2.1")],
+            public: Some(PublicL3 { ips, gateway: a("203.0.113.1"), source_nat_ip: a("203.0.113.10"), mtu }),
+            static_nat: vec![(a("203.0.113.11"), a("10.1.1.12"))],
+            forwards: vec![Forward {
+                protocol: proto::TCP,
+                public_ip: a("203.0.113.10"),
+                public_port: "2222".parse().unwrap(),
+                private_ip: a("10.1.1.11"),
+                private_port: "22".parse().unwrap(),
+            }],
+            ..Default::default()
+        },
+    )
+}
+
+fn b(frame: &[u8]) -> PacketBuf {
+    PacketBuf::from_frame(frame, VnetHdr::default())
+}
+
+fn tcp(src_mac: MacAddr, s: &str, sp: u16, d: &str, dp: u16, ttl: u8, syn: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let pb = etherparse::PacketBuilder::ethernet2(src_mac.0, R.0).ipv4(a(s).octets(), a(d).octets(), ttl).tcp(sp, dp, 1, 65000);
+    let pb = if syn { pb.syn() } else { pb.ack(1) };
+    pb.write(&mut out, b"data").unwrap();
+    out
+}
+
+fn udp(src_mac: MacAddr, s: &str, sp: u16, d: &str, dp: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(src_mac.0, R.0).ipv4(a(s).octets(), a(d).octets(), 64).udp(sp, dp).write(&mut out, payload).unwrap();
+    out
+}
+
+fn arp_frame(op: u16, sha: MacAddr, spa: &str, tpa: &str) -> Vec<u8> {
+    let mut f = vec![0u8; 42];
+    f[0..6].copy_from_slice(&if op == arp::OP_REQUEST { MacAddr::BROADCAST } else { R }.0);
+    f[6..12].copy_from_slice(&sha.0);
+    f[12..14].copy_from_slice(&[8, 6]);
+    ArpRepr { operation: op, sender_mac: sha, sender_ip: a(spa), target_mac: MacAddr::ZERO, target_ip: a(tpa) }.emit(&mut f[14..]);
+    f
+}
+
+/// The IP packet of a frame, with the DF flag set or cleared (checksum fixed).
+fn set_df(f: &mut [u8], df: bool) {
+    f[20] = if df { 0x40 } else { 0 };
+    Ipv4Packet::new_checked(&mut f[14..]).unwrap().fill_checksum();
+}
+
+fn take(r: &mut Router) -> Vec<(Iface, Vec<u8>)> {
+    r.outbox.drain(..).map(|o| (o.iface, o.buf.frame().to_vec())).collect()
+}
+
+/// Teaches the router where the public gateway and a guest are.
+fn resolve_all(r: &mut Router) {
+    let mut x = b(&arp_frame(arp::OP_REPLY, GW, "203.0.113.1", "203.0.113.10"));
+    r.handle(T0, Iface::Public, PortId(9), &mut x);
+    for (m, ip) in [(G1, "10.1.1.11"), (G2, "10.1.1.12")] {
+        let mut x = b(&arp_frame(arp::OP_REQUEST, m, ip, "10.1.1.1"));
+        r.handle(T0, WEB, PortId(0), &mut x);
+    }
+    take(r);
+}
+
+#[test]
+fn arp_for_the_gateway_is_answered_golden() {
+    let mut r = router(1500);
+    let mut f = b(&arp_frame(arp::OP_REQUEST, G1, "10.1.1.11", "10.1.1.1"));
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Consumed);
+    let out = take(&mut r);
+    assert_eq!(out.len(), 1);
+    let golden: Vec<u8> = [
+        &G1.0[..], &R.0, &[8, 6], &[0, 1, 8, 0, 6, 4, 0, 2], &R.0, &[10, 1, 1, 1], &G1.0, &[10, 1, 1, 11],
+    ]
+    .concat();
+    assert_eq!(&out[0].1[..42], &golden[..]);
+    assert_eq!(out[0].0, WEB);
+    // ARP between guests is not ours: forwarded at L2.
+    let mut f = b(&arp_frame(arp::OP_REQUEST, G1, "10.1.1.11", "10.1.1.12"));
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::NotMine);
+    // The public side gets answers for public IPs only; a guest address is not ours there.
+    let mut f = b(&arp_frame(arp::OP_REQUEST, GW, "203.0.113.1", "203.0.113.11"));
+    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut f), Verdict::Consumed);
+    assert_eq!(take(&mut r).len(), 1);
+    let mut f = b(&arp_frame(arp::OP_REQUEST, GW, "203.0.113.1", "10.1.1.1"));
+    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut f), Verdict::NotMine);
+    assert!(take(&mut r).is_empty());
+}
+
+#[test]
+fn snat_round_trip_through_arp_resolution() {
+    let mut r = router(1500);
+    // The guest's SYN waits for the public gateway's MAC.
+    let mut f = b(&tcp(G1, "10.1.1.11", 40000, "198.51.100.5", 80, 64, true));
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Consumed);
+    let out = take(&mut r);
+    assert_eq!(out.len(), 1, "one ARP request");
+    let req = ArpPacket::new_checked(&out[0].1[14..]).unwrap();
+    assert_eq!((out[0].0, req.operation(), req.sender_ip(), req.target_ip()), (Iface::Public, arp::OP_REQUEST, a("203.0.113.10"), a("203.0.113.1")));
+    // The reply releases it, translated: an independently built packet is the oracle.
+    let mut rep = b(&arp_frame(arp::OP_REPLY, GW, "203.0.113.1", "203.0.113.10"));
+    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut rep), Verdict::Consumed);
+    let out = take(&mut r);
+    assert_eq!(out.len(), 1);
+    let mut want = tcp(G1, "203.0.113.10", 40000, "198.51.100.5", 80, 63, true);
+    want[0..6].copy_from_slice(&GW.0);
+    want[6..12].copy_from_slice(&R.0);
+    assert_eq!(out[0], (Iface::Public, want));
+    // The answer comes back to the guest (whose MAC is learned from its ARP).
+    let mut g = b(&arp_frame(arp::OP_REQUEST, G1, "10.1.1.11", "10.1.1.1"));
+    r.handle(T0, WEB, PortId(0), &mut g);
+    take(&mut r);
+    let mut back = b(&tcp(GW, "198.51.100.5", 80, "203.0.113.10", 40000, 60, true));
+    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut back), Verdict::Forward(WEB));
+    let mut want = tcp(GW, "198.51.100.5", 80, "10.1.1.11", 40000, 59, true);
+    want[0..6].copy_from_slice(&G1.0);
+    want[6..12].copy_from_slice(&R.0);
+    assert_eq!(back.frame(), &want[..]);
+    assert_eq!(r.ct.len(), 1);
+    assert_eq!(r.stats.snat_flows, 1);
+}
+
+#[test]
+fn colliding_source_ports_get_distinct_nat_ports_and_reuse_after_expiry() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    let mut f1 = b(&udp(G1, "10.1.1.11", 5000, "198.51.100.5", 53, b"q"));
+    let mut f2 = b(&udp(G2, "10.1.1.13", 5000, "198.51.100.5", 53, b"q"));
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f1), Verdict::Forward(Iface::Public));
+    // 10.1.1.13 is not G2's address but the router does not enforce port security (ingress does).
+    assert_eq!(r.handle(T0, WEB, PortId(1), &mut f2), Verdict::Forward(Iface::Public));
+    let sport = |f: &PacketBuf| rd16(f.frame(), 34);
+    assert_eq!(sport(&f1), 5000);
+    assert_ne!(sport(&f2), 5000);
+    assert!(sport(&f2) >= NAT_PORT_LO);
+    let p2 = etherparse::SlicedPacket::from_ethernet(f2.frame()).unwrap();
+    assert!(p2.net.is_some() && p2.transport.is_some());
+    // After the UDP timeout the first port is free again for another guest.
+    let later = T0 + Duration::from_secs(31);
+    let mut f3 = b(&udp(G2, "10.1.1.13", 5000, "198.51.100.5", 53, b"q"));
+    assert_eq!(r.handle(later, WEB, PortId(1), &mut f3), Verdict::Forward(Iface::Public));
+    assert_eq!(sport(&f3), 5000);
+}
+
+#[test]
+fn port_forward_static_nat_and_no_direct_private_access() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    let mut f = b(&tcp(GW, "198.51.100.5", 33000, "203.0.113.10", 2222, 60, true));
+    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut f), Verdict::Forward(WEB));
+    let mut want = tcp(GW, "198.51.100.5", 33000, "10.1.1.11", 22, 59, true);
+    want[0..6].copy_from_slice(&G1.0);
+    want[6..12].copy_from_slice(&R.0);
+    assert_eq!(f.frame(), &want[..]);
+    // The guest's answer leaves from the public address and port.
+    let mut back = b(&tcp(G1, "10.1.1.11", 22, "198.51.100.5", 33000, 64, false));
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut back), Verdict::Forward(Iface::Public));
+    let p = Ipv4Packet::new_checked(&back.frame()[14..]).unwrap();
+    assert_eq!((p.src(), rd16(back.frame(), 34)), (a("203.0.113.10"), 2222));
+    // Static NAT: any port, both ways.
+    let mut s = b(&udp(GW, "198.51.100.5", 7, "203.0.113.11", 9999, b"x"));
+    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut s), Verdict::Forward(WEB));
+    assert_eq!(Ipv4Packet::new_checked(&s.frame()[14..]).unwrap().dst(), a("10.1.1.12"));
+    let mut o = b(&udp(G2, "10.1.1.12", 6000, "198.51.100.7", 53, b"x"));
+    assert_eq!(r.handle(T0, WEB, PortId(1), &mut o), Verdict::Forward(Iface::Public));
+    assert_eq!(Ipv4Packet::new_checked(&o.frame()[14..]).unwrap().src(), a("203.0.113.11"));
+    // A private address is never reached from outside, and unknown ports go nowhere.
+    let mut d = b(&tcp(GW, "198.51.100.5", 1, "10.1.1.11", 22, 60, true));
+    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut d), Verdict::Drop(DropReason::NotForwarded));
+    let mut d = b(&tcp(GW, "198.51.100.5", 1, "203.0.113.10", 23, 60, true));
+    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut d), Verdict::Drop(DropReason::NoL3));
+    // Spoofed sources from outside: a guest network, our own address.
+    for src in ["10.1.1.99", "203.0.113.11", "127.0.0.1"] {
+        let mut d = b(&tcp(GW, src, 1, "203.0.113.10", 2222, 60, true));
+        assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut d), Verdict::Drop(DropReason::SpoofedSource), "{src}");
+    }
+    // A guest may not source from outside its network.
+    let mut d = b(&tcp(G1, "10.1.2.50", 1, "198.51.100.5", 80, 60, true));
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut d), Verdict::Drop(DropReason::SpoofedSource));
+}
+
+#[test]
+fn hairpin_rewrites_source_to_the_gateway() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    let mut f = b(&tcp(G2, "10.1.1.12", 45000, "203.0.113.10", 2222, 64, true));
+    assert_eq!(r.handle(T0, WEB, PortId(1), &mut f), Verdict::Forward(WEB));
+    let p = Ipv4Packet::new_checked(&f.frame()[14..]).unwrap();
+    assert_eq!((p.src(), p.dst(), rd16(f.frame(), 36)), (a("10.1.1.1"), a("10.1.1.11"), 22));
+    let nat_port = rd16(f.frame(), 34);
+    let mut back = b(&tcp(G1, "10.1.1.11", 22, "10.1.1.1", nat_port, 64, false));
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut back), Verdict::Forward(WEB));
+    let p = Ipv4Packet::new_checked(&back.frame()[14..]).unwrap();
+    assert_eq!((p.src(), p.dst(), rd16(back.frame(), 34), rd16(back.frame(), 36)), (a("203.0.113.10"), a("10.1.1.12"), 2222, 45000));
+    assert_eq!(&back.frame()[0..6], &G2.0);
+}
+
+#[test]
+fn ttl_expiry_and_df_oversize_get_icmp_errors() {
+    let mut r = router(1400);
+    resolve_all(&mut r);
+    let pkt = tcp(G1, "10.1.1.11", 40000, "198.51.100.5", 80, 1, true);
+    let mut f = b(&pkt);
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Drop(DropReason::TtlExceeded));
+    let out = take(&mut r);
+    assert_eq!(out.len(), 1);
+    let e = &out[0].1;
+    assert_eq!(&e[0..6], &G1.0, "back to the sender's MAC");
+    let ip = Ipv4Packet::new_checked(&e[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!((ip.src(), ip.dst(), ip.protocol()), (a("10.1.1.1"), a("10.1.1.11"), proto::ICMP));
+    assert_eq!((ip.payload()[0], ip.payload()[1]), (icmp::TIME_EXCEEDED, 0));
+    assert_eq!(checksum::checksum(ip.payload()), 0);
+    assert_eq!(&ip.payload()[8..], &pkt[14..], "the offending packet is quoted as received");
+    // DF and larger than the public MTU: frag needed with the MTU.
+    let mut big = udp(G1, "10.1.1.11", 5000, "198.51.100.5", 9, &[7u8; 1450]);
+    set_df(&mut big, true);
+    let mut f = b(&big);
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Drop(DropReason::FragNeeded));
+    let out = take(&mut r);
+    let ip = Ipv4Packet::new_checked(&out[0].1[14..]).unwrap();
+    assert_eq!((ip.payload()[0], ip.payload()[1], rd16(ip.payload(), 6)), (icmp::DEST_UNREACH, icmp::CODE_FRAG_NEEDED, 1400));
+    // Without DF it is fragmented instead; the fragments carry the whole datagram.
+    set_df(&mut big, false);
+    let mut f = b(&big);
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Consumed);
+    let frags = take(&mut r);
+    assert_eq!(frags.len(), 2);
+    let mut data = Vec::new();
+    for (i, (iface, fr)) in frags.iter().enumerate() {
+        assert_eq!(*iface, Iface::Public);
+        let p = Ipv4Packet::new_checked(&fr[14..]).unwrap();
+        assert!(p.verify_checksum() && p.total_len() <= 1400);
+        assert_eq!((p.more_frags(), p.frag_offset() == data.len()), (i == 0, true));
+        data.extend_from_slice(p.payload());
+    }
+    let whole = Ipv4Packet::new_checked(&big[14..]).unwrap();
+    assert_eq!(data.len(), whole.payload().len());
+    assert_eq!(&data[8..], &whole.payload()[8..], "payload intact (ports translated)");
+}
+
+#[test]
+fn icmp_error_from_outside_is_translated_to_the_guest() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    // traceroute-style UDP probe, SNATed.
+    let mut f = b(&udp(G1, "10.1.1.11", 40001, "198.51.100.5", 33434, b"probe"));
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Forward(Iface::Public));
+    let sent = f.frame()[14..].to_vec();
+    // Port unreachable from the destination, quoting what it got.
+    let mut msg = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    msg.extend_from_slice(&sent);
+    let c = checksum::checksum(&msg);
+    msg[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut e = vec![0u8; 34];
+    e[0..6].copy_from_slice(&R.0);
+    e[6..12].copy_from_slice(&GW.0);
+    e[12..14].copy_from_slice(&[8, 0]);
+    ipv4::emit_header(&mut e[14..34], a("198.51.100.5"), a("203.0.113.10"), proto::ICMP, 60, msg.len(), 1);
+    e.extend_from_slice(&msg);
+    let mut eb = b(&e);
+    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut eb), Verdict::Forward(WEB));
+    let ip = Ipv4Packet::new_checked(&eb.frame()[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!((ip.src(), ip.dst()), (a("198.51.100.5"), a("10.1.1.11")));
+    assert_eq!(checksum::checksum(ip.payload()), 0);
+    let orig = udp(G1, "10.1.1.11", 40001, "198.51.100.5", 33434, b"probe");
+    let mut want_quote = orig[14..].to_vec();
+    want_quote[8] = 63; // the quoted TTL is what left the router
+    Ipv4Packet::new_checked(&mut want_quote[..]).unwrap().fill_checksum();
+    assert_eq!(&ip.payload()[8..], &want_quote[..]);
+    assert_eq!(r.stats.icmp_errors_translated, 1);
+    // An error quoting no flow of ours goes nowhere.
+    let mut eb = b(&e);
+    eb.frame_mut()[14 + 20 + 8 + 20] ^= 0xff; // another source port
+    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut eb), Verdict::Drop(DropReason::NotForwarded));
+}
+
+#[test]
+fn non_first_fragments_follow_the_first() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    // Two fragments of one UDP datagram: the first holds the ports.
+    let mut first = udp(G1, "10.1.1.11", 5000, "198.51.100.5", 9, &[1u8; 32]);
+    first[18..20].copy_from_slice(&77u16.to_be_bytes());
+    first[20] = 0x20; // MF
+    Ipv4Packet::new_checked(&mut first[14..]).unwrap().fill_checksum();
+    let mut second = first.clone();
+    second[20..22].copy_from_slice(&(40u16 / 8).to_be_bytes());
+    Ipv4Packet::new_checked(&mut second[14..]).unwrap().fill_checksum();
+    let mut lone = second.clone();
+    lone[18..20].copy_from_slice(&78u16.to_be_bytes());
+    Ipv4Packet::new_checked(&mut lone[14..]).unwrap().fill_checksum();
+    let mut f = b(&first);
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Forward(Iface::Public));
+    let mut s = b(&second);
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut s), Verdict::Forward(Iface::Public));
+    let p = Ipv4Packet::new_checked(&s.frame()[14..]).unwrap();
+    assert!(p.verify_checksum());
+    assert_eq!(p.src(), a("203.0.113.10"));
+    let mut l = b(&lone);
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut l), Verdict::Drop(DropReason::FragNoFlow));
+}
+
+#[test]
+fn echo_to_router_addresses_and_bad_headers() {
+    let mut r = router(1500);
+    let mut out = Vec::new();
+    etherparse::PacketBuilder::ethernet2(G1.0, R.0)
+        .ipv4(a("10.1.1.11").octets(), a("203.0.113.10").octets(), 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut out, b"ping")
+        .unwrap();
+    let mut f = b(&out);
+    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Consumed);
+    let o = take(&mut r);
+    let ip = Ipv4Packet::new_checked(&o[0].1[14..]).unwrap();
+    assert!(ip.verify_checksum());
+    assert_eq!((ip.src(), ip.dst(), ip.payload()[0]), (a("203.0.113.10"), a("10.1.1.11"), icmp::ECHO_REPLY));
+    assert_eq!(checksum::checksum(ip.payload()), 0);
+    // Broken headers are counted by reason, nothing panics.
+    let good = tcp(G1, "10.1.1.11", 1, "198.51.100.5", 80, 64, true);
+    let mut bad_csum = good.clone();
+    bad_csum[24] ^= 1;
+    let mut bad_ihl = good.clone();
+    bad_ihl[14] = 0x44;
+    let mut short_l4 = good[..14 + 20 + 3].to_vec();
+    short_l4[16..18].copy_from_slice(&23u16.to_be_bytes());
+    Ipv4Packet::new_checked(&mut short_l4[14..]).unwrap().fill_checksum();
+    for (f, why) in [(bad_csum, DropReason::BadIp), (bad_ihl, DropReason::BadIp), (short_l4, DropReason::BadL4), (good[..20].to_vec(), DropReason::BadIp)] {
+        let mut x = b(&f);
+        assert_eq!(r.handle(T0, WEB, PortId(0), &mut x), Verdict::Drop(why));
+    }
+}
