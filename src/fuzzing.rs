@@ -3,6 +3,7 @@
 
 use crate::buf::PacketBuf;
 use crate::datapath::{Datapath, DatapathConfig, NetSpec, PortSpec, Transmit};
+use crate::router::{Forward, L3Config, NetL3, PublicL3};
 use crate::switch::stats::DropReason;
 use crate::switch::{NetId, PortId, Role, Security};
 use crate::time::Instant;
@@ -33,11 +34,52 @@ pub fn fuzz_datapath() -> Datapath {
             acc("p2", NetId(1), None, true),
             PortSpec { name: "t0".into(), ifname: "t0".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0)), (102, NetId(1))]), offload: false, mac_limit: None },
             PortSpec { name: "t1".into(), ifname: "t1".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0))]), offload: true, mac_limit: None },
+            PortSpec { name: "public".into(), ifname: "pub".into(), kind: "tap".into(), role: Role::Public, offload: true, mac_limit: Some(0) },
         ],
         mac_aging: Duration::from_secs(300),
         mac_table_size: 64,
-        l3: Default::default(),
+        l3: fuzz_l3(),
     })
+}
+
+/// The router of the fuzz datapath: both networks routed, a public side with every kind of
+/// rule, and a small conntrack table so eviction and refusal are reached.
+fn fuzz_l3() -> L3Config {
+    use crate::config::schema::{Action, Proto};
+    use crate::filter::{Classifier, Rule};
+    let net = |cidr: &str, gw: [u8; 4], rules| NetL3 {
+        cidr: cidr.parse().expect("cidr"),
+        gateway: Some(gw.into()),
+        mtu: 1400,
+        egress: Classifier::new(rules),
+        egress_default: Action::Allow,
+    };
+    let deny25 = vec![Rule { protocol: Proto::Tcp, ports: Some("25".parse().expect("port")), nets: vec!["0.0.0.0/0".parse().expect("net")], value: Action::Deny }];
+    let mut firewall = std::collections::HashMap::new();
+    firewall.insert(
+        [203, 0, 113, 11].into(),
+        Classifier::new(vec![Rule { protocol: Proto::All, ports: None, nets: vec!["198.51.100.0/24".parse().expect("net")], value: () }]),
+    );
+    L3Config {
+        nets: vec![net("10.1.1.0/24", [10, 1, 1, 1], deny25), net("10.1.2.0/24", [10, 1, 2, 1], Vec::new())],
+        public: Some(PublicL3 {
+            ips: vec!["203.0.113.10/24".parse().expect("ip"), "203.0.113.11/24".parse().expect("ip")],
+            gateway: [203, 0, 113, 1].into(),
+            source_nat_ip: [203, 0, 113, 10].into(),
+            mtu: 1400,
+        }),
+        static_nat: vec![([203, 0, 113, 11].into(), [10, 1, 2, 11].into())],
+        forwards: vec![Forward {
+            protocol: 6,
+            public_ip: [203, 0, 113, 10].into(),
+            public_port: "2222".parse().expect("port"),
+            private_ip: [10, 1, 1, 11].into(),
+            private_port: "22".parse().expect("port"),
+        }],
+        firewall,
+        conntrack_max: 256,
+        ..Default::default()
+    }
 }
 
 /// Interprets `data` as a sequence of (port, vnet header, frame) records and runs them through
@@ -108,6 +150,59 @@ mod tests {
                     frame[14] = 0x45;
                     frame[16..18].copy_from_slice(&((n - 14) as u16).to_be_bytes());
                     frame[23] = [6u8, 17, 1][(next() % 3) as usize];
+                    // Routed traffic: to the router's MAC, between plausible addresses, with a
+                    // header checksum that mostly verifies, so the L3 stages run deep.
+                    if next() % 2 == 0 {
+                        const ADDRS: [[u8; 4]; 9] = [
+                            [10, 1, 1, 11], [10, 1, 1, 12], [10, 1, 2, 11], [198, 51, 100, 5], [203, 0, 113, 10],
+                            [203, 0, 113, 11], [10, 1, 1, 1], [203, 0, 113, 1], [192, 0, 2, 9],
+                        ];
+                        frame[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+                        frame[20] = [0x40u8, 0, 0x20, 0x00][(next() % 4) as usize];
+                        frame[21] = if next() % 4 == 0 { next() as u8 } else { 0 };
+                        frame[22] = (next() % 4) as u8 * 32;
+                        frame[26..30].copy_from_slice(&ADDRS[(next() % 9) as usize]);
+                        frame[30..34].copy_from_slice(&ADDRS[(next() % 9) as usize]);
+                        if n > 38 {
+                            let p = [[0x08, 0xae], [0, 80], [0, 53], [0, 25], [0, 22]][(next() % 5) as usize];
+                            frame[36..38].copy_from_slice(&p);
+                            if frame[23] == 1 {
+                                frame[34] = [8u8, 0, 3, 11][(next() % 4) as usize];
+                            }
+                            if frame[23] == 6 && n > 48 {
+                                frame[47] = [0x02u8, 0x12, 0x10, 0x11, 0x04][(next() % 5) as usize];
+                            }
+                        }
+                        if frame[34] == 3 || frame[34] == 11 {
+                            // An ICMP error quoting one of the flows above.
+                            let q = 34 + 8;
+                            if n > q + 28 {
+                                frame[q] = 0x45;
+                                frame[q + 9] = 17;
+                                frame[q + 12..q + 16].copy_from_slice(&ADDRS[(next() % 9) as usize]);
+                                frame[q + 16..q + 20].copy_from_slice(&ADDRS[(next() % 9) as usize]);
+                            }
+                        }
+                        frame[24] = 0;
+                        frame[25] = 0;
+                        let c = crate::wire::checksum::checksum(&frame[14..34]);
+                        frame[24..26].copy_from_slice(&c.to_be_bytes());
+                    }
+                }
+                if et == [0x08, 0x06] && n >= 42 && next() % 2 == 0 {
+                    // ARP that teaches the router neighbours, so forwarding reaches egress.
+                    const ARP: [([u8; 4], [u8; 4]); 4] = [
+                        ([10, 1, 1, 11], [10, 1, 1, 1]),
+                        ([10, 1, 2, 11], [10, 1, 2, 1]),
+                        ([203, 0, 113, 1], [203, 0, 113, 10]),
+                        ([198, 51, 100, 5], [203, 0, 113, 10]),
+                    ];
+                    let (spa, tpa) = ARP[(next() % 4) as usize];
+                    frame[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1 + (next() % 2) as u8]);
+                    let sha: [u8; 6] = frame[6..12].try_into().unwrap_or([2; 6]);
+                    frame[22..28].copy_from_slice(&sha);
+                    frame[28..32].copy_from_slice(&spa);
+                    frame[38..42].copy_from_slice(&tpa);
                 }
                 let mut vnet = [0u8; 10];
                 if next() % 2 == 0 {
@@ -140,8 +235,12 @@ mod tests {
         let st = dp.show_stats();
         // The generator must reach the interesting paths, or this smoke test proves little.
         assert!(st["totals"]["tx_sw_segmented"].as_u64().unwrap() > 0, "{st}");
-        for reason in ["tagged_on_access", "unknown_vlan", "bad_vnet_hdr", "double_tagged"] {
+        for reason in ["tagged_on_access", "unknown_vlan", "bad_vnet_hdr", "double_tagged", "bad_ip", "spoofed_source", "ttl_exceeded"] {
             assert!(st["totals"]["drops"][reason].as_u64().unwrap_or(0) > 0, "{reason} never hit: {st}");
+        }
+        // The L3 path is reached: routing, NAT, ICMP generation, ARP answers.
+        for counter in ["forwarded", "snat_flows", "icmp_sent", "arp_replies", "echo_replies"] {
+            assert!(st["router"][counter].as_u64().unwrap_or(0) > 0, "router {counter} never hit: {st}");
         }
         let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/vrouter.toml")).unwrap();
         // The documented config with a few bytes changed, lines dropped or repeated: parse
