@@ -114,7 +114,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("snat_new_flow_64B", |bn| {
         bn.iter(|| {
             n = n.wrapping_add(1);
+            // Spread over guests and remotes as real traffic is: one remote:port only has
+            // 64512 NAT ports per public IP (as with Linux), and then new flows are refused.
             fresh[29] = 2 + ((n >> 16) % 250) as u8;
+            fresh[32..34].copy_from_slice(&((n % 65521) as u16).to_be_bytes());
             fresh[34..36].copy_from_slice(&(n as u16 | 1).to_be_bytes());
             fresh[24] = 0;
             fresh[25] = 0;

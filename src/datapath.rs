@@ -390,7 +390,7 @@ impl Datapath {
             match vid {
                 Some(v) if buf.push_vlan(v, buf.pcp) => {}
                 _ => {
-                    self.stats[pi].drop(DropReason::BadVnetHdr);
+                    self.stats[pi].drop(DropReason::TagPushFailed);
                     return;
                 }
             }

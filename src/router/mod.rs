@@ -154,8 +154,10 @@ const FRAG_TIMEOUT: Duration = Duration::from_secs(30);
 const FRAG_CAP: usize = 4096;
 /// Ephemeral range for source NAT ports.
 const NAT_PORT_LO: u16 = 1024;
-/// Candidate ports tried before a new flow is refused for want of one.
-const NAT_TRIES: u32 = 512;
+/// Candidate ports tried before a new flow is refused for want of one: enough to find one of
+/// the last 5% free ports 96% of the time, few enough that a flood toward an exhausted
+/// destination costs little per refused flow.
+const NAT_TRIES: u32 = 64;
 
 #[derive(Clone, Copy)]
 struct FragFlow {

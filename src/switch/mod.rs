@@ -54,6 +54,16 @@ pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> 
     let et = u16::from_be_bytes([frame[12], frame[13]]);
     match role {
         Role::Access { net, .. } => {
+            // A priority tag (802.1Q, VID 0: a guest using 802.1p) belongs to the port's
+            // network: popped, its priority kept. Any other tag, and 802.1ad or the legacy
+            // 0x9100 TPID, is a guest trying to reach another VLAN (or to have the physical
+            // network read a tag of its own): dropped.
+            if et == ethertype::VLAN {
+                let v = VlanFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
+                if v.vid() == 0 && !vlan::is_tag_ethertype(v.inner_ethertype()) {
+                    return Ok((*net, true));
+                }
+            }
             if vlan::is_tag_ethertype(et) {
                 return Err(DropReason::TaggedOnAccess);
             }
@@ -165,6 +175,11 @@ mod tests {
         assert_eq!(classify(&r, &frame([2; 6], 0x0800, &[0; 4])), Err(DropReason::UntaggedOnTrunk));
         let a = Role::Access { net: NetId(3), security: None };
         assert_eq!(classify(&a, &t(0x8100, 101, 0x0800)), Err(DropReason::TaggedOnAccess));
+        assert_eq!(classify(&a, &t(0x8100, 0, 0x0800)), Ok((NetId(3), true)), "priority tag");
+        assert_eq!(classify(&a, &t(0x8100, 0, 0x8100)), Err(DropReason::TaggedOnAccess), "priority tag over a tag");
+        assert_eq!(classify(&a, &t(0x9100, 101, 0x0800)), Err(DropReason::TaggedOnAccess), "legacy QinQ TPID");
+        assert_eq!(classify(&a, &t(0x88a8, 0, 0x0800)), Err(DropReason::TaggedOnAccess), "802.1ad");
+        assert_eq!(classify(&r, &t(0x8100, 0, 0x0800)), Err(DropReason::UnknownVlan), "no untagged network on trunks");
         assert_eq!(classify(&a, &frame([2; 6], 0x0806, &[])), Ok((NetId(3), false)));
     }
 

@@ -53,6 +53,8 @@ drop_reasons! {
     TxFull => "tx_full",
     /// The egress device refused the frame for another reason (e.g. EINVAL, EMSGSIZE).
     TxError => "tx_error",
+    /// An 802.1Q tag could not be pushed for a trunk (no headroom, offsets out of range).
+    TagPushFailed => "tag_push_failed",
     /// Larger than a receive buffer; the tail was cut by the kernel.
     Truncated => "truncated",
     /// An IPv4 header that does not parse (version, IHL, lengths) or whose checksum is wrong.

@@ -23,6 +23,8 @@ pub mod ethertype {
     pub const ARP: u16 = 0x0806;
     pub const VLAN: u16 = 0x8100;
     pub const QINQ: u16 = 0x88a8;
+    /// Pre-802.1ad QinQ TPID some switches still read as a tag.
+    pub const QINQ_LEGACY: u16 = 0x9100;
     pub const IPV6: u16 = 0x86dd;
 }
 

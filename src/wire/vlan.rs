@@ -68,7 +68,7 @@ pub fn tag_bytes(vid: u16, pcp: u8) -> [u8; TAG_LEN] {
 
 /// True if `ethertype` (the outer one) announces a VLAN tag of either kind.
 pub fn is_tag_ethertype(et: u16) -> bool {
-    et == ethertype::VLAN || et == ethertype::QINQ
+    et == ethertype::VLAN || et == ethertype::QINQ || et == ethertype::QINQ_LEGACY
 }
 
 #[cfg(test)]
