@@ -5,7 +5,9 @@
 pub mod fdb;
 pub mod stats;
 
-use crate::wire::ethernet::{ethertype, MacAddr};
+use crate::wire::arp::ArpPacket;
+use crate::wire::ethernet::{ethertype, EthernetFrame, MacAddr};
+use crate::wire::ipv4::{proto, Ipv4Packet};
 use crate::wire::vlan::{self, VlanFrame};
 use stats::DropReason;
 use std::net::Ipv4Addr;
@@ -93,25 +95,24 @@ pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> 
 /// the guest's, and with a configured IP, IPv4 sources and ARP senders must be that IP (or
 /// 0.0.0.0 for DHCP discovery and ARP probes) and IPv6 sources must be link-local or `::`.
 pub fn check_security(sec: &Security, frame: &[u8]) -> Result<(), DropReason> {
-    let src = MacAddr::from_bytes(&frame[6..]).ok_or(DropReason::Malformed)?;
-    if src != sec.mac {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
+    if eth.src() != sec.mac {
         return Err(DropReason::SpoofedMac);
     }
     let Some(ip) = sec.ip else { return Ok(()) };
-    let et = u16::from_be_bytes([frame[12], frame[13]]);
     let l3 = &frame[14..];
-    match et {
+    match eth.ethertype() {
         ethertype::IPV4 => {
-            let h = l3.get(..20).ok_or(DropReason::Malformed)?;
-            let s = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
-            if s == ip {
+            // The checked view: version 4, IHL >= 5, lengths inside the frame.
+            let p = Ipv4Packet::new_checked(l3).map_err(|_| DropReason::Malformed)?;
+            if p.src() == ip {
                 return Ok(());
             }
-            // DHCP from an unconfigured client: 0.0.0.0:68 -> 67.
-            let ihl = (h[0] & 0x0f) as usize * 4;
-            let dhcp = s.is_unspecified()
-                && h[9] == 17
-                && l3.get(ihl + 2..ihl + 4) == Some(&[0, 67][..]);
+            // DHCP from an unconfigured client: 0.0.0.0:68 -> 67 (first fragment, UDP).
+            let dhcp = p.src().is_unspecified()
+                && p.protocol() == proto::UDP
+                && p.frag_offset() == 0
+                && p.payload().get(2..4) == Some(&[0, 67][..]);
             if dhcp {
                 Ok(())
             } else {
@@ -119,12 +120,11 @@ pub fn check_security(sec: &Security, frame: &[u8]) -> Result<(), DropReason> {
             }
         }
         ethertype::ARP => {
-            // htype(2) ptype(2) hlen(1) plen(1) op(2) sha(6) spa(4)
-            let a = l3.get(..18).ok_or(DropReason::Malformed)?;
-            if a[8..14] != sec.mac.0 {
+            let a = ArpPacket::new_checked(l3).map_err(|_| DropReason::Malformed)?;
+            if a.sender_mac() != sec.mac {
                 return Err(DropReason::SpoofedMac);
             }
-            let spa = Ipv4Addr::new(a[14], a[15], a[16], a[17]);
+            let spa = a.sender_ip();
             if spa == ip || spa.is_unspecified() {
                 Ok(())
             } else {
@@ -134,10 +134,10 @@ pub fn check_security(sec: &Security, frame: &[u8]) -> Result<(), DropReason> {
         ethertype::IPV6 => {
             // Networks are IPv4; a locked port may speak IPv6 only link-locally (neighbour
             // discovery, DAD from ::), never from a routable address it could claim.
-            let h = l3.get(..40).ok_or(DropReason::Malformed)?;
-            let link_local = h[8] == 0xfe && h[9] & 0xc0 == 0x80;
-            let unspecified = h[8..24].iter().all(|b| *b == 0);
-            if link_local || unspecified {
+            let h = etherparse::Ipv6HeaderSlice::from_slice(l3).map_err(|_| DropReason::Malformed)?;
+            let src = h.source_addr();
+            let link_local = src.segments()[0] & 0xffc0 == 0xfe80;
+            if link_local || src.is_unspecified() {
                 Ok(())
             } else {
                 Err(DropReason::SpoofedIp)
@@ -187,8 +187,9 @@ mod tests {
     fn security() {
         let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
         let sec = Security { mac, ip: Some(Ipv4Addr::new(10, 1, 1, 11)) };
-        let mut ip = [0u8; 24];
+        let mut ip = [0u8; 28];
         ip[0] = 0x45;
+        ip[3] = 28;
         ip[9] = 17;
         ip[12..16].copy_from_slice(&[10, 1, 1, 11]);
         assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip)), Ok(()));
@@ -199,10 +200,17 @@ mod tests {
         ip[22..24].copy_from_slice(&[0, 67]);
         assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip)), Ok(()), "DHCP discover");
         let mut arp = [0u8; 28];
+        arp[..6].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
         arp[8..14].copy_from_slice(&mac.0);
         arp[14..18].copy_from_slice(&[10, 1, 1, 99]);
         assert_eq!(check_security(&sec, &frame(mac.0, 0x0806, &arp)), Err(DropReason::SpoofedIp));
         assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip[..10])), Err(DropReason::Malformed));
+        let mut bad_ihl = ip;
+        bad_ihl[0] = 0x44;
+        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &bad_ihl)), Err(DropReason::Malformed), "IHL < 5");
+        let mut v6 = ip;
+        v6[0] = 0x65;
+        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &v6)), Err(DropReason::Malformed), "version 6 in an IPv4 frame");
         let mut v6 = [0u8; 40];
         v6[0] = 0x60;
         assert_eq!(check_security(&sec, &frame(mac.0, 0x86dd, &v6)), Ok(()), "DAD from ::");

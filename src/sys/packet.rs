@@ -1,47 +1,16 @@
 //! AF_PACKET sockets bound to one existing interface (how a QEMU tap or a trunk NIC is attached).
 //!
 //! The socket is created with protocol 0 and only then bound with ETH_P_ALL, so it never sees
-//! frames of other interfaces. PACKET_VNET_HDR is used when the kernel offers it; PACKET_AUXDATA
+//! frames of other interfaces. libc::PACKET_VNET_HDR is used when the kernel offers it; libc::PACKET_AUXDATA
 //! gives back the VLAN tag the kernel strips on receive (skb_vlan_untag), which is reinserted so
 //! trunks see the frame as it was on the wire; our own transmissions are not looped back
-//! (PACKET_IGNORE_OUTGOING).
+//! (libc::PACKET_IGNORE_OUTGOING).
 
 use super::{cvt, netif};
 use crate::wire::vnet;
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-const SOL_PACKET: libc::c_int = 263;
-const PACKET_ADD_MEMBERSHIP: libc::c_int = 1;
-const PACKET_AUXDATA: libc::c_int = 8;
-const PACKET_VNET_HDR: libc::c_int = 15;
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-const PACKET_MR_PROMISC: libc::c_ushort = 1;
-const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
-const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
-const ETH_P_ALL: u16 = 0x0003;
-const PACKET_OUTGOING: u8 = 4;
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct TpacketAuxdata {
-    tp_status: u32,
-    tp_len: u32,
-    tp_snaplen: u32,
-    tp_mac: u16,
-    tp_net: u16,
-    tp_vlan_tci: u16,
-    tp_vlan_tpid: u16,
-}
-
-#[repr(C)]
-struct PacketMreq {
-    mr_ifindex: libc::c_int,
-    mr_type: libc::c_ushort,
-    mr_alen: libc::c_ushort,
-    mr_address: [u8; 8],
-}
 
 /// What one receive produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +21,7 @@ pub struct Received {
     pub truncated: bool,
     /// (TPID, TCI) of a tag the kernel stripped.
     pub vlan: Option<(u16, u16)>,
-    /// A frame this host sent out of the interface (seen when PACKET_IGNORE_OUTGOING is
+    /// A frame this host sent out of the interface (seen when libc::PACKET_IGNORE_OUTGOING is
     /// unavailable, before Linux 4.20); it must not be switched again.
     pub outgoing: bool,
 }
@@ -80,21 +49,21 @@ impl PacketSocket {
         // SAFETY: fd is fresh and owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let raw = fd.as_raw_fd();
-        let vnet = want_vnet && setsockopt_int(raw, SOL_PACKET, PACKET_VNET_HDR, 1).is_ok();
-        setsockopt_int(raw, SOL_PACKET, PACKET_AUXDATA, 1)?;
-        let _ = setsockopt_int(raw, SOL_PACKET, PACKET_IGNORE_OUTGOING, 1);
+        let vnet = want_vnet && setsockopt_int(raw, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1).is_ok();
+        setsockopt_int(raw, libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)?;
+        let _ = setsockopt_int(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
         let _ = setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20);
         let _ = setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
         // SAFETY: sockaddr_ll is plain old data.
         let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_ALL.to_be();
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
         sll.sll_ifindex = ifindex as i32;
         // SAFETY: sll is a valid sockaddr_ll and its exact size is passed.
         cvt(unsafe { libc::bind(raw, (&sll as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32) })?;
-        let mreq = PacketMreq { mr_ifindex: ifindex as i32, mr_type: PACKET_MR_PROMISC, mr_alen: 0, mr_address: [0; 8] };
+        let mreq = libc::packet_mreq { mr_ifindex: ifindex as i32, mr_type: libc::PACKET_MR_PROMISC as u16, mr_alen: 0, mr_address: [0; 8] };
         // SAFETY: mreq is a valid packet_mreq and its size is passed.
-        cvt(unsafe { libc::setsockopt(raw, SOL_PACKET, PACKET_ADD_MEMBERSHIP, (&mreq as *const PacketMreq).cast(), size_of::<PacketMreq>() as u32) })?;
+        cvt(unsafe { libc::setsockopt(raw, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, (&mreq as *const libc::packet_mreq).cast(), size_of::<libc::packet_mreq>() as u32) })?;
         netif::set_up(name, false)?;
         Ok(PacketSocket { fd, ifindex, vnet })
     }
@@ -126,19 +95,19 @@ impl PacketSocket {
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&msg);
             while !c.is_null() {
-                if (*c).cmsg_level == SOL_PACKET && (*c).cmsg_type == PACKET_AUXDATA
-                    && (*c).cmsg_len as usize >= libc::CMSG_LEN(size_of::<TpacketAuxdata>() as u32) as usize
+                if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA
+                    && (*c).cmsg_len as usize >= libc::CMSG_LEN(size_of::<libc::tpacket_auxdata>() as u32) as usize
                 {
-                    let a: TpacketAuxdata = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    if a.tp_status & TP_STATUS_VLAN_VALID != 0 {
-                        let tpid = if a.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 { a.tp_vlan_tpid } else { 0x8100 };
+                    let a: libc::tpacket_auxdata = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    if a.tp_status & libc::TP_STATUS_VLAN_VALID != 0 {
+                        let tpid = if a.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 { a.tp_vlan_tpid } else { 0x8100 };
                         vlan = Some((tpid, a.tp_vlan_tci));
                     }
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
         }
-        let outgoing = from.sll_pkttype == PACKET_OUTGOING;
+        let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
         Ok(Received { len: n.min(buf.len()), truncated: n > buf.len(), vlan, outgoing })
     }
 

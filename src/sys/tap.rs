@@ -1,6 +1,6 @@
 //! Tap devices opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and offloads on.
 //!
-//! Why our own ioctls and not a crate: tun-tap has no IFF_VNET_HDR/TUNSETOFFLOAD; tun-rs has
+//! Why our own ioctls and not a crate: tun-tap has no IFF_VNET_HDR/libc::TUNSETOFFLOAD; tun-rs has
 //! them but its offload path and GSO helpers are written for L3 TUN devices, while vrouter's
 //! ports are L2 taps that must pass virtio_net_hdr through untouched. The whole interface is
 //! four ioctls.
@@ -12,19 +12,6 @@ use super::{cvt, ifreq, netif};
 use crate::wire::vnet;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-const TUN_F_CSUM: libc::c_uint = 0x01;
-const TUN_F_TSO4: libc::c_uint = 0x02;
-const TUN_F_TSO6: libc::c_uint = 0x04;
-const TUN_F_TSO_ECN: libc::c_uint = 0x08;
-const TUN_F_USO4: libc::c_uint = 0x20;
-const TUN_F_USO6: libc::c_uint = 0x40;
 
 pub struct Tap {
     fd: OwnedFd,
@@ -48,21 +35,21 @@ impl Tap {
         // SAFETY: fd was just returned by open() and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut req = ifreq(name)?;
-        req.ifr_ifru.ifru_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-        // SAFETY: TUNSETIFF reads (and writes back the name into) the ifreq we own.
-        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) }).map_err(|e| {
-            io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e} (is it in use, or not a tap?)"))
+        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+        // SAFETY: libc::TUNSETIFF reads (and writes back the name into) the ifreq we own.
+        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) }).map_err(|e| {
+            io::Error::new(e.kind(), format!("libc::TUNSETIFF {name}: {e} (is it in use, or not a tap?)"))
         })?;
         let sz: libc::c_int = vnet::HDR_LEN as libc::c_int;
-        // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which is valid.
-        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &sz) })?;
-        let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+        // SAFETY: libc::TUNSETVNETHDRSZ reads an int through the pointer, which is valid.
+        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &sz) })?;
+        let base = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
         // USO needs Linux 6.2; fall back without it.
-        // SAFETY: TUNSETOFFLOAD takes the flags by value.
-        let uso = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, (base | TUN_F_USO4 | TUN_F_USO6) as libc::c_ulong) } == 0;
+        // SAFETY: libc::TUNSETOFFLOAD takes the flags by value.
+        let uso = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, (base | libc::TUN_F_USO4 | libc::TUN_F_USO6) as libc::c_ulong) } == 0;
         if !uso {
             // SAFETY: as above.
-            cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, base as libc::c_ulong) })?;
+            cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETOFFLOAD, base as libc::c_ulong) })?;
         }
         if let (Some(m), true) = (mac, created) {
             netif::set_mac(name, m)?;
