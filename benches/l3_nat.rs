@@ -130,14 +130,14 @@ fn bench(c: &mut Criterion) {
     g.finish();
     let st = d.show_stats();
     eprintln!("router: {}\nconntrack: {}", st["router"], st["conntrack"]);
-    eprintln!("conntrack bytes per flow (entry + two index slots): {}", Conntrack::bytes_per_flow());
+    eprintln!("conntrack bytes per flow at 1M flows (entry + two index slots): {}", Conntrack::bytes_per_flow(1 << 20));
     // Resident memory of a table filled with a million flows.
     let rss = || std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0) * 4096;
     let before = rss();
     let mut ct = Conntrack::new(1 << 20, Timeouts::default());
     let e = Egress { iface: Iface::Public, next_hop: [203, 0, 113, 1].into() };
     for i in 0..(1u32 << 20) {
-        let o = Key { src: (0x0a00_0000 | (i >> 8)).into(), dst: [198, 51, 100, 5].into(), sport: i as u16, dport: 443, proto: 6 };
+        let o = Key { src: (0x0a00_0000 | (i >> 8)).into(), dst: (0xc633_0000 | (i >> 16)).into(), sport: i as u16, dport: 443, proto: 6 };
         let r = Key { src: o.dst, dst: [203, 0, 113, 10].into(), sport: 443, dport: i as u16, proto: 6 };
         let _ = ct.insert(now, o, r, [e, e], 0, 2);
     }

@@ -7,6 +7,11 @@
 //! also stores where each direction leaves (interface and next hop) and the config epoch it was
 //! decided under.
 //!
+//! The index is a SwissTable of 4-byte slot numbers (flow index and direction): the keys live
+//! in the flows themselves, as Linux keeps its tuples inside `nf_conn`, so a million flows
+//! cost their entries plus about 20 bytes of index each. It is allocated for the cap up front,
+//! so it never rehashes (a stall) under a flood.
+//!
 //! Invariants: the table never holds more than `max` flows; both keys of a live flow are in the
 //! map and point at it; a key is in the map at most once, so a NAT port chosen by checking the
 //! map is never handed out twice. Expired flows are removed lazily on lookup and by an
@@ -20,7 +25,7 @@ use crate::router::Iface;
 use crate::time::Instant;
 use crate::wire::ipv4::proto;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -175,7 +180,9 @@ const SWEEP_MIN: usize = 1024;
 const EVICT_SCAN: usize = 64;
 
 pub struct Conntrack {
-    map: HashMap<Key, u32, foldhash::fast::RandomState>,
+    /// Slot numbers (`idx << 1 | dir`); the key of a slot is that flow's key in that direction.
+    map: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     flows: Vec<Flow>,
     free: Vec<u32>,
     max: usize,
@@ -196,7 +203,8 @@ impl Conntrack {
     pub fn new(max: usize, timeouts: Timeouts) -> Self {
         let max = max.clamp(1, 1 << 24);
         Conntrack {
-            map: HashMap::with_capacity_and_hasher(2 * max, foldhash::fast::RandomState::default()),
+            map: hashbrown::HashTable::with_capacity(2 * max),
+            hasher: foldhash::fast::RandomState::default(),
             flows: Vec::with_capacity(max.min(1 << 16)),
             free: Vec::new(),
             max,
@@ -218,17 +226,44 @@ impl Conntrack {
         self.max
     }
 
+    fn key_of(flows: &[Flow], s: u32) -> &Key {
+        let f = &flows[(s >> 1) as usize];
+        if s & 1 == 0 {
+            &f.orig
+        } else {
+            &f.reply
+        }
+    }
+
+    fn find(&self, k: &Key) -> Option<u32> {
+        let h = self.hasher.hash_one(k);
+        self.map.find(h, |&s| Self::key_of(&self.flows, s) == k).copied()
+    }
+
+    fn index_insert(&mut self, k: Key, s: u32) {
+        let h = self.hasher.hash_one(k);
+        let (flows, hasher) = (&self.flows, &self.hasher);
+        self.map.insert_unique(h, s, |&x| hasher.hash_one(Self::key_of(flows, x)));
+    }
+
+    fn index_remove(&mut self, k: &Key, s: u32) {
+        let h = self.hasher.hash_one(k);
+        if let Ok(e) = self.map.find_entry(h, |&x| x == s) {
+            e.remove();
+        }
+    }
+
     /// Whether `k` is some live flow's key (NAT uses it to pick unused ports).
     pub fn contains(&self, now: Instant, k: &Key) -> bool {
-        match self.map.get(k) {
-            Some(&s) => self.flows[(s >> 1) as usize].expires > now.millis(),
+        match self.find(k) {
+            Some(s) => self.flows[(s >> 1) as usize].expires > now.millis(),
             None => false,
         }
     }
 
     /// The flow a packet with key `k` belongs to, and its direction. Expired flows are removed.
     pub fn lookup(&mut self, now: Instant, k: &Key) -> Option<(u32, Dir)> {
-        let s = *self.map.get(k)?;
+        let s = self.find(k)?;
         let idx = s >> 1;
         if self.flows[idx as usize].expires <= now.millis() {
             self.remove(idx);
@@ -245,10 +280,13 @@ impl Conntrack {
     /// Adds a flow for a first packet seen in the `orig` direction. The caller has checked that
     /// neither key is in use.
     pub fn insert(&mut self, now: Instant, orig: Key, reply: Key, egress: [Egress; 2], epoch: u32, tcp: u8) -> Result<u32, Full> {
-        if self.map.contains_key(&orig) || self.map.contains_key(&reply) {
-            // A stale flow holding the key (expired but not yet swept) gives way.
+        if orig == reply {
+            return Err(Full);
+        }
+        {
+            // A stale flow holding a key (expired but not yet swept) gives way.
             for k in [orig, reply] {
-                if let Some(&s) = self.map.get(&k) {
+                if let Some(s) = self.find(&k) {
                     let idx = s >> 1;
                     if self.flows[idx as usize].expires <= now.millis() {
                         self.remove(idx);
@@ -283,8 +321,8 @@ impl Conntrack {
         };
         let f = &mut self.flows[idx as usize];
         f.expires = now.millis() + self.timeouts.for_state(f.state).as_millis() as u64;
-        self.map.insert(orig, slot(idx, Dir::Orig));
-        self.map.insert(reply, slot(idx, Dir::Reply));
+        self.index_insert(orig, slot(idx, Dir::Orig));
+        self.index_insert(reply, slot(idx, Dir::Reply));
         self.live += 1;
         self.stats.created += 1;
         Ok(idx)
@@ -323,9 +361,7 @@ impl Conntrack {
         f.live = false;
         let (o, r) = (f.orig, f.reply);
         for (k, d) in [(o, Dir::Orig), (r, Dir::Reply)] {
-            if self.map.get(&k) == Some(&slot(idx, d)) {
-                self.map.remove(&k);
-            }
+            self.index_remove(&k, slot(idx, d));
         }
         self.free.push(idx);
         self.live -= 1;
@@ -408,11 +444,12 @@ impl Conntrack {
         (rows, (i < self.flows.len()).then_some(i))
     }
 
-    /// Bytes the table uses per flow at its present size: the entry plus two index slots
-    /// (hashbrown: key and value plus one control byte each, at its 7/8 load factor).
-    pub fn bytes_per_flow() -> usize {
-        let slot = std::mem::size_of::<(Key, u32)>() + 1;
-        std::mem::size_of::<Flow>() + 2 * slot * 8 / 7
+    /// Bytes a full table uses per flow: the entry plus its two index slots (4 bytes and a
+    /// control byte each), with the index's buckets rounded up to a power of two as SwissTable
+    /// sizes them.
+    pub fn bytes_per_flow(max: usize) -> usize {
+        let buckets = (2 * max * 8 / 7).next_power_of_two();
+        std::mem::size_of::<Flow>() + buckets * (std::mem::size_of::<u32>() + 1) / max.max(1)
     }
 }
 
@@ -582,7 +619,9 @@ mod tests {
     #[test]
     fn entry_is_compact() {
         // DESIGN: aim at <= 128 bytes per flow, a million flows well under 1 GiB.
-        let b = Conntrack::bytes_per_flow();
-        assert!(b <= 128, "{b} bytes per flow");
+        for max in [1 << 20, 1_000_000, 262_144] {
+            let b = Conntrack::bytes_per_flow(max);
+            assert!(b <= 128, "{b} bytes per flow at {max}");
+        }
     }
 }
