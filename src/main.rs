@@ -236,7 +236,7 @@ fn render(t: Table, data: &Value) -> String {
                 }
                 r
             }).collect();
-            table(&rows, &["name", "kind", "ifname", "mode", "network", "offload", "macs_learned", "rx_frames", "tx_frames", "drops"])
+            table(&rows, &["name", "kind", "ifname", "state", "mode", "network", "offload", "macs_learned", "rx_frames", "tx_frames", "drops"])
         }
         Table::Fdb => table(data.as_array().unwrap_or(&empty), &["network", "mac", "port", "type", "age_secs"]),
         Table::Stats => {

@@ -33,6 +33,14 @@ impl Device {
         }
     }
 
+    /// False once the device behind the fd is gone (a deleted tap).
+    pub fn attached(&self) -> bool {
+        match self {
+            Device::Tap(t) => t.attached(),
+            Device::Packet(_) => true,
+        }
+    }
+
     pub fn recv(&self, buf: &mut PacketBuf) -> io::Result<Rx> {
         match self {
             Device::Tap(t) => {

@@ -14,7 +14,7 @@ use crate::build;
 use crate::datapath::{Datapath, DatapathConfig, Transmit};
 use crate::switch::stats::DropReason;
 use crate::switch::PortId;
-use crate::sys::{netif, packet::PacketSocket, tap::Tap};
+use crate::sys::{netif, packet::PacketSocket, rtnl, tap::Tap};
 use crate::time::Instant;
 use crate::wire::ethernet::MacAddr;
 use crate::wire::vnet::VnetHdr;
@@ -32,6 +32,7 @@ const CONNTRACK_PAGE: usize = 4096;
 const BUDGET: usize = 256;
 const SIGNAL: Token = Token(usize::MAX - 1);
 const WAKE: Token = Token(usize::MAX - 2);
+const LINKS: Token = Token(usize::MAX - 3);
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -49,45 +50,57 @@ pub enum RunError {
 
 pub use crate::build::router_mac;
 
+/// How to (re)open one port's device: enough to attach it again after its interface came back.
+#[derive(Debug, Clone)]
+pub struct PortOpen {
+    pub kind: IfKind,
+    pub name: String,
+    pub ifname: String,
+    /// The guest's MAC, given to a tap vrouter creates.
+    pub mac: Option<MacAddr>,
+}
+
+/// The devices to open, in the datapath's port order (guest ports, uplinks, public).
+pub fn port_opens(c: &Config) -> Vec<PortOpen> {
+    let mut v: Vec<PortOpen> = c
+        .ports
+        .iter()
+        .filter(|p| c.networks.iter().any(|n| n.name == p.network))
+        .map(|p| PortOpen { kind: p.kind, name: p.name.clone(), ifname: p.ifname.clone(), mac: p.mac })
+        .collect();
+    v.extend(c.uplinks.iter().map(|u| PortOpen { kind: u.kind, name: u.name.clone(), ifname: u.ifname.clone(), mac: None }));
+    if let Some(pb) = &c.public {
+        v.push(PortOpen { kind: pb.kind, name: build::PUBLIC_PORT.into(), ifname: pb.ifname.clone(), mac: None });
+    }
+    v
+}
+
+/// Opens one port's device.
+pub fn open_device(o: &PortOpen) -> Result<Device, RunError> {
+    let err = |source| RunError::Port { name: o.name.clone(), ifname: o.ifname.clone(), source };
+    match o.kind {
+        // The tap's kernel side is the guest NIC: it gets the guest's MAC.
+        IfKind::Tap => Ok(Device::Tap(Tap::open(&o.ifname, o.mac).map_err(err)?)),
+        IfKind::Netdev => {
+            // An interface nobody had brought up (a fresh QEMU tap) becomes a pure L2 port: no
+            // IPv6 link-local address, no host traffic. One already up is the operator's: its
+            // host configuration is left alone.
+            if !netif::is_up(&o.ifname).map_err(err)? {
+                netif::disable_ipv6(&o.ifname);
+            }
+            Ok(Device::Packet(PacketSocket::open(&o.ifname, true).map_err(err)?))
+        }
+    }
+}
+
 /// Opens every port and builds the datapath's view of them (`build::datapath_config`, plus
 /// each device's offload capability). Ports, then uplinks, then the public port.
 pub fn open_ports(c: &Config) -> Result<(Vec<Device>, DatapathConfig), RunError> {
     let mut dcfg = build::datapath_config(c);
-    let open = |kind: IfKind, name: &str, ifname: &str, mac: Option<MacAddr>| -> Result<Device, RunError> {
-        let err = |source| RunError::Port { name: name.into(), ifname: ifname.into(), source };
-        match kind {
-            IfKind::Tap => {
-                // The tap's kernel side is the guest NIC: it gets the guest's MAC.
-                Ok(Device::Tap(Tap::open(ifname, mac).map_err(err)?))
-            }
-            IfKind::Netdev => {
-                // An interface nobody had brought up (a fresh QEMU tap) becomes a pure L2 port:
-                // no IPv6 link-local address, no host traffic. One already up is the
-                // operator's: its host configuration is left alone.
-                if !netif::is_up(ifname).map_err(err)? {
-                    netif::disable_ipv6(ifname);
-                }
-                Ok(Device::Packet(PacketSocket::open(ifname, true).map_err(err)?))
-            }
-        }
-    };
     let mut devs = Vec::new();
-    for p in &c.ports {
-        if !c.networks.iter().any(|n| n.name == p.network) {
-            continue;
-        }
-        let dev = open(p.kind, &p.name, &p.ifname, p.mac)?;
-        tracing::info!(port = %p.name, ifname = %p.ifname, network = %p.network, offload = dev.offload(), "guest port attached");
-        devs.push(dev);
-    }
-    for u in &c.uplinks {
-        let dev = open(u.kind, &u.name, &u.ifname, None)?;
-        tracing::info!(uplink = %u.name, ifname = %u.ifname, offload = dev.offload(), "trunk attached");
-        devs.push(dev);
-    }
-    if let Some(pb) = &c.public {
-        let dev = open(pb.kind, build::PUBLIC_PORT, &pb.ifname, None)?;
-        tracing::info!(ifname = %pb.ifname, ips = ?pb.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(), offload = dev.offload(), "public port attached");
+    for o in port_opens(c) {
+        let dev = open_device(&o)?;
+        tracing::info!(port = %o.name, ifname = %o.ifname, kind = build::kind_name(o.kind), offload = dev.offload(), "port attached");
         devs.push(dev);
     }
     for (spec, dev) in dcfg.ports.iter_mut().zip(&devs) {
@@ -96,14 +109,39 @@ pub fn open_ports(c: &Config) -> Result<(Vec<Device>, DatapathConfig), RunError>
     Ok((devs, dcfg))
 }
 
+/// One port at the I/O edge: its device while attached, and how to attach it again.
+struct Slot {
+    open: PortOpen,
+    dev: Option<Device>,
+    /// Interface index the device is bound to (a new index under the same name is a new
+    /// interface: the old one was deleted).
+    ifindex: Option<u32>,
+    /// When the interface went away (for the log and `show ports`).
+    lost_at: Option<std::time::Instant>,
+    last_err: Option<i32>,
+    /// The device cannot be reopened with offloads matching the datapath's port (it was
+    /// offload-capable before): kept waiting rather than attached inconsistently.
+    offload: bool,
+}
+
+impl Slot {
+    fn state(&self) -> &'static str {
+        if self.dev.is_some() {
+            "up"
+        } else {
+            "waiting"
+        }
+    }
+}
+
 struct IoTx<'a> {
-    devs: &'a [Device],
+    slots: &'a [Slot],
     write_ns: &'a mut hdrhistogram::Histogram<u64>,
 }
 
 impl Transmit for IoTx<'_> {
     fn transmit(&mut self, port: PortId, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), DropReason> {
-        let d = self.devs.get(port.0 as usize).ok_or(DropReason::TxError)?;
+        let d = self.slots.get(port.0 as usize).ok_or(DropReason::TxError)?.dev.as_ref().ok_or(DropReason::PortDown)?;
         let t = std::time::Instant::now();
         let r = d.send(vnet, frame).map_err(|e| match e.raw_os_error() {
             Some(libc::EIO | libc::ENETDOWN | libc::ENXIO | libc::EBADFD | libc::ENODEV) => DropReason::PortDown,
@@ -115,15 +153,108 @@ impl Transmit for IoTx<'_> {
     }
 }
 
+/// Errors after which a device's fd is useless: the interface was deleted.
+fn gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBADFD | libc::ENODEV | libc::ENXIO))
+}
+
+/// Detaches a port whose interface disappeared; forwarding for everyone else goes on.
+fn detach(poll: &Poll, slots: &mut [Slot], i: usize, dp: &mut Datapath, why: &str) {
+    let s = &mut slots[i];
+    if let Some(d) = s.dev.take() {
+        let _ = poll.registry().deregister(&mut SourceFd(&d.as_raw_fd()));
+        s.lost_at = Some(std::time::Instant::now());
+        s.ifindex = None;
+        dp.port_lost(PortId(i as u16));
+        tracing::warn!(port = %s.open.name, ifname = %s.open.ifname, "{why}; waiting for the interface to come back");
+    }
+}
+
+/// Compares every port with the interfaces present now: detaches ports whose interface is gone
+/// (or was replaced under the same name) and reattaches waiting ports whose interface is back.
+/// A `tap` port is recreated by vrouter itself. Returns true if a port is still waiting.
+fn check_links(poll: &Poll, slots: &mut [Slot], dp: &mut Datapath) -> bool {
+    let mut waiting = false;
+    for i in 0..slots.len() {
+        let now_index = netif::index(&slots[i].open.ifname);
+        if slots[i].dev.is_some() {
+            // A tap's kernel side usually lives in the guest's namespace, where its name is not
+            // visible from here: a deleted tap shows itself by failing reads (EBADFD) instead.
+            let deleted = match slots[i].open.kind {
+                IfKind::Netdev => now_index != slots[i].ifindex,
+                IfKind::Tap => !slots[i].dev.as_ref().is_some_and(Device::attached),
+            };
+            if deleted {
+                detach(poll, slots, i, dp, "interface deleted");
+            } else {
+                continue;
+            }
+        }
+        let s = &mut slots[i];
+        if s.open.kind == IfKind::Netdev && now_index.is_none() {
+            waiting = true;
+            continue;
+        }
+        match open_device(&s.open) {
+            Ok(d) if d.offload() == s.offload => {
+                if let Err(e) = poll.registry().register(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE) {
+                    tracing::warn!(port = %s.open.name, "cannot watch the reattached device: {e}");
+                    waiting = true;
+                    continue;
+                }
+                let after = s.lost_at.take().map(|t| t.elapsed().as_millis()).unwrap_or(0);
+                s.ifindex = netif::index(&s.open.ifname);
+                s.last_err = None;
+                s.dev = Some(d);
+                let how = if s.open.kind == IfKind::Tap { "tap recreated" } else { "interface back" };
+                tracing::info!(port = %s.open.name, ifname = %s.open.ifname, waited_ms = after as u64, "{how}; port reattached");
+            }
+            Ok(_) => {
+                if s.last_err != Some(-1) {
+                    s.last_err = Some(-1);
+                    tracing::warn!(port = %s.open.name, "the new interface offers different offloads; not reattached");
+                }
+                waiting = true;
+            }
+            Err(e) => {
+                tracing::debug!(port = %s.open.name, "reattach failed: {e}");
+                waiting = true;
+            }
+        }
+    }
+    waiting
+}
+
 /// Runs the account until SIGINT or SIGTERM.
 pub fn run(v: &Validated) -> Result<(), RunError> {
     let c = &v.config;
     let (devs, dcfg) = open_ports(c)?;
+    let offloads: Vec<bool> = dcfg.ports.iter().map(|p| p.offload).collect();
     let mut dp = Datapath::new(dcfg);
     let mut poll = Poll::new()?;
-    for (i, d) in devs.iter().enumerate() {
-        poll.registry().register(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE)?;
+    let mut slots: Vec<Slot> = port_opens(c)
+        .into_iter()
+        .zip(devs)
+        .zip(offloads)
+        .map(|((open, dev), offload)| Slot { ifindex: netif::index(&open.ifname), open, dev: Some(dev), lost_at: None, last_err: None, offload })
+        .collect();
+    for (i, s) in slots.iter().enumerate() {
+        if let Some(d) = &s.dev {
+            poll.registry().register(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE)?;
+        }
     }
+    // Interfaces that vanish (a VM powered off, its tap deleted) and return are noticed through
+    // rtnetlink; a periodic check backs it up.
+    let links = match rtnl::LinkWatch::open() {
+        Ok(l) => {
+            poll.registry().register(&mut SourceFd(&l.as_raw_fd()), LINKS, Interest::READABLE)?;
+            Some(l)
+        }
+        Err(e) => {
+            tracing::warn!("no rtnetlink link notifications ({e}); checking interfaces every second");
+            None
+        }
+    };
     // Signals arrive as bytes on a socketpair, so the loop sees them as an ordinary event.
     let (sig_rx, sig_tx) = std::os::unix::net::UnixStream::pair()?;
     sig_rx.set_nonblocking(true)?;
@@ -138,16 +269,18 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     control::serve(&sock, ctl_tx, move || {
         let _ = w.wake();
     })?;
-    tracing::info!(router = %c.router.name, ports = devs.len(), socket = %sock.display(), "vrouter running");
+    tracing::info!(router = %c.router.name, ports = slots.len(), socket = %sock.display(), "vrouter running");
 
     let origin = std::time::Instant::now();
     let clock = || Instant::from_millis(origin.elapsed().as_millis() as u64);
     let mut events = Events::with_capacity(256);
-    let mut ready = vec![false; devs.len()];
-    let mut last_err: Vec<Option<i32>> = vec![None; devs.len()];
+    let mut ready = vec![false; slots.len()];
     let mut lat = latency::Latency::default();
     let mut pool = BufPool::new(4);
     let mut shutdown = false;
+    let mut check = false;
+    let mut waiting = false;
+    let mut last_check = std::time::Instant::now();
     // Sleeping in epoll costs a wakeup (an IPI, a hypervisor exit on a VM) per batch; spinning
     // a little after traffic keeps the pipeline full. Idle ports still cost nothing.
     let busy_poll = Duration::from_micros(c.router.busy_poll_us);
@@ -174,22 +307,29 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                     shutdown = true;
                 }
                 WAKE => {}
+                LINKS => check |= links.as_ref().is_some_and(|l| l.drain()),
                 Token(i) if i < ready.len() => ready[i] = true,
                 _ => {}
             }
         }
+        if check || ((waiting || links.is_none()) && last_check.elapsed() >= Duration::from_secs(1)) {
+            check = false;
+            last_check = std::time::Instant::now();
+            waiting = check_links(&poll, &mut slots, &mut dp);
+        }
         let now = clock();
         let mut buf = pool.get();
         let mut got = false;
-        for (i, dev) in devs.iter().enumerate() {
+        for i in 0..slots.len() {
             if !ready[i] {
                 continue;
             }
-            let port = PortId(i as u16);
-            let mut tx = IoTx { devs: &devs, write_ns: &mut lat.write };
             ready[i] = false;
+            let port = PortId(i as u16);
             let mut n = 0;
+            let mut lost = None;
             loop {
+                let Some(dev) = slots[i].dev.as_ref() else { break };
                 if n == BUDGET {
                     // Not drained yet: come back after the other fds had their turn.
                     ready[i] = true;
@@ -199,43 +339,52 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                 match dev.recv(&mut buf) {
                     Ok(Rx::Frame) => {
                         let t = std::time::Instant::now();
+                        let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write };
                         dp.process(now, port, &mut buf, &mut tx);
                         lat.frame.saturating_record(t.elapsed().as_nanos() as u64);
                         got = true;
-                        last_err[i] = None;
+                        slots[i].last_err = None;
                     }
                     Ok(Rx::Dropped(r)) => dp.count_drop(port, r),
                     Ok(Rx::Ignored) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if gone(&e) => {
+                        lost = Some(e);
+                        break;
+                    }
                     // Per-frame or one-shot errors (a packet socket reports ENETDOWN once, ahead
                     // of frames still queued): keep draining within the budget, or those frames
-                    // would wait for a new edge. Anything else (EBADFD, ENODEV: the device is
-                    // gone) stops this fd, so a dead device cannot keep the loop busy.
+                    // would wait for a new edge.
                     Err(e) if matches!(e.raw_os_error(), Some(libc::ENETDOWN | libc::ENOBUFS | libc::EFAULT | libc::EMSGSIZE)) => {
-                        if last_err[i] != e.raw_os_error() {
-                            last_err[i] = e.raw_os_error();
+                        if slots[i].last_err != e.raw_os_error() {
+                            slots[i].last_err = e.raw_os_error();
                             tracing::warn!(port = %dp.port_name(port), "receive: {e}");
                         }
                         // Link down or interface deleted: what was learned behind it is gone,
-                        // as a physical switch flushes its table on link loss.
+                        // as a physical switch flushes its table on link loss; a deletion
+                        // also shows up as a link event, which detaches the port.
                         if e.raw_os_error() == Some(libc::ENETDOWN) {
                             dp.port_lost(port);
+                            check = true;
                         }
                         continue;
                     }
                     Err(e) => {
                         // Edge-triggered: a dead device wakes us once, so this cannot spin.
-                        // Say it once per error kind, not per frame.
-                        if last_err[i] != e.raw_os_error() {
-                            last_err[i] = e.raw_os_error();
+                        if slots[i].last_err != e.raw_os_error() {
+                            slots[i].last_err = e.raw_os_error();
                             tracing::warn!(port = %dp.port_name(port), "receive failed: {e} (device down or removed?)");
-                            // Its learned addresses point at a dead end now: flood instead.
                             dp.port_lost(port);
                         }
+                        check = true;
                         break;
                     }
                 }
+            }
+            if let Some(e) = lost {
+                detach(&poll, &mut slots, i, &mut dp, &format!("receive failed: {e}"));
+                check = true;
             }
         }
         pool.put(buf);
@@ -243,11 +392,11 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             last_frame = std::time::Instant::now();
         }
         {
-            let mut tx = IoTx { devs: &devs, write_ns: &mut lat.write };
+            let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write };
             dp.poll(now, &mut tx);
         }
         while let Ok(env) = inbox.try_recv() {
-            let resp = answer(&dp, &lat, &env.request, now, origin.elapsed());
+            let resp = answer(&dp, &slots, &lat, &env.request, now, origin.elapsed());
             let _ = env.reply.send(resp);
         }
     }
@@ -258,9 +407,18 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
 
 use std::io::Read;
 
-fn answer(dp: &Datapath, lat: &latency::Latency, req: &Request, now: Instant, uptime: Duration) -> Response {
+fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, now: Instant, uptime: Duration) -> Response {
     match req {
-        Request::Show { table: Table::Ports, .. } => Response::ok(dp.show_ports()),
+        Request::Show { table: Table::Ports, .. } => {
+            let mut v = dp.show_ports();
+            if let serde_json::Value::Array(rows) = &mut v {
+                for (row, s) in rows.iter_mut().zip(slots) {
+                    row["state"] = s.state().into();
+                    row["waiting_secs"] = s.lost_at.filter(|_| s.dev.is_none()).map(|t| t.elapsed().as_secs()).into();
+                }
+            }
+            Response::ok(v)
+        }
         Request::Show { table: Table::Conntrack, offset } => {
             // One bounded page per request: a full table never stalls forwarding.
             let r = dp.router();

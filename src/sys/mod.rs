@@ -3,6 +3,7 @@
 
 pub mod netif;
 pub mod packet;
+pub mod rtnl;
 pub mod tap;
 
 use std::io;

@@ -62,6 +62,15 @@ impl Tap {
         &self.name
     }
 
+    /// Whether the fd is still attached to a device: once the tap is deleted (`ip link del`,
+    /// in whatever namespace its kernel side lives), the kernel answers EBADFD.
+    pub fn attached(&self) -> bool {
+        let Ok(mut req) = ifreq(&self.name) else { return true };
+        // SAFETY: TUNGETIFF writes the device's name and flags into the ifreq we own.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::TUNGETIFF, &mut req) };
+        !(r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EBADFD))
+    }
+
     /// Reads one frame (with its vnet header) into `buf`.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: buf is valid for writes of buf.len() bytes for the duration of the call.

@@ -193,6 +193,11 @@ impl Lab {
         }
     }
 
+    /// Tracks a namespace the test made itself, to be deleted on drop.
+    pub fn adopt_netns(&mut self, ns: String) {
+        self.netns.push(ns);
+    }
+
     /// Tracks a pid started by a helper script, to be ended on drop.
     pub fn adopt_pid(&mut self, pid: u32) {
         self.pids.push(pid);
