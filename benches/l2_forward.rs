@@ -2,7 +2,7 @@
 //! ports, a broadcast flood, a trunk ingress (tag pop), and software segmentation of a 64 KiB
 //! TCP super-frame for a port without offloads.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vrouter::buf::PacketBuf;
 use vrouter::datapath::{Datapath, DatapathConfig, NetSpec, PortSpec, Transmit};
 use vrouter::switch::stats::DropReason;
@@ -56,9 +56,9 @@ fn bench(c: &mut Criterion) {
     let now = Instant::from_secs(1);
     d.process(now, PortId(1), &mut PacketBuf::from_frame(&frame([0xff; 6], m2, 60), VnetHdr::default()), &mut tx);
     let mut b = PacketBuf::from_frame(&frame(m2, m1, 1514), VnetHdr::default());
-    g.bench_function("unicast_known_1514B", |bn| bn.iter(|| d.process(black_box(now), PortId(0), &mut b, &mut tx)));
+    g.bench_function("unicast_known_1514B", |bn| bn.iter(|| d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)));
     let mut b = PacketBuf::from_frame(&frame([0xff; 6], m1, 60), VnetHdr::default());
-    g.bench_function("broadcast_flood_3_ports", |bn| bn.iter(|| d.process(black_box(now), PortId(0), &mut b, &mut tx)));
+    g.bench_function("broadcast_flood_3_ports", |bn| bn.iter(|| d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)));
     let mut tagged = frame(m2, [0x52, 0x54, 0, 0, 0, 3], 1518);
     tagged.splice(12..12, [0x81, 0x00, 0x00, 101]);
     tagged.truncate(1518);
@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("trunk_ingress_pop_1518B", |bn| {
         bn.iter(|| {
             b.load(&tagged, VnetHdr::default());
-            d.process(black_box(now), PortId(3), &mut b, &mut tx)
+            d.process(std::hint::black_box(now), PortId(3), &mut b, &mut tx)
         })
     });
     // 64 KiB TCP super-frame to a port without offload: software segmentation into 45 frames.
@@ -81,7 +81,7 @@ fn bench(c: &mut Criterion) {
     let v = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: 1448, hdr_len: 54, csum_start: 34, csum_offset: 16, ..Default::default() };
     let mut b = PacketBuf::from_frame(&sf, v);
     g.throughput(Throughput::Bytes(65_000));
-    g.bench_function("sw_segment_64k_superframe", |bn| bn.iter(|| d.process(black_box(now), PortId(0), &mut b, &mut tx)));
+    g.bench_function("sw_segment_64k_superframe", |bn| bn.iter(|| d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)));
     g.finish();
 }
 

@@ -4,7 +4,7 @@
 //! Also prints the conntrack table's memory per flow, measured by filling it with a million
 //! flows.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vrouter::buf::PacketBuf;
 use vrouter::config::schema::Action;
 use vrouter::conntrack::{Conntrack, Egress, Key, Timeouts};
@@ -92,11 +92,11 @@ fn bench(c: &mut Criterion) {
     let est = tcp([10, 1, 1, 11], 40000, [198, 51, 100, 5], 0);
     d.process(now, PortId(0), &mut PacketBuf::from_frame(&est, VnetHdr::default()), &mut tx);
     let mut b = PacketBuf::new();
-    g.bench_function("reload_only_64B", |bn| bn.iter(|| b.load(black_box(&est), VnetHdr::default())));
+    g.bench_function("reload_only_64B", |bn| bn.iter(|| b.load(std::hint::black_box(&est), VnetHdr::default())));
     g.bench_function("snat_established_64B", |bn| {
         bn.iter(|| {
             b.load(&est, VnetHdr::default());
-            d.process(black_box(now), PortId(0), &mut b, &mut tx)
+            d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)
         })
     });
     let routed = tcp([10, 1, 1, 11], 40001, [10, 1, 2, 11], 0);
@@ -104,7 +104,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("routed_established_64B", |bn| {
         bn.iter(|| {
             b.load(&routed, VnetHdr::default());
-            d.process(black_box(now), PortId(0), &mut b, &mut tx)
+            d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)
         })
     });
     // New flows: a fresh source port and address each time (the table holds up to 1M; past
@@ -124,7 +124,7 @@ fn bench(c: &mut Criterion) {
             let cs = vrouter::wire::checksum::checksum(&fresh[14..34]);
             fresh[24..26].copy_from_slice(&cs.to_be_bytes());
             b.load(&fresh, VnetHdr::default());
-            d.process(black_box(now), PortId(0), &mut b, &mut tx)
+            d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)
         })
     });
     g.finish();

@@ -103,6 +103,30 @@ pub fn datapath(dp: &mut Datapath, data: &[u8]) {
     }
 }
 
+/// Wire parsers (Ethernet, 802.1Q, virtio_net_hdr, IPv4, ARP, quoted ICMP errors), the NAT
+/// rewrites and the software offload path on arbitrary bytes. Must never panic.
+pub fn wire(data: &[u8]) {
+    use crate::conntrack::Key;
+    use crate::wire::{arp::ArpPacket, ethernet::EthernetFrame, ipv4::Ipv4Packet, vlan::VlanFrame};
+    let _ = EthernetFrame::new_checked(data).map(|f| (f.dst(), f.src(), f.ethertype()));
+    let _ = VlanFrame::new_checked(data).map(|v| (v.vid(), v.inner_ethertype()));
+    let _ = ArpPacket::new_checked(data).map(|a| (a.operation(), a.sender_ip(), a.target_ip()));
+    if let Ok(p) = Ipv4Packet::new_checked(data) {
+        let _ = (p.verify_checksum(), p.src(), p.dst(), p.frag_offset(), p.payload().len());
+        let _ = crate::nat::quoted_key(p.payload());
+        let from = Key { src: p.src(), dst: p.dst(), sport: 1, dport: 2, proto: p.protocol() };
+        let to = Key { src: [203, 0, 113, 10].into(), sport: 1024, ..from };
+        let mut copy = data.to_vec();
+        crate::nat::rewrite(&mut copy, data.first().is_some_and(|b| b & 1 == 1), &from, &to);
+        let mut copy = data.to_vec();
+        let _ = crate::nat::rewrite_icmp_error(&mut copy, to.src, to.dst, &from, &to);
+    }
+    if let Ok(h) = VnetHdr::parse(data) {
+        let mut scratch = vec![0u8; crate::buf::BUF_SIZE];
+        let _ = crate::offload::finish(data.get(10..).unwrap_or(&[]), &h, &mut scratch, &mut |_| {});
+    }
+}
+
 /// Config parsing must turn any text into a config or diagnostics, never a panic.
 pub fn config(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
@@ -220,6 +244,14 @@ mod tests {
                 if next() % 8 == 0 {
                     let at = (next() as usize) % frame.len();
                     frame[at] ^= next() as u8;
+                }
+                // The IP packet alone (and with its first byte made IPv4-like) through the wire
+                // parsers and NAT rewrites.
+                let mut ip = frame[14.min(frame.len())..].to_vec();
+                super::wire(&ip);
+                if let Some(b) = ip.first_mut() {
+                    *b = 0x45;
+                    super::wire(&ip);
                 }
                 d.push(next() as u8);
                 d.extend_from_slice(&(frame.len() as u16).to_le_bytes());

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::ops::Range;
-use toml_edit::{ImDocument, Item, Table, Value};
+use toml_edit::{Document, Item, Table, Value};
 
 /// One step of a key path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,7 @@ impl fmt::Display for KeyPath {
 /// The source text with its parsed span tree.
 pub struct Locator<'a> {
     src: &'a str,
-    doc: Option<ImDocument<&'a str>>,
+    doc: Option<Document<&'a str>>,
 }
 
 #[derive(Clone, Copy)]
@@ -85,7 +85,7 @@ enum Node<'a> {
 
 impl<'a> Locator<'a> {
     pub fn new(src: &'a str) -> Self {
-        Locator { src, doc: ImDocument::parse(src).ok() }
+        Locator { src, doc: Document::parse(src).ok() }
     }
 
     /// The text did not even parse as TOML.
