@@ -21,9 +21,10 @@ pub struct PacketBuf {
     end: usize,
     /// Offload metadata (all-zero when the port has no vnet header).
     pub vnet: VnetHdr,
-    /// 802.1p priority of the tag popped at ingress (0 for untagged frames), so a frame keeps
-    /// its priority from one trunk to another.
-    pub pcp: u8,
+    /// The priority bits of the tag popped at ingress: PCP (3 bits) and DEI (1 bit), i.e. the
+    /// top four bits of the TCI (0 for untagged frames), so a frame keeps its 802.1p priority
+    /// and drop eligibility from one trunk to another.
+    pub prio: u8,
 }
 
 impl Default for PacketBuf {
@@ -34,7 +35,7 @@ impl Default for PacketBuf {
 
 impl PacketBuf {
     pub fn new() -> Self {
-        PacketBuf { data: vec![0u8; BUF_SIZE].into_boxed_slice(), start: HEADROOM, end: HEADROOM, vnet: VnetHdr::default(), pcp: 0 }
+        PacketBuf { data: vec![0u8; BUF_SIZE].into_boxed_slice(), start: HEADROOM, end: HEADROOM, vnet: VnetHdr::default(), prio: 0 }
     }
 
     /// A buffer holding a copy of `frame` (tests, benchmarks, fuzzing).
@@ -51,7 +52,7 @@ impl PacketBuf {
         self.start = HEADROOM;
         self.end = HEADROOM + n;
         self.vnet = vnet;
-        self.pcp = 0;
+        self.prio = 0;
     }
 
     /// The area a read fills: a vnet header (if `with_vnet`) ends exactly at HEADROOM, where the
@@ -65,7 +66,7 @@ impl PacketBuf {
     /// missing or invalid (the frame must then be dropped).
     pub fn set_received(&mut self, n: usize, with_vnet: bool) -> bool {
         self.start = HEADROOM;
-        self.pcp = 0;
+        self.prio = 0;
         if with_vnet {
             if n < vnet::HDR_LEN {
                 self.end = HEADROOM;
@@ -100,8 +101,9 @@ impl PacketBuf {
     }
 
     /// Inserts an 802.1Q tag after the MACs. False if there is no headroom or no Ethernet header.
-    pub fn push_vlan(&mut self, vid: u16, pcp: u8) -> bool {
-        let t = vlan::tag_bytes(vid, pcp);
+    /// `prio`: PCP and DEI as the top four bits of the TCI.
+    pub fn push_vlan(&mut self, vid: u16, prio: u8) -> bool {
+        let t = vlan::tag_bytes(vid, prio);
         self.push_tag(u16::from_be_bytes([t[0], t[1]]), u16::from_be_bytes([t[2], t[3]]))
     }
 
@@ -124,12 +126,12 @@ impl PacketBuf {
     }
 
     /// Removes the tag after the MACs (the caller has checked there is one), remembering its
-    /// priority in `pcp`.
+    /// priority bits (PCP and DEI) in `prio`.
     pub fn pop_vlan(&mut self) -> bool {
         if self.len() < 12 + TAG_LEN + 2 {
             return false;
         }
-        let pcp = self.data[self.start + 14] >> 5;
+        let prio = self.data[self.start + 14] >> 4;
         let mut v = self.vnet;
         if !v.shift(-(TAG_LEN as i32)) {
             return false;
@@ -138,7 +140,7 @@ impl PacketBuf {
         self.data.copy_within(s..s + 12, s + TAG_LEN);
         self.start += TAG_LEN;
         self.vnet = v;
-        self.pcp = pcp;
+        self.prio = prio;
         true
     }
 }

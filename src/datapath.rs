@@ -388,7 +388,7 @@ impl Datapath {
         let vid = net.and_then(|n| self.nets[n.0 as usize].spec.vlan);
         if trunk {
             match vid {
-                Some(v) if buf.push_vlan(v, buf.pcp) => {}
+                Some(v) if buf.push_vlan(v, buf.prio) => {}
                 _ => {
                     self.stats[pi].drop(DropReason::TagPushFailed);
                     return;
@@ -430,9 +430,9 @@ impl Datapath {
         }
         if trunk {
             // Undo our own push; the ingress priority stays for the next port.
-            let pcp = buf.pcp;
+            let prio = buf.prio;
             buf.pop_vlan();
-            buf.pcp = pcp;
+            buf.prio = prio;
         }
     }
 

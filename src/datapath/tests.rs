@@ -197,19 +197,7 @@ fn runt_and_bad_sources_are_dropped() {
 
 #[test]
 fn port_security_macs_are_pinned_against_trunk_takeover() {
-    let mut d = dp();
-    d = Datapath::new(DatapathConfig {
-        ports: {
-            let mut p = d.ports.clone();
-            p[1].role = Role::Access { net: A, security: Some(Security { mac: mac(1), ip: None }) };
-            p
-        },
-        router_mac: ROUTER,
-        nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }, NetSpec { name: "b".into(), vlan: Some(102) }],
-        mac_aging: Duration::from_secs(300),
-        mac_table_size: 64,
-        l3: Default::default(),
-    });
+    let mut d = dp_secured(1);
     // Known before it ever spoke: unicast goes straight to p1.
     assert_eq!(send(&mut d, 0, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1]);
     // Someone behind the trunk claims mac(1): dropped, and the entry stays on p1.
@@ -219,10 +207,26 @@ fn port_security_macs_are_pinned_against_trunk_takeover() {
     assert_eq!(send(&mut d, 1000, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1]);
 }
 
+/// The test datapath with port `i` locked to `mac(1)`, built through the constructor (which
+/// pins the MAC), as a config would build it.
+fn dp_secured(i: usize) -> Datapath {
+    let d = dp();
+    let mut ports = d.ports.clone();
+    ports[i].role = Role::Access { net: A, security: Some(Security { mac: mac(1), ip: None }) };
+    ports[i].mac_limit = Some(1);
+    Datapath::new(DatapathConfig {
+        ports,
+        router_mac: ROUTER,
+        nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }, NetSpec { name: "b".into(), vlan: Some(102) }],
+        mac_aging: Duration::from_secs(300),
+        mac_table_size: 64,
+        l3: Default::default(),
+    })
+}
+
 #[test]
 fn port_security_blocks_spoofed_mac() {
-    let mut cfg_dp = dp();
-    cfg_dp.ports[0].role = Role::Access { net: A, security: Some(Security { mac: mac(1), ip: None }) };
+    let mut cfg_dp = dp_secured(0);
     assert!(send(&mut cfg_dp, 0, 0, &eth(MacAddr::BROADCAST, mac(2), &[0; 46]), VnetHdr::default()).0.is_empty());
     assert_eq!(drops(&cfg_dp, 0, DropReason::SpoofedMac), 1);
     assert_eq!(send(&mut cfg_dp, 0, 0, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default()).0.len(), 4);
@@ -326,7 +330,7 @@ fn trunk_priority_is_kept_from_trunk_to_trunk() {
     let mut d = dp();
     let f = eth(MacAddr::BROADCAST, mac(7), &[0; 46]);
     let mut t = tagged(101, &f);
-    t[14] |= 5 << 5; // PCP 5
+    t[14] |= 5 << 5 | 1 << 4; // PCP 5, DEI set
     let s = send(&mut d, 0, 3, &t, VnetHdr::default());
     // Out of the other trunk with the same priority; to guest ports untagged.
     let on5: Vec<_> = s.0.iter().filter(|(p, _, _)| p.0 == 5).collect();
@@ -335,7 +339,15 @@ fn trunk_priority_is_kept_from_trunk_to_trunk() {
     assert!(s.0.iter().filter(|(p, _, _)| p.0 != 5).all(|(_, _, out)| *out == f));
     // Guest frames leave trunks with priority 0.
     let s = send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(8), &[0; 46]), VnetHdr::default());
-    assert!(s.0.iter().filter(|(p, _, _)| p.0 == 3).all(|(_, _, out)| out[14] >> 5 == 0));
+    assert!(s.0.iter().filter(|(p, _, _)| p.0 == 3).all(|(_, _, out)| out[14] >> 4 == 0));
+    // A priority-tagged guest frame (VID 0) is the port's own: popped, its priority kept.
+    let mut pt = tagged(0, &eth(MacAddr::BROADCAST, mac(9), &[0; 46]));
+    pt[14] |= 3 << 5;
+    let s = send(&mut d, 0, 0, &pt, VnetHdr::default());
+    assert_eq!(s.ports(), vec![1, 3, 4, 5]);
+    let on3 = s.0.iter().find(|(p, _, _)| p.0 == 3).unwrap();
+    assert_eq!((on3.2[14] >> 5, u16::from_be_bytes([on3.2[14], on3.2[15]]) & 0xfff), (3, 101), "priority 3 on VLAN 101");
+    assert!(s.0.iter().filter(|(p, _, _)| p.0 == 1).all(|(_, _, out)| out[12..14] == [8, 0]), "untagged to guests");
 }
 
 #[test]

@@ -58,9 +58,10 @@ impl<T: AsRef<[u8]>> VlanFrame<T> {
     }
 }
 
-/// The 4 tag bytes for VLAN `vid` with priority `pcp` (802.1Q TPID).
-pub fn tag_bytes(vid: u16, pcp: u8) -> [u8; TAG_LEN] {
-    let tci = ((pcp as u16 & 7) << 13) | (vid & 0x0fff);
+/// The 4 tag bytes for VLAN `vid` with priority bits `prio` (PCP << 1 | DEI: the TCI's top
+/// four bits), 802.1Q TPID.
+pub fn tag_bytes(vid: u16, prio: u8) -> [u8; TAG_LEN] {
+    let tci = ((prio as u16 & 0xf) << 12) | (vid & 0x0fff);
     let t = ethertype::VLAN.to_be_bytes();
     let c = tci.to_be_bytes();
     [t[0], t[1], c[0], c[1]]
