@@ -87,7 +87,8 @@ mod tests {
         assert_eq!(v.vid(), 101);
         assert_eq!(v.pcp(), 5);
         assert_eq!(v.inner_ethertype(), 0x0800);
-        assert_eq!(tag_bytes(101, 5), [0x81, 0x00, 0xa0, 0x65]);
+        assert_eq!(tag_bytes(101, 5 << 1), [0x81, 0x00, 0xa0, 0x65], "PCP 5");
+        assert_eq!(tag_bytes(101, 5 << 1 | 1), [0x81, 0x00, 0xb0, 0x65], "PCP 5 with DEI");
     }
 
     #[test]
