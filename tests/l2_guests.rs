@@ -304,21 +304,19 @@ fn tso_superframes_cross_tap_and_netdev_trunks_whole() {
     let mut h1 = Lab::new("g1");
     let mut h2 = Lab::new("g2");
     let tk = h1.name("tk");
-    let c1 = [
-        cfg::router(&h1.id),
-        cfg::network("web", "10.1.1.0/24", Some(101)),
-        cfg::port("a1", "web", "tap", &h1.name("a1"), "52:54:00:10:01:11", "ip = \"10.1.1.11\""),
-        format!("[[uplink]]\nname = \"trunk0\"\nkind = \"tap\"\nifname = \"{tk}\"\nnetworks = [\"web\"]\n"),
-    ]
-    .concat();
+    // Each host: network web on VLAN 101, one guest, and the trunk between them.
+    let host = |lab: &Lab, guest: &str, mac: &str, ip: &str, kind: &str| {
+        [
+            cfg::router(&lab.id),
+            cfg::network("web", "10.1.1.0/24", Some(101)),
+            cfg::port(guest, "web", "tap", &lab.name(guest), mac, &format!("ip = \"{ip}\"")),
+            format!("[[uplink]]\nname = \"trunk0\"\nkind = \"{kind}\"\nifname = \"{tk}\"\nnetworks = [\"web\"]\n"),
+        ]
+        .concat()
+    };
+    let c1 = host(&h1, "a1", "52:54:00:10:01:11", "10.1.1.11", "tap");
     h1.vrouter(&c1);
-    let c2 = [
-        cfg::router(&h2.id),
-        cfg::network("web", "10.1.1.0/24", Some(101)),
-        cfg::port("b1", "web", "tap", &h2.name("b1"), "52:54:00:10:01:50", "ip = \"10.1.1.50\""),
-        format!("[[uplink]]\nname = \"trunk0\"\nkind = \"netdev\"\nifname = \"{tk}\"\nnetworks = [\"web\"]\n"),
-    ]
-    .concat();
+    let c2 = host(&h2, "b1", "52:54:00:10:01:50", "10.1.1.50", "netdev");
     h2.vrouter(&c2);
     let a1 = h1.guest("n1", &h1.name("a1"), "10.1.1.11/24");
     let b1 = h2.guest("n1", &h2.name("b1"), "10.1.1.50/24");
