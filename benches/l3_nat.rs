@@ -35,6 +35,7 @@ fn dp(max_flows: usize) -> Datapath {
         name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net, security: None }, offload: true, mac_limit: Some(16),
     };
     let net = |cidr: &str, gw: [u8; 4]| NetL3 {
+        domain: None,
         cidr: cidr.parse().unwrap(), gateway: Some(gw.into()), mtu: 1500, egress: Classifier::new(Vec::new()), egress_default: Action::Allow,
     };
     Datapath::new(DatapathConfig {

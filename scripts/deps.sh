@@ -15,6 +15,9 @@ have cpio || need+=(cpio)      # the QEMU guest's initramfs (scripts/lib/guest-i
 have socat || need+=(socat)    # L3 tests and the demo: TCP/UDP peers behind NAT and forwards
 have traceroute || need+=(traceroute)   # TTL / ICMP time-exceeded checks through the router
 have nft || need+=(nftables)   # the kernel NAT baseline in scripts/bench.sh (masquerade)
+have busybox || need+=(busybox)         # udhcpc, a DHCP client in guest namespaces
+have dhclient || need+=(isc-dhcp-client) # ISC dhclient, the other DHCP client
+have dig || need+=(bind9-dnsutils)      # dig against the router's DNS
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -111,6 +111,7 @@ pub fn l3_config(c: &Config) -> L3Config {
                 .collect();
             NetL3 {
                 cidr: n.cidr,
+                domain: n.domain.clone(),
                 gateway: n.gateway,
                 mtu: n.mtu.unwrap_or(1500),
                 egress: Classifier::new(rules),
@@ -164,4 +165,70 @@ pub fn l3_config(c: &Config) -> L3Config {
         timeouts,
         neigh_cap: 4096,
     }
+}
+
+/// Default lease time when a network does not say (a day, as dnsmasq's default is an hour and
+/// CloudStack's VR a day).
+pub const DEFAULT_LEASE_SECS: u32 = 86_400;
+
+/// The DHCP and DNS servers for the account, and which networks DHCP serves. DHCP serves a
+/// network that has a gateway and either a `dhcp_range` or reservations (ports with `mac` and
+/// `ip`); DNS runs when any network has a gateway and the account has a `[dns]` section or a
+/// network `domain`.
+pub fn services(c: &Config) -> (Option<crate::dhcp::DhcpServer>, Vec<bool>, Option<crate::dns::DnsServer>) {
+    use crate::dhcp::{DhcpNet, DhcpServer, Reservation};
+    let routed: Vec<(usize, &crate::config::schema::Network)> = c.networks.iter().enumerate().filter(|(_, n)| n.gateway.is_some()).collect();
+    let reservations: Vec<Reservation> = c
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let net = c.networks.iter().position(|n| n.name == p.network)?;
+            Some(Reservation { net, mac: p.mac?, ip: p.ip?, hostname: p.hostname.clone() })
+        })
+        .collect();
+    let mut served = vec![false; c.networks.len()];
+    let nets: Vec<Option<DhcpNet>> = c
+        .networks
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let gateway = n.gateway?;
+            if n.dhcp_range.is_none() && !reservations.iter().any(|r| r.net == i) {
+                return None;
+            }
+            served[i] = true;
+            // More than one network: classless routes (RFC 3442), the default route included,
+            // since a client that takes option 121 ignores option 3.
+            let routes = if routed.len() > 1 {
+                let mut r: Vec<(crate::config::types::Ipv4Net, std::net::Ipv4Addr)> =
+                    routed.iter().filter(|(j, _)| *j != i).map(|(_, o)| (o.cidr, gateway)).collect();
+                r.push((crate::config::types::Ipv4Net { addr: std::net::Ipv4Addr::UNSPECIFIED, prefix: 0 }, gateway));
+                r
+            } else {
+                Vec::new()
+            };
+            Some(DhcpNet {
+                name: n.name.clone(),
+                cidr: n.cidr,
+                gateway,
+                range: n.dhcp_range.map(|[a, b]| (a, b)),
+                lease_secs: n.lease_secs.unwrap_or(DEFAULT_LEASE_SECS),
+                mtu: n.mtu.unwrap_or(1500),
+                domain: n.domain.clone(),
+                routes,
+            })
+        })
+        .collect();
+    let dhcp = served.iter().any(|s| *s).then(|| DhcpServer::new(nets, reservations));
+    let want_dns = !routed.is_empty() && (c.dns.is_some() || c.networks.iter().any(|n| n.domain.is_some()));
+    let dns = want_dns.then(|| {
+        crate::dns::DnsServer::new(crate::dns::DnsConfig {
+            domains: c.networks.iter().filter_map(|n| n.domain.clone()).collect(),
+            nets: c.networks.iter().map(|n| n.cidr).collect(),
+            upstreams: c.dns.as_ref().map(|d| d.upstreams.clone()).unwrap_or_default(),
+            cache_entries: c.dns.as_ref().and_then(|d| d.cache_entries).unwrap_or(10_000),
+            upstream_timeout_ms: 2000,
+        })
+    });
+    (dhcp, served, dns)
 }

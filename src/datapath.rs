@@ -148,6 +148,10 @@ impl Datapath {
         self.ports.get(p.0 as usize).map_or("?", |s| s.name.as_str())
     }
 
+    pub fn net_name(&self, n: NetId) -> &str {
+        self.nets.get(n.0 as usize).map_or("?", |s| s.spec.name.as_str())
+    }
+
     pub fn port_count(&self) -> usize {
         self.ports.len()
     }
@@ -190,6 +194,23 @@ impl Datapath {
     /// The router, for snapshots (conntrack pages, counters).
     pub fn router(&self) -> &Router {
         &self.router
+    }
+
+    /// The router, to install its services and replay persisted state at start.
+    pub fn router_mut(&mut self) -> &mut Router {
+        &mut self.router
+    }
+
+    /// Event: lease records up to `seq` are durable; the DHCP ACKs they held go out.
+    pub fn dhcp_committed(&mut self, now: Instant, seq: u64, tx: &mut dyn Transmit) {
+        self.router.dhcp_committed(seq);
+        self.drain_outbox(now, tx);
+    }
+
+    /// Event: an upstream DNS server answered.
+    pub fn dns_upstream(&mut self, now: Instant, from: std::net::SocketAddr, payload: &[u8], tx: &mut dyn Transmit) {
+        self.router.dns_upstream(now, from, payload);
+        self.drain_outbox(now, tx);
     }
 
     /// Sends what the router made (ARP, ICMP, frames released by ARP resolution) through the
@@ -248,6 +269,10 @@ impl Datapath {
         }
         let Ingress { net, src, dst } = self.ingress(in_port, buf)?;
         self.learn(now, net, src, in_port)?;
+        if let Some(r) = self.dhcp(now, net, in_port, src, dst, buf) {
+            self.drain_outbox(now, tx);
+            return r;
+        }
         if self.for_router(dst, buf) {
             let v = self.router.handle(now, Iface::Net(net), in_port, buf);
             let r = self.l3_verdict(now, v, buf, tx);
@@ -257,6 +282,29 @@ impl Datapath {
             }
         }
         self.forward(now, net, dst, in_port, buf, tx)
+    }
+
+    /// DHCP on a network vrouter serves: client messages (UDP to port 67, broadcast or to the
+    /// router) go to the server and nowhere else; server messages from guests (UDP from port 67
+    /// to 68) are a rogue server and dropped. `None`: not DHCP, or a network without the service.
+    fn dhcp(&mut self, now: Instant, net: NetId, in_port: PortId, src: MacAddr, dst: MacAddr, buf: &PacketBuf) -> Option<Result<(), DropReason>> {
+        let f = buf.frame();
+        if f.get(12..14) != Some(&crate::wire::ethernet::ethertype::IPV4.to_be_bytes()[..]) || !self.router.serves_dhcp(net) {
+            return None;
+        }
+        let ip = crate::wire::ipv4::Ipv4Packet::new_checked(&f[14..]).ok()?;
+        if ip.protocol() != crate::wire::ipv4::proto::UDP || ip.frag_offset() != 0 {
+            return None;
+        }
+        let udp = ip.payload();
+        let (sport, dport) = (u16::from_be_bytes([*udp.first()?, *udp.get(1)?]), u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]));
+        if sport == 67 && dport == 68 {
+            return Some(Err(DropReason::RogueDhcp));
+        }
+        if dport != 67 || !(dst.is_broadcast() || dst == self.router_mac) {
+            return None;
+        }
+        Some(self.router.dhcp_in(now, net, in_port.0, src, &f[14..]))
     }
 
     /// The router takes frames for its MAC and the broadcasts it answers (ARP).
@@ -324,8 +372,11 @@ impl Datapath {
         if dst.is_link_local() {
             return Err(DropReason::LinkLocal);
         }
-        if let Role::Access { security: Some(sec), .. } = role {
-            switch::check_security(sec, buf.frame())?;
+        if let Role::Access { net: n, security: Some(sec) } = role {
+            // Without a fixed address, a guest on a network vrouter serves DHCP to may source
+            // exactly its current lease's address (and 0.0.0.0 while it asks for one).
+            let dynamic = (sec.ip.is_none() && self.router.serves_dhcp(*n)).then(|| self.router.lease_of(*n, sec.mac));
+            switch::check_security(sec, dynamic, buf.frame())?;
         }
         // Offload metadata is guest-controlled too: it must describe this frame, or a receiver
         // finishing the checksum could rewrite headers that port security has just passed.

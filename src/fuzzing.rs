@@ -48,6 +48,7 @@ fn fuzz_l3() -> L3Config {
     use crate::config::schema::{Action, Proto};
     use crate::filter::{Classifier, Rule};
     let net = |cidr: &str, gw: [u8; 4], rules| NetL3 {
+        domain: None,
         cidr: cidr.parse().expect("cidr"),
         gateway: Some(gw.into()),
         mtu: 1400,

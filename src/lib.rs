@@ -12,6 +12,8 @@ pub mod config;
 pub mod conntrack;
 pub mod control;
 pub mod datapath;
+pub mod dhcp;
+pub mod dns;
 pub mod filter;
 pub mod fuzzing;
 pub mod io;

@@ -261,6 +261,12 @@ fn render(t: Table, data: &Value) -> String {
             out += &table(&rows, &["name", "rx_frames", "rx_bytes", "rx_gso_frames", "tx_frames", "tx_bytes", "tx_sw_segmented", "mac_moves", "drops"]);
             out
         }
+        Table::Leases => {
+            let rows: Vec<Value> = data["leases"].as_array().unwrap_or(&empty).to_vec();
+            let mut out = table(&rows, &["network", "ip", "mac", "hostname", "state", "expires_in_secs"]);
+            out += &format!("counters: {}\n", data["counters"]);
+            out
+        }
         Table::Conntrack => {
             let rows: Vec<Value> = data["flows"].as_array().unwrap_or(&empty).iter().map(|r| {
                 let mut r = r.clone();

@@ -100,9 +100,6 @@ pub fn check(c: &Config, r: &mut Report) {
     if c.router.busy_poll_us > 100_000 {
         r.err(kp!("router", "busy_poll_us"), "must be at most 100000 (0.1 s)");
     }
-    if c.router.state_dir.is_some() {
-        r.not_built(kp!("router", "state_dir"), "persisted state (DHCP leases)");
-    }
     if c.router.metrics_listen.is_some() {
         r.not_built(kp!("router", "metrics_listen"), "the Prometheus endpoint");
     }
@@ -167,7 +164,9 @@ pub fn check(c: &Config, r: &mut Report) {
             if !ok {
                 r.err(p().key("domain"), format!("{d:?} is not a valid DNS domain"));
             }
-            r.not_built(p().key("domain"), "DNS");
+        }
+        if n.dhcp_range.is_some() && n.gateway.is_none() {
+            r.err(p().key("dhcp_range"), "a DHCP pool needs the network's `gateway` (the server's address)");
         }
         if let Some([a, b]) = n.dhcp_range {
             if !host(a) || !host(b) {
@@ -177,13 +176,11 @@ pub fn check(c: &Config, r: &mut Report) {
             } else if let Some(g) = n.gateway.filter(|g| (u32::from(a)..=u32::from(b)).contains(&u32::from(*g))) {
                 r.err(p().key("dhcp_range"), format!("range {a}-{b} contains the gateway {g}"));
             }
-            r.not_built(p().key("dhcp_range"), "DHCP");
         }
         if let Some(l) = n.lease_secs {
             if l < 60 {
                 r.err(p().key("lease_secs"), "a lease must last at least 60 seconds");
             }
-            r.not_built(p().key("lease_secs"), "DHCP");
         }
     }
 
@@ -218,11 +215,8 @@ pub fn check(c: &Config, r: &mut Report) {
         } else if pt.port_security {
             r.err(p().key("mac"), "port_security = true needs the guest's `mac` (or set port_security = false)");
         }
-        if pt.ip.is_some() && !pt.port_security {
-            r.not_built(p().key("ip"), "DHCP reservations; without port_security the address is not enforced");
-        }
-        if pt.mac.is_some() && !pt.port_security && pt.kind == IfKind::Netdev {
-            r.not_built(p().key("mac"), "DHCP reservations; without port_security the MAC is not enforced");
+        if pt.ip.is_some() && pt.mac.is_none() {
+            r.warnings.push((p().key("ip"), "without `mac` the address is neither reserved by DHCP nor enforced".into()));
         }
         if let Some(ip) = pt.ip {
             if let Some(n) = net {
@@ -236,7 +230,6 @@ pub fn check(c: &Config, r: &mut Report) {
             if !valid_dns_label(h) {
                 r.err(p().key("hostname"), format!("{h:?} is not a valid DNS label"));
             }
-            r.not_built(p().key("hostname"), "DNS");
         }
         for (j, g) in pt.security_groups.iter().enumerate() {
             if !sgs.contains_key(g.as_str()) {
@@ -471,6 +464,5 @@ pub fn check(c: &Config, r: &mut Report) {
         if d.cache_entries.is_some_and(|n| n > 1_000_000) {
             r.err(kp!("dns", "cache_entries"), "at most 1000000 entries");
         }
-        r.not_built(kp!("dns"), "DNS");
     }
 }

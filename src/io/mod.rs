@@ -5,6 +5,7 @@
 
 pub mod device;
 pub mod latency;
+pub mod store;
 
 use crate::buf::BufPool;
 use crate::config::schema::{Config, IfKind};
@@ -33,6 +34,7 @@ const BUDGET: usize = 256;
 const SIGNAL: Token = Token(usize::MAX - 1);
 const WAKE: Token = Token(usize::MAX - 2);
 const LINKS: Token = Token(usize::MAX - 3);
+const DNS_UPSTREAM: Token = Token(usize::MAX - 4);
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,9 @@ pub enum RunError {
     /// The poll loop failed (epoll, signal pipe).
     #[error("poll loop: {0}")]
     Poll(#[from] io::Error),
+    /// The state directory (DHCP leases) could not be used.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 pub use crate::build::router_mac;
@@ -231,6 +236,27 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let (devs, dcfg) = open_ports(c)?;
     let offloads: Vec<bool> = dcfg.ports.iter().map(|p| p.offload).collect();
     let mut dp = Datapath::new(dcfg);
+    let origin = std::time::Instant::now();
+    let clock = || Instant::from_millis(origin.elapsed().as_millis() as u64);
+    // Services: DHCP (leases on the wall clock, persisted in state_dir) and DNS.
+    let (dhcp, dhcp_nets, dns) = build::services(c);
+    let has_dhcp = dhcp.is_some();
+    let has_dns = dns.is_some();
+    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    dp.router_mut().set_wall_base(unix);
+    dp.router_mut().set_services(dhcp, dhcp_nets, dns);
+    let lease_log = if has_dhcp {
+        let dir = c.router.state_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(format!("/var/lib/vrouter/{}", c.router.name)));
+        let log = store::LeaseLog::new(&dir)?;
+        let lines = log.read()?;
+        let n = dp.router_mut().restore_leases(clock(), &lines);
+        // Compact: only the live leases, written atomically.
+        log.rewrite(&dp.router().lease_records())?;
+        tracing::info!(path = %log.path().display(), records = n, "DHCP leases restored");
+        Some(log)
+    } else {
+        None
+    };
     let mut poll = Poll::new()?;
     let mut slots: Vec<Slot> = port_opens(c)
         .into_iter()
@@ -269,10 +295,26 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     control::serve(&sock, ctl_tx, move || {
         let _ = w.wake();
     })?;
-    tracing::info!(router = %c.router.name, ports = slots.len(), socket = %sock.display(), "vrouter running");
+    // The lease writer thread: group commit, then a wake-up with the highest durable seq.
+    let leases = match lease_log {
+        Some(log) => {
+            let w = waker.clone();
+            Some(log.spawn_writer(move || {
+                let _ = w.wake();
+            })?)
+        }
+        None => None,
+    };
+    // DNS questions for upstream servers leave from one UDP socket of vrouter's own.
+    let dns_sock = if has_dns {
+        let mut s = mio::net::UdpSocket::bind("0.0.0.0:0".parse().expect("socket address"))?;
+        poll.registry().register(&mut s, DNS_UPSTREAM, Interest::READABLE)?;
+        Some(s)
+    } else {
+        None
+    };
+    tracing::info!(router = %c.router.name, ports = slots.len(), socket = %sock.display(), dhcp = has_dhcp, dns = has_dns, "vrouter running");
 
-    let origin = std::time::Instant::now();
-    let clock = || Instant::from_millis(origin.elapsed().as_millis() as u64);
     let mut events = Events::with_capacity(256);
     let mut ready = vec![false; slots.len()];
     let mut lat = latency::Latency::default();
@@ -281,6 +323,8 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let mut check = false;
     let mut waiting = false;
     let mut last_check = std::time::Instant::now();
+    let mut dns_ready = false;
+    let mut dns_buf = vec![0u8; 65_536];
     // Sleeping in epoll costs a wakeup (an IPI, a hypervisor exit on a VM) per batch; spinning
     // a little after traffic keeps the pipeline full. Idle ports still cost nothing.
     let busy_poll = Duration::from_micros(c.router.busy_poll_us);
@@ -307,6 +351,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                     shutdown = true;
                 }
                 WAKE => {}
+                DNS_UPSTREAM => dns_ready = true,
                 LINKS => check |= links.as_ref().is_some_and(|l| l.drain()),
                 Token(i) if i < ready.len() => ready[i] = true,
                 _ => {}
@@ -393,7 +438,38 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         }
         {
             let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write };
+            if let (true, Some(sock)) = (dns_ready, &dns_sock) {
+                dns_ready = false;
+                for _ in 0..BUDGET {
+                    match sock.recv_from(&mut dns_buf) {
+                        Ok((n, from)) => dp.dns_upstream(now, from, &dns_buf[..n], &mut tx),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        // An ICMP error for an earlier query (port unreachable): the core times
+                        // the query out and tries the next upstream.
+                        Err(_) => continue,
+                    }
+                }
+            }
+            if let Some((_, done)) = &leases {
+                while let Ok(seq) = done.try_recv() {
+                    dp.dhcp_committed(now, seq, &mut tx);
+                }
+            }
             dp.poll(now, &mut tx);
+        }
+        let persist = dp.router_mut().take_persist();
+        if !persist.is_empty() {
+            if let Some((to_disk, _)) = &leases {
+                let _ = to_disk.send(persist);
+            }
+        }
+        if let Some(sock) = &dns_sock {
+            for (to, q) in dp.router_mut().take_upstream() {
+                if let Err(e) = sock.send_to(&q, to) {
+                    tracing::debug!(upstream = %to, "DNS upstream send: {e}");
+                }
+            }
         }
         while let Ok(env) = inbox.try_recv() {
             let resp = answer(&dp, &slots, &lat, &env.request, now, origin.elapsed());
@@ -425,12 +501,29 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
             let (flows, next) = r.conntrack_page(now, offset.unwrap_or(0), CONNTRACK_PAGE);
             Response::ok(serde_json::json!({"count": r.ct.len(), "max": r.ct.max(), "flows": flows, "next": next}))
         }
+        Request::Show { table: Table::Leases, .. } => match dp.router().leases() {
+            Some((leases, counters)) => {
+                let wall = dp.router().wall_now(now);
+                let mut rows = serde_json::to_value(&leases).unwrap_or_default();
+                if let serde_json::Value::Array(rows) = &mut rows {
+                    for (row, l) in rows.iter_mut().zip(&leases) {
+                        row["network"] = dp.net_name(crate::switch::NetId(l.net as u16)).into();
+                        row["expires_in_secs"] = l.expires.saturating_sub(wall).into();
+                    }
+                }
+                Response::ok(serde_json::json!({"leases": rows, "counters": counters}))
+            }
+            None => Response::err("no network is served by DHCP (give one a gateway and a dhcp_range or reservations)"),
+        },
         Request::Show { table: Table::Fdb, .. } => Response::ok(dp.show_fdb(now)),
         Request::Show { table: Table::Stats, .. } => {
             let mut s = dp.show_stats();
             if let serde_json::Value::Object(m) = &mut s {
                 m.insert("uptime_secs".into(), uptime.as_secs().into());
                 m.insert("latency".into(), lat.json());
+                if let Some(d) = dp.router().dns_counters() {
+                    m.insert("dns".into(), serde_json::to_value(d).unwrap_or_default());
+                }
             }
             Response::ok(s)
         }

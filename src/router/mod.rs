@@ -18,6 +18,7 @@
 //! forwarded (a drop leaves the buffer as it came).
 
 pub mod neigh;
+pub mod services;
 
 use crate::buf::PacketBuf;
 use crate::config::schema::Action;
@@ -52,6 +53,8 @@ pub enum Iface {
 #[derive(Debug, Clone)]
 pub struct NetL3 {
     pub cidr: Ipv4Net,
+    /// DNS zone of the network's hosts (`<hostname>.<domain>`).
+    pub domain: Option<String>,
     pub gateway: Option<Ipv4Addr>,
     pub mtu: u16,
     pub egress: Classifier<Action>,
@@ -204,6 +207,7 @@ pub struct Router {
     garp_sent: bool,
     next_sweep: Instant,
     pub stats: RouterStats,
+    svc: services::Services,
 }
 
 fn rd16(b: &[u8], at: usize) -> u16 {
@@ -243,6 +247,7 @@ impl Router {
             next_sweep: Instant::ZERO,
             cfg,
             stats: RouterStats::default(),
+            svc: services::Services::default(),
         }
     }
 
@@ -302,7 +307,7 @@ impl Router {
 
     /// When `poll` next has work.
     pub fn poll_at(&self) -> Instant {
-        self.neigh.poll_at().min(self.next_sweep)
+        self.neigh.poll_at().min(self.next_sweep).min(self.services_poll_at())
     }
 
     /// Timer work: ARP retries and failures, conntrack and fragment expiry, the gratuitous ARP
@@ -322,6 +327,7 @@ impl Router {
             self.frags.retain(|_, f| f.expires > now);
             self.next_sweep = now + Duration::from_millis(100);
         }
+        self.services_poll(now);
     }
 
     fn run_work(&mut self, now: Instant, w: Work) {
@@ -785,6 +791,20 @@ impl Router {
             let l4 = &f[14 + hl..14 + tl];
             (f[14 + 9], l4.len() >= 8 && l4[0] == icmp::ECHO_REQUEST && f[14 + 9] == proto::ICMP)
         };
+        // DNS on the router's addresses, for guests only.
+        if let (Iface::Net(n), proto::UDP) = (from, protocol) {
+            let f = buf.frame();
+            let udp = &f[14 + hl..14 + tl];
+            if udp.len() >= 8 && rd16(udp, 2) == 53 && self.serves_dns() {
+                let a = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
+                let (src, dst, sport) = (a(26), a(30), rd16(udp, 0));
+                let payload = udp[8..].to_vec();
+                return match self.dns_in(now, n, eth_src, src, sport, dst, &payload) {
+                    Ok(()) => Verdict::Consumed,
+                    Err(r) => Verdict::Drop(r),
+                };
+            }
+        }
         if is_echo {
             if buf.vnet.needs_csum || buf.vnet.gso != Gso::None {
                 return Verdict::Drop(DropReason::BadL4);

@@ -19,6 +19,7 @@ fn a(s: &str) -> Ipv4Addr {
 
 fn router(mtu: u16) -> Router {
     let net = |cidr: &str, gw: &str| NetL3 {
+        domain: None,
         cidr: cidr.parse().unwrap(),
         gateway: Some(a(gw)),
         mtu: 1500,

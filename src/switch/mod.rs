@@ -94,12 +94,20 @@ pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> 
 /// Port security (anti-spoofing) on an untagged frame from a guest port: the source MAC must be
 /// the guest's, and with a configured IP, IPv4 sources and ARP senders must be that IP (or
 /// 0.0.0.0 for DHCP discovery and ARP probes) and IPv6 sources must be link-local or `::`.
-pub fn check_security(sec: &Security, frame: &[u8]) -> Result<(), DropReason> {
+/// `dynamic`: the port has no fixed IP but its network is served by DHCP: `Some(lease)` is the
+/// address it may use (`Some(None)`: none yet, only 0.0.0.0); `None`: addresses are not checked.
+pub fn check_security(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, frame: &[u8]) -> Result<(), DropReason> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
     if eth.src() != sec.mac {
         return Err(DropReason::SpoofedMac);
     }
-    let Some(ip) = sec.ip else { return Ok(()) };
+    let ip = match (sec.ip, dynamic) {
+        (Some(ip), _) => ip,
+        (None, Some(Some(lease))) => lease,
+        // Nothing leased yet: only the unspecified address (DHCP, ARP probes) may be used.
+        (None, Some(None)) => Ipv4Addr::UNSPECIFIED,
+        (None, None) => return Ok(()),
+    };
     let l3 = &frame[14..];
     match eth.ethertype() {
         ethertype::IPV4 => {
@@ -192,32 +200,41 @@ mod tests {
         ip[3] = 28;
         ip[9] = 17;
         ip[12..16].copy_from_slice(&[10, 1, 1, 11]);
-        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip)), Ok(()));
-        assert_eq!(check_security(&sec, &frame([2; 6], 0x0800, &ip)), Err(DropReason::SpoofedMac));
+        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &ip)), Ok(()));
+        assert_eq!(check_security(&sec, None, &frame([2; 6], 0x0800, &ip)), Err(DropReason::SpoofedMac));
         ip[12..16].copy_from_slice(&[10, 1, 1, 12]);
-        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip)), Err(DropReason::SpoofedIp));
+        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &ip)), Err(DropReason::SpoofedIp));
         ip[12..16].copy_from_slice(&[0, 0, 0, 0]);
         ip[22..24].copy_from_slice(&[0, 67]);
-        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip)), Ok(()), "DHCP discover");
+        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &ip)), Ok(()), "DHCP discover");
         let mut arp = [0u8; 28];
         arp[..6].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
         arp[8..14].copy_from_slice(&mac.0);
         arp[14..18].copy_from_slice(&[10, 1, 1, 99]);
-        assert_eq!(check_security(&sec, &frame(mac.0, 0x0806, &arp)), Err(DropReason::SpoofedIp));
-        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &ip[..10])), Err(DropReason::Malformed));
+        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0806, &arp)), Err(DropReason::SpoofedIp));
+        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &ip[..10])), Err(DropReason::Malformed));
+        // No fixed address, DHCP on the network: the lease, and nothing else, once there is one.
+        let dynsec = Security { mac, ip: None };
+        let mut leased = ip;
+        leased[12..16].copy_from_slice(&[10, 1, 1, 100]);
+        let l = Some(Ipv4Addr::new(10, 1, 1, 100));
+        assert_eq!(check_security(&dynsec, Some(l), &frame(mac.0, 0x0800, &leased)), Ok(()));
+        assert_eq!(check_security(&dynsec, Some(None), &frame(mac.0, 0x0800, &leased)), Err(DropReason::SpoofedIp), "no lease yet");
+        assert_eq!(check_security(&dynsec, Some(None), &frame(mac.0, 0x0800, &ip)), Ok(()), "DHCP from 0.0.0.0 before a lease");
+        assert_eq!(check_security(&dynsec, None, &frame(mac.0, 0x0800, &leased)), Ok(()), "no DHCP: not checked");
         let mut bad_ihl = ip;
         bad_ihl[0] = 0x44;
-        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &bad_ihl)), Err(DropReason::Malformed), "IHL < 5");
+        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &bad_ihl)), Err(DropReason::Malformed), "IHL < 5");
         let mut v6 = ip;
         v6[0] = 0x65;
-        assert_eq!(check_security(&sec, &frame(mac.0, 0x0800, &v6)), Err(DropReason::Malformed), "version 6 in an IPv4 frame");
+        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &v6)), Err(DropReason::Malformed), "version 6 in an IPv4 frame");
         let mut v6 = [0u8; 40];
         v6[0] = 0x60;
-        assert_eq!(check_security(&sec, &frame(mac.0, 0x86dd, &v6)), Ok(()), "DAD from ::");
+        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x86dd, &v6)), Ok(()), "DAD from ::");
         v6[8..10].copy_from_slice(&[0xfe, 0x80]);
         v6[23] = 1;
-        assert_eq!(check_security(&sec, &frame(mac.0, 0x86dd, &v6)), Ok(()), "link-local");
+        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x86dd, &v6)), Ok(()), "link-local");
         v6[8..10].copy_from_slice(&[0x20, 0x01]);
-        assert_eq!(check_security(&sec, &frame(mac.0, 0x86dd, &v6)), Err(DropReason::SpoofedIp), "global");
+        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x86dd, &v6)), Err(DropReason::SpoofedIp), "global");
     }
 }

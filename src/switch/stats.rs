@@ -89,6 +89,18 @@ drop_reasons! {
     UnsupportedL3 => "unsupported_l3",
     /// A TCP/UDP/ICMP header cut short, or offload metadata the router cannot honour.
     BadL4 => "bad_l4",
+    /// A DHCP server message (OFFER, ACK, NAK: UDP from port 67) from a guest on a network
+    /// vrouter serves: a rogue DHCP server.
+    RogueDhcp => "rogue_dhcp",
+    /// A DHCP client over its per-port rate (or outstanding-offer) limit.
+    DhcpRateLimited => "dhcp_rate_limited",
+    /// A DHCP message the server did not answer (malformed, pool exhausted, not for us...;
+    /// `ctl show leases` counts them by reason).
+    DhcpIgnored => "dhcp_ignored",
+    /// Too many DNS queries waiting for upstream answers.
+    DnsBusy => "dns_busy",
+    /// A DNS message the server could not answer at all (unreadable header).
+    DnsIgnored => "dns_ignored",
 }
 
 /// Counters of one port. Owned by the datapath thread; snapshots are copied out.

@@ -1,0 +1,887 @@
+//! The DHCPv4 server (RFC 2131), one per account, serving each guest network that has DHCP.
+//!
+//! Sans-IO: [`DhcpServer::handle`] takes a request's UDP payload with the network, the ingress
+//! port, the Ethernet source and the time, and pushes [`Action`]s: replies to send and lease
+//! records to make durable. The I/O edge owns the sockets and the lease log; it writes each
+//! [`Action::Persist`] record (with fsync) and then calls [`DhcpServer::committed`], which
+//! releases the ACKs that were waiting for it. Nothing here reads a clock or touches an fd.
+//!
+//! Two clocks come in: `now`, wall-clock unix seconds, for leases (they are persisted and must
+//! mean the same after a restart), and `now_ms`, monotonic milliseconds, for rate limiting.
+//!
+//! Invariants:
+//! - An ACK that creates or extends a lease goes out only after its Bind record is durable
+//!   (`committed(seq)`); so after a crash the log knows every address a guest was told it has,
+//!   and replaying the log (`restore`) never hands an acknowledged address to someone else.
+//! - An address is held by at most one client at a time: a client is offered or acknowledged
+//!   an address only if it is free, expired, or already that client's (`usable`).
+//! - A reservation binds a MAC to its address: the reserved client gets only that address, and
+//!   the pool never gives it to anyone else. The gateway, the network and the broadcast
+//!   addresses are never handed out.
+//! - A client (client identifier, else MAC) holds at most one Bound lease per network: binding
+//!   it elsewhere frees (and logs the freeing of) its other lease.
+//! - Guest input cannot panic the server or grow it without bound: every table is keyed by an
+//!   address of a configured pool or reservation, or by a port (u16); requests are rate
+//!   limited per port, and a port holds at most four unanswered offers.
+//!
+//! Not supported: relay agents (giaddr set) and option overload; a request whose chaddr is not
+//! the Ethernet source is not served either (the MAC that port security vouches for is the one
+//! that gets a lease), and plain BOOTP clients (no message type) are not served.
+
+mod msg;
+mod record;
+
+use crate::config::types::Ipv4Net;
+use crate::wire::ethernet::MacAddr;
+use dhcproto::v4::MessageType;
+use msg::{Kind, Reject, Request};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::Ipv4Addr;
+
+/// An OFFER holds its address for this long without a REQUEST.
+const OFFER_SECS: u64 = 60;
+/// A declined address is quarantined for this long (someone else answers on it).
+const DECLINE_SECS: u64 = 600;
+/// Per-port token bucket: sustained messages per second, and burst.
+const RATE_PER_SEC: u64 = 20;
+const RATE_BURST: u64 = 40;
+/// Unanswered OFFERs one port may hold at once (a guest making up MACs cannot drain the pool
+/// faster than it completes exchanges).
+const MAX_OFFERS_PER_PORT: u32 = 4;
+
+/// Per-network DHCP settings (the lead builds them from config).
+#[derive(Debug, Clone)]
+pub struct DhcpNet {
+    pub name: String,
+    pub cidr: Ipv4Net,
+    /// Option 3 router, option 54 server identifier, option 6 DNS server.
+    pub gateway: Ipv4Addr,
+    /// Dynamic pool, inclusive; `None` serves reservations only.
+    pub range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// Option 51 (renewal T1 = 1/2, rebinding T2 = 7/8: options 58, 59).
+    pub lease_secs: u32,
+    /// Option 26.
+    pub mtu: u16,
+    /// Options 15 and 119 (search list).
+    pub domain: Option<String>,
+    /// Option 121 classless static routes (RFC 3442) incl. the default route 0.0.0.0/0 via
+    /// gateway, sent when non-empty (the lead fills it when the account has more than one network).
+    pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
+}
+
+/// A fixed address for a MAC on a network (a port's `ip`), with its hostname.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub net: usize,
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
+}
+
+/// A lease as persisted and shown (`ctl show leases`). Times are wall-clock unix seconds
+/// (leases survive restarts, so monotonic time is useless for them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    pub net: usize,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    pub client_id: Option<Vec<u8>>,
+    pub hostname: Option<String>,
+    pub expires: u64,
+    pub state: LeaseState,
+}
+
+/// `Offered` is never persisted; `Released` is kept in memory only, to give a returning client
+/// its previous address, and is not shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseState {
+    Offered,
+    Bound,
+    Released,
+    Declined,
+}
+
+/// One line of the lease log (append-only; the lead writes them with fsync). `encode` gives one
+/// line of text without '\n'; `decode` parses one line (None for a corrupt/partial line, which
+/// recovery skips). Replaying all records in order rebuilds the lease table.
+///
+/// To compact the log, write a Bind for each Bound lease and a Decline (until = `expires`) for
+/// each Declined one from [`DhcpServer::leases`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseRecord {
+    Bind(Lease),
+    Free { net: usize, ip: Ipv4Addr },
+    Decline { net: usize, ip: Ipv4Addr, until: u64 },
+}
+
+/// What the server wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this DHCP message (UDP payload, already padded to >= 300 bytes) from gateway:67 to
+    /// `dst_ip`:68 at Ethernet `dst_mac`, on network `net`. Broadcast when the client asked for
+    /// it (flag) or has no address yet: dst_ip 255.255.255.255 and dst_mac ff:ff:ff:ff:ff:ff.
+    Send { net: usize, dst_ip: Ipv4Addr, dst_mac: MacAddr, payload: Vec<u8> },
+    /// Make this record durable, then call `committed(seq)`; only then may the ACK go out.
+    Persist { seq: u64, record: LeaseRecord },
+}
+
+/// Why a message was ignored (each is a counter the lead shows in stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ignored {
+    /// Not a DHCP message: too short, no magic cookie, no message type (BOOTP), a chaddr that
+    /// is not an Ethernet address, an unusable source MAC, a request without an address.
+    Malformed,
+    /// A message type the server does not serve (lease query, FORCERENEW, unknown) or an op
+    /// code that is neither request nor reply.
+    NotRequest,
+    /// A server message (BOOTREPLY, OFFER, ACK, NAK) from a guest: a rogue DHCP server.
+    ServerMessage,
+    /// No address to offer (pool full, or a reservations-only network and no reservation).
+    PoolExhausted,
+    /// Over the port's message rate, or the port holds too many unanswered offers.
+    RateLimited,
+    /// For another server (server identifier), relayed (giaddr), chaddr not the Ethernet
+    /// source, or an INFORM from outside the network.
+    NotForUs,
+    /// The network has no DHCP service.
+    NoNetwork,
+    /// A RELEASE or DECLINE for an address the client does not hold.
+    UnknownLease,
+}
+
+/// Counters for `show stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DhcpCounters {
+    pub discovers: u64,
+    pub offers: u64,
+    pub requests: u64,
+    pub acks: u64,
+    pub naks: u64,
+    pub releases: u64,
+    pub declines: u64,
+    pub informs: u64,
+    pub ignored_malformed: u64,
+    pub ignored_not_request: u64,
+    pub ignored_server_message: u64,
+    pub ignored_pool_exhausted: u64,
+    pub ignored_rate_limited: u64,
+    pub ignored_not_for_us: u64,
+    pub ignored_no_network: u64,
+    pub ignored_unknown_lease: u64,
+}
+
+impl DhcpCounters {
+    fn ignored(&mut self, why: Ignored) {
+        let c = match why {
+            Ignored::Malformed => &mut self.ignored_malformed,
+            Ignored::NotRequest => &mut self.ignored_not_request,
+            Ignored::ServerMessage => &mut self.ignored_server_message,
+            Ignored::PoolExhausted => &mut self.ignored_pool_exhausted,
+            Ignored::RateLimited => &mut self.ignored_rate_limited,
+            Ignored::NotForUs => &mut self.ignored_not_for_us,
+            Ignored::NoNetwork => &mut self.ignored_no_network,
+            Ignored::UnknownLease => &mut self.ignored_unknown_lease,
+        };
+        *c += 1;
+    }
+}
+
+/// A lease table entry: the lease, and for an OFFER the port it was made through.
+#[derive(Debug, Clone)]
+struct Rec {
+    lease: Lease,
+    port: u16,
+}
+
+impl Rec {
+    /// Free for anyone: released, or its time is up.
+    fn free(&self, now: u64) -> bool {
+        self.lease.state == LeaseState::Released || self.lease.expires <= now
+    }
+}
+
+/// Whether a lease belongs to the client: by client identifier when both have one (RFC 2131
+/// 4.2), else by MAC.
+fn owns(l: &Lease, mac: MacAddr, cid: Option<&[u8]>) -> bool {
+    match (l.client_id.as_deref(), cid) {
+        (Some(a), Some(b)) => a == b,
+        _ => l.mac == mac,
+    }
+}
+
+/// One network's configuration and lease table.
+struct NetState {
+    cfg: DhcpNet,
+    /// The pool clamped to the network, as u32 bounds.
+    pool: Option<(u32, u32)>,
+    /// MAC -> (reserved address, hostname).
+    res_by_mac: HashMap<MacAddr, (Ipv4Addr, Option<String>)>,
+    /// Reserved address -> MAC.
+    res_by_ip: HashMap<u32, MacAddr>,
+    /// Every address the server has a record of, in address order.
+    recs: BTreeMap<u32, Rec>,
+    /// A client's most recent record, by MAC and by client identifier (hints: always checked
+    /// against the record with `owns`). Declined records are not indexed.
+    by_mac: HashMap<MacAddr, u32>,
+    by_cid: HashMap<Vec<u8>, u32>,
+}
+
+impl NetState {
+    fn new(cfg: DhcpNet) -> Self {
+        let net = u32::from(cfg.cidr.addr) & cfg.cidr.mask();
+        let bcast = u32::from(cfg.cidr.broadcast());
+        let pool = cfg.range.and_then(|(a, b)| {
+            let (lo, hi) = (u32::from(a).max(net), u32::from(b).min(bcast));
+            (lo <= hi).then_some((lo, hi))
+        });
+        NetState {
+            cfg,
+            pool,
+            res_by_mac: HashMap::new(),
+            res_by_ip: HashMap::new(),
+            recs: BTreeMap::new(),
+            by_mac: HashMap::new(),
+            by_cid: HashMap::new(),
+        }
+    }
+
+    /// A host address of the network other than the gateway.
+    fn host_ok(&self, ip: Ipv4Addr) -> bool {
+        let c = &self.cfg.cidr;
+        let a = u32::from(ip);
+        let edge = c.prefix <= 30 && (a == u32::from(c.addr) & c.mask() || ip == c.broadcast());
+        c.contains(ip) && ip != self.cfg.gateway && !edge
+    }
+
+    fn in_pool(&self, a: u32) -> bool {
+        self.pool.is_some_and(|(lo, hi)| lo <= a && a <= hi)
+    }
+
+    /// The configuration allows this address for this MAC (records aside): its reservation,
+    /// or, without one, a pool address nobody has reserved.
+    fn allowed(&self, mac: MacAddr, ip: Ipv4Addr) -> bool {
+        if let Some((rip, _)) = self.res_by_mac.get(&mac) {
+            return *rip == ip;
+        }
+        let a = u32::from(ip);
+        self.host_ok(ip) && self.in_pool(a) && !self.res_by_ip.contains_key(&a)
+    }
+
+    /// The client may have this address now: allowed, and not held or quarantined by anyone
+    /// else. A reservation wins over any record.
+    fn usable(&self, mac: MacAddr, cid: Option<&[u8]>, ip: Ipv4Addr, now: u64) -> bool {
+        if !self.allowed(mac, ip) {
+            return false;
+        }
+        if self.res_by_mac.contains_key(&mac) {
+            return true;
+        }
+        match self.recs.get(&u32::from(ip)) {
+            None => true,
+            Some(r) if r.lease.state == LeaseState::Declined => r.lease.expires <= now,
+            Some(r) => r.free(now) || owns(&r.lease, mac, cid),
+        }
+    }
+
+    /// The addresses of records the client owns (its current or previous one).
+    fn client_addrs(&self, mac: MacAddr, cid: Option<&[u8]>) -> Vec<u32> {
+        let mut v = Vec::with_capacity(2);
+        let hints = cid.and_then(|c| self.by_cid.get(c)).into_iter().chain(self.by_mac.get(&mac));
+        for &a in hints {
+            let mine = self.recs.get(&a).is_some_and(|r| r.lease.state != LeaseState::Declined && owns(&r.lease, mac, cid));
+            if mine && !v.contains(&a) {
+                v.push(a);
+            }
+        }
+        v
+    }
+
+    /// The lowest pool address nobody has a record of; failing that, the lowest whose record
+    /// is free (released or expired), so a returning client is likelier to find its address.
+    /// Walks the gaps between records: O(records + reservations), not O(pool).
+    fn lowest_free(&self, now: u64) -> Option<u32> {
+        let (lo, hi) = self.pool?;
+        let ok = |a: u32| self.host_ok(Ipv4Addr::from(a)) && !self.res_by_ip.contains_key(&a);
+        // The next address without a record to try; None once past the pool.
+        let mut cand = Some(lo);
+        for &a in self.recs.range(lo..=hi).map(|(a, _)| a) {
+            while let Some(c) = cand.filter(|&c| c < a) {
+                if ok(c) {
+                    return Some(c);
+                }
+                cand = c.checked_add(1);
+            }
+            cand = a.checked_add(1);
+        }
+        while let Some(c) = cand.filter(|&c| c <= hi) {
+            if ok(c) {
+                return Some(c);
+            }
+            cand = c.checked_add(1);
+        }
+        self.recs.range(lo..=hi).find(|(&a, r)| ok(a) && r.free(now)).map(|(&a, _)| a)
+    }
+
+    /// Stores a record, replacing the one at its address; keeps the client indexes.
+    fn put(&mut self, rec: Rec) -> Option<Rec> {
+        let a = u32::from(rec.lease.ip);
+        let old = self.remove(a);
+        if rec.lease.state != LeaseState::Declined {
+            self.by_mac.insert(rec.lease.mac, a);
+            if let Some(c) = &rec.lease.client_id {
+                self.by_cid.insert(c.clone(), a);
+            }
+        }
+        self.recs.insert(a, rec);
+        old
+    }
+
+    fn remove(&mut self, a: u32) -> Option<Rec> {
+        let old = self.recs.remove(&a)?;
+        if self.by_mac.get(&old.lease.mac) == Some(&a) {
+            self.by_mac.remove(&old.lease.mac);
+        }
+        if let Some(c) = &old.lease.client_id {
+            if self.by_cid.get(c) == Some(&a) {
+                self.by_cid.remove(c);
+            }
+        }
+        Some(old)
+    }
+
+    /// A hostname is taken if a reservation or another client's live lease carries it.
+    fn name_taken(&self, name: &str, mac: MacAddr, cid: Option<&[u8]>, now: u64) -> bool {
+        self.res_by_mac.iter().any(|(m, (_, h))| *m != mac && h.as_deref() == Some(name))
+            || self.recs.values().any(|r| {
+                r.lease.state == LeaseState::Bound
+                    && r.lease.expires > now
+                    && r.lease.hostname.as_deref() == Some(name)
+                    && !owns(&r.lease, mac, cid)
+            })
+    }
+}
+
+/// Per-port token bucket, in thousandths of a message.
+struct Bucket {
+    milli: u64,
+    last_ms: u64,
+}
+
+impl Bucket {
+    fn take(&mut self, now_ms: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+        // RATE_PER_SEC messages per 1000 ms = RATE_PER_SEC thousandths per ms.
+        self.milli = self.milli.saturating_add(elapsed.saturating_mul(RATE_PER_SEC)).min(RATE_BURST * 1000);
+        if self.milli >= 1000 {
+            self.milli -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The DHCP server for all of an account's networks.
+pub struct DhcpServer {
+    nets: Vec<Option<NetState>>,
+    buckets: HashMap<u16, Bucket>,
+    /// Unanswered OFFERs per port.
+    offers: HashMap<u16, u32>,
+    /// ACKs waiting for their record to be durable, in seq order.
+    held: VecDeque<(u64, Action)>,
+    seq: u64,
+    /// The latest wall-clock time seen (for the queries that take no time).
+    now: u64,
+    counters: DhcpCounters,
+}
+
+/// Forgets an OFFER's claim on its port's quota.
+fn drop_offer(offers: &mut HashMap<u16, u32>, rec: &Rec) {
+    if rec.lease.state == LeaseState::Offered {
+        if let Some(n) = offers.get_mut(&rec.port) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                offers.remove(&rec.port);
+            }
+        }
+    }
+}
+
+impl DhcpServer {
+    /// `nets[i]` is network i's DHCP settings (`None`: no DHCP there). Reservations for a
+    /// network without DHCP, for an address that is not a host of the network (or is the
+    /// gateway), or repeating a MAC or address already reserved there, are ignored.
+    pub fn new(nets: Vec<Option<DhcpNet>>, reservations: Vec<Reservation>) -> Self {
+        let mut nets: Vec<Option<NetState>> = nets.into_iter().map(|n| n.map(NetState::new)).collect();
+        for r in reservations {
+            let Some(Some(ns)) = nets.get_mut(r.net) else { continue };
+            let a = u32::from(r.ip);
+            if !ns.host_ok(r.ip) || ns.res_by_mac.contains_key(&r.mac) || ns.res_by_ip.contains_key(&a) {
+                continue;
+            }
+            ns.res_by_ip.insert(a, r.mac);
+            ns.res_by_mac.insert(r.mac, (r.ip, r.hostname));
+        }
+        DhcpServer {
+            nets,
+            buckets: HashMap::new(),
+            offers: HashMap::new(),
+            held: VecDeque::new(),
+            seq: 0,
+            now: 0,
+            counters: DhcpCounters::default(),
+        }
+    }
+
+    /// Replays the lease log at start (records in file order); `now` in unix seconds. Records
+    /// the current configuration no longer allows (network gone, address outside the pool or
+    /// reserved for another MAC) are dropped; expired leases are remembered as released, so
+    /// their clients still get their address back if it is free.
+    pub fn restore(&mut self, records: impl IntoIterator<Item = LeaseRecord>, now: u64) {
+        self.now = self.now.max(now);
+        for r in records {
+            match r {
+                LeaseRecord::Bind(mut l) => {
+                    let Some(Some(ns)) = self.nets.get_mut(l.net) else { continue };
+                    if !ns.allowed(l.mac, l.ip) {
+                        continue;
+                    }
+                    if l.state != LeaseState::Bound || l.expires <= now {
+                        l.state = LeaseState::Released;
+                    }
+                    if l.state == LeaseState::Bound {
+                        // One Bound lease per client (the live server logged a Free anyway).
+                        for a in ns.client_addrs(l.mac, l.client_id.as_deref()) {
+                            if let Some(r) = ns.recs.get_mut(&a) {
+                                drop_offer(&mut self.offers, r);
+                                r.lease.state = LeaseState::Released;
+                            }
+                        }
+                    }
+                    if let Some(old) = ns.put(Rec { lease: l, port: 0 }) {
+                        drop_offer(&mut self.offers, &old);
+                    }
+                }
+                LeaseRecord::Free { net, ip } => {
+                    let Some(Some(ns)) = self.nets.get_mut(net) else { continue };
+                    if let Some(r) = ns.recs.get_mut(&u32::from(ip)) {
+                        if r.lease.state != LeaseState::Declined {
+                            drop_offer(&mut self.offers, r);
+                            r.lease.state = LeaseState::Released;
+                        }
+                    }
+                }
+                LeaseRecord::Decline { net, ip, until } => {
+                    let Some(Some(ns)) = self.nets.get_mut(net) else { continue };
+                    let old = if until > now && ns.cfg.cidr.contains(ip) {
+                        ns.put(Rec { lease: declined(net, ip, until), port: 0 })
+                    } else {
+                        ns.remove(u32::from(ip))
+                    };
+                    if let Some(old) = old {
+                        drop_offer(&mut self.offers, &old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A DHCP packet (UDP payload) from a guest on network `net`, sent from Ethernet source
+    /// `src_mac` through port `port` (an opaque u16 used for per-port rate limiting).
+    /// `now` is unix seconds; `now_ms` monotonic milliseconds (rate limiting). Pushes actions.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle(
+        &mut self,
+        now: u64,
+        now_ms: u64,
+        net: usize,
+        port: u16,
+        src_mac: MacAddr,
+        payload: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), Ignored> {
+        self.now = self.now.max(now);
+        let r = self.handle_inner(now, now_ms, net, port, src_mac, payload, out);
+        if let Err(why) = r {
+            self.counters.ignored(why);
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_inner(
+        &mut self,
+        now: u64,
+        now_ms: u64,
+        net: usize,
+        port: u16,
+        src_mac: MacAddr,
+        payload: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), Ignored> {
+        let bucket = self.buckets.entry(port).or_insert(Bucket { milli: RATE_BURST * 1000, last_ms: now_ms });
+        if !bucket.take(now_ms) {
+            return Err(Ignored::RateLimited);
+        }
+        if !matches!(self.nets.get(net), Some(Some(_))) {
+            return Err(Ignored::NoNetwork);
+        }
+        let req = msg::parse(payload).map_err(|r| match r {
+            Reject::Malformed => Ignored::Malformed,
+            Reject::ServerMessage => Ignored::ServerMessage,
+            Reject::NotRequest => Ignored::NotRequest,
+        })?;
+        let mac = msg::chaddr_mac(&req.msg).ok_or(Ignored::Malformed)?;
+        if !src_mac.is_unicast() {
+            return Err(Ignored::Malformed);
+        }
+        if mac != src_mac || !req.msg.giaddr().is_unspecified() {
+            return Err(Ignored::NotForUs);
+        }
+        match req.mtype {
+            MessageType::Discover => self.discover(now, net, port, mac, &req, out),
+            MessageType::Request => self.request(now, net, port, mac, &req, out),
+            MessageType::Release => self.release(net, mac, &req, out),
+            MessageType::Decline => self.decline(now, net, mac, &req, out),
+            MessageType::Inform => self.inform(net, mac, &req, out),
+            _ => Err(Ignored::NotRequest),
+        }
+    }
+
+    fn ns(&self, net: usize) -> Result<&NetState, Ignored> {
+        self.nets.get(net).and_then(|n| n.as_ref()).ok_or(Ignored::NoNetwork)
+    }
+
+    fn ns_mut(&mut self, net: usize) -> Result<&mut NetState, Ignored> {
+        self.nets.get_mut(net).and_then(|n| n.as_mut()).ok_or(Ignored::NoNetwork)
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The hostname a lease gets: the reservation's, else the client's option 12 if it is a
+    /// valid label nobody else uses, else what the client's record already had.
+    fn lease_hostname(ns: &NetState, mac: MacAddr, req: &Request, now: u64, prev: Option<&Rec>) -> Option<String> {
+        let cid = req.client_id.as_deref();
+        if let Some((_, h)) = ns.res_by_mac.get(&mac) {
+            return h.clone();
+        }
+        if let Some(h) = req.hostname.as_deref().and_then(msg::sanitize_hostname) {
+            if !ns.name_taken(&h, mac, cid, now) {
+                return Some(h);
+            }
+        }
+        prev.filter(|r| owns(&r.lease, mac, cid)).and_then(|r| r.lease.hostname.clone())
+    }
+
+    /// A reply as a Send: NAKs broadcast; a client with an address (ciaddr) gets unicast there;
+    /// the broadcast flag, or no address to send to, means broadcast; else unicast to the
+    /// offered address at the client's MAC (RFC 2131 4.1, no relays).
+    fn send(net: usize, req: &Request, mac: MacAddr, kind: Kind, yiaddr: Ipv4Addr, payload: Vec<u8>) -> Action {
+        let ciaddr = req.msg.ciaddr();
+        let (dst_ip, dst_mac) = if kind == Kind::Nak {
+            (Ipv4Addr::BROADCAST, MacAddr::BROADCAST)
+        } else if !ciaddr.is_unspecified() {
+            (ciaddr, mac)
+        } else if req.msg.flags().broadcast() || yiaddr.is_unspecified() {
+            (Ipv4Addr::BROADCAST, MacAddr::BROADCAST)
+        } else {
+            (yiaddr, mac)
+        };
+        Action::Send { net, dst_ip, dst_mac, payload }
+    }
+
+    fn discover(&mut self, now: u64, net: usize, port: u16, mac: MacAddr, req: &Request, out: &mut Vec<Action>) -> Result<(), Ignored> {
+        self.counters.discovers += 1;
+        let ns = self.ns(net)?;
+        let cid = req.client_id.as_deref();
+        // Reservation, else the client's previous address, else the one it asks for, else the
+        // lowest free one (RFC 2131 4.3.1).
+        let ip = if let Some((rip, _)) = ns.res_by_mac.get(&mac) {
+            *rip
+        } else if let Some(a) = ns.client_addrs(mac, cid).into_iter().find(|&a| ns.usable(mac, cid, Ipv4Addr::from(a), now)) {
+            Ipv4Addr::from(a)
+        } else if let Some(r) = req.requested.filter(|&r| ns.usable(mac, cid, r, now)) {
+            r
+        } else {
+            Ipv4Addr::from(ns.lowest_free(now).ok_or(Ignored::PoolExhausted)?)
+        };
+        let a = u32::from(ip);
+        let prev = ns.recs.get(&a);
+        let hostname = Self::lease_hostname(ns, mac, req, now, prev);
+        let mine_live = prev.filter(|r| owns(&r.lease, mac, cid) && r.lease.expires > now).map(|r| r.lease.state);
+        match mine_live {
+            // Already the client's: offer it again without touching the lease.
+            Some(LeaseState::Bound) => {}
+            Some(LeaseState::Offered) => {
+                let ns = self.ns_mut(net)?;
+                if let Some(r) = ns.recs.get_mut(&a) {
+                    r.lease.expires = now.saturating_add(OFFER_SECS);
+                    r.lease.hostname = hostname;
+                }
+            }
+            _ => {
+                if self.offers.get(&port).copied().unwrap_or(0) >= MAX_OFFERS_PER_PORT {
+                    return Err(Ignored::RateLimited);
+                }
+                let lease = Lease {
+                    net,
+                    ip,
+                    mac,
+                    client_id: req.client_id.clone(),
+                    hostname,
+                    expires: now.saturating_add(OFFER_SECS),
+                    state: LeaseState::Offered,
+                };
+                let ns = self.nets.get_mut(net).and_then(|n| n.as_mut()).ok_or(Ignored::NoNetwork)?;
+                if let Some(old) = ns.put(Rec { lease, port }) {
+                    drop_offer(&mut self.offers, &old);
+                }
+                *self.offers.entry(port).or_insert(0) += 1;
+            }
+        }
+        let ns = self.ns(net)?;
+        let echo = ns.res_by_mac.get(&mac).and_then(|(_, h)| h.as_deref());
+        let payload = msg::reply(ns, req, Kind::Offer, ip, echo).ok_or(Ignored::Malformed)?;
+        out.push(Self::send(net, req, mac, Kind::Offer, ip, payload));
+        self.counters.offers += 1;
+        Ok(())
+    }
+
+    fn nak(&mut self, net: usize, mac: MacAddr, req: &Request, out: &mut Vec<Action>) -> Result<(), Ignored> {
+        let ns = self.ns(net)?;
+        let payload = msg::reply(ns, req, Kind::Nak, Ipv4Addr::UNSPECIFIED, None).ok_or(Ignored::Malformed)?;
+        out.push(Self::send(net, req, mac, Kind::Nak, Ipv4Addr::UNSPECIFIED, payload));
+        self.counters.naks += 1;
+        Ok(())
+    }
+
+    /// REQUEST in any state: SELECTING (server id, option 50), INIT-REBOOT (option 50 only),
+    /// RENEWING/REBINDING (ciaddr). The server is authoritative for its networks, so a client
+    /// asking for an address it may not have gets a NAK, and one asking for a free address it
+    /// may have gets it even without a record (state lost in a crash before the log had it).
+    fn request(&mut self, now: u64, net: usize, port: u16, mac: MacAddr, req: &Request, out: &mut Vec<Action>) -> Result<(), Ignored> {
+        self.counters.requests += 1;
+        let cid = req.client_id.as_deref();
+        let gw = self.ns(net)?.cfg.gateway;
+        if req.server_id.is_some_and(|s| s != gw) {
+            // The client took another server's offer: withdraw ours.
+            let ns = self.nets.get_mut(net).and_then(|n| n.as_mut()).ok_or(Ignored::NoNetwork)?;
+            for a in ns.client_addrs(mac, cid) {
+                if let Some(r) = ns.recs.get_mut(&a) {
+                    if r.lease.state == LeaseState::Offered {
+                        drop_offer(&mut self.offers, r);
+                        r.lease.state = LeaseState::Released;
+                    }
+                }
+            }
+            return Err(Ignored::NotForUs);
+        }
+        let ciaddr = Some(req.msg.ciaddr()).filter(|c| !c.is_unspecified());
+        let ip = if req.server_id.is_some() { req.requested.or(ciaddr) } else { ciaddr.or(req.requested) };
+        let ip = ip.ok_or(Ignored::Malformed)?;
+        let ns = self.ns(net)?;
+        if !ns.usable(mac, cid, ip, now) {
+            return self.nak(net, mac, req, out);
+        }
+        let a = u32::from(ip);
+        let hostname = Self::lease_hostname(ns, mac, req, now, ns.recs.get(&a));
+        let echo = ns.res_by_mac.get(&mac).and_then(|(_, h)| h.clone());
+        let lease_secs = ns.cfg.lease_secs;
+        let payload = msg::reply(ns, req, Kind::Ack, ip, echo.as_deref()).ok_or(Ignored::Malformed)?;
+        let ack = Self::send(net, req, mac, Kind::Ack, ip, payload);
+
+        // The client's other leases on this network go (logged before the new one).
+        let ns = self.nets.get_mut(net).and_then(|n| n.as_mut()).ok_or(Ignored::NoNetwork)?;
+        let mut freed = Vec::new();
+        for other in ns.client_addrs(mac, cid) {
+            if other == a {
+                continue;
+            }
+            if let Some(r) = ns.recs.get_mut(&other) {
+                drop_offer(&mut self.offers, r);
+                if r.lease.state == LeaseState::Bound {
+                    freed.push(r.lease.ip);
+                }
+                r.lease.state = LeaseState::Released;
+            }
+        }
+        let lease = Lease {
+            net,
+            ip,
+            mac,
+            client_id: req.client_id.clone(),
+            hostname,
+            expires: now.saturating_add(lease_secs as u64),
+            state: LeaseState::Bound,
+        };
+        if let Some(old) = ns.put(Rec { lease: lease.clone(), port }) {
+            drop_offer(&mut self.offers, &old);
+        }
+        for ip in freed {
+            let seq = self.next_seq();
+            out.push(Action::Persist { seq, record: LeaseRecord::Free { net, ip } });
+        }
+        let seq = self.next_seq();
+        out.push(Action::Persist { seq, record: LeaseRecord::Bind(lease) });
+        self.held.push_back((seq, ack));
+        Ok(())
+    }
+
+    fn release(&mut self, net: usize, mac: MacAddr, req: &Request, out: &mut Vec<Action>) -> Result<(), Ignored> {
+        let ns = self.nets.get_mut(net).and_then(|n| n.as_mut()).ok_or(Ignored::NoNetwork)?;
+        if req.server_id.is_some_and(|s| s != ns.cfg.gateway) {
+            return Err(Ignored::NotForUs);
+        }
+        let ip = req.msg.ciaddr();
+        let cid = req.client_id.as_deref();
+        match ns.recs.get_mut(&u32::from(ip)) {
+            Some(r) if r.lease.state == LeaseState::Bound && owns(&r.lease, mac, cid) => {
+                r.lease.state = LeaseState::Released;
+            }
+            _ => return Err(Ignored::UnknownLease),
+        }
+        let seq = self.next_seq();
+        out.push(Action::Persist { seq, record: LeaseRecord::Free { net, ip } });
+        self.counters.releases += 1;
+        Ok(())
+    }
+
+    fn decline(&mut self, now: u64, net: usize, mac: MacAddr, req: &Request, out: &mut Vec<Action>) -> Result<(), Ignored> {
+        let ns = self.nets.get_mut(net).and_then(|n| n.as_mut()).ok_or(Ignored::NoNetwork)?;
+        if req.server_id.is_some_and(|s| s != ns.cfg.gateway) {
+            return Err(Ignored::NotForUs);
+        }
+        let ip = req.requested.ok_or(Ignored::Malformed)?;
+        let cid = req.client_id.as_deref();
+        let a = u32::from(ip);
+        let held = ns.recs.get(&a).is_some_and(|r| {
+            matches!(r.lease.state, LeaseState::Bound | LeaseState::Offered) && owns(&r.lease, mac, cid)
+        });
+        if !held {
+            return Err(Ignored::UnknownLease);
+        }
+        let until = now.saturating_add(DECLINE_SECS);
+        if let Some(old) = ns.put(Rec { lease: declined(net, ip, until), port: 0 }) {
+            drop_offer(&mut self.offers, &old);
+        }
+        let seq = self.next_seq();
+        out.push(Action::Persist { seq, record: LeaseRecord::Decline { net, ip, until } });
+        self.counters.declines += 1;
+        Ok(())
+    }
+
+    fn inform(&mut self, net: usize, mac: MacAddr, req: &Request, out: &mut Vec<Action>) -> Result<(), Ignored> {
+        self.counters.informs += 1;
+        let ns = self.ns(net)?;
+        let ciaddr = req.msg.ciaddr();
+        if !ciaddr.is_unspecified() && !ns.cfg.cidr.contains(ciaddr) {
+            return Err(Ignored::NotForUs);
+        }
+        let payload = msg::reply(ns, req, Kind::InformAck, Ipv4Addr::UNSPECIFIED, None).ok_or(Ignored::Malformed)?;
+        out.push(Self::send(net, req, mac, Kind::InformAck, Ipv4Addr::UNSPECIFIED, payload));
+        self.counters.acks += 1;
+        Ok(())
+    }
+
+    /// Records up to `seq` are durable: releases the held ACKs (as Action::Send).
+    pub fn committed(&mut self, seq: u64, out: &mut Vec<Action>) {
+        while self.held.front().is_some_and(|(s, _)| *s <= seq) {
+            if let Some((_, ack)) = self.held.pop_front() {
+                out.push(ack);
+                self.counters.acks += 1;
+            }
+        }
+    }
+
+    /// Expired leases and offers are reclaimed (Persist a Free record for expired Bound leases).
+    /// Expired leases and offers stay in memory as released (the client's previous address);
+    /// expired quarantines are forgotten.
+    pub fn expire(&mut self, now: u64, out: &mut Vec<Action>) {
+        self.now = self.now.max(now);
+        for (net, ns) in self.nets.iter_mut().enumerate() {
+            let Some(ns) = ns else { continue };
+            let mut gone = Vec::new();
+            for (&a, r) in ns.recs.iter_mut() {
+                if r.lease.expires > now || r.lease.state == LeaseState::Released {
+                    continue;
+                }
+                match r.lease.state {
+                    LeaseState::Bound => {
+                        r.lease.state = LeaseState::Released;
+                        self.seq += 1;
+                        out.push(Action::Persist { seq: self.seq, record: LeaseRecord::Free { net, ip: r.lease.ip } });
+                    }
+                    LeaseState::Offered => {
+                        drop_offer(&mut self.offers, r);
+                        r.lease.state = LeaseState::Released;
+                    }
+                    LeaseState::Declined => gone.push(a),
+                    LeaseState::Released => {}
+                }
+            }
+            for a in gone {
+                ns.remove(a);
+            }
+        }
+    }
+
+    /// The address port-security must allow for a guest with this MAC on `net` (its current
+    /// Bound, unexpired lease), if any. "Unexpired" is judged at the latest time the server
+    /// was given.
+    pub fn lease_of(&self, net: usize, mac: MacAddr) -> Option<Ipv4Addr> {
+        let ns = self.nets.get(net)?.as_ref()?;
+        let r = ns.recs.get(ns.by_mac.get(&mac)?)?;
+        (r.lease.state == LeaseState::Bound && r.lease.expires > self.now && r.lease.mac == mac).then_some(r.lease.ip)
+    }
+
+    /// Name -> address and address -> name for DNS: Bound leases (and reservations) with a
+    /// hostname. A reservation's name comes first; a lease's name is listed only if no earlier
+    /// entry of its network has it.
+    pub fn hosts(&self) -> Vec<(usize, String, Ipv4Addr)> {
+        let mut v: Vec<(usize, String, Ipv4Addr)> = Vec::new();
+        for (net, ns) in self.nets.iter().enumerate() {
+            let Some(ns) = ns else { continue };
+            let start = v.len();
+            let mut res: Vec<_> =
+                ns.res_by_mac.values().filter_map(|(ip, h)| h.as_ref().map(|h| (net, h.clone(), *ip))).collect();
+            res.sort_by_key(|e| u32::from(e.2));
+            v.extend(res);
+            for r in ns.recs.values() {
+                let l = &r.lease;
+                let Some(h) = l.hostname.as_ref() else { continue };
+                if l.state == LeaseState::Bound && l.expires > self.now && !v[start..].iter().any(|e| &e.1 == h) {
+                    v.push((net, h.clone(), l.ip));
+                }
+            }
+        }
+        v
+    }
+
+    /// Snapshot for `ctl show leases`: Bound, Offered and Declined entries, by network and address.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.nets
+            .iter()
+            .flatten()
+            .flat_map(|ns| ns.recs.values())
+            .filter(|r| r.lease.state != LeaseState::Released && r.lease.expires > self.now)
+            .map(|r| r.lease.clone())
+            .collect()
+    }
+
+    pub fn counters(&self) -> DhcpCounters {
+        self.counters
+    }
+}
+
+fn declined(net: usize, ip: Ipv4Addr, until: u64) -> Lease {
+    Lease { net, ip, mac: MacAddr::ZERO, client_id: None, hostname: None, expires: until, state: LeaseState::Declined }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,291 @@
+//! The router's own services on guest networks: the DHCP server and the DNS server, fed by the
+//! datapath and answering through the router's normal egress. Like the rest of the router this
+//! is sans-IO: lease records to make durable and DNS queries for upstream servers wait in
+//! queues ([`Router::take_persist`], [`Router::take_upstream`]) for the I/O edge, whose answers
+//! come back as events ([`Router::dhcp_committed`], [`Router::dns_upstream`]).
+//!
+//! Invariants: DHCP and DNS answer only on guest networks (never the public side); a DHCP ACK
+//! leaves only after the lease record it depends on was reported durable; server messages
+//! (sport 67) from guests on a network vrouter serves are dropped (rogue DHCP).
+
+use super::{Iface, Out, Router};
+use crate::buf::PacketBuf;
+use crate::dhcp::{self, DhcpServer};
+use crate::dns::{self, DnsServer};
+use crate::switch::stats::DropReason;
+use crate::switch::NetId;
+use crate::time::Instant;
+use crate::wire::checksum;
+use crate::wire::ethernet::{ethertype, MacAddr};
+use crate::wire::ipv4::{self, proto};
+use crate::wire::vnet::VnetHdr;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+/// DNS clients waiting for an answer, at most.
+const DNS_CLIENTS: usize = 4096;
+
+/// Where a DNS answer goes back to.
+#[derive(Clone, Copy)]
+pub(super) struct DnsClient {
+    net: NetId,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    port: u16,
+    server: Ipv4Addr,
+}
+
+/// The services' state inside the router.
+#[derive(Default)]
+pub struct Services {
+    pub dhcp: Option<DhcpServer>,
+    pub(super) dhcp_nets: Vec<bool>,
+    pub dns: Option<DnsServer>,
+    pub(super) dns_clients: HashMap<u64, DnsClient>,
+    pub(super) next_client: u64,
+    /// Lease log lines to make durable, with their sequence numbers.
+    pub(super) persist: Vec<(u64, String)>,
+    /// DNS queries for upstream servers.
+    pub(super) upstream: Vec<(SocketAddr, Vec<u8>)>,
+    /// Unix time (seconds) at `Instant::ZERO`: leases live on the wall clock.
+    pub(super) wall_base: u64,
+    /// The host table last given to DNS (to skip redundant updates).
+    pub(super) hosts_sig: u64,
+    dhcp_out: Vec<dhcp::Action>,
+    dns_out: Vec<dns::Action>,
+}
+
+impl Router {
+    /// Sets the wall clock: unix seconds at the datapath clock's origin.
+    pub fn set_wall_base(&mut self, unix_secs: u64) {
+        self.svc.wall_base = unix_secs;
+    }
+
+    /// Unix seconds at `now`.
+    pub fn wall_now(&self, now: Instant) -> u64 {
+        self.wall(now)
+    }
+
+    fn wall(&self, now: Instant) -> u64 {
+        self.svc.wall_base + now.millis() / 1000
+    }
+
+    /// Installs the DHCP and DNS servers (built from the config by `build::services`);
+    /// `dhcp_nets[n]` says whether network `n` is served.
+    pub fn set_services(&mut self, dhcp: Option<DhcpServer>, dhcp_nets: Vec<bool>, dns: Option<DnsServer>) {
+        self.svc.dhcp = dhcp;
+        self.svc.dhcp_nets = dhcp_nets;
+        self.svc.dns = dns;
+        self.refresh_hosts();
+    }
+
+    /// Whether vrouter serves DHCP on network `n`.
+    pub fn serves_dhcp(&self, n: NetId) -> bool {
+        self.svc.dhcp.is_some() && self.svc.dhcp_nets.get(n.0 as usize).copied().unwrap_or(false)
+    }
+
+    /// Whether vrouter answers DNS on its gateway addresses.
+    pub fn serves_dns(&self) -> bool {
+        self.svc.dns.is_some()
+    }
+
+    /// The address port security allows for a guest without a fixed address: its lease.
+    pub fn lease_of(&self, n: NetId, mac: MacAddr) -> Option<Ipv4Addr> {
+        self.svc.dhcp.as_ref()?.lease_of(n.0 as usize, mac)
+    }
+
+    /// Replays the lease log at start (lines as read from disk).
+    pub fn restore_leases(&mut self, now: Instant, lines: &[String]) -> usize {
+        let wall = self.wall(now);
+        let Some(d) = self.svc.dhcp.as_mut() else { return 0 };
+        let recs: Vec<dhcp::LeaseRecord> = lines.iter().filter_map(|l| dhcp::LeaseRecord::decode(l)).collect();
+        let n = recs.len();
+        d.restore(recs, wall);
+        self.refresh_hosts();
+        n
+    }
+
+    /// The live lease records (for compacting the log at start).
+    pub fn lease_records(&self) -> Vec<String> {
+        let Some(d) = self.svc.dhcp.as_ref() else { return Vec::new() };
+        d.leases().into_iter().filter(|l| l.state == dhcp::LeaseState::Bound).map(|l| dhcp::LeaseRecord::Bind(l).encode()).collect()
+    }
+
+    /// A DHCP client message (UDP to port 67) from a guest on `net`. `ip` is the IPv4 packet.
+    pub fn dhcp_in(&mut self, now: Instant, net: NetId, port: u16, src_mac: MacAddr, ip: &[u8]) -> Result<(), DropReason> {
+        let wall = self.wall(now);
+        let Some(d) = self.svc.dhcp.as_mut() else { return Err(DropReason::NoL3) };
+        let Ok(p) = ipv4::Ipv4Packet::new_checked(ip) else { return Err(DropReason::BadIp) };
+        let udp = p.payload();
+        let Some(payload) = udp.get(8..) else { return Err(DropReason::BadL4) };
+        let mut out = std::mem::take(&mut self.svc.dhcp_out);
+        let r = d.handle(wall, now.millis(), net.0 as usize, port, src_mac, payload, &mut out);
+        self.run_dhcp(&mut out);
+        self.svc.dhcp_out = out;
+        r.map_err(|e| match e {
+            dhcp::Ignored::ServerMessage => DropReason::RogueDhcp,
+            dhcp::Ignored::RateLimited => DropReason::DhcpRateLimited,
+            _ => DropReason::DhcpIgnored,
+        })
+    }
+
+    /// Lease records up to `seq` are on disk: the ACKs they held go out.
+    pub fn dhcp_committed(&mut self, seq: u64) {
+        let Some(d) = self.svc.dhcp.as_mut() else { return };
+        let mut out = std::mem::take(&mut self.svc.dhcp_out);
+        d.committed(seq, &mut out);
+        self.run_dhcp(&mut out);
+        self.svc.dhcp_out = out;
+    }
+
+    fn run_dhcp(&mut self, out: &mut Vec<dhcp::Action>) {
+        let mut changed = false;
+        for a in out.drain(..) {
+            match a {
+                dhcp::Action::Send { net, dst_ip, dst_mac, payload } => {
+                    let n = NetId(net as u16);
+                    let Some(gw) = self.gateway(n) else { continue };
+                    self.emit_udp(Iface::Net(n), dst_mac, gw, dst_ip, 67, 68, &payload);
+                }
+                dhcp::Action::Persist { seq, record } => {
+                    self.svc.persist.push((seq, record.encode()));
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.refresh_hosts();
+        }
+    }
+
+    /// Gives DNS the current host table (reservations and leases with a hostname).
+    fn refresh_hosts(&mut self) {
+        let (Some(d), Some(dns)) = (self.svc.dhcp.as_ref(), self.svc.dns.as_mut()) else { return };
+        let hosts: Vec<(String, Ipv4Addr)> = d
+            .hosts()
+            .into_iter()
+            .filter_map(|(net, name, ip)| {
+                let domain = self.cfg.nets.get(net)?.domain.as_ref()?;
+                Some((format!("{name}.{}", domain.trim_end_matches('.')), ip))
+            })
+            .collect();
+        let sig = hosts.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, (n, ip)| {
+            n.bytes().chain(ip.octets()).fold(h, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+        });
+        if sig != self.svc.hosts_sig {
+            self.svc.hosts_sig = sig;
+            dns.set_hosts(hosts);
+        }
+    }
+
+    /// Leases and DHCP counters for `ctl show leases`; `None` without DHCP service.
+    pub fn leases(&self) -> Option<(Vec<dhcp::Lease>, dhcp::DhcpCounters)> {
+        let d = self.svc.dhcp.as_ref()?;
+        Some((d.leases(), d.counters()))
+    }
+
+    /// DNS counters for `ctl show stats`.
+    pub fn dns_counters(&self) -> Option<dns::DnsCounters> {
+        self.svc.dns.as_ref().map(|d| d.counters())
+    }
+
+    /// Lease records waiting to be made durable.
+    pub fn take_persist(&mut self) -> Vec<(u64, String)> {
+        std::mem::take(&mut self.svc.persist)
+    }
+
+    /// DNS queries waiting to be sent to upstream servers.
+    pub fn take_upstream(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::mem::take(&mut self.svc.upstream)
+    }
+
+    /// A DNS query over UDP from a guest on `net` to the router address `server`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn dns_in(&mut self, now: Instant, net: NetId, mac: MacAddr, ip: Ipv4Addr, port: u16, server: Ipv4Addr, payload: &[u8]) -> Result<(), DropReason> {
+        let Some(dns) = self.svc.dns.as_mut() else { return Err(DropReason::NoL3) };
+        if self.svc.dns_clients.len() >= DNS_CLIENTS {
+            return Err(DropReason::DnsBusy);
+        }
+        self.svc.next_client += 1;
+        let id = self.svc.next_client;
+        let mut out = std::mem::take(&mut self.svc.dns_out);
+        let r = dns.query(now, dns::Client { id }, dns::Transport::Udp, payload, &mut out);
+        if r.is_ok() {
+            self.svc.dns_clients.insert(id, DnsClient { net, mac, ip, port, server });
+        }
+        self.run_dns(&mut out);
+        self.svc.dns_out = out;
+        r.map_err(|_| DropReason::DnsIgnored)
+    }
+
+    /// An upstream DNS server's answer (the I/O edge's UDP socket).
+    pub fn dns_upstream(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) {
+        let Some(dns) = self.svc.dns.as_mut() else { return };
+        let mut out = std::mem::take(&mut self.svc.dns_out);
+        dns.upstream_answer(now, from, payload, &mut out);
+        self.run_dns(&mut out);
+        self.svc.dns_out = out;
+    }
+
+    pub(super) fn services_poll(&mut self, now: Instant) {
+        let wall = self.wall(now);
+        if let Some(d) = self.svc.dhcp.as_mut() {
+            let mut out = std::mem::take(&mut self.svc.dhcp_out);
+            d.expire(wall, &mut out);
+            self.run_dhcp(&mut out);
+            self.svc.dhcp_out = out;
+        }
+        if let Some(dns) = self.svc.dns.as_mut() {
+            if dns.poll_at() <= now {
+                let mut out = std::mem::take(&mut self.svc.dns_out);
+                dns.poll(now, &mut out);
+                self.run_dns(&mut out);
+                self.svc.dns_out = out;
+            }
+        }
+    }
+
+    pub(super) fn services_poll_at(&self) -> Instant {
+        self.svc.dns.as_ref().map_or(Instant(u64::MAX), |d| d.poll_at())
+    }
+
+    fn run_dns(&mut self, out: &mut Vec<dns::Action>) {
+        for a in out.drain(..) {
+            match a {
+                dns::Action::Reply { client, payload } => {
+                    let Some(c) = self.svc.dns_clients.remove(&client.id) else { continue };
+                    self.emit_udp(Iface::Net(c.net), c.mac, c.server, c.ip, 53, c.port, &payload);
+                }
+                dns::Action::Upstream { upstream, payload } => self.svc.upstream.push((upstream, payload)),
+            }
+        }
+    }
+
+    /// Builds an Ethernet/IPv4/UDP frame from the router (checksums complete) for the outbox.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn emit_udp(&mut self, iface: Iface, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) {
+        let udp_len = 8 + payload.len();
+        if 14 + 20 + udp_len > crate::buf::MAX_FRAME {
+            return;
+        }
+        let mut f = vec![0u8; 14 + 20 + udp_len];
+        f[0..6].copy_from_slice(&dst_mac.0);
+        f[6..12].copy_from_slice(&self.mac.0);
+        f[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+        self.ident = self.ident.wrapping_add(1);
+        ipv4::emit_header(&mut f[14..34], src, dst, proto::UDP, 64, udp_len, self.ident);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f[38..40].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        f[42..].copy_from_slice(payload);
+        let sum = checksum::add(checksum::pseudo_v4(src.octets(), dst.octets(), proto::UDP, udp_len as u32), &f[34..]);
+        let mut c = !checksum::fold(sum);
+        if c == 0 {
+            c = 0xffff;
+        }
+        f[40..42].copy_from_slice(&c.to_be_bytes());
+        let mut b: PacketBuf = self.pool.pop().unwrap_or_default();
+        b.load(&f, VnetHdr::default());
+        self.outbox.push(Out { iface, buf: b });
+    }
+}
