@@ -25,7 +25,7 @@ pub fn fuzz_datapath() -> Datapath {
         name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net, security }, offload, mac_limit: Some(8),
     };
     let sec = Security { mac: MacAddr([0x52, 0x54, 0, 0, 0, 1]), ip: Some([10, 1, 1, 11].into()) };
-    Datapath::new(DatapathConfig {
+    let mut dp = Datapath::new(DatapathConfig {
         router_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }, NetSpec { name: "b".into(), vlan: Some(102) }],
         ports: vec![
@@ -39,7 +39,57 @@ pub fn fuzz_datapath() -> Datapath {
         mac_aging: Duration::from_secs(300),
         mac_table_size: 64,
         l3: fuzz_l3(),
-    })
+    });
+    let (dhcp, nets, dns) = fuzz_services();
+    dp.router_mut().set_services(Some(dhcp), nets, Some(dns));
+    dp
+}
+
+/// DHCP on network "a" (pool and a reservation), DNS for "fuzz.internal" with an upstream.
+fn fuzz_services() -> (crate::dhcp::DhcpServer, Vec<bool>, crate::dns::DnsServer) {
+    use crate::dhcp::{DhcpNet, DhcpServer, Reservation};
+    let net = DhcpNet {
+        name: "a".into(),
+        cidr: "10.1.1.0/24".parse().expect("cidr"),
+        gateway: [10, 1, 1, 1].into(),
+        range: Some(([10, 1, 1, 100].into(), [10, 1, 1, 110].into())),
+        lease_secs: 600,
+        mtu: 1400,
+        domain: Some("fuzz.internal".into()),
+        routes: vec![("0.0.0.0/0".parse().expect("net"), [10, 1, 1, 1].into())],
+    };
+    let dhcp = DhcpServer::new(
+        vec![Some(net), None],
+        vec![Reservation { net: 0, mac: MacAddr([0x52, 0x54, 0, 0, 0, 1]), ip: [10, 1, 1, 11].into(), hostname: Some("one".into()) }],
+    );
+    let dns = crate::dns::DnsServer::new(crate::dns::DnsConfig {
+        domains: vec!["fuzz.internal".into()],
+        nets: vec!["10.1.1.0/24".parse().expect("net"), "10.1.2.0/24".parse().expect("net")],
+        upstreams: vec!["127.0.0.1:53".parse().expect("addr")],
+        cache_entries: 64,
+        upstream_timeout_ms: 500,
+    });
+    (dhcp, vec![true, false], dns)
+}
+
+/// The DHCP server on any client message (as if from a guest of network "a"). Never panics.
+pub fn dhcp(data: &[u8]) {
+    let (mut d, _, _) = fuzz_services();
+    let mut out = Vec::new();
+    let mac = MacAddr([0x52, 0x54, 0, 0, 0, data.first().copied().unwrap_or(2) | 2 & 0xfe]);
+    let _ = d.handle(1_000, 1_000, 0, 0, mac, data, &mut out);
+    d.committed(u64::MAX, &mut out);
+    d.expire(10_000, &mut out);
+}
+
+/// The DNS server on any query and any upstream answer. Never panics.
+pub fn dns(data: &[u8]) {
+    let (_, _, mut d) = fuzz_services();
+    let mut out = Vec::new();
+    let _ = d.query(Instant(1), crate::dns::Client { id: 1 }, crate::dns::Transport::Udp, data, &mut out);
+    let _ = d.query(Instant(1), crate::dns::Client { id: 2 }, crate::dns::Transport::Tcp, data, &mut out);
+    d.upstream_answer(Instant(2), "127.0.0.1:53".parse().expect("addr"), data, &mut out);
+    d.poll(Instant(10_000), &mut out);
 }
 
 /// The router of the fuzz datapath: both networks routed, a public side with every kind of
@@ -189,8 +239,18 @@ mod tests {
                         frame[26..30].copy_from_slice(&ADDRS[(next() % 9) as usize]);
                         frame[30..34].copy_from_slice(&ADDRS[(next() % 9) as usize]);
                         if n > 38 {
-                            let p = [[0x08, 0xae], [0, 80], [0, 53], [0, 25], [0, 22]][(next() % 5) as usize];
+                            let p = [[0x08, 0xae], [0, 80], [0, 53], [0, 25], [0, 22], [0, 67]][(next() % 6) as usize];
                             frame[36..38].copy_from_slice(&p);
+                            if p == [0, 67] {
+                                // A DHCP client: 0.0.0.0:68 -> broadcast:67, or a rogue server's reply.
+                                frame[..6].copy_from_slice(&[0xff; 6]);
+                                frame[26..30].copy_from_slice(&[0, 0, 0, 0]);
+                                frame[30..34].copy_from_slice(&[255; 4]);
+                                frame[34..36].copy_from_slice(&[0, 68]);
+                                if next() % 4 == 0 {
+                                    frame[34..38].copy_from_slice(&[0, 67, 0, 68]);
+                                }
+                            }
                             if frame[23] == 1 {
                                 frame[34] = [8u8, 0, 3, 11][(next() % 4) as usize];
                             }
@@ -264,6 +324,10 @@ mod tests {
             }
             super::datapath(&mut dp, &d);
             super::config(&d);
+            if next() % 8 == 0 {
+                super::dhcp(&d);
+                super::dns(&d);
+            }
         }
         let st = dp.show_stats();
         // The generator must reach the interesting paths, or this smoke test proves little.
@@ -272,6 +336,10 @@ mod tests {
             assert!(st["totals"]["drops"][reason].as_u64().unwrap_or(0) > 0, "{reason} never hit: {st}");
         }
         // The L3 path is reached: routing, NAT, ICMP generation, ARP answers.
+        for reason in ["dhcp_ignored", "rogue_dhcp"] {
+            assert!(st["totals"]["drops"][reason].as_u64().unwrap_or(0) > 0, "{reason} never hit: {st}");
+        }
+        assert!(dp.router().dns_counters().is_some_and(|c| c.queries > 0), "DNS never reached");
         for counter in ["forwarded", "snat_flows", "icmp_sent", "arp_replies", "echo_replies"] {
             assert!(st["router"][counter].as_u64().unwrap_or(0) > 0, "router {counter} never hit: {st}");
         }

@@ -1,0 +1,5 @@
+//! The dhcp server on arbitrary bytes (`vrouter::fuzzing::dhcp`, also run by the smoke test).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| vrouter::fuzzing::dhcp(data));
