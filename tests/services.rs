@@ -134,8 +134,10 @@ while True:
     while q[i] != 0:
         i += q[i] + 1
     question = q[12:i + 5]
-    ans = b'\xc0\x0c' + struct.pack('>HHIH', 1, 1, 300, 4) + bytes([192, 0, 2, 77])
-    s.sendto(struct.pack('>HHHHHH', qid, 0x8180, 1, 1, 0, 0) + question + ans, a)
+    # "big..." names get 60 addresses: more than fits a plain 512-byte UDP answer.
+    count = 60 if q[13:16] == b'big' else 1
+    ans = b''.join(b'\xc0\x0c' + struct.pack('>HHIH', 1, 1, 300, 4) + bytes([192, 0, 2, 77 + k]) for k in range(count))
+    s.sendto(struct.pack('>HHHHHH', qid, 0x8180, 1, count, 0, 0) + question + ans, a)
 "#,
         portf = portf.display(),
         count = count.display()
@@ -217,6 +219,13 @@ fn dhcp_and_dns_for_real_clients() {
     assert_eq!(std::fs::read_to_string(&up_count).unwrap_or_default(), "1", "upstream queries");
     let st = lab.show("stats");
     assert!(st["dns"]["cache_hits"].as_u64().unwrap_or(0) >= 1, "{}", st["dns"]);
+    // TCP on the router's own endpoint: a local name, and a forwarded answer too big for a
+    // plain UDP reply (TC set, then the client's TCP retry gets all 60 records).
+    assert_eq!(dig(&lab, &d1, &["+tcp", "+short", &format!("web1.{DOMAIN}")]).trim(), "10.1.1.11");
+    let big = dig(&lab, &d1, &["+noedns", "big.example"]);
+    assert!(big.contains("Truncated, retrying in TCP mode") && big.contains("ANSWER: 60"), "{big}");
+    let edns = dig(&lab, &d1, &["+bufsize=1232", "+short", "big.example"]);
+    assert_eq!(edns.lines().count(), 60, "EDNS0: the 60 records fit 1232 bytes: {edns}");
 
     // Renew (udhcpc asking for its address again) keeps it; release frees it.
     let e = udhcpc(&lab, &d1, &lab.name("d1"), &["-r", "10.1.1.100"]);

@@ -19,6 +19,7 @@
 
 pub mod neigh;
 pub mod services;
+mod tcp_dns;
 
 use crate::buf::PacketBuf;
 use crate::config::schema::Action;
@@ -330,7 +331,7 @@ impl Router {
         self.services_poll(now);
     }
 
-    fn run_work(&mut self, now: Instant, w: Work) {
+    pub(crate) fn run_work(&mut self, now: Instant, w: Work) {
         for (iface, ip, known) in w.requests {
             let Some(src) = self.own_addr(iface, ip) else { continue };
             let dst = known.unwrap_or(MacAddr::BROADCAST);
@@ -791,6 +792,24 @@ impl Router {
             let l4 = &f[14 + hl..14 + tl];
             (f[14 + 9], l4.len() >= 8 && l4[0] == icmp::ECHO_REQUEST && f[14 + 9] == proto::ICMP)
         };
+        // DNS over TCP on the network's gateway: the router's own TCP endpoint.
+        if let (Iface::Net(n), proto::TCP) = (from, protocol) {
+            let f = buf.frame();
+            let dport = f.get(14 + hl + 2..14 + hl + 4).map(|p| u16::from_be_bytes([p[0], p[1]]));
+            let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+            if dport == Some(53) && self.serves_dns() && self.gateway(n) == Some(dst) {
+                if buf.vnet.gso != Gso::None {
+                    return Verdict::Drop(DropReason::BadL4);
+                }
+                let mut v = buf.vnet;
+                if crate::offload::complete_checksum(buf.frame_mut(), &mut v).is_err() {
+                    return Verdict::Drop(DropReason::BadL4);
+                }
+                let packet = buf.frame()[14..14 + tl].to_vec();
+                self.dns_tcp_in(now, n, packet);
+                return Verdict::Consumed;
+            }
+        }
         // DNS on the router's addresses, for guests only.
         if let (Iface::Net(n), proto::UDP) = (from, protocol) {
             let f = buf.frame();

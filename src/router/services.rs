@@ -33,6 +33,8 @@ pub(super) struct DnsClient {
     ip: Ipv4Addr,
     port: u16,
     server: Ipv4Addr,
+    /// Asked over TCP on this connection (the others are UDP).
+    tcp: Option<smoltcp::iface::SocketHandle>,
 }
 
 /// The services' state inside the router.
@@ -53,6 +55,7 @@ pub struct Services {
     pub(super) hosts_sig: u64,
     dhcp_out: Vec<dhcp::Action>,
     dns_out: Vec<dns::Action>,
+    pub(super) tcp: super::tcp_dns::TcpDns,
 }
 
 impl Router {
@@ -211,7 +214,7 @@ impl Router {
         let mut out = std::mem::take(&mut self.svc.dns_out);
         let r = dns.query(now, dns::Client { id }, dns::Transport::Udp, payload, &mut out);
         if r.is_ok() {
-            self.svc.dns_clients.insert(id, DnsClient { net, mac, ip, port, server });
+            self.svc.dns_clients.insert(id, DnsClient { net, mac, ip, port, server, tcp: None });
         }
         self.run_dns(&mut out);
         self.svc.dns_out = out;
@@ -225,6 +228,9 @@ impl Router {
         dns.upstream_answer(now, from, payload, &mut out);
         self.run_dns(&mut out);
         self.svc.dns_out = out;
+        if self.svc.tcp.active() {
+            self.tcp_dns_pump(now);
+        }
     }
 
     pub(super) fn services_poll(&mut self, now: Instant) {
@@ -243,10 +249,74 @@ impl Router {
                 self.svc.dns_out = out;
             }
         }
+        if self.svc.tcp.poll_at() <= now {
+            self.tcp_dns_pump(now);
+        }
     }
 
     pub(super) fn services_poll_at(&self) -> Instant {
-        self.svc.dns.as_ref().map_or(Instant(u64::MAX), |d| d.poll_at())
+        self.svc.dns.as_ref().map_or(Instant(u64::MAX), |d| d.poll_at()).min(self.svc.tcp.poll_at())
+    }
+
+    /// A TCP segment for the DNS port on network `n`'s gateway: to the router's TCP stack.
+    pub(super) fn dns_tcp_in(&mut self, now: Instant, n: NetId, packet: Vec<u8>) {
+        let Some(net) = self.cfg.nets.get(n.0 as usize) else { return };
+        let (Some(gw), prefix, mtu) = (net.gateway, net.cidr.prefix, net.mtu as usize) else { return };
+        self.svc.tcp.input(now, n, gw, prefix, mtu, packet);
+        self.tcp_dns_pump(now);
+    }
+
+    /// Runs the TCP stacks: complete queries go to the DNS core, answers written back, and the
+    /// segments they produce leave through the egress (a few rounds: an answer from the cache
+    /// is written at once and must be flushed).
+    fn tcp_dns_pump(&mut self, now: Instant) {
+        for _ in 0..4 {
+            let mut queries = Vec::new();
+            let mut packets = Vec::new();
+            self.svc.tcp.run(now, &mut queries, &mut packets);
+            for (n, p) in packets {
+                self.emit_ip(now, n, &p);
+            }
+            if queries.is_empty() {
+                break;
+            }
+            for q in queries {
+                let Some(dns) = self.svc.dns.as_mut() else { break };
+                self.svc.next_client += 1;
+                let id = self.svc.next_client;
+                let mut out = std::mem::take(&mut self.svc.dns_out);
+                if dns.query(now, dns::Client { id }, dns::Transport::Tcp, &q.payload, &mut out).is_ok() {
+                    let server = self.gateway(q.net).unwrap_or(Ipv4Addr::UNSPECIFIED);
+                    self.svc.dns_clients.insert(id, DnsClient { net: q.net, mac: MacAddr::ZERO, ip: server, port: 0, server, tcp: Some(q.handle) });
+                    self.svc.tcp.waiting(q.net, q.handle, id);
+                } else {
+                    self.svc.tcp.unanswered(q.net, q.handle);
+                }
+                self.run_dns(&mut out);
+                self.svc.dns_out = out;
+            }
+        }
+    }
+
+    /// An IP packet from the router's TCP stack to a guest on `n`: to the guest's MAC (known
+    /// from its ARP for the gateway; else resolution starts and TCP retransmits).
+    fn emit_ip(&mut self, now: Instant, n: NetId, packet: &[u8]) {
+        let Ok(ip) = ipv4::Ipv4Packet::new_checked(packet) else { return };
+        let mut w = super::neigh::Work::default();
+        let mac = match self.neigh.resolve(now, Iface::Net(n), ip.dst(), &mut w) {
+            super::neigh::Resolve::Mac(m) => Some(m),
+            _ => None,
+        };
+        self.run_work(now, w);
+        let Some(mac) = mac else { return };
+        let mut f = Vec::with_capacity(14 + packet.len());
+        f.extend_from_slice(&mac.0);
+        f.extend_from_slice(&self.mac.0);
+        f.extend_from_slice(&ethertype::IPV4.to_be_bytes());
+        f.extend_from_slice(packet);
+        let mut b: PacketBuf = self.pool.pop().unwrap_or_default();
+        b.load(&f, VnetHdr::default());
+        self.outbox.push(Out { iface: Iface::Net(n), buf: b });
     }
 
     fn run_dns(&mut self, out: &mut Vec<dns::Action>) {
@@ -254,7 +324,10 @@ impl Router {
             match a {
                 dns::Action::Reply { client, payload } => {
                     let Some(c) = self.svc.dns_clients.remove(&client.id) else { continue };
-                    self.emit_udp(Iface::Net(c.net), c.mac, c.server, c.ip, 53, c.port, &payload);
+                    match c.tcp {
+                        Some(h) => self.svc.tcp.answer(c.net, h, client.id, &payload),
+                        None => self.emit_udp(Iface::Net(c.net), c.mac, c.server, c.ip, 53, c.port, &payload),
+                    }
                 }
                 dns::Action::Upstream { upstream, payload } => self.svc.upstream.push((upstream, payload)),
             }
