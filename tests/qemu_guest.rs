@@ -49,7 +49,15 @@ fn qemu_guest_on_netdev_port_talks_to_namespace_guest() {
     let guest_mac = "52:54:00:20:01:50";
     let script = r#"
 . /lib/vrguest.sh
-vrg_addr eth0 10.1.1.50/24
+# The address comes from vrouter's DHCP server (a reservation for this NIC's MAC).
+cat > /tmp/udhcpc.sh <<'EOS'
+#!/bin/sh
+[ "$1" = bound ] && ip addr add "$ip/$mask" dev "$interface" && echo "VRT_LEASE=$ip router=$router mtu=$mtu"
+exit 0
+EOS
+chmod +x /tmp/udhcpc.sh
+ip link set eth0 up
+if busybox udhcpc -i eth0 -n -q -t 20 -T 2 -s /tmp/udhcpc.sh -O mtu; then echo VRT_DHCP_OK; else echo VRT_DHCP_FAIL; exit 1; fi
 if vrg_wait_ping 10.1.1.11 90; then echo VRT_PING_OK; else echo VRT_PING_FAIL; exit 1; fi
 # Host -> guest TCP (the guest receives GSO frames through the AF_PACKET port).
 rx() { wc -c < /tmp/rx; }
@@ -65,7 +73,7 @@ echo VRT_TX_DONE
     let log = start_guest(&mut lab, "q1", &qtap, guest_mac, script);
     let cfg = [
         cfg::router(&lab.id),
-        cfg::network("web", "10.1.1.0/24", None),
+        cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "dhcp_range = [\"10.1.1.100\", \"10.1.1.199\"]\nmtu = 1500\n"),
         cfg::port("a1", "web", "tap", &lab.name("a1"), "52:54:00:20:01:11", "ip = \"10.1.1.11\""),
         cfg::port("vm", "web", "netdev", &qtap, guest_mac, "ip = \"10.1.1.50\""),
     ]
@@ -80,7 +88,8 @@ echo VRT_TX_DONE
     );
     lab.spawn_in(&a1, &["python3", "-c", &server], &lab.path("py-server.log"));
 
-    wait_marker(&log, "VRT_PING_OK", 120);
+    let console = wait_marker(&log, "VRT_PING_OK", 120);
+    assert!(console.contains("VRT_LEASE=10.1.1.50 router=10.1.1.1 mtu=1500"), "the VM's lease through virtio: {console}");
     assert!(lab.ping(&a1, "10.1.1.50", 10), "namespace guest -> QEMU guest");
     wait_marker(&log, "VRT_LISTENING", 30);
     std::thread::sleep(Duration::from_millis(300));
@@ -133,6 +142,14 @@ if vrg_wait_ping 10.1.3.11 3; then echo VRT_V103_REACHED; else echo VRT_V103_BLO
 # Routed: ops is on no VLAN of the trunk; eth0.101 reaches it through web's gateway.
 ip route add 10.1.4.0/24 via 10.1.1.1 dev eth0.101
 if vrg_wait_ping 10.1.4.11 10; then echo VRT_ROUTED_OK; else echo VRT_ROUTED_FAIL; fi
+# A lease through the trunk: db's DHCP answers on VLAN 102, tagged both ways.
+cat > /tmp/udhcpc.sh <<'EOS'
+#!/bin/sh
+[ "$1" = bound ] && echo "VRT_TRUNK_LEASE=$ip router=$router"
+exit 0
+EOS
+chmod +x /tmp/udhcpc.sh
+busybox udhcpc -i eth0.102 -n -q -t 10 -T 2 -s /tmp/udhcpc.sh || echo VRT_TRUNK_DHCP_FAIL
 echo VRT_CHECKS_DONE
 sleep 8
 "#;
@@ -140,11 +157,11 @@ sleep 8
     let cfg = [
         cfg::router(&lab.id),
         cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "vlan = 101\n"),
-        cfg::l3_network("db", "10.1.2.0/24", "10.1.2.1", "vlan = 102\n"),
+        cfg::l3_network("db", "10.1.2.0/24", "10.1.2.1", "vlan = 102\ndhcp_range = [\"10.1.2.100\", \"10.1.2.199\"]\n"),
         cfg::l3_network("app", "10.1.3.0/24", "10.1.3.1", "vlan = 103\n"),
         cfg::l3_network("ops", "10.1.4.0/24", "10.1.4.1", ""),
         cfg::port("web1", "web", "tap", &lab.name("w"), "52:54:00:30:01:11", ""),
-        cfg::port("db1", "db", "tap", &lab.name("d"), "52:54:00:30:02:11", ""),
+        cfg::port("db1", "db", "tap", &lab.name("d"), "52:54:00:30:02:11", "ip = \"10.1.2.11\""),
         cfg::port("app1", "app", "tap", &lab.name("a"), "52:54:00:30:03:11", ""),
         cfg::port("ops1", "ops", "tap", &lab.name("o"), "52:54:00:30:04:11", ""),
         format!("[[uplink]]\nname = \"trunk0\"\nkind = \"netdev\"\nifname = \"{qtap}\"\nnetworks = [\"web\", \"db\"]\n"),
@@ -170,6 +187,7 @@ sleep 8
     assert!(console.contains("VRT_V102_OK"), "db via eth0.102: {console}");
     assert!(console.contains("VRT_V103_BLOCKED"), "app is not on the trunk: {console}");
     assert!(console.contains("VRT_ROUTED_OK"), "the VM's eth0.101 reaches ops through the router: {console}");
+    assert!(console.contains("VRT_TRUNK_LEASE=10.1.2.100 router=10.1.2.1"), "a lease over VLAN 102: {console}");
     // From the namespaces, through the trunk to the guest's sub-interfaces.
     assert!(lab.ping(&web, "10.1.1.50", 5));
     assert!(lab.ping(&db, "10.1.2.50", 5));

@@ -14,10 +14,8 @@ const DOMAIN: &str = "acct.internal";
 /// ports are locked to their MACs but have no fixed IP except the reserved one, so port security
 /// follows their leases.
 fn config(lab: &Lab, upstream: u16, kind: &str, extra_ports: &str) -> String {
-    let state = lab.path("state");
     [
         cfg::router(&lab.id),
-        format!("state_dir = \"{}\"\n", state.display()),
         cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", &format!("dhcp_range = [\"10.1.1.100\", \"10.1.1.199\"]\ndomain = \"{DOMAIN}\"\nmtu = 1400\nlease_secs = 600\n")),
         cfg::l3_network("db", "10.1.2.0/24", "10.1.2.1", &format!("domain = \"db.{DOMAIN}\"\n")),
         cfg::port("r1", "web", kind, &lab.name("r1"), "52:54:00:50:01:11", "ip = \"10.1.1.11\"\nhostname = \"web1\""),

@@ -40,7 +40,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 pub mod cfg {
     /// `[router]` for a lab (`@SOCK@` becomes the lab's control socket).
     pub fn router(id: &str) -> String {
-        format!("[router]\nname = \"{id}\"\ncontrol_socket = \"@SOCK@\"\n")
+        format!("[router]\nname = \"{id}\"\ncontrol_socket = \"@SOCK@\"\nstate_dir = \"@STATE@\"\n")
     }
     pub fn network(name: &str, cidr: &str, vlan: Option<u16>) -> String {
         let vlan = vlan.map(|v| format!("vlan = {v}\n")).unwrap_or_default();
@@ -98,7 +98,8 @@ impl Lab {
     pub fn vrouter(&mut self, config: &str) -> PathBuf {
         let sock = self.path("ctl.sock");
         let cfg = self.path("vrouter.toml");
-        std::fs::write(&cfg, config.replace("@SOCK@", sock.to_str().unwrap())).unwrap();
+        let state = self.path("state");
+        std::fs::write(&cfg, config.replace("@SOCK@", sock.to_str().unwrap()).replace("@STATE@", state.to_str().unwrap())).unwrap();
         let log = std::fs::File::create(self.path("vrouter.log")).unwrap();
         let child = Command::new(bin())
             .args(["run", "-c", cfg.to_str().unwrap()])
