@@ -23,7 +23,7 @@ work=$(mktemp -d /tmp/vrouter-demo.XXXXXX)
 sock=$work/demo.sock
 ns_of() { echo "vd$id-$1"; }
 if_of() { echo "v$id-$1"; }
-sed -e "s#vrd-\\([a-z0-9]*\\)#v$id-\\1#" -e "s#/run/vrouter/demo.sock#$sock#" conf/demo.toml >"$work/demo.toml"
+sed -e "s#vrd-\\([a-z0-9]*\\)#v$id-\\1#" -e "s#/run/vrouter/demo.sock#$sock#" -e "s#/var/lib/vrouter/demo#$work/state#" conf/demo.toml >"$work/demo.toml"
 vr_pid=""
 cleanup() {
     set +e
@@ -48,21 +48,47 @@ for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 [ -S "$sock" ] || { cat "$work/vrouter.log"; exit 1; }
 fail() { echo "   FAILED: $*"; echo "--- vrouter log (tail)"; tail -20 "$work/vrouter.log"; exit 1; }
 
-guest() { # name addr/len gateway
+# The guests' DHCP client: busybox udhcpc, with an event script that configures the address
+# and default route it was given (and prints them).
+cat >"$work/udhcpc.sh" <<'SCRIPT'
+#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    ip route replace default via "$router" dev "$interface"
+    echo "   lease: $ip/$mask router $router dns $dns domain $domain mtu ${mtu:-?} hostname ${hostname:-?}"
+    ;;
+esac
+exit 0
+SCRIPT
+chmod +x "$work/udhcpc.sh"
+guest() { # name [hostname to send]
     local ns tap
     ns=$(ns_of "$1"); tap=$(if_of "$1")
     ip netns add "$ns"
     ip link set "$tap" netns "$ns"
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
     ip -n "$ns" link set lo up
-    ip -n "$ns" addr add "$2" dev "$tap"
     ip -n "$ns" link set "$tap" up
-    ip -n "$ns" route add default via "$3"
-    echo "   guest $1: netns $ns, NIC $tap $(ip -n "$ns" -br link show "$tap" | awk '{print $3}') $2, default via $3"
+    echo "   guest $1: netns $ns, NIC $tap $(ip -n "$ns" -br link show "$tap" | awk '{print $3}'), DHCP:"
+    ip netns exec "$ns" busybox udhcpc -i "$tap" -f -q -n -t 5 -T 1 -s "$work/udhcpc.sh" -O mtu -O search ${2:+-x hostname:$2} \
+        | grep "lease:" || fail "no lease for $1"
 }
-echo "== guests (network namespaces on vrouter taps)"
-guest web1 10.1.1.11/24 10.1.1.1
-guest web2 10.1.1.12/24 10.1.1.1
-guest db1 10.1.2.11/24 10.1.2.1
+echo "== guests (network namespaces on vrouter taps), configured by vrouter's DHCP"
+guest web1
+guest web2
+guest db1 db1
+echo "== vrouter ctl show leases"
+$VR ctl -s "$sock" show leases
+echo "== names: web1 asks the router's DNS (10.1.1.1) for db1, web2, and db1's address backwards"
+for q in db1.demo.internal web2.demo.internal; do
+    echo "   $q -> $(ip netns exec "$(ns_of web1)" dig @10.1.1.1 +short "$q")"
+done
+db1_ip=$(ip netns exec "$(ns_of web1)" dig @10.1.1.1 +short db1.demo.internal)
+[ -n "$db1_ip" ] || fail "db1 does not resolve"
+echo "   $db1_ip -> $(ip netns exec "$(ns_of web1)" dig @10.1.1.1 +short -x "$db1_ip")"
+echo "   nobody.demo.internal -> $(ip netns exec "$(ns_of web1)" dig @10.1.1.1 nobody.demo.internal | grep -o 'status: [A-Z]*')"
 echo "== outside (a namespace on the public tap: the public gateway, and a remote host on its lo)"
 out=$(ns_of out) pub=$(if_of pub)
 ip netns add "$out"
@@ -117,10 +143,10 @@ pings web1 10.1.1.12 "same network"
 echo "== web2 -> web1"
 pings web2 10.1.1.11 "same network"
 
-echo "== web1 -> db1 (other network: routed through the gateway 10.1.1.1, so the TTL drops by one)"
-pings web1 10.1.2.11 "routing between networks"
+echo "== web1 -> db1 ($db1_ip, other network: routed through the gateway 10.1.1.1, so the TTL drops by one)"
+pings web1 "$db1_ip" "routing between networks"
 echo "   traceroute (the router answers with time exceeded from 10.1.1.1):"
-ip netns exec "$(ns_of web1)" traceroute -n -q 1 -w 1 -m 4 10.1.2.11 2>&1 | sed 's/^/   /' || true
+ip netns exec "$(ns_of web1)" traceroute -n -q 1 -w 1 -m 4 "$db1_ip" 2>&1 | sed 's/^/   /' || true
 
 echo "== db1 takes a web address (10.1.1.50) and tries web1 directly at L2 (/32 route out its NIC): must fail"
 db1=$(ns_of db1) db1if=$(if_of db1)
@@ -182,5 +208,5 @@ echo "== vrouter ctl show conntrack"
 $VR ctl -s "$sock" show conntrack
 echo "== vrouter ctl show stats"
 $VR ctl -s "$sock" show stats
-echo "== not in this demo yet: DHCP, DNS, load balancing (conf/vrouter.toml documents their keys)"
+echo "== not in this demo yet: load balancing, security groups, VXLAN (conf/vrouter.toml documents their keys)"
 echo "== done; cleaning up"

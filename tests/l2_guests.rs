@@ -87,8 +87,10 @@ fn two_guests_ping_and_iperf3_and_ctl() {
     let mut line = String::new();
     std::io::BufReader::new(&s).read_line(&mut line).unwrap();
     assert!(line.contains("\"ok\":false"), "{line}");
-    let o = run(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", "leases"]);
+    let o = run(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", "lb"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not built"));
+    let o = run(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", "leases"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no network is served by DHCP"));
     assert!(lab.vrouter_alive());
     assert!(lab.ping(&a1, "10.1.1.12", 2));
 }
