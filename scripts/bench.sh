@@ -13,6 +13,7 @@
 # Prints iperf3 single-stream TCP throughput (DURATION s, default 10) and ping RTT p50 for
 # each (medians of ROUNDS alternating rounds, default 3), the ratios, and vrouter's counters
 # (software-segmented super-frames; GSO frames received from the NAT guest).
+# Then DHCP leases/s and DNS queries/s, vrouter beside dnsmasq (scripts/lib/bench-services.sh).
 # Add --micro to also run the criterion per-stage benchmarks (ns/frame): l2_forward, and
 # l3_nat when benches/l3_nat.rs exists.
 #
@@ -310,6 +311,11 @@ echo " throughput ratio = vrouter/kernel, RTT ratio = kernel/vrouter, higher is 
 echo " vrouter NAT run: software-segmented super-frames (totals.tx_sw_segmented): $segs3,"
 echo " GSO super-frames received from the guest (guest rx_gso_frames): $gso3;"
 echo " source address seen by the outside: vrouter $vpeer, kernel $kpeer)"
+
+# ---- DHCP and DNS: vrouter and dnsmasq, side by side ----
+if [ -z "$BENCH_ONLY" ]; then
+    VR=$VR bash scripts/lib/bench-services.sh
+fi
 
 if [ "${1:-}" = "--micro" ]; then
     if [ "$run_vr" = 1 ]; then

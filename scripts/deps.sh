@@ -18,6 +18,8 @@ have nft || need+=(nftables)   # the kernel NAT baseline in scripts/bench.sh (ma
 have busybox || need+=(busybox)         # udhcpc, a DHCP client in guest namespaces
 have dhclient || need+=(isc-dhcp-client) # ISC dhclient, the other DHCP client
 have dig || need+=(bind9-dnsutils)      # dig against the router's DNS
+have dnsmasq || need+=(dnsmasq-base)    # the DHCP/DNS baseline in scripts/bench.sh
+have dnsperf || need+=(dnsperf)         # DNS queries per second in scripts/bench.sh
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

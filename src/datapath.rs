@@ -304,7 +304,13 @@ impl Datapath {
         if dport != 67 || !(dst.is_broadcast() || dst == self.router_mac) {
             return None;
         }
-        Some(self.router.dhcp_in(now, net, in_port.0, src, &f[14..]))
+        // Rate limits are per guest: on an access port that is the port; a trunk carries many
+        // guests (a whole host's), each limited on its own, keyed by its MAC.
+        let key = match self.ports[in_port.0 as usize].role {
+            Role::Trunk { .. } => 0x8000 | (src.0.iter().fold(0u16, |h, b| h.rotate_left(5) ^ *b as u16) & 0x7fff),
+            _ => in_port.0 & 0x7fff,
+        };
+        Some(self.router.dhcp_in(now, net, key, src, &f[14..]))
     }
 
     /// The router takes frames for its MAC and the broadcasts it answers (ARP).
