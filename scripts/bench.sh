@@ -13,6 +13,7 @@
 # Prints iperf3 single-stream TCP throughput (DURATION s, default 10) and ping RTT p50 for
 # each (medians of ROUNDS alternating rounds, default 3), the ratios, and vrouter's counters
 # (software-segmented super-frames; GSO frames received from the NAT guest).
+# NO_SERVICES=1 skips the DHCP/DNS part. BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
 # Then DHCP leases/s and DNS queries/s, vrouter beside dnsmasq (scripts/lib/bench-services.sh).
 # Add --micro to also run the criterion per-stage benchmarks (ns/frame): l2_forward, and
 # l3_nat when benches/l3_nat.rs exists.
@@ -80,6 +81,7 @@ setup_l2_vrouter() {
     cat >"$work/bench.toml" <<TOML
 [router]
 name = "bench$id"
+busy_poll_us = ${BUSY_POLL_US:-2000}
 control_socket = "$work/ctl.sock"
 [[network]]
 name = "net"
@@ -136,6 +138,7 @@ setup_l3_vrouter() {
     cat >"$work/bench-l3.toml" <<TOML
 [router]
 name = "bench$id-l3"
+busy_poll_us = ${BUSY_POLL_US:-2000}
 control_socket = "$work/ctl3.sock"
 [[network]]
 name = "net"
@@ -313,7 +316,7 @@ echo " GSO super-frames received from the guest (guest rx_gso_frames): $gso3;"
 echo " source address seen by the outside: vrouter $vpeer, kernel $kpeer)"
 
 # ---- DHCP and DNS: vrouter and dnsmasq, side by side ----
-if [ -z "$BENCH_ONLY" ]; then
+if [ -z "$BENCH_ONLY" ] && [ -z "${NO_SERVICES:-}" ]; then
     VR=$VR bash scripts/lib/bench-services.sh
 fi
 
