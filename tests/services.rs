@@ -140,11 +140,7 @@ while True:
         portf = portf.display(),
         count = count.display()
     );
-    let log = lab.path("upstream.log");
-    let mut c = std::process::Command::new("python3");
-    c.args(["-c", &code]).stdout(std::fs::File::create(&log).unwrap()).stderr(std::fs::File::create(lab.path("upstream.err")).unwrap());
-    let child = c.spawn().unwrap();
-    lab.adopt_pid(child.id());
+    lab.spawn_host(&["python3", "-c", &code], &lab.path("upstream.log"));
     wait_for("upstream DNS", Duration::from_secs(5), || portf.exists() && std::fs::read_to_string(&portf).is_ok_and(|s| !s.is_empty()));
     (std::fs::read_to_string(&portf).unwrap().trim().parse().unwrap(), count)
 }

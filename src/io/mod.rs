@@ -373,8 +373,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             let port = PortId(i as u16);
             let mut n = 0;
             let mut lost = None;
-            loop {
-                let Some(dev) = slots[i].dev.as_ref() else { break };
+            while let Some(dev) = slots[i].dev.as_ref() {
                 if n == BUDGET {
                     // Not drained yet: come back after the other fds had their turn.
                     ready[i] = true;

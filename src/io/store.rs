@@ -25,6 +25,9 @@ fn ctx(path: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
 }
 
+/// Batches of lease log lines with their sequence numbers, to the writer thread.
+pub type Batches = Sender<Vec<(u64, String)>>;
+
 pub struct LeaseLog {
     path: PathBuf,
 }
@@ -74,7 +77,7 @@ impl LeaseLog {
 
     /// Starts the writer thread. Batches of `(seq, line)` go in; after each batch is written and
     /// fsynced, the highest seq comes out on the returned channel and `wake` is called.
-    pub fn spawn_writer(self, wake: impl Fn() + Send + 'static) -> Result<(Sender<Vec<(u64, String)>>, Receiver<u64>), StoreError> {
+    pub fn spawn_writer(self, wake: impl Fn() + Send + 'static) -> Result<(Batches, Receiver<u64>), StoreError> {
         let mut file = self.open_append()?;
         let (tx, rx) = crossbeam_channel::unbounded::<Vec<(u64, String)>>();
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<u64>();

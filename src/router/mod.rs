@@ -520,10 +520,8 @@ impl Router {
             return v;
         }
         self.ct.update(now, idx, dir, tcp, tl);
-        if mf {
-            if self.frags.len() < FRAG_CAP {
-                self.frags.insert((src, dst, protocol, ident), FragFlow { new_src: target.src, new_dst: target.dst, egress, expires: now + FRAG_TIMEOUT });
-            }
+        if mf && self.frags.len() < FRAG_CAP {
+            self.frags.insert((src, dst, protocol, ident), FragFlow { new_src: target.src, new_dst: target.dst, egress, expires: now + FRAG_TIMEOUT });
         }
         let partial = buf.vnet.needs_csum;
         {

@@ -16,7 +16,7 @@ use crate::time::Instant;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{HardwareAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{HardwareAddress, IpCidr};
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
@@ -118,7 +118,7 @@ impl TcpDns {
             let mut dev = Queue { mtu, ..Default::default() };
             let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, ts(now));
             iface.update_ip_addrs(|a| {
-                let _ = a.push(IpCidr::new(Ipv4Address::from(gateway).into(), prefix));
+                let _ = a.push(IpCidr::new(gateway.into(), prefix));
             });
             let mut sockets = SocketSet::new(Vec::new());
             let mut conns = HashMap::new();

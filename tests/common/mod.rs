@@ -187,6 +187,16 @@ impl Lab {
         pid
     }
 
+    /// Starts a helper process in vrouter's own namespace (e.g. a server on loopback); it is
+    /// ended when the lab is dropped.
+    pub fn spawn_host(&mut self, args: &[&str], out: &Path) -> u32 {
+        let f = std::fs::File::create(out).unwrap();
+        let c = Command::new(args[0]).args(&args[1..]).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+        let pid = c.id();
+        self.children.push(c);
+        pid
+    }
+
     /// Tracks a directory made by a helper script, to be removed on drop.
     pub fn adopt_dir(&mut self, d: PathBuf) {
         if d.to_string_lossy().starts_with("/tmp/vrouter-guest-") {
