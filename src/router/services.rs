@@ -56,6 +56,8 @@ pub struct Services {
     dhcp_out: Vec<dhcp::Action>,
     dns_out: Vec<dns::Action>,
     pub(super) tcp: super::tcp_dns::TcpDns,
+    /// When lease expiry next runs (it walks the whole lease table, so once a second).
+    next_expire: Instant,
 }
 
 impl Router {
@@ -235,11 +237,14 @@ impl Router {
 
     pub(super) fn services_poll(&mut self, now: Instant) {
         let wall = self.wall(now);
-        if let Some(d) = self.svc.dhcp.as_mut() {
-            let mut out = std::mem::take(&mut self.svc.dhcp_out);
-            d.expire(wall, &mut out);
-            self.run_dhcp(&mut out);
-            self.svc.dhcp_out = out;
+        if now >= self.svc.next_expire {
+            self.svc.next_expire = now + std::time::Duration::from_secs(1);
+            if let Some(d) = self.svc.dhcp.as_mut() {
+                let mut out = std::mem::take(&mut self.svc.dhcp_out);
+                d.expire(wall, &mut out);
+                self.run_dhcp(&mut out);
+                self.svc.dhcp_out = out;
+            }
         }
         if let Some(dns) = self.svc.dns.as_mut() {
             if dns.poll_at() <= now {
@@ -255,7 +260,8 @@ impl Router {
     }
 
     pub(super) fn services_poll_at(&self) -> Instant {
-        self.svc.dns.as_ref().map_or(Instant(u64::MAX), |d| d.poll_at()).min(self.svc.tcp.poll_at())
+        let expire = if self.svc.dhcp.is_some() { self.svc.next_expire } else { Instant(u64::MAX) };
+        self.svc.dns.as_ref().map_or(Instant(u64::MAX), |d| d.poll_at()).min(self.svc.tcp.poll_at()).min(expire)
     }
 
     /// A TCP segment for the DNS port on network `n`'s gateway: to the router's TCP stack.
