@@ -129,7 +129,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
-    let st = d.show_stats();
+    let st = serde_json::to_value(d.show_stats()).unwrap();
     eprintln!("router: {}\nconntrack: {}", st["router"], st["conntrack"]);
     eprintln!("conntrack bytes per flow at 1M flows (entry + two index slots): {}", Conntrack::bytes_per_flow(1 << 20));
     // Resident memory of a table filled with a million flows.

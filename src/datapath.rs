@@ -26,7 +26,8 @@ use crate::switch::{self, NetId, PortId, Role};
 use crate::time::Instant;
 use crate::wire::ethernet::{EthernetFrame, MacAddr};
 use crate::wire::vnet::VnetHdr;
-use serde_json::{json, Value};
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Where the pipeline's output goes. The I/O edge writes to the port's fd; `vnet` is `Some`
@@ -63,6 +64,88 @@ pub struct DatapathConfig {
     pub mac_aging: Duration,
     pub mac_table_size: usize,
     pub l3: L3Config,
+}
+
+/// A row of `ctl show ports`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortRow {
+    pub name: String,
+    pub ifname: String,
+    pub kind: String,
+    pub offload: bool,
+    pub macs_learned: usize,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// All drops on this port.
+    pub drops: u64,
+    #[serde(flatten)]
+    pub role: RoleRow,
+}
+
+/// How a port attaches, as shown.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum RoleRow {
+    Access { network: String, port_security: bool, mac: Option<String>, ip: Option<String> },
+    Trunk { networks: Vec<TrunkNet> },
+    Public { network: Option<String> },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrunkNet {
+    pub network: String,
+    pub vlan: u16,
+}
+
+/// A row of `ctl show fdb`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FdbRow {
+    pub network: String,
+    pub mac: String,
+    pub port: String,
+    /// "learned" or "static" (pinned by port security).
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub age_secs: Option<u64>,
+}
+
+/// One port's counters (or the totals), with the non-zero drops by reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortStatsRow {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub stats: PortStats,
+    pub drops: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NetRow {
+    pub name: String,
+    pub vlan: Option<u16>,
+    pub macs: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CtRow {
+    pub flows: usize,
+    pub max: usize,
+    #[serde(flatten)]
+    pub stats: crate::conntrack::CtStats,
+}
+
+/// `ctl show stats`, as the datapath knows it (the I/O edge adds uptime, latency, DNS).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsSnapshot {
+    pub totals: PortStatsRow,
+    pub ports: Vec<PortStatsRow>,
+    pub networks: Vec<NetRow>,
+    pub fdb_entries: usize,
+    pub router: crate::router::RouterStats,
+    pub neighbours: usize,
+    pub conntrack: CtRow,
 }
 
 /// The router's own port on every network: never a real port, so no hairpin check fires for
@@ -493,76 +576,73 @@ impl Datapath {
         }
     }
 
-    // ---- snapshots for the control plane (off the per-packet path) ----
+    // ---- typed snapshots for the control plane (off the per-packet path); JSON and tables
+    // are made on the control side ----
 
-    fn role_json(&self, r: &Role) -> Value {
+    fn role_row(&self, r: &Role) -> RoleRow {
         match r {
-            Role::Access { net, security } => json!({
-                "mode": "access",
-                "network": self.nets[net.0 as usize].spec.name,
-                "port_security": security.is_some(),
-                "mac": security.map(|s| s.mac.to_string()),
-                "ip": security.and_then(|s| s.ip).map(|i| i.to_string()),
-            }),
-            Role::Trunk { vlans } => json!({
-                "mode": "trunk",
-                "networks": vlans.iter().enumerate().filter_map(|(vid, n)| n.map(|n| json!({
-                    "network": self.nets[n.0 as usize].spec.name, "vlan": vid }))).collect::<Vec<_>>(),
-            }),
-            Role::Public => json!({ "mode": "public", "network": null }),
+            Role::Access { net, security } => RoleRow::Access {
+                network: self.nets[net.0 as usize].spec.name.clone(),
+                port_security: security.is_some(),
+                mac: security.map(|s| s.mac.to_string()),
+                ip: security.and_then(|s| s.ip).map(|i| i.to_string()),
+            },
+            Role::Trunk { vlans } => RoleRow::Trunk {
+                networks: vlans
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(vid, n)| n.map(|n| TrunkNet { network: self.nets[n.0 as usize].spec.name.clone(), vlan: vid as u16 }))
+                    .collect(),
+            },
+            Role::Public => RoleRow::Public { network: None },
         }
     }
 
-    pub fn show_ports(&self) -> Value {
-        let rows: Vec<Value> = self
-            .ports
+    pub fn show_ports(&self) -> Vec<PortRow> {
+        self.ports
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 let s = &self.stats[i];
-                let mut v = json!({
-                    "name": p.name, "ifname": p.ifname, "kind": p.kind, "offload": p.offload,
-                    "macs_learned": self.fdb.port_count(PortId(i as u16)),
-                    "rx_frames": s.rx_frames, "rx_bytes": s.rx_bytes,
-                    "tx_frames": s.tx_frames, "tx_bytes": s.tx_bytes,
-                    "drops": s.total_drops(),
-                });
-                if let (Value::Object(m), Value::Object(r)) = (&mut v, self.role_json(&p.role)) {
-                    m.extend(r);
+                PortRow {
+                    name: p.name.clone(),
+                    ifname: p.ifname.clone(),
+                    kind: p.kind.clone(),
+                    offload: p.offload,
+                    macs_learned: self.fdb.port_count(PortId(i as u16)),
+                    rx_frames: s.rx_frames,
+                    rx_bytes: s.rx_bytes,
+                    tx_frames: s.tx_frames,
+                    tx_bytes: s.tx_bytes,
+                    drops: s.total_drops(),
+                    role: self.role_row(&p.role),
                 }
-                v
             })
-            .collect();
-        Value::Array(rows)
+            .collect()
     }
 
-    pub fn show_fdb(&self, now: Instant) -> Value {
-        let mut rows: Vec<(String, MacAddr, String, Option<u64>)> = self
+    pub fn show_fdb(&self, now: Instant) -> Vec<FdbRow> {
+        let mut rows: Vec<FdbRow> = self
             .fdb
             .iter()
             .map(|(n, m, e)| {
-                (
-                    self.nets[n.0 as usize].spec.name.clone(),
-                    m,
-                    self.ports[e.port.0 as usize].name.clone(),
-                    (!e.fixed).then(|| now.since(e.last_seen).as_secs()),
-                )
+                let age_secs = (!e.fixed).then(|| now.since(e.last_seen).as_secs());
+                FdbRow {
+                    network: self.nets[n.0 as usize].spec.name.clone(),
+                    mac: m.to_string(),
+                    port: self.ports[e.port.0 as usize].name.clone(),
+                    kind: if age_secs.is_some() { "learned" } else { "static" },
+                    age_secs,
+                }
             })
             .collect();
-        rows.sort();
-        Value::Array(
-            rows.into_iter()
-                .map(|(n, m, p, age)| {
-                    json!({"network": n, "mac": m.to_string(), "port": p,
-                           "type": if age.is_some() { "learned" } else { "static" }, "age_secs": age})
-                })
-                .collect(),
-        )
+        rows.sort_by(|a, b| (&a.network, &a.mac, &a.port).cmp(&(&b.network, &b.mac, &b.port)));
+        rows
     }
 
-    pub fn show_stats(&self) -> Value {
+    pub fn show_stats(&self) -> StatsSnapshot {
         let mut totals = PortStats::default();
-        let ports: Vec<Value> = self
+        let ports = self
             .ports
             .iter()
             .zip(&self.stats)
@@ -578,29 +658,25 @@ impl Datapath {
                 for (t, d) in totals.drops.iter_mut().zip(s.drops.iter()) {
                     *t += d;
                 }
-                let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-                if let Value::Object(m) = &mut v {
-                    m.insert("name".into(), p.name.clone().into());
-                    m.insert("drops".into(), Value::Object(s.drop_map()));
-                }
-                v
+                PortStatsRow { name: Some(p.name.clone()), drops: s.drop_map(), stats: s.clone() }
             })
             .collect();
-        let mut t = serde_json::to_value(&totals).unwrap_or(Value::Null);
-        if let Value::Object(m) = &mut t {
-            m.insert("drops".into(), Value::Object(totals.drop_map()));
-        }
-        let nets: Vec<Value> = self
+        let networks = self
             .nets
             .iter()
             .enumerate()
-            .map(|(i, n)| json!({"name": n.spec.name, "vlan": n.spec.vlan, "macs": self.fdb.net_count(NetId(i as u16))}))
+            .map(|(i, n)| NetRow { name: n.spec.name.clone(), vlan: n.spec.vlan, macs: self.fdb.net_count(NetId(i as u16)) })
             .collect();
         let ct = &self.router.ct;
-        json!({"totals": t, "ports": ports, "networks": nets, "fdb_entries": self.fdb.len(),
-               "router": self.router.stats, "neighbours": self.router.neigh.len(),
-               "conntrack": {"flows": ct.len(), "max": ct.max(), "created": ct.stats.created, "expired": ct.stats.expired,
-                             "evicted": ct.stats.evicted, "refused": ct.stats.refused}})
+        StatsSnapshot {
+            totals: PortStatsRow { name: None, drops: totals.drop_map(), stats: totals },
+            ports,
+            networks,
+            fdb_entries: self.fdb.len(),
+            router: self.router.stats,
+            neighbours: self.router.neigh.len(),
+            conntrack: CtRow { flows: ct.len(), max: ct.max(), stats: ct.stats },
+        }
     }
 }
 

@@ -329,7 +329,7 @@ mod tests {
                 super::dns(&d);
             }
         }
-        let st = dp.show_stats();
+        let st = serde_json::to_value(dp.show_stats()).expect("stats");
         // The generator must reach the interesting paths, or this smoke test proves little.
         assert!(st["totals"]["tx_sw_segmented"].as_u64().unwrap() > 0, "{st}");
         for reason in ["tagged_on_access", "unknown_vlan", "bad_vnet_hdr", "double_tagged", "bad_ip", "spoofed_source", "ttl_exceeded"] {

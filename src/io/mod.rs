@@ -485,7 +485,7 @@ use std::io::Read;
 fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, now: Instant, uptime: Duration) -> Response {
     match req {
         Request::Show { table: Table::Ports, .. } => {
-            let mut v = dp.show_ports();
+            let mut v = serde_json::to_value(dp.show_ports()).unwrap_or_default();
             if let serde_json::Value::Array(rows) = &mut v {
                 for (row, s) in rows.iter_mut().zip(slots) {
                     row["state"] = s.state().into();
@@ -514,9 +514,9 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
             }
             None => Response::err("no network is served by DHCP (give one a gateway and a dhcp_range or reservations)"),
         },
-        Request::Show { table: Table::Fdb, .. } => Response::ok(dp.show_fdb(now)),
+        Request::Show { table: Table::Fdb, .. } => Response::ok(serde_json::to_value(dp.show_fdb(now)).unwrap_or_default()),
         Request::Show { table: Table::Stats, .. } => {
-            let mut s = dp.show_stats();
+            let mut s = serde_json::to_value(dp.show_stats()).unwrap_or_default();
             if let serde_json::Value::Object(m) = &mut s {
                 m.insert("uptime_secs".into(), uptime.as_secs().into());
                 m.insert("latency".into(), lat.json());

@@ -150,11 +150,7 @@ impl PortStats {
         self.drops.iter().sum()
     }
     /// Non-zero drop counters by name.
-    pub fn drop_map(&self) -> serde_json::Map<String, serde_json::Value> {
-        DropReason::ALL
-            .iter()
-            .filter(|r| self.dropped(**r) > 0)
-            .map(|r| (r.name().to_string(), self.dropped(*r).into()))
-            .collect()
+    pub fn drop_map(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        DropReason::ALL.iter().filter(|r| self.dropped(**r) > 0).map(|r| (r.name(), self.dropped(*r))).collect()
     }
 }
