@@ -44,7 +44,7 @@ pub fn datapath_config(c: &Config) -> DatapathConfig {
     for p in &c.ports {
         let Some(net) = net_id(&p.network) else { continue };
         let security = match (p.port_security, p.mac) {
-            (true, Some(mac)) => Some(Security { mac, ip: p.ip }),
+            (true, Some(mac)) => Some(Security { mac, ip: p.ip, allowed: crate::switch::Allowed::new(&p.allowed_addresses) }),
             _ => None,
         };
         ports.push(PortSpec {

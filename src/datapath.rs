@@ -179,6 +179,8 @@ pub struct Datapath {
     scratch: Box<[u8]>,
     router: Router,
     public_port: Option<PortId>,
+    /// Each network's gateway address (no guest may claim it).
+    gateways: Vec<Option<std::net::Ipv4Addr>>,
 }
 
 impl Datapath {
@@ -222,6 +224,7 @@ impl Datapath {
             nets,
             next_sweep: Instant::ZERO,
             scratch: vec![0u8; crate::buf::BUF_SIZE].into_boxed_slice(),
+            gateways: cfg.l3.nets.iter().map(|n| n.gateway).collect(),
             router: Router::new(cfg.router_mac, cfg.l3),
             public_port,
         }
@@ -460,6 +463,9 @@ impl Datapath {
         // A guest's BPDU or LLDP must never reach a physical switch through a trunk.
         if dst.is_link_local() {
             return Err(DropReason::LinkLocal);
+        }
+        if let Role::Access { net: n, .. } = role {
+            switch::guest_guard(buf.frame(), self.gateways.get(n.0 as usize).copied().flatten())?;
         }
         if let Role::Access { net: n, security: Some(sec) } = role {
             // Without a fixed address, a guest on a network vrouter serves DHCP to may source

@@ -24,7 +24,7 @@ pub fn fuzz_datapath() -> Datapath {
     let acc = |n: &str, net, security, offload| PortSpec {
         name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net, security }, offload, mac_limit: Some(8),
     };
-    let sec = Security { mac: MacAddr([0x52, 0x54, 0, 0, 0, 1]), ip: Some([10, 1, 1, 11].into()) };
+    let sec = Security { mac: MacAddr([0x52, 0x54, 0, 0, 0, 1]), ip: Some([10, 1, 1, 11].into()), allowed: crate::switch::Allowed::default() };
     let mut dp = Datapath::new(DatapathConfig {
         router_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }, NetSpec { name: "b".into(), vlan: Some(102) }],

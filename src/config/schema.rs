@@ -122,6 +122,9 @@ pub struct Port {
     pub security_groups: Vec<String>,
     #[serde(default = "defaults::yes")]
     pub port_security: bool,
+    /// Extra source addresses the guest may use (a VRRP VIP inside guests); at most 8.
+    #[serde(default)]
+    pub allowed_addresses: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

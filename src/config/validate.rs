@@ -226,6 +226,19 @@ pub fn check(c: &Config, r: &mut Report) {
             }
             ips.add(r, ip, p().key("ip"));
         }
+        if pt.allowed_addresses.len() > crate::switch::Allowed::MAX {
+            r.err(p().key("allowed_addresses"), format!("at most {} extra addresses per port", crate::switch::Allowed::MAX));
+        }
+        for (j, a) in pt.allowed_addresses.iter().enumerate() {
+            if let Some(n) = net {
+                if !n.cidr.contains(*a) || *a == n.cidr.addr || *a == n.cidr.broadcast() || n.gateway == Some(*a) {
+                    r.err(p().key("allowed_addresses").idx(j), format!("{a} is not a guest address of network {} ({})", n.name, n.cidr));
+                }
+            }
+        }
+        if !pt.allowed_addresses.is_empty() && !pt.port_security {
+            r.warnings.push((p().key("allowed_addresses"), "has no effect without port_security (every address is allowed)".into()));
+        }
         if let Some(h) = &pt.hostname {
             if !valid_dns_label(h) {
                 r.err(p().key("hostname"), format!("{h:?} is not a valid DNS label"));

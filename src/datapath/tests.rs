@@ -212,7 +212,7 @@ fn port_security_macs_are_pinned_against_trunk_takeover() {
 fn dp_secured(i: usize) -> Datapath {
     let d = dp();
     let mut ports = d.ports.clone();
-    ports[i].role = Role::Access { net: A, security: Some(Security { mac: mac(1), ip: None }) };
+    ports[i].role = Role::Access { net: A, security: Some(Security { mac: mac(1), ip: None, allowed: Default::default() }) };
     ports[i].mac_limit = Some(1);
     Datapath::new(DatapathConfig {
         ports,

@@ -25,6 +25,34 @@ pub struct NetId(pub u16);
 pub struct Security {
     pub mac: MacAddr,
     pub ip: Option<Ipv4Addr>,
+    /// Extra source addresses the guest may use (`allowed_addresses`: a VRRP VIP).
+    pub allowed: Allowed,
+}
+
+/// Up to [`Allowed::MAX`] extra addresses, inline (so `Security` stays `Copy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Allowed {
+    addrs: [u32; Allowed::MAX],
+    len: u8,
+}
+
+impl Allowed {
+    pub const MAX: usize = 8;
+    /// The first [`Allowed::MAX`] of `list` (config validation refuses longer lists).
+    pub fn new(list: &[Ipv4Addr]) -> Self {
+        let mut a = Allowed::default();
+        for ip in list.iter().take(Self::MAX) {
+            a.addrs[a.len as usize] = u32::from(*ip);
+            a.len += 1;
+        }
+        a
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.addrs[..self.len as usize].contains(&u32::from(ip))
+    }
+    pub fn iter(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.addrs[..self.len as usize].iter().map(|a| Ipv4Addr::from(*a))
+    }
 }
 
 /// How a port attaches to networks.
@@ -113,7 +141,7 @@ pub fn check_security(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, frame: 
         ethertype::IPV4 => {
             // The checked view: version 4, IHL >= 5, lengths inside the frame.
             let p = Ipv4Packet::new_checked(l3).map_err(|_| DropReason::Malformed)?;
-            if p.src() == ip {
+            if p.src() == ip || sec.allowed.contains(p.src()) {
                 return Ok(());
             }
             // DHCP from an unconfigured client: 0.0.0.0:68 -> 67 (first fragment, UDP).
@@ -133,7 +161,7 @@ pub fn check_security(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, frame: 
                 return Err(DropReason::SpoofedMac);
             }
             let spa = a.sender_ip();
-            if spa == ip || spa.is_unspecified() {
+            if spa == ip || spa.is_unspecified() || sec.allowed.contains(spa) {
                 Ok(())
             } else {
                 Err(DropReason::SpoofedIp)
@@ -154,6 +182,42 @@ pub fn check_security(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, frame: 
         // Other protocols carry no address to check; the source MAC was checked above.
         _ => Ok(()),
     }
+}
+
+/// What no guest may send, with or without port security: frames claiming its network's
+/// gateway address (ARP sender or IPv4 source), IPv6 router advertisements, and DHCPv6 server
+/// messages (the router, and nobody else, serves the network).
+pub fn guest_guard(frame: &[u8], gateway: Option<Ipv4Addr>) -> Result<(), DropReason> {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else { return Ok(()) };
+    let l3 = &frame[14..];
+    match eth.ethertype() {
+        ethertype::ARP => {
+            if let (Ok(a), Some(gw)) = (ArpPacket::new_checked(l3), gateway) {
+                if a.sender_ip() == gw {
+                    return Err(DropReason::SpoofedGateway);
+                }
+            }
+        }
+        ethertype::IPV4 => {
+            if let (Ok(p), Some(gw)) = (Ipv4Packet::new_checked(l3), gateway) {
+                if p.src() == gw {
+                    return Err(DropReason::SpoofedGateway);
+                }
+            }
+        }
+        ethertype::IPV6 => {
+            use etherparse::TransportSlice;
+            if let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) {
+                match p.transport {
+                    Some(TransportSlice::Icmpv6(i)) if i.type_u8() == 134 => return Err(DropReason::RogueRa),
+                    Some(TransportSlice::Udp(u)) if u.source_port() == 547 => return Err(DropReason::RogueDhcpv6),
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -192,9 +256,32 @@ mod tests {
     }
 
     #[test]
+    fn guests_cannot_be_the_gateway_or_a_router() {
+        let gw = Some(Ipv4Addr::new(10, 1, 1, 1));
+        let mut arp = [0u8; 28];
+        arp[..6].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
+        arp[14..18].copy_from_slice(&[10, 1, 1, 1]);
+        assert_eq!(guest_guard(&frame([2; 6], 0x0806, &arp), gw), Err(DropReason::SpoofedGateway));
+        arp[14..18].copy_from_slice(&[10, 1, 1, 9]);
+        assert_eq!(guest_guard(&frame([2; 6], 0x0806, &arp), gw), Ok(()));
+        let v6 = |build: &dyn Fn(etherparse::PacketBuilderStep<etherparse::IpHeaders>, &mut Vec<u8>)| {
+            let mut out = Vec::new();
+            let b = etherparse::PacketBuilder::ethernet2([2; 6], [0x33, 0x33, 0, 0, 0, 1]).ipv6([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 255);
+            build(b, &mut out);
+            out
+        };
+        let ra = v6(&|b, out| b.icmpv6_raw(134, 0, [0; 4]).write(out, &[0; 8]).unwrap());
+        let rs = v6(&|b, out| b.icmpv6_raw(133, 0, [0; 4]).write(out, &[]).unwrap());
+        let dhcp6 = v6(&|b, out| b.udp(547, 546).write(out, &[7, 0, 0, 1]).unwrap());
+        assert_eq!(guest_guard(&ra, gw), Err(DropReason::RogueRa));
+        assert_eq!(guest_guard(&rs, gw), Ok(()), "router solicitations are a client's");
+        assert_eq!(guest_guard(&dhcp6, gw), Err(DropReason::RogueDhcpv6));
+    }
+
+    #[test]
     fn security() {
         let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
-        let sec = Security { mac, ip: Some(Ipv4Addr::new(10, 1, 1, 11)) };
+        let sec = Security { mac, ip: Some(Ipv4Addr::new(10, 1, 1, 11)), allowed: Allowed::new(&[Ipv4Addr::new(10, 1, 1, 200)]) };
         let mut ip = [0u8; 28];
         ip[0] = 0x45;
         ip[3] = 28;
@@ -204,6 +291,9 @@ mod tests {
         assert_eq!(check_security(&sec, None, &frame([2; 6], 0x0800, &ip)), Err(DropReason::SpoofedMac));
         ip[12..16].copy_from_slice(&[10, 1, 1, 12]);
         assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &ip)), Err(DropReason::SpoofedIp));
+        let mut vip = ip;
+        vip[12..16].copy_from_slice(&[10, 1, 1, 200]);
+        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &vip)), Ok(()), "allowed_addresses (a VRRP VIP)");
         ip[12..16].copy_from_slice(&[0, 0, 0, 0]);
         ip[22..24].copy_from_slice(&[0, 67]);
         assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &ip)), Ok(()), "DHCP discover");
@@ -214,7 +304,7 @@ mod tests {
         assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0806, &arp)), Err(DropReason::SpoofedIp));
         assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &ip[..10])), Err(DropReason::Malformed));
         // No fixed address, DHCP on the network: the lease, and nothing else, once there is one.
-        let dynsec = Security { mac, ip: None };
+        let dynsec = Security { mac, ip: None, allowed: Allowed::default() };
         let mut leased = ip;
         leased[12..16].copy_from_slice(&[10, 1, 1, 100]);
         let l = Some(Ipv4Addr::new(10, 1, 1, 100));

@@ -33,6 +33,13 @@ drop_reasons! {
     DoubleTagged => "double_tagged",
     /// Source MAC is multicast, broadcast or zero.
     BadSrcMac => "bad_src_mac",
+    /// A guest speaking as its network's gateway (ARP sender or IPv4 source): it would poison
+    /// the other guests' caches.
+    SpoofedGateway => "spoofed_gateway",
+    /// An IPv6 router advertisement from a guest.
+    RogueRa => "rogue_ra",
+    /// A DHCPv6 server message (UDP from port 547) from a guest.
+    RogueDhcpv6 => "rogue_dhcpv6",
     /// Source MAC differs from the port's configured MAC (port security).
     SpoofedMac => "spoofed_mac",
     /// Source IPv4 (or ARP sender) differs from the port's configured IP (port security).
