@@ -140,7 +140,7 @@ fn bench(c: &mut Criterion) {
     for i in 0..(1u32 << 20) {
         let o = Key { src: (0x0a00_0000 | (i >> 8)).into(), dst: (0xc633_0000 | (i >> 16)).into(), sport: i as u16, dport: 443, proto: 6 };
         let r = Key { src: o.dst, dst: [203, 0, 113, 10].into(), sport: 443, dport: i as u16, proto: 6 };
-        let _ = ct.insert(now, o, r, [e, e], 0, 2);
+        let _ = ct.insert(now, o, r, [e, e]);
     }
     let after = rss();
     eprintln!("conntrack: {} flows resident in {:.1} MiB ({} bytes per flow)", ct.len(), (after - before) as f64 / 1048576.0, (after - before) / ct.len().max(1) as u64);

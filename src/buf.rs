@@ -55,6 +55,19 @@ impl PacketBuf {
         self.prio = 0;
     }
 
+    /// Makes the buffer hold a zeroed frame of `len` bytes (cut at [`MAX_FRAME`]) without
+    /// offload metadata, and returns it for the caller to fill (frames the router makes).
+    pub fn init(&mut self, len: usize) -> &mut [u8] {
+        let n = len.min(MAX_FRAME);
+        self.start = HEADROOM;
+        self.end = HEADROOM + n;
+        self.vnet = VnetHdr::default();
+        self.prio = 0;
+        let f = &mut self.data[HEADROOM..HEADROOM + n];
+        f.fill(0);
+        f
+    }
+
     /// The area a read fills: a vnet header (if `with_vnet`) ends exactly at HEADROOM, where the
     /// frame begins.
     pub fn recv_area(&mut self, with_vnet: bool) -> &mut [u8] {

@@ -179,8 +179,6 @@ pub struct Datapath {
     scratch: Box<[u8]>,
     router: Router,
     public_port: Option<PortId>,
-    /// Each network's gateway address (no guest may claim it).
-    gateways: Vec<Option<std::net::Ipv4Addr>>,
 }
 
 impl Datapath {
@@ -224,7 +222,6 @@ impl Datapath {
             nets,
             next_sweep: Instant::ZERO,
             scratch: vec![0u8; crate::buf::BUF_SIZE].into_boxed_slice(),
-            gateways: cfg.l3.nets.iter().map(|n| n.gateway).collect(),
             router: Router::new(cfg.router_mac, cfg.l3),
             public_port,
         }
@@ -302,13 +299,17 @@ impl Datapath {
     /// Sends what the router made (ARP, ICMP, frames released by ARP resolution) through the
     /// normal egress.
     fn drain_outbox(&mut self, now: Instant, tx: &mut dyn Transmit) {
-        while !self.router.outbox.is_empty() {
-            let out = std::mem::take(&mut self.router.outbox);
-            for mut o in out {
-                self.egress_routed(now, o.iface, &mut o.buf, tx);
-                self.router.recycle(o.buf);
-            }
+        if self.router.outbox.is_empty() {
+            return;
         }
+        // Egress never makes new router frames, so one pass empties it; the Vec (and its
+        // capacity) goes back for the next ones.
+        let mut out = std::mem::take(&mut self.router.outbox);
+        for mut o in out.drain(..) {
+            self.egress_routed(now, o.iface, &mut o.buf, tx);
+            self.router.recycle(o.buf);
+        }
+        self.router.outbox = out;
     }
 
     /// A frame the router finished (Ethernet header set) leaves on `iface`.
@@ -351,7 +352,7 @@ impl Datapath {
         tx: &mut dyn Transmit,
     ) -> Result<(), DropReason> {
         if matches!(self.ports[in_port.0 as usize].role, Role::Public) {
-            return self.public_in(now, in_port, buf, tx);
+            return self.public_in(now, buf, tx);
         }
         let Ingress { net, src, dst } = self.ingress(in_port, buf)?;
         self.learn(now, net, src, in_port)?;
@@ -360,7 +361,7 @@ impl Datapath {
             return r;
         }
         if self.for_router(dst, buf) {
-            let v = self.router.handle(now, Iface::Net(net), in_port, buf);
+            let v = self.router.handle(now, Iface::Net(net), buf);
             let r = self.l3_verdict(now, v, buf, tx);
             self.drain_outbox(now, tx);
             if v != Verdict::NotMine {
@@ -418,7 +419,7 @@ impl Datapath {
 
     /// The public port: not part of any network; what is addressed to the router (or a
     /// broadcast ARP) goes to it, everything else stops here.
-    fn public_in(&mut self, now: Instant, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
+    fn public_in(&mut self, now: Instant, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
         let (dst, src, et) = {
             let eth = EthernetFrame::new_checked(buf.frame()).map_err(|_| DropReason::Malformed)?;
             (eth.dst(), eth.src(), eth.ethertype())
@@ -436,7 +437,7 @@ impl Datapath {
         if !self.for_router(dst, buf) {
             return Err(if dst.is_multicast() { DropReason::UnsupportedL3 } else { DropReason::NotForwarded });
         }
-        let v = self.router.handle(now, Iface::Public, in_port, buf);
+        let v = self.router.handle(now, Iface::Public, buf);
         let r = match v {
             Verdict::NotMine => Ok(()),
             v => self.l3_verdict(now, v, buf, tx),
@@ -465,7 +466,7 @@ impl Datapath {
             return Err(DropReason::LinkLocal);
         }
         if let Role::Access { net: n, .. } = role {
-            switch::guest_guard(buf.frame(), self.gateways.get(n.0 as usize).copied().flatten())?;
+            switch::guest_guard(buf.frame(), self.router.gateway(*n))?;
         }
         if let Role::Access { net: n, security: Some(sec) } = role {
             // Without a fixed address, a guest on a network vrouter serves DHCP to may source
@@ -543,16 +544,9 @@ impl Datapath {
         }
         let st = &mut self.stats[pi];
         let len = buf.len() as u64;
-        if self.ports[pi].offload {
-            match tx.transmit(port, Some(&buf.vnet), buf.frame()) {
-                Ok(()) => {
-                    st.tx_frames += 1;
-                    st.tx_bytes += len;
-                }
-                Err(r) => st.drop(r),
-            }
-        } else if buf.vnet.is_plain() {
-            match tx.transmit(port, None, buf.frame()) {
+        let offload = self.ports[pi].offload;
+        if offload || buf.vnet.is_plain() {
+            match tx.transmit(port, offload.then_some(&buf.vnet), buf.frame()) {
                 Ok(()) => {
                     st.tx_frames += 1;
                     st.tx_bytes += len;

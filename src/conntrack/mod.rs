@@ -10,7 +10,8 @@
 //! The index is a SwissTable of 4-byte slot numbers (flow index and direction): the keys live
 //! in the flows themselves, as Linux keeps its tuples inside `nf_conn`, so a million flows
 //! cost their entries plus about 20 bytes of index each. It is allocated for the cap up front,
-//! so it never rehashes (a stall) under a flood.
+//! so a flood never makes it grow; under heavy churn, though, SwissTable's deletion markers
+//! can make it rehash in place now and then (a pause proportional to the table).
 //!
 //! Invariants: the table never holds more than `max` flows; both keys of a live flow are in the
 //! map and point at it; a key is in the map at most once, so a NAT port chosen by checking the
@@ -55,6 +56,13 @@ pub enum Dir {
 impl Dir {
     fn idx(self) -> usize {
         self as usize
+    }
+    /// The other direction.
+    pub fn rev(self) -> Dir {
+        match self {
+            Dir::Orig => Dir::Reply,
+            Dir::Reply => Dir::Orig,
+        }
     }
 }
 
@@ -125,12 +133,24 @@ pub struct Flow {
     pub expires: u64,
     pub bytes: u64,
     pub packets: u32,
-    /// Config generation the decision was made under.
-    pub epoch: u32,
     pub state: State,
     /// Bit 0: FIN seen from the originator, bit 1: from the responder.
     fins: u8,
     live: bool,
+}
+
+impl Flow {
+    /// What a packet of direction `dir` becomes: the reverse of the other direction's key.
+    pub fn target(&self, dir: Dir) -> Key {
+        match dir {
+            Dir::Orig => self.reply.reverse(),
+            Dir::Reply => self.orig.reverse(),
+        }
+    }
+    /// Where packets of direction `dir` come from (where the other direction leaves).
+    pub fn ingress(&self, dir: Dir) -> Iface {
+        self.egress[dir.rev().idx()].iface
+    }
 }
 
 /// TCP flags the state machine reads.
@@ -279,7 +299,7 @@ impl Conntrack {
 
     /// Adds a flow for a first packet seen in the `orig` direction. The caller has checked that
     /// neither key is in use.
-    pub fn insert(&mut self, now: Instant, orig: Key, reply: Key, egress: [Egress; 2], epoch: u32, tcp: u8) -> Result<u32, Full> {
+    pub fn insert(&mut self, now: Instant, orig: Key, reply: Key, egress: [Egress; 2]) -> Result<u32, Full> {
         if orig == reply {
             return Err(Full);
         }
@@ -301,14 +321,10 @@ impl Conntrack {
             self.stats.refused += 1;
             return Err(Full);
         }
-        let state = match orig.proto {
-            proto::TCP if tcp & tcp_flags::SYN != 0 && tcp & tcp_flags::ACK == 0 => State::SynSent,
-            // Picked up mid-stream (Linux's nf_conntrack_tcp_loose): treated as established
-            // once the other side answers; until then it lives as long as a half-open one.
-            proto::TCP => State::SynSent,
-            _ => State::Unreplied,
-        };
-        let flow = Flow { orig, reply, egress, expires: 0, bytes: 0, packets: 0, epoch, state, fins: 0, live: true };
+        // A TCP flow starts half-open, whether its first packet is a SYN or it is picked up
+        // mid-stream (Linux's nf_conntrack_tcp_loose): established once the other side answers.
+        let state = if orig.proto == proto::TCP { State::SynSent } else { State::Unreplied };
+        let flow = Flow { orig, reply, egress, expires: 0, bytes: 0, packets: 0, state, fins: 0, live: true };
         let idx = match self.free.pop() {
             Some(i) => {
                 self.flows[i as usize] = flow;
@@ -346,11 +362,6 @@ impl Conntrack {
             timeout = t.icmp;
         }
         f.expires = now.millis() + timeout.as_millis() as u64;
-    }
-
-    /// Moves a flow to the current config epoch (re-decided and still allowed).
-    pub fn set_epoch(&mut self, idx: u32, epoch: u32) {
-        self.flows[idx as usize].epoch = epoch;
     }
 
     pub fn remove(&mut self, idx: u32) {
@@ -497,7 +508,6 @@ fn tcp_next(f: &mut Flow, dir: Dir, flags: u8) -> State {
                 State::CloseWait
             }
         }
-        (State::FinWait | State::CloseWait, _) => s,
         _ => s,
     }
 }
@@ -525,7 +535,7 @@ mod tests {
         let mut ct = Conntrack::new(16, Timeouts::default());
         let o = key(40000, 80, proto::TCP);
         let r = snat(o, 1024);
-        let i = ct.insert(T0, o, r, eg(), 0, SYN).unwrap();
+        let i = ct.insert(T0, o, r, eg()).unwrap();
         assert_eq!(ct.flow(i).state, State::SynSent);
         assert_eq!(ct.lookup(T0, &r), Some((i, Dir::Reply)));
         ct.update(T0, i, Dir::Reply, SYN | ACK, 60);
@@ -548,7 +558,7 @@ mod tests {
     fn udp_replied_gets_stream_timeout() {
         let mut ct = Conntrack::new(16, Timeouts::default());
         let o = key(5000, 53, proto::UDP);
-        let i = ct.insert(T0, o, snat(o, 5000), eg(), 0, 0).unwrap();
+        let i = ct.insert(T0, o, snat(o, 5000), eg()).unwrap();
         ct.update(T0, i, Dir::Orig, 0, 60);
         assert_eq!(ct.flow(i).expires, T0.millis() + 30_000);
         ct.update(T0, i, Dir::Reply, 0, 60);
@@ -562,7 +572,7 @@ mod tests {
         let mut est = Vec::new();
         for p in 0..2 {
             let o = key(1000 + p, 80, proto::TCP);
-            let i = ct.insert(T0, o, snat(o, 2000 + p), eg(), 0, tcp_flags::SYN).unwrap();
+            let i = ct.insert(T0, o, snat(o, 2000 + p), eg()).unwrap();
             ct.update(T0, i, Dir::Reply, tcp_flags::SYN | tcp_flags::ACK, 60);
             ct.update(T0, i, Dir::Orig, tcp_flags::ACK, 60);
             est.push(o);
@@ -570,7 +580,7 @@ mod tests {
         // A flood of new UDP flows: each evicts an earlier unreplied one.
         for p in 0..100 {
             let o = key(3000 + p, 9, proto::UDP);
-            ct.insert(T0, o, snat(o, 3000 + p), eg(), 0, 0).unwrap();
+            ct.insert(T0, o, snat(o, 3000 + p), eg()).unwrap();
         }
         assert_eq!(ct.len(), 4);
         assert!(ct.stats.evicted >= 98);
@@ -580,12 +590,12 @@ mod tests {
         // Only established flows left: new ones are refused.
         let mut ct2 = Conntrack::new(2, Timeouts::default());
         for o in est {
-            let i = ct2.insert(T0, o, snat(o, o.sport + 1000), eg(), 0, tcp_flags::SYN).unwrap();
+            let i = ct2.insert(T0, o, snat(o, o.sport + 1000), eg()).unwrap();
             ct2.update(T0, i, Dir::Reply, tcp_flags::SYN | tcp_flags::ACK, 60);
             ct2.update(T0, i, Dir::Orig, tcp_flags::ACK, 60);
         }
         let o = key(9, 9, proto::UDP);
-        assert_eq!(ct2.insert(T0, o, snat(o, 9), eg(), 0, 0), Err(Full));
+        assert_eq!(ct2.insert(T0, o, snat(o, 9), eg()), Err(Full));
         assert_eq!(ct2.stats.refused, 1);
     }
 
@@ -594,7 +604,7 @@ mod tests {
         let mut ct = Conntrack::new(5000, Timeouts::default());
         for p in 0..3000u16 {
             let o = key(p, 53, proto::UDP);
-            ct.insert(T0, o, snat(o, p), eg(), 0, 0).unwrap();
+            ct.insert(T0, o, snat(o, p), eg()).unwrap();
         }
         let later = T0 + Duration::from_secs(31);
         for _ in 0..3 {
@@ -603,7 +613,7 @@ mod tests {
         assert_eq!(ct.len(), 0);
         assert_eq!(ct.stats.expired, 3000);
         let o = key(1, 1, proto::UDP);
-        let i = ct.insert(later, o, snat(o, 1), eg(), 0, 0).unwrap();
+        let i = ct.insert(later, o, snat(o, 1), eg()).unwrap();
         assert!((i as usize) < 3000, "slot reused");
         let (mut rows, mut next, mut pages) = (Vec::new(), Some(0), 0);
         while let Some(off) = next {

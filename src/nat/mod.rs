@@ -15,13 +15,10 @@
 //! Pure functions over byte slices; callers pass an IPv4 packet a checked view has accepted.
 
 use crate::conntrack::Key;
-use crate::wire::checksum;
+use crate::wire::{be16, checksum};
 use crate::wire::ipv4::{icmp, l4_checksum_offset, proto, Ipv4Packet};
 use std::net::Ipv4Addr;
 
-fn rd16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
 fn wr16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
@@ -36,8 +33,8 @@ fn csum_update32(field: u16, partial: bool, old: u32, new: u32) -> u16 {
 }
 
 /// Rewrites addresses and ports of the IPv4 packet `ip` (header first) from `from` to `to`.
-/// `partial`: the L4 checksum is pending (offload). `first_fragment_or_whole`: the packet
-/// carries the L4 header (false for non-first fragments: addresses only).
+/// `partial`: the L4 checksum is pending (offload). A non-first fragment carries no L4 header:
+/// only its addresses change.
 pub fn rewrite(ip: &mut [u8], partial: bool, from: &Key, to: &Key) {
     let Ok(mut p) = Ipv4Packet::new_checked(&mut *ip) else { return };
     let has_l4 = p.frag_offset() == 0;
@@ -55,8 +52,8 @@ pub fn rewrite(ip: &mut [u8], partial: bool, from: &Key, to: &Key) {
         proto::TCP | proto::UDP => {
             let Some(co) = l4_checksum_offset(from.proto) else { return };
             let have_csum = l4.len() >= co + 2;
-            let udp_none = from.proto == proto::UDP && have_csum && !partial && rd16(l4, co) == 0;
-            let mut c = if have_csum { rd16(l4, co) } else { 0 };
+            let udp_none = from.proto == proto::UDP && have_csum && !partial && be16(l4, co) == 0;
+            let mut c = if have_csum { be16(l4, co) } else { 0 };
             for (o, n) in [(from.src, to.src), (from.dst, to.dst)] {
                 if o != n {
                     c = csum_update32(c, partial, u32::from(o), u32::from(n));
@@ -83,7 +80,7 @@ pub fn rewrite(ip: &mut [u8], partial: bool, from: &Key, to: &Key) {
             // Requests carry the originator's id in `sport`, replies in `dport` (same value).
             let (o, n) = (from.sport, to.sport);
             if o != n {
-                let c = checksum::update16(rd16(l4, 2), o, n);
+                let c = checksum::update16(be16(l4, 2), o, n);
                 wr16(l4, 4, n);
                 wr16(l4, 2, c);
             }
@@ -98,17 +95,11 @@ pub fn rewrite(ip: &mut [u8], partial: bool, from: &Key, to: &Key) {
 /// checksum over the whole message, the outer header's.
 pub fn rewrite_icmp_error(ip: &mut [u8], outer_src: Ipv4Addr, outer_dst: Ipv4Addr, quoted_old: &Key, quoted: &Key) -> bool {
     let Ok(mut p) = Ipv4Packet::new_checked(&mut *ip) else { return false };
+    let Some(ihl) = quoted_ihl(p.payload()) else { return false };
     p.set_src(outer_src);
     p.set_dst(outer_dst);
     let icmp_msg = p.payload_mut();
-    if icmp_msg.len() < 8 + 20 {
-        return false;
-    }
     let inner = &mut icmp_msg[8..];
-    let ihl = (inner[0] & 0x0f) as usize * 4;
-    if inner[0] >> 4 != 4 || ihl < 20 || inner.len() < ihl + 8 {
-        return false;
-    }
     inner[12..16].copy_from_slice(&quoted.src.octets());
     inner[16..20].copy_from_slice(&quoted.dst.octets());
     // Quoted header checksum from scratch (it is short and may have been anything).
@@ -121,9 +112,9 @@ pub fn rewrite_icmp_error(ip: &mut [u8], outer_src: Ipv4Addr, outer_dst: Ipv4Add
         proto::TCP | proto::UDP => {
             wr16(l4, 0, quoted.sport);
             wr16(l4, 2, quoted.dport);
-            let co = if quoted.proto == proto::TCP { 16 } else { 6 };
+            let co = l4_checksum_offset(quoted.proto).unwrap_or(usize::MAX - 2);
             if l4.len() >= co + 2 {
-                let mut c = rd16(l4, co);
+                let mut c = be16(l4, co);
                 if !(quoted.proto == proto::UDP && c == 0) {
                     for (o, n) in [(quoted_old.src, quoted.src), (quoted_old.dst, quoted.dst)] {
                         c = checksum::update32(c, u32::from(o), u32::from(n));
@@ -135,7 +126,7 @@ pub fn rewrite_icmp_error(ip: &mut [u8], outer_src: Ipv4Addr, outer_dst: Ipv4Add
             }
         }
         proto::ICMP => {
-            let c = checksum::update16(rd16(l4, 2), quoted_old.sport, quoted.sport);
+            let c = checksum::update16(be16(l4, 2), quoted_old.sport, quoted.sport);
             wr16(l4, 4, quoted.sport);
             wr16(l4, 2, c);
         }
@@ -148,20 +139,25 @@ pub fn rewrite_icmp_error(ip: &mut [u8], outer_src: Ipv4Addr, outer_dst: Ipv4Add
     true
 }
 
+/// The header length of the IPv4 packet quoted in an ICMP error message, when the quote holds
+/// that header and the first 8 bytes of its payload (what translation reads and rewrites).
+fn quoted_ihl(icmp_msg: &[u8]) -> Option<usize> {
+    let inner = icmp_msg.get(8..)?;
+    let ihl = (*inner.first()? & 0x0f) as usize * 4;
+    (inner[0] >> 4 == 4 && ihl >= 20 && inner.len() >= ihl + 8).then_some(ihl)
+}
+
 /// The tuple quoted in an ICMP error message (`icmp_msg` starts at the ICMP header), as it
 /// was on the wire. `None` if the quote is too short or not IPv4.
 pub fn quoted_key(icmp_msg: &[u8]) -> Option<Key> {
-    let inner = icmp_msg.get(8..)?;
-    let ihl = (*inner.first()? & 0x0f) as usize * 4;
-    if inner[0] >> 4 != 4 || ihl < 20 || inner.len() < ihl + 8 {
-        return None;
-    }
+    let ihl = quoted_ihl(icmp_msg)?;
+    let inner = &icmp_msg[8..];
     let a = |o: usize| Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3]);
     let protocol = inner[9];
     let l4 = &inner[ihl..];
     let (sport, dport) = match protocol {
-        proto::TCP | proto::UDP => (rd16(l4, 0), rd16(l4, 2)),
-        proto::ICMP if matches!(l4[0], icmp::ECHO_REQUEST | icmp::ECHO_REPLY) => (rd16(l4, 4), rd16(l4, 4)),
+        proto::TCP | proto::UDP => (be16(l4, 0), be16(l4, 2)),
+        proto::ICMP if matches!(l4[0], icmp::ECHO_REQUEST | icmp::ECHO_REPLY) => (be16(l4, 4), be16(l4, 4)),
         _ => return None,
     };
     Some(Key { src: a(12), dst: a(16), sport, dport, proto: protocol })
@@ -187,7 +183,7 @@ mod tests {
     fn key(p: &[u8], udp: bool) -> Key {
         let v = Ipv4Packet::new_checked(p).unwrap();
         let l4 = v.payload();
-        Key { src: v.src(), dst: v.dst(), sport: rd16(l4, 0), dport: rd16(l4, 2), proto: if udp { 17 } else { 6 } }
+        Key { src: v.src(), dst: v.dst(), sport: be16(l4, 0), dport: be16(l4, 2), proto: if udp { 17 } else { 6 } }
     }
 
     #[test]
@@ -214,7 +210,7 @@ mod tests {
         let from = key(&p, false);
         let to = Key { src: Ipv4Addr::new(203, 0, 113, 10), sport: 1024, ..from };
         rewrite(&mut p, true, &from, &to);
-        assert_eq!(rd16(&p, 36), pseudo([203, 0, 113, 10], [198, 51, 100, 5]));
+        assert_eq!(be16(&p, 36), pseudo([203, 0, 113, 10], [198, 51, 100, 5]));
         // Finishing it now gives the same packet as building it with the new tuple.
         p[36] = 0;
         p[37] = 0;

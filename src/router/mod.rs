@@ -28,14 +28,14 @@ use crate::conntrack::{self, Conntrack, Dir, Egress, Key, Timeouts};
 use crate::filter::Classifier;
 use crate::nat;
 use crate::switch::stats::DropReason;
-use crate::switch::{NetId, PortId};
+use crate::switch::NetId;
 use crate::time::Instant;
 use crate::wire::arp::{self, ArpPacket, ArpRepr};
-use crate::wire::checksum;
+use crate::wire::{be16, checksum};
 use crate::wire::ethernet::{ethertype, MacAddr};
 use crate::wire::ipv4::{self, icmp, proto, Ipv4Packet};
 use crate::wire::vnet::{Gso, VnetHdr};
-use neigh::{Neighbours, Queued, Resolve, Work};
+use neigh::{Neighbours, Origin, Queued, Resolve, Work};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -204,16 +204,12 @@ pub struct Router {
     icmp_refill: Instant,
     ident: u16,
     nat_seed: u32,
-    epoch: u32,
     garp_sent: bool,
     next_sweep: Instant,
     pub stats: RouterStats,
     svc: services::Services,
 }
 
-fn rd16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
 
 /// Addresses no public packet may come from: ours, the unspecified, loopback, multicast,
 /// limited broadcast, and "this network".
@@ -243,7 +239,6 @@ impl Router {
             icmp_refill: Instant::ZERO,
             ident: 1,
             nat_seed: 0x9e37_79b9,
-            epoch: 0,
             garp_sent: false,
             next_sweep: Instant::ZERO,
             cfg,
@@ -267,7 +262,30 @@ impl Router {
         self.pool.pop().unwrap_or_default()
     }
 
-    fn gateway(&self, n: NetId) -> Option<Ipv4Addr> {
+    /// A frame of `len` bytes after the Ethernet header, from the router to `dst` on `iface`,
+    /// queued for egress; the caller fills in the returned payload.
+    fn new_frame(&mut self, iface: Iface, dst: MacAddr, ethertype: u16, len: usize) -> &mut [u8] {
+        let mut b = self.buf();
+        let f = b.init(14 + len);
+        f[0..6].copy_from_slice(&dst.0);
+        f[6..12].copy_from_slice(&self.mac.0);
+        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        self.outbox.push(Out { iface, buf: b });
+        let n = self.outbox.len() - 1;
+        &mut self.outbox[n].buf.frame_mut()[14..]
+    }
+
+    /// The next hop's MAC (sending ARP requests and releasing or failing queued frames as the
+    /// neighbour table says).
+    fn resolve(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr) -> Resolve {
+        let mut w = Work::default();
+        let r = self.neigh.resolve(now, iface, ip, &mut w);
+        self.run_work(now, w);
+        r
+    }
+
+    /// The network's gateway address (what no guest may claim).
+    pub fn gateway(&self, n: NetId) -> Option<Ipv4Addr> {
         self.cfg.nets.get(n.0 as usize)?.gateway
     }
 
@@ -342,37 +360,33 @@ impl Router {
             let mut b = self.buf();
             b.load(&q.frame, q.vnet);
             b.frame_mut()[0..6].copy_from_slice(&mac.0);
-            self.outbox.push(Out { iface, buf: b });
+            let tl = b.len().saturating_sub(14);
+            if b.vnet.gso == Gso::None && tl > self.mtu(iface) {
+                // Too big and not DF (DF was answered before it was queued): cut it now.
+                let _ = self.fragment_out(iface, &mut b, tl);
+                self.recycle(b);
+            } else {
+                self.outbox.push(Out { iface, buf: b });
+            }
         }
         for (_iface, q) in w.failed {
             self.stats.neigh_unresolved += 1;
-            let src_mac = MacAddr::from_bytes(&q.frame[6..]).unwrap_or_default();
-            let from = self.iface_of_source(&q.frame);
-            if let Some(from) = from {
-                self.icmp_error(now, from, src_mac, &q.frame[14..], icmp::DEST_UNREACH, icmp::CODE_HOST_UNREACH, 0);
+            if let Some(o) = q.origin {
+                self.icmp_error(now, o.iface, o.mac, &o.quote, icmp::DEST_UNREACH, icmp::CODE_HOST_UNREACH, 0);
             }
         }
     }
 
-    /// The interface a queued frame's sender sits behind (to tell it the host is unreachable).
-    fn iface_of_source(&self, frame: &[u8]) -> Option<Iface> {
-        let ip = Ipv4Packet::new_checked(frame.get(14..)?).ok()?;
-        Some(match self.net_of(ip.src()) {
-            Some(n) => Iface::Net(n),
-            None => Iface::Public,
-        })
-    }
-
     /// Runs one frame addressed to the router (its MAC, or a broadcast ARP) that arrived on
-    /// `from` through `in_port`. The frame is untagged (ingress popped any tag).
-    pub fn handle(&mut self, now: Instant, from: Iface, in_port: PortId, buf: &mut PacketBuf) -> Verdict {
+    /// `from`. The frame is untagged (ingress popped any tag).
+    pub fn handle(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf) -> Verdict {
         let f = buf.frame();
         if f.len() < 14 {
             return Verdict::Drop(DropReason::Malformed);
         }
-        match rd16(f, 12) {
+        match be16(f, 12) {
             ethertype::ARP => self.arp(now, from, buf),
-            ethertype::IPV4 => self.ipv4(now, from, in_port, buf),
+            ethertype::IPV4 => self.ipv4(now, from, buf),
             _ if f[0] & 1 != 0 => Verdict::NotMine,
             _ => Verdict::Drop(DropReason::UnsupportedL3),
         }
@@ -399,7 +413,7 @@ impl Router {
             self.neigh.confirm(now, from, spa, sha, ours, &mut w);
             self.run_work(now, w);
         }
-        if op == arp::OP_REQUEST && ours && !spa.is_unspecified() {
+        if op == arp::OP_REQUEST && ours && plausible {
             self.emit_arp(from, arp::OP_REPLY, sha, tpa, sha, spa);
             self.stats.arp_replies += 1;
             return Verdict::Consumed;
@@ -412,17 +426,12 @@ impl Router {
     }
 
     fn emit_arp(&mut self, iface: Iface, op: u16, eth_dst: MacAddr, spa: Ipv4Addr, tha: MacAddr, tpa: Ipv4Addr) {
-        let mut b = self.buf();
-        let mut f = [0u8; 60];
-        f[0..6].copy_from_slice(&eth_dst.0);
-        f[6..12].copy_from_slice(&self.mac.0);
-        f[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
-        ArpRepr { operation: op, sender_mac: self.mac, sender_ip: spa, target_mac: tha, target_ip: tpa }.emit(&mut f[14..]);
-        b.load(&f, VnetHdr::default());
-        self.outbox.push(Out { iface, buf: b });
+        let repr = ArpRepr { operation: op, sender_mac: self.mac, sender_ip: spa, target_mac: tha, target_ip: tpa };
+        // Padded to the Ethernet minimum.
+        repr.emit(self.new_frame(iface, eth_dst, ethertype::ARP, 46));
     }
 
-    fn ipv4(&mut self, now: Instant, from: Iface, in_port: PortId, buf: &mut PacketBuf) -> Verdict {
+    fn ipv4(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf) -> Verdict {
         let (src, dst, protocol, ttl, frag_off, mf, df, tl, hl, ident) = {
             let Ok(ip) = Ipv4Packet::new_checked(&buf.frame()[14..]) else { return Verdict::Drop(DropReason::BadIp) };
             if !ip.verify_checksum() {
@@ -450,79 +459,57 @@ impl Router {
         }
         let eth_src = MacAddr::from_bytes(&buf.frame()[6..]).unwrap_or_default();
         if frag_off > 0 {
-            return self.fragment_in(now, from, in_port, buf, (src, dst, protocol, ident), ttl, df, tl, eth_src);
+            return self.fragment_in(now, from, buf, (src, dst, protocol, ident), ttl, df, tl, eth_src);
         }
         let l4 = &buf.frame()[14 + hl..14 + tl];
         if protocol == proto::ICMP && l4.len() >= 8 && icmp::is_error(l4[0]) {
             return self.icmp_error_in(now, from, buf, hl, tl);
         }
-        let Some((sport, dport)) = ipv4::l4_ports(protocol, l4) else { return Verdict::Drop(DropReason::BadL4) };
-        let tcp = if protocol == proto::TCP {
-            match l4.get(13) {
-                Some(f) => *f,
-                None => return Verdict::Drop(DropReason::BadL4),
-            }
-        } else {
-            0
+        // A header cut short would have its ports rewritten without its checksum.
+        let whole = match protocol {
+            proto::TCP => l4.len() >= 20,
+            proto::UDP => l4.len() >= 8,
+            _ => true,
         };
+        let Some((sport, dport)) = ipv4::l4_ports(protocol, l4).filter(|_| whole) else { return Verdict::Drop(DropReason::BadL4) };
+        let tcp = if protocol == proto::TCP { l4[13] } else { 0 };
         // ICMP other than echo (and errors, handled above) is for the router or dropped.
         if protocol == proto::ICMP && !matches!(l4[0], icmp::ECHO_REQUEST | icmp::ECHO_REPLY) {
             return Verdict::Drop(DropReason::NotForwarded);
         }
+        let echo_reply = protocol == proto::ICMP && l4[0] == icmp::ECHO_REPLY;
         let key = Key { src, dst, sport, dport, proto: protocol };
         let (idx, dir) = match self.ct.lookup(now, &key) {
-            Some(hit) => hit,
-            None => {
-                // Only a request opens an ICMP flow; an unsolicited echo reply goes nowhere.
-                if protocol == proto::ICMP && l4[0] == icmp::ECHO_REPLY {
-                    return Verdict::Drop(DropReason::NotForwarded);
-                }
-                if protocol == proto::TCP && tcp & conntrack::tcp_flags::RST != 0 {
-                    return Verdict::Drop(DropReason::NotForwarded);
-                }
-                match self.decide(now, from, &key) {
-                    Decision::Drop(r) => return Verdict::Drop(r),
-                    Decision::Local => return self.local(now, from, eth_src, buf, hl, tl),
-                    Decision::Flow { reply, egress, kind } => {
-                        // TTL and MTU problems are answered before a flow is created.
-                        if ttl <= 1 {
-                            self.icmp_error(now, from, eth_src, &buf.frame()[14..14 + tl], icmp::TIME_EXCEEDED, 0, 0);
-                            return Verdict::Drop(DropReason::TtlExceeded);
-                        }
-                        match self.ct.insert(now, key, reply, egress, self.epoch, tcp) {
-                            Ok(i) => {
-                                match kind {
-                                    FlowKind::Routed => self.stats.routed_flows += 1,
-                                    FlowKind::Snat => self.stats.snat_flows += 1,
-                                    FlowKind::Dnat => self.stats.dnat_flows += 1,
-                                    FlowKind::Hairpin => self.stats.hairpin_flows += 1,
-                                }
-                                (i, Dir::Orig)
-                            }
-                            Err(_) => return Verdict::Drop(DropReason::ConntrackFull),
-                        }
-                    }
-                }
-            }
+            // A packet belongs to a flow only when it comes from where that flow's packets of
+            // its direction come from.
+            Some((i, d)) if self.ct.flow(i).ingress(d) == from => (i, d),
+            Some(_) => return Verdict::Drop(DropReason::SpoofedSource),
+            None => match self.open_flow(now, from, eth_src, buf, &key, tl, hl, df, echo_reply, tcp) {
+                Ok(i) => (i, Dir::Orig),
+                Err(v) => return v,
+            },
         };
         let flow = self.ct.flow(idx);
-        let target = match dir {
-            Dir::Orig => flow.reply.reverse(),
-            Dir::Reply => flow.orig.reverse(),
-        };
-        let egress = flow.egress[dir as usize];
+        let (target, egress) = (flow.target(dir), flow.egress[dir as usize]);
         if ttl <= 1 {
-            self.icmp_error(now, from, eth_src, &buf.frame()[14..14 + tl], icmp::TIME_EXCEEDED, 0, 0);
-            return Verdict::Drop(DropReason::TtlExceeded);
+            return self.ttl_expired(now, from, eth_src, buf, tl);
         }
-        let mtu = self.mtu(egress.iface);
-        if let Some(v) = self.check_mtu(now, from, eth_src, buf, tl, df, mtu) {
+        if let Some(v) = self.check_mtu(now, from, eth_src, buf, tl, df, self.mtu(egress.iface)) {
             return v;
         }
         self.ct.update(now, idx, dir, tcp, tl);
-        if mf && self.frags.len() < FRAG_CAP {
-            self.frags.insert((src, dst, protocol, ident), FragFlow { new_src: target.src, new_dst: target.dst, egress, expires: now + FRAG_TIMEOUT });
+        if mf {
+            if self.frags.len() >= FRAG_CAP {
+                self.frags.retain(|_, f| f.expires > now);
+            }
+            if self.frags.len() < FRAG_CAP {
+                self.frags.insert((src, dst, protocol, ident), FragFlow { new_src: target.src, new_dst: target.dst, egress, expires: now + FRAG_TIMEOUT });
+            }
         }
+        // The next hop is resolved before the rewrite, so a frame that has to wait keeps what
+        // its sender would need to hear that the host is unreachable.
+        let r = self.resolve(now, egress.iface, egress.next_hop);
+        let origin = self.origin_if_pending(&r, from, eth_src, buf, tl);
         let partial = buf.vnet.needs_csum;
         {
             let ipb = &mut buf.frame_mut()[14..14 + tl];
@@ -531,7 +518,60 @@ impl Router {
                 p.decrement_ttl();
             }
         }
-        self.send(now, egress, in_port, buf, tl, df)
+        self.send(egress, r, origin, buf, tl, df)
+    }
+
+    /// A packet that opens no flow is turned away here; one that may gets a new conntrack entry
+    /// (after its TTL and size were found fit, so a refused packet takes no NAT port).
+    #[allow(clippy::too_many_arguments)]
+    fn open_flow(
+        &mut self,
+        now: Instant,
+        from: Iface,
+        eth_src: MacAddr,
+        buf: &mut PacketBuf,
+        key: &Key,
+        tl: usize,
+        hl: usize,
+        df: bool,
+        echo_reply: bool,
+        tcp: u8,
+    ) -> Result<u32, Verdict> {
+        // Only a request opens an ICMP flow; an unsolicited echo reply or RST goes nowhere.
+        if echo_reply || (key.proto == proto::TCP && tcp & conntrack::tcp_flags::RST != 0) {
+            return Err(Verdict::Drop(DropReason::NotForwarded));
+        }
+        let (reply, egress, kind) = match self.decide(now, from, key) {
+            Decision::Drop(r) => return Err(Verdict::Drop(r)),
+            Decision::Local => return Err(self.local(now, from, eth_src, buf, hl, tl)),
+            Decision::Flow { reply, egress, kind } => (reply, egress, kind),
+        };
+        let ttl = buf.frame()[14 + 8];
+        if ttl <= 1 {
+            return Err(self.ttl_expired(now, from, eth_src, buf, tl));
+        }
+        if let Some(v) = self.check_mtu(now, from, eth_src, buf, tl, df, self.mtu(egress[0].iface)) {
+            return Err(v);
+        }
+        let i = self.ct.insert(now, *key, reply, egress).map_err(|_| Verdict::Drop(DropReason::ConntrackFull))?;
+        match kind {
+            FlowKind::Routed => self.stats.routed_flows += 1,
+            FlowKind::Snat => self.stats.snat_flows += 1,
+            FlowKind::Dnat => self.stats.dnat_flows += 1,
+            FlowKind::Hairpin => self.stats.hairpin_flows += 1,
+        }
+        Ok(i)
+    }
+
+    /// TTL ran out here: time exceeded back to the sender.
+    fn ttl_expired(&mut self, now: Instant, from: Iface, eth_src: MacAddr, buf: &PacketBuf, tl: usize) -> Verdict {
+        self.icmp_error(now, from, eth_src, &buf.frame()[14..14 + tl], icmp::TIME_EXCEEDED, 0, 0);
+        Verdict::Drop(DropReason::TtlExceeded)
+    }
+
+    /// For a frame about to wait for ARP: who sent it and what it looked like on arrival.
+    fn origin_if_pending(&self, r: &Resolve, from: Iface, eth_src: MacAddr, buf: &PacketBuf, tl: usize) -> Option<Origin> {
+        matches!(r, Resolve::Pending).then(|| Origin { iface: from, mac: eth_src, quote: buf.frame()[14..14 + tl.min(ICMP_QUOTE)].to_vec() })
     }
 
     /// Frag-needed for DF packets (and GSO super-frames, whose segments would be too big)
@@ -547,29 +587,27 @@ impl Router {
         Some(Verdict::Drop(DropReason::FragNeeded))
     }
 
-    /// Resolves the next hop and finishes the frame for `egress`: Ethernet addresses, or a
-    /// place in the neighbour queue, or fragments when it is too big and may be cut.
-    fn send(&mut self, now: Instant, egress: Egress, in_port: PortId, buf: &mut PacketBuf, tl: usize, df: bool) -> Verdict {
-        let mut w = Work::default();
-        let r = self.neigh.resolve(now, egress.iface, egress.next_hop, &mut w);
-        self.run_work(now, w);
-        let too_big = buf.vnet.gso == Gso::None && tl > self.mtu(egress.iface) && !df;
+    /// Finishes a rewritten frame for `egress` once its next hop was resolved (`r`): Ethernet
+    /// addresses, or a place in the neighbour queue, or fragments when it is too big and may
+    /// be cut.
+    fn send(&mut self, egress: Egress, r: Resolve, origin: Option<Origin>, buf: &mut PacketBuf, tl: usize, df: bool) -> Verdict {
         match r {
             Resolve::Mac(mac) => {
                 let f = buf.frame_mut();
                 f[0..6].copy_from_slice(&mac.0);
                 f[6..12].copy_from_slice(&self.mac.0);
-                self.stats.forwarded += 1;
-                if too_big {
-                    self.fragment_out(egress.iface, buf, tl);
-                    return Verdict::Consumed;
+                if buf.vnet.gso == Gso::None && tl > self.mtu(egress.iface) && !df {
+                    return match self.fragment_out(egress.iface, buf, tl) {
+                        Ok(()) => Verdict::Consumed,
+                        Err(r) => Verdict::Drop(r),
+                    };
                 }
+                self.stats.forwarded += 1;
                 Verdict::Forward(egress.iface)
             }
             Resolve::Pending => {
-                let f = buf.frame_mut();
-                f[6..12].copy_from_slice(&self.mac.0);
-                let q = Queued { frame: buf.frame()[..14 + tl].to_vec(), vnet: buf.vnet, in_port };
+                buf.frame_mut()[6..12].copy_from_slice(&self.mac.0);
+                let q = Queued { frame: buf.frame()[..14 + tl].to_vec(), vnet: buf.vnet, origin };
                 if self.neigh.enqueue(egress.iface, egress.next_hop, q) {
                     self.stats.neigh_queued += 1;
                     Verdict::Consumed
@@ -581,55 +619,49 @@ impl Router {
         }
     }
 
-    /// Splits a (non-DF) packet too big for its egress into fragments (RFC 791), finishing a
-    /// pending checksum first since the receiver cannot see the whole datagram at once.
-    fn fragment_out(&mut self, iface: Iface, buf: &mut PacketBuf, tl: usize) {
+    /// Splits a (non-DF) packet too big for its egress into fragments (RFC 791), each written
+    /// straight into a pool buffer, finishing a pending checksum first since the receiver
+    /// cannot see the whole datagram at once. The Ethernet header is already set.
+    fn fragment_out(&mut self, iface: Iface, buf: &mut PacketBuf, tl: usize) -> Result<(), DropReason> {
         let mtu = self.mtu(iface);
         if buf.vnet.needs_csum {
             let mut v = buf.vnet;
-            if crate::offload::complete_checksum(buf.frame_mut(), &mut v).is_err() {
-                return;
-            }
+            crate::offload::complete_checksum(buf.frame_mut(), &mut v).map_err(|_| DropReason::OffloadFailed)?;
             buf.vnet = v;
         }
         let f = buf.frame();
         let hl = ((f[14] & 0x0f) as usize) * 4;
-        let (base_off, base_mf) = {
-            let w = rd16(f, 14 + 6);
-            (((w & 0x1fff) as usize) * 8, w & 0x2000 != 0)
-        };
-        let data = &f[14 + hl..14 + tl];
-        let step = (mtu - hl) & !7;
-        if step == 0 {
-            return;
+        let w = be16(f, 14 + 6);
+        let (base_off, base_mf) = (((w & 0x1fff) as usize) * 8, w & 0x2000 != 0);
+        let data_len = tl - hl;
+        let step = mtu.saturating_sub(hl) & !7;
+        // The fragments' offsets must fit the 13-bit field.
+        if step == 0 || base_off + data_len > 65_535 {
+            return Err(DropReason::BadIp);
         }
-        let mut frames = Vec::new();
         let mut off = 0;
-        while off < data.len() {
-            let n = step.min(data.len() - off);
-            let last = off + n == data.len();
-            let mut fr = Vec::with_capacity(14 + hl + n);
-            fr.extend_from_slice(&f[..14 + hl]);
-            fr.extend_from_slice(&data[off..off + n]);
-            let total = (hl + n) as u16;
-            fr[16..18].copy_from_slice(&total.to_be_bytes());
+        while off < data_len {
+            let n = step.min(data_len - off);
+            let mut frag = self.buf();
+            let fr = frag.init(14 + hl + n);
+            let f = buf.frame();
+            fr[..14 + hl].copy_from_slice(&f[..14 + hl]);
+            fr[14 + hl..].copy_from_slice(&f[14 + hl + off..14 + hl + off + n]);
+            fr[16..18].copy_from_slice(&((hl + n) as u16).to_be_bytes());
             let mut w = ((base_off + off) / 8) as u16;
-            if !last || base_mf {
+            if off + n < data_len || base_mf {
                 w |= 0x2000;
             }
             fr[20..22].copy_from_slice(&w.to_be_bytes());
             if let Ok(mut p) = Ipv4Packet::new_checked(&mut fr[14..]) {
                 p.fill_checksum();
             }
-            frames.push(fr);
+            self.outbox.push(Out { iface, buf: frag });
             off += n;
         }
-        for fr in frames {
-            let mut b = self.buf();
-            b.load(&fr, VnetHdr::default());
-            self.outbox.push(Out { iface, buf: b });
-        }
+        self.stats.forwarded += 1;
         self.stats.fragmented += 1;
+        Ok(())
     }
 
     /// A non-first fragment: it carries no ports, so it follows the translation recorded for
@@ -639,7 +671,6 @@ impl Router {
         &mut self,
         now: Instant,
         from: Iface,
-        in_port: PortId,
         buf: &mut PacketBuf,
         id: (Ipv4Addr, Ipv4Addr, u8, u16),
         ttl: u8,
@@ -651,9 +682,10 @@ impl Router {
             return Verdict::Drop(DropReason::FragNoFlow);
         };
         if ttl <= 1 {
-            self.icmp_error(now, from, eth_src, &buf.frame()[14..14 + tl], icmp::TIME_EXCEEDED, 0, 0);
-            return Verdict::Drop(DropReason::TtlExceeded);
+            return self.ttl_expired(now, from, eth_src, buf, tl);
         }
+        let r = self.resolve(now, ff.egress.iface, ff.egress.next_hop);
+        let origin = self.origin_if_pending(&r, from, eth_src, buf, tl);
         {
             let ipb = &mut buf.frame_mut()[14..14 + tl];
             let Ok(mut p) = Ipv4Packet::new_checked(ipb) else { return Verdict::Drop(DropReason::BadIp) };
@@ -666,7 +698,7 @@ impl Router {
             p.decrement_ttl();
         }
         self.stats.fragments_forwarded += 1;
-        self.send(now, ff.egress, in_port, buf, tl, df)
+        self.send(ff.egress, r, origin, buf, tl, df)
     }
 
     /// The rule stages for a flow's first packet: where it goes, what it becomes, whether it
@@ -683,9 +715,7 @@ impl Router {
                     }
                     let Some(m) = self.net_of(pip) else { return Decision::Drop(DropReason::NoRoute) };
                     let Some(gw) = self.gateway(m) else { return Decision::Drop(DropReason::NoRoute) };
-                    let Some(port) = self.alloc_port(now, k, pip, pport, gw) else { return Decision::Drop(DropReason::NatExhausted) };
-                    let reply = Key { src: pip, dst: gw, sport: pport, dport: port, proto: k.proto };
-                    let reply = if k.proto == proto::ICMP { Key { sport: port, ..reply } } else { reply };
+                    let Some(reply) = self.nat_reply(now, k, pip, pport, gw) else { return Decision::Drop(DropReason::NatExhausted) };
                     let egress = [Egress { iface: Iface::Net(m), next_hop: pip }, Egress { iface: Iface::Net(n), next_hop: k.src }];
                     return Decision::Flow { reply, egress, kind: FlowKind::Hairpin };
                 }
@@ -698,9 +728,7 @@ impl Router {
                 }
                 let Some(public) = &self.cfg.public else { return Decision::Drop(DropReason::NoRoute) };
                 let nat_ip = self.static_by_private.get(&k.src).copied().unwrap_or(public.source_nat_ip);
-                let Some(port) = self.alloc_port(now, k, k.dst, k.dport, nat_ip) else { return Decision::Drop(DropReason::NatExhausted) };
-                let reply = Key { src: k.dst, dst: nat_ip, sport: k.dport, dport: port, proto: k.proto };
-                let reply = if k.proto == proto::ICMP { Key { sport: port, ..reply } } else { reply };
+                let Some(reply) = self.nat_reply(now, k, k.dst, k.dport, nat_ip) else { return Decision::Drop(DropReason::NatExhausted) };
                 let egress = [
                     Egress { iface: Iface::Public, next_hop: self.public_next_hop(k.dst) },
                     Egress { iface: Iface::Net(n), next_hop: k.src },
@@ -737,49 +765,48 @@ impl Router {
         a == Action::Allow
     }
 
+    /// The port forward of a public address, protocol and port.
+    fn forward_of(&self, ip: Ipv4Addr, protocol: u8, port: u16) -> Option<&Forward> {
+        self.forwards_by_ip.get(&(ip, protocol))?.iter().find(|f| (f.public_port.lo..=f.public_port.hi).contains(&port))
+    }
+
     /// Where a public address and port lead: a port forward (tcp/udp), else a static NAT.
     fn dnat_target(&self, ip: Ipv4Addr, protocol: u8, port: u16) -> Option<(Ipv4Addr, u16)> {
-        if let Some(fs) = self.forwards_by_ip.get(&(ip, protocol)) {
-            for f in fs {
-                if (f.public_port.lo..=f.public_port.hi).contains(&port) {
-                    let p = if f.private_port.count() == 1 { f.private_port.lo } else { f.private_port.lo + (port - f.public_port.lo) };
-                    return Some((f.private_ip, p));
-                }
-            }
+        if let Some(f) = self.forward_of(ip, protocol, port) {
+            let p = if f.private_port.count() == 1 { f.private_port.lo } else { f.private_port.lo + (port - f.public_port.lo) };
+            return Some((f.private_ip, p));
         }
         self.static_by_public.get(&ip).map(|&p| (p, port))
     }
 
-    fn forwarded_port(&self, ip: Ipv4Addr, protocol: u8, port: u16) -> bool {
-        self.forwards_by_ip.get(&(ip, protocol)).is_some_and(|fs| fs.iter().any(|f| (f.public_port.lo..=f.public_port.hi).contains(&port)))
-    }
-
-    /// A source port (or ICMP id) on `nat_ip` for a flow whose replies come from
-    /// `remote:rport`: the original one if free, else a pseudo-random free one. "Free" means no
-    /// live flow has that reply tuple, so a port is reused as soon as its flow expires, and the
-    /// same port serves different remotes (as Linux's NAT does).
-    fn alloc_port(&mut self, now: Instant, k: &Key, remote: Ipv4Addr, rport: u16, nat_ip: Ipv4Addr) -> Option<u16> {
+    /// The reply key of a flow `k` whose source is translated to `nat_ip`, its replies coming
+    /// from `remote:rport`: with the original source port (or ICMP id) if free, else a
+    /// pseudo-random free one. "Free" means no live flow has that reply tuple, so a port is
+    /// reused as soon as its flow expires, and the same port serves different remotes (as
+    /// Linux's NAT does). Protocols without ports get the address only, once per remote.
+    fn nat_reply(&mut self, now: Instant, k: &Key, remote: Ipv4Addr, rport: u16, nat_ip: Ipv4Addr) -> Option<Key> {
         let icmp = k.proto == proto::ICMP;
-        self.nat_seed = self.nat_seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-        let seed = self.nat_seed;
-        let lo = if icmp { 0u32 } else { NAT_PORT_LO as u32 };
-        let span = 65536 - lo;
-        let free = |p: u16, ct: &Conntrack| {
-            let reply = if icmp {
-                Key { src: remote, dst: nat_ip, sport: p, dport: p, proto: k.proto }
-            } else {
-                Key { src: remote, dst: nat_ip, sport: rport, dport: p, proto: k.proto }
-            };
-            !ct.contains(now, &reply) && (icmp || !self.forwarded_port(nat_ip, k.proto, p))
+        let ports = matches!(k.proto, proto::TCP | proto::UDP);
+        let reply = |p: u16| {
+            let sport = if icmp { p } else { rport };
+            Key { src: remote, dst: nat_ip, sport, dport: p, proto: k.proto }
         };
-        if (k.sport as u32) >= lo && free(k.sport, &self.ct) {
-            return Some(k.sport);
+        let taken = |r: &Router, p: u16| r.ct.contains(now, &reply(p)) || (ports && r.forward_of(nat_ip, k.proto, p).is_some());
+        let free = |r: &Router, p: u16| !taken(r, p);
+        if !ports && !icmp {
+            return free(self, 0).then(|| reply(0));
         }
-        let h = u32::from(k.src) ^ (k.sport as u32) << 16 ^ u32::from(remote).rotate_left(7) ^ (rport as u32) ^ seed;
+        let lo = if icmp { 0u32 } else { NAT_PORT_LO as u32 };
+        if (k.sport as u32) >= lo && free(self, k.sport) {
+            return Some(reply(k.sport));
+        }
+        self.nat_seed = self.nat_seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let span = 65536 - lo;
+        let h = u32::from(k.src) ^ (k.sport as u32) << 16 ^ u32::from(remote).rotate_left(7) ^ (rport as u32) ^ self.nat_seed;
         let start = h % span;
-        // A stride coprime with the span visits distinct ports.
+        // An odd stride: each run of tries visits distinct ports (at least 1024 of them).
         let stride = 2 * (h >> 16 | 1) + 1;
-        (0..NAT_TRIES).map(|i| (lo + (start + i.wrapping_mul(stride)) % span) as u16).find(|&p| free(p, &self.ct))
+        (0..NAT_TRIES).map(|i| (lo + (start + i.wrapping_mul(stride)) % span) as u16).find(|&p| free(self, p)).map(reply)
     }
 
     /// The router's own endpoints: ICMP echo on every gateway and public address; UDP to an
@@ -790,11 +817,14 @@ impl Router {
             let l4 = &f[14 + hl..14 + tl];
             (f[14 + 9], l4.len() >= 8 && l4[0] == icmp::ECHO_REQUEST && f[14 + 9] == proto::ICMP)
         };
+        let (src, dst) = match Ipv4Packet::new_checked(&buf.frame()[14..]) {
+            Ok(p) => (p.src(), p.dst()),
+            Err(_) => return Verdict::Drop(DropReason::BadIp),
+        };
+        let l4 = &buf.frame()[14 + hl..14 + tl];
+        let dport = (l4.len() >= 4).then(|| be16(l4, 2));
         // DNS over TCP on the network's gateway: the router's own TCP endpoint.
         if let (Iface::Net(n), proto::TCP) = (from, protocol) {
-            let f = buf.frame();
-            let dport = f.get(14 + hl + 2..14 + hl + 4).map(|p| u16::from_be_bytes([p[0], p[1]]));
-            let dst = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
             if dport == Some(53) && self.serves_dns() && self.gateway(n) == Some(dst) {
                 if buf.vnet.gso != Gso::None {
                     return Verdict::Drop(DropReason::BadL4);
@@ -810,11 +840,9 @@ impl Router {
         }
         // DNS on the router's addresses, for guests only.
         if let (Iface::Net(n), proto::UDP) = (from, protocol) {
-            let f = buf.frame();
-            let udp = &f[14 + hl..14 + tl];
-            if udp.len() >= 8 && rd16(udp, 2) == 53 && self.serves_dns() {
-                let a = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
-                let (src, dst, sport) = (a(26), a(30), rd16(udp, 0));
+            if dport == Some(53) && self.serves_dns() {
+                let udp = &buf.frame()[14 + hl..14 + tl];
+                let sport = be16(udp, 0);
                 let payload = udp[8..].to_vec();
                 return match self.dns_in(now, n, eth_src, src, sport, dst, &payload) {
                     Ok(()) => Verdict::Consumed,
@@ -826,23 +854,21 @@ impl Router {
             if buf.vnet.needs_csum || buf.vnet.gso != Gso::None {
                 return Verdict::Drop(DropReason::BadL4);
             }
-            let f = buf.frame_mut();
-            let mut reply = f[..14 + tl].to_vec();
-            reply[0..6].copy_from_slice(&eth_src.0);
-            reply[6..12].copy_from_slice(&self.mac.0);
-            let (s, d) = (reply[26..30].to_vec(), reply[30..34].to_vec());
-            reply[26..30].copy_from_slice(&d);
-            reply[30..34].copy_from_slice(&s);
-            reply[22] = 64;
-            if let Ok(mut p) = Ipv4Packet::new_checked(&mut reply[14..]) {
-                p.fill_checksum();
-            }
-            let l4 = 14 + hl;
-            let c = checksum::update16(rd16(&reply, l4 + 2), (icmp::ECHO_REQUEST as u16) << 8, (icmp::ECHO_REPLY as u16) << 8);
-            reply[l4] = icmp::ECHO_REPLY;
-            reply[l4 + 2..l4 + 4].copy_from_slice(&c.to_be_bytes());
+            // The request, back to its sender: addresses swapped, type changed.
             let mut b = self.buf();
-            b.load(&reply, VnetHdr::default());
+            b.load(&buf.frame()[..14 + tl], VnetHdr::default());
+            let f = b.frame_mut();
+            f[0..6].copy_from_slice(&eth_src.0);
+            f[6..12].copy_from_slice(&self.mac.0);
+            if let Ok(mut p) = Ipv4Packet::new_checked(&mut f[14..]) {
+                p.set_src(dst);
+                p.set_dst(src);
+                p.set_ttl(64);
+                let m = p.payload_mut();
+                let c = checksum::update16(be16(m, 2), (icmp::ECHO_REQUEST as u16) << 8, (icmp::ECHO_REPLY as u16) << 8);
+                m[0] = icmp::ECHO_REPLY;
+                m[2..4].copy_from_slice(&c.to_be_bytes());
+            }
             self.outbox.push(Out { iface: from, buf: b });
             self.stats.echo_replies += 1;
             return Verdict::Consumed;
@@ -857,23 +883,22 @@ impl Router {
     /// An ICMP error arriving: if it quotes a packet of a tracked flow, it is translated and
     /// sent where that flow's packets in the opposite direction go.
     fn icmp_error_in(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf, hl: usize, tl: usize) -> Verdict {
-        let (outer_src, outer_dst, ttl) = {
-            let f = buf.frame();
-            let a = |o: usize| Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3]);
-            (a(26), a(30), f[22])
+        let (outer_src, outer_dst, ttl) = match Ipv4Packet::new_checked(&buf.frame()[14..]) {
+            Ok(p) => (p.src(), p.dst(), p.ttl()),
+            Err(_) => return Verdict::Drop(DropReason::BadIp),
         };
-        let Some(quoted) = nat::quoted_key(&buf.frame()[14 + hl..14 + tl]) else { return Verdict::Drop(DropReason::BadL4) };
+        let msg = &buf.frame()[14 + hl..14 + tl];
+        // Its checksum is rewritten whole below: a damaged message must not come out valid.
+        if checksum::checksum(msg) != 0 {
+            return Verdict::Drop(DropReason::BadL4);
+        }
+        let Some(quoted) = nat::quoted_key(msg) else { return Verdict::Drop(DropReason::BadL4) };
         let k = quoted.reverse();
         let Some((idx, dir)) = self.ct.lookup(now, &k) else { return Verdict::Drop(DropReason::NotForwarded) };
         let flow = self.ct.flow(idx);
-        let target = match dir {
-            Dir::Orig => flow.reply.reverse(),
-            Dir::Reply => flow.orig.reverse(),
-        };
-        let egress = flow.egress[dir as usize];
+        let (target, egress) = (flow.target(dir), flow.egress[dir as usize]);
         // The error must come from where that direction's packets come from.
-        let expected_from = flow.egress[1 - dir as usize].iface;
-        if expected_from != from || outer_dst != k.dst || ttl <= 1 {
+        if flow.ingress(dir) != from || outer_dst != k.dst || ttl <= 1 {
             return Verdict::Drop(DropReason::NotForwarded);
         }
         let new_quoted = target.reverse();
@@ -888,7 +913,8 @@ impl Router {
             }
         }
         self.stats.icmp_errors_translated += 1;
-        self.send(now, egress, PortId(u16::MAX), buf, tl, true)
+        let r = self.resolve(now, egress.iface, egress.next_hop);
+        self.send(egress, r, None, buf, tl, true)
     }
 
     /// Sends an ICMP error about `pkt` (the IP packet as received) back to its sender, whose
@@ -916,22 +942,18 @@ impl Router {
             _ => self.own_addr(from, ip.src()),
         };
         let Some(src) = src else { return };
+        let dst = ip.src();
         let quote = &pkt[..pkt.len().min(ICMP_QUOTE)];
-        let mut f = vec![0u8; 14 + 20 + 8 + quote.len()];
-        f[0..6].copy_from_slice(&eth_src.0);
-        f[6..12].copy_from_slice(&self.mac.0);
-        f[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
         self.ident = self.ident.wrapping_add(1);
-        ipv4::emit_header(&mut f[14..34], src, ip.src(), proto::ICMP, 64, 8 + quote.len(), self.ident);
-        f[34] = typ;
-        f[35] = code;
-        f[40..42].copy_from_slice(&mtu.to_be_bytes());
-        f[42..].copy_from_slice(quote);
-        let c = checksum::checksum(&f[34..]);
-        f[36..38].copy_from_slice(&c.to_be_bytes());
-        let mut b = self.buf();
-        b.load(&f, VnetHdr::default());
-        self.outbox.push(Out { iface: from, buf: b });
+        let ident = self.ident;
+        let f = self.new_frame(from, eth_src, ethertype::IPV4, 20 + 8 + quote.len());
+        ipv4::emit_header(&mut f[..20], src, dst, proto::ICMP, 64, 8 + quote.len(), ident);
+        f[20] = typ;
+        f[21] = code;
+        f[26..28].copy_from_slice(&mtu.to_be_bytes());
+        f[28..].copy_from_slice(quote);
+        let c = checksum::checksum(&f[20..]);
+        f[22..24].copy_from_slice(&c.to_be_bytes());
         self.stats.icmp_sent += 1;
     }
 

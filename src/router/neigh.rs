@@ -8,7 +8,6 @@
 //! unreachable).
 
 use super::Iface;
-use crate::switch::PortId;
 use crate::time::Instant;
 use crate::wire::ethernet::MacAddr;
 use crate::wire::vnet::VnetHdr;
@@ -33,11 +32,21 @@ pub const STALE_GC: Duration = Duration::from_secs(600);
 pub struct Queued {
     pub frame: Vec<u8>,
     pub vnet: VnetHdr,
-    pub in_port: PortId,
+    /// Who sent it, to tell them if the next hop never answers.
+    pub origin: Option<Origin>,
+}
+
+/// The sender of a queued frame, as it arrived (before any rewrite).
+pub struct Origin {
+    pub iface: Iface,
+    pub mac: MacAddr,
+    /// The IP packet as received, cut to what an ICMP error quotes.
+    pub quote: Vec<u8>,
 }
 
 enum State {
-    Reachable { mac: MacAddr, confirmed: Instant, probed: Instant },
+    /// `probes`: refresh probes sent since the last confirmation.
+    Reachable { mac: MacAddr, confirmed: Instant, probed: Instant, probes: u8 },
     Incomplete { tries: u8, next: Instant },
     Failed { until: Instant },
 }
@@ -74,16 +83,6 @@ pub struct Neighbours {
     next_timer: Instant,
 }
 
-/// A row of `show neighbours` (a typed snapshot).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct NeighRow {
-    pub iface: Iface,
-    pub ip: Ipv4Addr,
-    pub mac: Option<String>,
-    pub state: &'static str,
-    pub queued: usize,
-}
-
 impl Neighbours {
     pub fn new(cap: usize) -> Self {
         Neighbours { map: HashMap::with_capacity_and_hasher(64, Default::default()), cap, queued: 0, next_timer: Instant(u64::MAX) }
@@ -100,10 +99,19 @@ impl Neighbours {
     pub fn resolve(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr, work: &mut Work) -> Resolve {
         if let Some(e) = self.map.get_mut(&(iface, ip)) {
             return match &mut e.state {
-                State::Reachable { mac, confirmed, probed } => {
+                State::Reachable { mac, confirmed, probed, probes } => {
                     let m = *mac;
                     if now.since(*confirmed) >= REACHABLE && now.since(*probed) >= PROBE_EVERY {
+                        if *probes >= RETRIES {
+                            // Stale and silent (it moved, or went away without a word): resolve
+                            // it afresh rather than keep sending to a MAC nobody answers for.
+                            e.state = State::Incomplete { tries: 1, next: now + RETRY_EVERY };
+                            self.next_timer = self.next_timer.min(now + RETRY_EVERY);
+                            work.requests.push((iface, ip, None));
+                            return Resolve::Pending;
+                        }
                         *probed = now;
+                        *probes += 1;
                         work.requests.push((iface, ip, Some(m)));
                     }
                     Resolve::Mac(m)
@@ -149,18 +157,10 @@ impl Neighbours {
             return;
         }
         let e = self.map.entry((iface, ip)).or_insert(Entry { state: State::Failed { until: now }, queue: Vec::new() });
-        e.state = State::Reachable { mac, confirmed: now, probed: now };
+        e.state = State::Reachable { mac, confirmed: now, probed: now, probes: 0 };
         self.queued -= e.queue.len();
         for q in e.queue.drain(..) {
             work.ready.push((iface, mac, q));
-        }
-    }
-
-    /// Known MAC of `ip`, without side effects.
-    pub fn peek(&self, iface: Iface, ip: Ipv4Addr) -> Option<MacAddr> {
-        match self.map.get(&(iface, ip))?.state {
-            State::Reachable { mac, .. } => Some(mac),
-            _ => None,
         }
     }
 
@@ -208,20 +208,6 @@ impl Neighbours {
         });
         self.map.len() < before
     }
-
-    pub fn rows(&self) -> Vec<NeighRow> {
-        self.map
-            .iter()
-            .map(|((iface, ip), e)| {
-                let (mac, state) = match e.state {
-                    State::Reachable { mac, .. } => (Some(mac.to_string()), "reachable"),
-                    State::Incomplete { .. } => (None, "incomplete"),
-                    State::Failed { .. } => (None, "failed"),
-                };
-                NeighRow { iface: *iface, ip: *ip, mac, state, queued: e.queue.len() }
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
@@ -230,7 +216,7 @@ mod tests {
     use crate::switch::NetId;
 
     fn q() -> Queued {
-        Queued { frame: vec![0; 60], vnet: VnetHdr::default(), in_port: PortId(0) }
+        Queued { frame: vec![0; 60], vnet: VnetHdr::default(), origin: None }
     }
 
     #[test]
@@ -269,6 +255,13 @@ mod tests {
         assert!(matches!(n.resolve(t2, i, ip, &mut w), Resolve::Mac(_)));
         assert!(matches!(n.resolve(t2, i, ip, &mut w), Resolve::Mac(_)));
         assert_eq!(w.requests.len(), 1);
+        // Probes nobody answers: after RETRIES of them it is resolved afresh.
+        let mut t = t2;
+        for _ in 1..RETRIES {
+            t = t + PROBE_EVERY;
+            assert!(matches!(n.resolve(t, i, ip, &mut w), Resolve::Mac(_)));
+        }
+        assert!(matches!(n.resolve(t + PROBE_EVERY, i, ip, &mut w), Resolve::Pending));
     }
 
     #[test]

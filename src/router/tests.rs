@@ -85,10 +85,10 @@ fn take(r: &mut Router) -> Vec<(Iface, Vec<u8>)> {
 /// Teaches the router where the public gateway and a guest are.
 fn resolve_all(r: &mut Router) {
     let mut x = b(&arp_frame(arp::OP_REPLY, GW, "203.0.113.1", "203.0.113.10"));
-    r.handle(T0, Iface::Public, PortId(9), &mut x);
+    r.handle(T0, Iface::Public, &mut x);
     for (m, ip) in [(G1, "10.1.1.11"), (G2, "10.1.1.12")] {
         let mut x = b(&arp_frame(arp::OP_REQUEST, m, ip, "10.1.1.1"));
-        r.handle(T0, WEB, PortId(0), &mut x);
+        r.handle(T0, WEB, &mut x);
     }
     take(r);
 }
@@ -97,7 +97,7 @@ fn resolve_all(r: &mut Router) {
 fn arp_for_the_gateway_is_answered_golden() {
     let mut r = router(1500);
     let mut f = b(&arp_frame(arp::OP_REQUEST, G1, "10.1.1.11", "10.1.1.1"));
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Consumed);
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Consumed);
     let out = take(&mut r);
     assert_eq!(out.len(), 1);
     let golden: Vec<u8> = [
@@ -108,13 +108,13 @@ fn arp_for_the_gateway_is_answered_golden() {
     assert_eq!(out[0].0, WEB);
     // ARP between guests is not ours: forwarded at L2.
     let mut f = b(&arp_frame(arp::OP_REQUEST, G1, "10.1.1.11", "10.1.1.12"));
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::NotMine);
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::NotMine);
     // The public side gets answers for public IPs only; a guest address is not ours there.
     let mut f = b(&arp_frame(arp::OP_REQUEST, GW, "203.0.113.1", "203.0.113.11"));
-    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut f), Verdict::Consumed);
+    assert_eq!(r.handle(T0, Iface::Public, &mut f), Verdict::Consumed);
     assert_eq!(take(&mut r).len(), 1);
     let mut f = b(&arp_frame(arp::OP_REQUEST, GW, "203.0.113.1", "10.1.1.1"));
-    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut f), Verdict::NotMine);
+    assert_eq!(r.handle(T0, Iface::Public, &mut f), Verdict::NotMine);
     assert!(take(&mut r).is_empty());
 }
 
@@ -123,14 +123,14 @@ fn snat_round_trip_through_arp_resolution() {
     let mut r = router(1500);
     // The guest's SYN waits for the public gateway's MAC.
     let mut f = b(&tcp(G1, "10.1.1.11", 40000, "198.51.100.5", 80, 64, true));
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Consumed);
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Consumed);
     let out = take(&mut r);
     assert_eq!(out.len(), 1, "one ARP request");
     let req = ArpPacket::new_checked(&out[0].1[14..]).unwrap();
     assert_eq!((out[0].0, req.operation(), req.sender_ip(), req.target_ip()), (Iface::Public, arp::OP_REQUEST, a("203.0.113.10"), a("203.0.113.1")));
     // The reply releases it, translated: an independently built packet is the oracle.
     let mut rep = b(&arp_frame(arp::OP_REPLY, GW, "203.0.113.1", "203.0.113.10"));
-    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut rep), Verdict::Consumed);
+    assert_eq!(r.handle(T0, Iface::Public, &mut rep), Verdict::Consumed);
     let out = take(&mut r);
     assert_eq!(out.len(), 1);
     let mut want = tcp(G1, "203.0.113.10", 40000, "198.51.100.5", 80, 63, true);
@@ -139,10 +139,10 @@ fn snat_round_trip_through_arp_resolution() {
     assert_eq!(out[0], (Iface::Public, want));
     // The answer comes back to the guest (whose MAC is learned from its ARP).
     let mut g = b(&arp_frame(arp::OP_REQUEST, G1, "10.1.1.11", "10.1.1.1"));
-    r.handle(T0, WEB, PortId(0), &mut g);
+    r.handle(T0, WEB, &mut g);
     take(&mut r);
     let mut back = b(&tcp(GW, "198.51.100.5", 80, "203.0.113.10", 40000, 60, true));
-    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut back), Verdict::Forward(WEB));
+    assert_eq!(r.handle(T0, Iface::Public, &mut back), Verdict::Forward(WEB));
     let mut want = tcp(GW, "198.51.100.5", 80, "10.1.1.11", 40000, 59, true);
     want[0..6].copy_from_slice(&G1.0);
     want[6..12].copy_from_slice(&R.0);
@@ -157,10 +157,10 @@ fn colliding_source_ports_get_distinct_nat_ports_and_reuse_after_expiry() {
     resolve_all(&mut r);
     let mut f1 = b(&udp(G1, "10.1.1.11", 5000, "198.51.100.5", 53, b"q"));
     let mut f2 = b(&udp(G2, "10.1.1.13", 5000, "198.51.100.5", 53, b"q"));
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f1), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(T0, WEB, &mut f1), Verdict::Forward(Iface::Public));
     // 10.1.1.13 is not G2's address but the router does not enforce port security (ingress does).
-    assert_eq!(r.handle(T0, WEB, PortId(1), &mut f2), Verdict::Forward(Iface::Public));
-    let sport = |f: &PacketBuf| rd16(f.frame(), 34);
+    assert_eq!(r.handle(T0, WEB, &mut f2), Verdict::Forward(Iface::Public));
+    let sport = |f: &PacketBuf| be16(f.frame(), 34);
     assert_eq!(sport(&f1), 5000);
     assert_ne!(sport(&f2), 5000);
     assert!(sport(&f2) >= NAT_PORT_LO);
@@ -169,7 +169,7 @@ fn colliding_source_ports_get_distinct_nat_ports_and_reuse_after_expiry() {
     // After the UDP timeout the first port is free again for another guest.
     let later = T0 + Duration::from_secs(31);
     let mut f3 = b(&udp(G2, "10.1.1.13", 5000, "198.51.100.5", 53, b"q"));
-    assert_eq!(r.handle(later, WEB, PortId(1), &mut f3), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(later, WEB, &mut f3), Verdict::Forward(Iface::Public));
     assert_eq!(sport(&f3), 5000);
 }
 
@@ -178,36 +178,36 @@ fn port_forward_static_nat_and_no_direct_private_access() {
     let mut r = router(1500);
     resolve_all(&mut r);
     let mut f = b(&tcp(GW, "198.51.100.5", 33000, "203.0.113.10", 2222, 60, true));
-    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut f), Verdict::Forward(WEB));
+    assert_eq!(r.handle(T0, Iface::Public, &mut f), Verdict::Forward(WEB));
     let mut want = tcp(GW, "198.51.100.5", 33000, "10.1.1.11", 22, 59, true);
     want[0..6].copy_from_slice(&G1.0);
     want[6..12].copy_from_slice(&R.0);
     assert_eq!(f.frame(), &want[..]);
     // The guest's answer leaves from the public address and port.
     let mut back = b(&tcp(G1, "10.1.1.11", 22, "198.51.100.5", 33000, 64, false));
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut back), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(T0, WEB, &mut back), Verdict::Forward(Iface::Public));
     let p = Ipv4Packet::new_checked(&back.frame()[14..]).unwrap();
-    assert_eq!((p.src(), rd16(back.frame(), 34)), (a("203.0.113.10"), 2222));
+    assert_eq!((p.src(), be16(back.frame(), 34)), (a("203.0.113.10"), 2222));
     // Static NAT: any port, both ways.
     let mut s = b(&udp(GW, "198.51.100.5", 7, "203.0.113.11", 9999, b"x"));
-    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut s), Verdict::Forward(WEB));
+    assert_eq!(r.handle(T0, Iface::Public, &mut s), Verdict::Forward(WEB));
     assert_eq!(Ipv4Packet::new_checked(&s.frame()[14..]).unwrap().dst(), a("10.1.1.12"));
     let mut o = b(&udp(G2, "10.1.1.12", 6000, "198.51.100.7", 53, b"x"));
-    assert_eq!(r.handle(T0, WEB, PortId(1), &mut o), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(T0, WEB, &mut o), Verdict::Forward(Iface::Public));
     assert_eq!(Ipv4Packet::new_checked(&o.frame()[14..]).unwrap().src(), a("203.0.113.11"));
     // A private address is never reached from outside, and unknown ports go nowhere.
     let mut d = b(&tcp(GW, "198.51.100.5", 1, "10.1.1.11", 22, 60, true));
-    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut d), Verdict::Drop(DropReason::NotForwarded));
+    assert_eq!(r.handle(T0, Iface::Public, &mut d), Verdict::Drop(DropReason::NotForwarded));
     let mut d = b(&tcp(GW, "198.51.100.5", 1, "203.0.113.10", 23, 60, true));
-    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut d), Verdict::Drop(DropReason::NoL3));
+    assert_eq!(r.handle(T0, Iface::Public, &mut d), Verdict::Drop(DropReason::NoL3));
     // Spoofed sources from outside: a guest network, our own address.
     for src in ["10.1.1.99", "203.0.113.11", "127.0.0.1"] {
         let mut d = b(&tcp(GW, src, 1, "203.0.113.10", 2222, 60, true));
-        assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut d), Verdict::Drop(DropReason::SpoofedSource), "{src}");
+        assert_eq!(r.handle(T0, Iface::Public, &mut d), Verdict::Drop(DropReason::SpoofedSource), "{src}");
     }
     // A guest may not source from outside its network.
     let mut d = b(&tcp(G1, "10.1.2.50", 1, "198.51.100.5", 80, 60, true));
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut d), Verdict::Drop(DropReason::SpoofedSource));
+    assert_eq!(r.handle(T0, WEB, &mut d), Verdict::Drop(DropReason::SpoofedSource));
 }
 
 #[test]
@@ -215,14 +215,14 @@ fn hairpin_rewrites_source_to_the_gateway() {
     let mut r = router(1500);
     resolve_all(&mut r);
     let mut f = b(&tcp(G2, "10.1.1.12", 45000, "203.0.113.10", 2222, 64, true));
-    assert_eq!(r.handle(T0, WEB, PortId(1), &mut f), Verdict::Forward(WEB));
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Forward(WEB));
     let p = Ipv4Packet::new_checked(&f.frame()[14..]).unwrap();
-    assert_eq!((p.src(), p.dst(), rd16(f.frame(), 36)), (a("10.1.1.1"), a("10.1.1.11"), 22));
-    let nat_port = rd16(f.frame(), 34);
+    assert_eq!((p.src(), p.dst(), be16(f.frame(), 36)), (a("10.1.1.1"), a("10.1.1.11"), 22));
+    let nat_port = be16(f.frame(), 34);
     let mut back = b(&tcp(G1, "10.1.1.11", 22, "10.1.1.1", nat_port, 64, false));
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut back), Verdict::Forward(WEB));
+    assert_eq!(r.handle(T0, WEB, &mut back), Verdict::Forward(WEB));
     let p = Ipv4Packet::new_checked(&back.frame()[14..]).unwrap();
-    assert_eq!((p.src(), p.dst(), rd16(back.frame(), 34), rd16(back.frame(), 36)), (a("203.0.113.10"), a("10.1.1.12"), 2222, 45000));
+    assert_eq!((p.src(), p.dst(), be16(back.frame(), 34), be16(back.frame(), 36)), (a("203.0.113.10"), a("10.1.1.12"), 2222, 45000));
     assert_eq!(&back.frame()[0..6], &G2.0);
 }
 
@@ -232,7 +232,7 @@ fn ttl_expiry_and_df_oversize_get_icmp_errors() {
     resolve_all(&mut r);
     let pkt = tcp(G1, "10.1.1.11", 40000, "198.51.100.5", 80, 1, true);
     let mut f = b(&pkt);
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Drop(DropReason::TtlExceeded));
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Drop(DropReason::TtlExceeded));
     let out = take(&mut r);
     assert_eq!(out.len(), 1);
     let e = &out[0].1;
@@ -247,14 +247,14 @@ fn ttl_expiry_and_df_oversize_get_icmp_errors() {
     let mut big = udp(G1, "10.1.1.11", 5000, "198.51.100.5", 9, &[7u8; 1450]);
     set_df(&mut big, true);
     let mut f = b(&big);
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Drop(DropReason::FragNeeded));
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Drop(DropReason::FragNeeded));
     let out = take(&mut r);
     let ip = Ipv4Packet::new_checked(&out[0].1[14..]).unwrap();
-    assert_eq!((ip.payload()[0], ip.payload()[1], rd16(ip.payload(), 6)), (icmp::DEST_UNREACH, icmp::CODE_FRAG_NEEDED, 1400));
+    assert_eq!((ip.payload()[0], ip.payload()[1], be16(ip.payload(), 6)), (icmp::DEST_UNREACH, icmp::CODE_FRAG_NEEDED, 1400));
     // Without DF it is fragmented instead; the fragments carry the whole datagram.
     set_df(&mut big, false);
     let mut f = b(&big);
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Consumed);
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Consumed);
     let frags = take(&mut r);
     assert_eq!(frags.len(), 2);
     let mut data = Vec::new();
@@ -276,7 +276,7 @@ fn icmp_error_from_outside_is_translated_to_the_guest() {
     resolve_all(&mut r);
     // traceroute-style UDP probe, SNATed.
     let mut f = b(&udp(G1, "10.1.1.11", 40001, "198.51.100.5", 33434, b"probe"));
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Forward(Iface::Public));
     let sent = f.frame()[14..].to_vec();
     // Port unreachable from the destination, quoting what it got.
     let mut msg = vec![3, 3, 0, 0, 0, 0, 0, 0];
@@ -290,7 +290,7 @@ fn icmp_error_from_outside_is_translated_to_the_guest() {
     ipv4::emit_header(&mut e[14..34], a("198.51.100.5"), a("203.0.113.10"), proto::ICMP, 60, msg.len(), 1);
     e.extend_from_slice(&msg);
     let mut eb = b(&e);
-    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut eb), Verdict::Forward(WEB));
+    assert_eq!(r.handle(T0, Iface::Public, &mut eb), Verdict::Forward(WEB));
     let ip = Ipv4Packet::new_checked(&eb.frame()[14..]).unwrap();
     assert!(ip.verify_checksum());
     assert_eq!((ip.src(), ip.dst()), (a("198.51.100.5"), a("10.1.1.11")));
@@ -301,10 +301,16 @@ fn icmp_error_from_outside_is_translated_to_the_guest() {
     Ipv4Packet::new_checked(&mut want_quote[..]).unwrap().fill_checksum();
     assert_eq!(&ip.payload()[8..], &want_quote[..]);
     assert_eq!(r.stats.icmp_errors_translated, 1);
-    // An error quoting no flow of ours goes nowhere.
+    // A damaged error message is not repaired and passed on.
     let mut eb = b(&e);
-    eb.frame_mut()[14 + 20 + 8 + 20] ^= 0xff; // another source port
-    assert_eq!(r.handle(T0, Iface::Public, PortId(9), &mut eb), Verdict::Drop(DropReason::NotForwarded));
+    eb.frame_mut()[14 + 20 + 8 + 20] ^= 0xff; // another source port, checksum left as it was
+    assert_eq!(r.handle(T0, Iface::Public, &mut eb), Verdict::Drop(DropReason::BadL4));
+    // An error quoting no flow of ours goes nowhere.
+    let m = &mut eb.frame_mut()[14 + 20..];
+    m[2..4].copy_from_slice(&[0, 0]);
+    let c = checksum::checksum(m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(r.handle(T0, Iface::Public, &mut eb), Verdict::Drop(DropReason::NotForwarded));
 }
 
 #[test]
@@ -323,14 +329,14 @@ fn non_first_fragments_follow_the_first() {
     lone[18..20].copy_from_slice(&78u16.to_be_bytes());
     Ipv4Packet::new_checked(&mut lone[14..]).unwrap().fill_checksum();
     let mut f = b(&first);
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Forward(Iface::Public));
     let mut s = b(&second);
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut s), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(T0, WEB, &mut s), Verdict::Forward(Iface::Public));
     let p = Ipv4Packet::new_checked(&s.frame()[14..]).unwrap();
     assert!(p.verify_checksum());
     assert_eq!(p.src(), a("203.0.113.10"));
     let mut l = b(&lone);
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut l), Verdict::Drop(DropReason::FragNoFlow));
+    assert_eq!(r.handle(T0, WEB, &mut l), Verdict::Drop(DropReason::FragNoFlow));
 }
 
 #[test]
@@ -343,7 +349,7 @@ fn echo_to_router_addresses_and_bad_headers() {
         .write(&mut out, b"ping")
         .unwrap();
     let mut f = b(&out);
-    assert_eq!(r.handle(T0, WEB, PortId(0), &mut f), Verdict::Consumed);
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Consumed);
     let o = take(&mut r);
     let ip = Ipv4Packet::new_checked(&o[0].1[14..]).unwrap();
     assert!(ip.verify_checksum());
@@ -360,6 +366,64 @@ fn echo_to_router_addresses_and_bad_headers() {
     Ipv4Packet::new_checked(&mut short_l4[14..]).unwrap().fill_checksum();
     for (f, why) in [(bad_csum, DropReason::BadIp), (bad_ihl, DropReason::BadIp), (short_l4, DropReason::BadL4), (good[..20].to_vec(), DropReason::BadIp)] {
         let mut x = b(&f);
-        assert_eq!(r.handle(T0, WEB, PortId(0), &mut x), Verdict::Drop(why));
+        assert_eq!(r.handle(T0, WEB, &mut x), Verdict::Drop(why));
     }
+}
+
+#[test]
+fn host_unreachable_reaches_the_sender_with_what_it_sent() {
+    let mut r = router(1500);
+    let mut g = b(&arp_frame(arp::OP_REQUEST, G1, "10.1.1.11", "10.1.1.1"));
+    r.handle(T0, WEB, &mut g);
+    take(&mut r);
+    // The public gateway never answers ARP: the queued datagram fails after the retries.
+    let sent = udp(G1, "10.1.1.11", 5000, "198.51.100.5", 53, b"q");
+    let mut f = b(&sent);
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Consumed);
+    for s in 1..=3 {
+        r.poll(T0 + Duration::from_secs(s));
+    }
+    let out = take(&mut r);
+    let (iface, e) = out.iter().find(|(_, f)| f[12..14] == [8, 0]).expect("an ICMP error");
+    assert_eq!(*iface, WEB);
+    assert_eq!(&e[0..6], &G1.0, "to the sender's MAC, not the router's");
+    let ip = Ipv4Packet::new_checked(&e[14..]).unwrap();
+    assert_eq!((ip.src(), ip.dst()), (a("10.1.1.1"), a("10.1.1.11")));
+    assert_eq!((ip.payload()[0], ip.payload()[1]), (icmp::DEST_UNREACH, icmp::CODE_HOST_UNREACH));
+    assert_eq!(&ip.payload()[8..], &sent[14..], "the datagram as the guest sent it, before NAT");
+    assert_eq!(r.stats.neigh_unresolved, 1);
+}
+
+#[test]
+fn portless_protocols_get_the_address_only_and_replies_come_back() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    let gre = |mac: MacAddr, s: &str, d: &str| {
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[0..6].copy_from_slice(&R.0);
+        f[6..12].copy_from_slice(&mac.0);
+        f[12..14].copy_from_slice(&[8, 0]);
+        ipv4::emit_header(&mut f[14..34], a(s), a(d), 47, 64, 8, 9);
+        f
+    };
+    let mut out = b(&gre(G1, "10.1.1.11", "198.51.100.5"));
+    assert_eq!(r.handle(T0, WEB, &mut out), Verdict::Forward(Iface::Public));
+    assert_eq!(Ipv4Packet::new_checked(&out.frame()[14..]).unwrap().src(), a("203.0.113.10"));
+    let mut back = b(&gre(GW, "198.51.100.5", "203.0.113.10"));
+    assert_eq!(r.handle(T0, Iface::Public, &mut back), Verdict::Forward(WEB));
+    assert_eq!(Ipv4Packet::new_checked(&back.frame()[14..]).unwrap().dst(), a("10.1.1.11"));
+    // A second guest to the same remote cannot share the translated address for it.
+    let mut other = b(&gre(G1, "10.1.1.13", "198.51.100.5"));
+    assert_eq!(r.handle(T0, WEB, &mut other), Verdict::Drop(DropReason::NatExhausted));
+}
+
+#[test]
+fn a_packet_matching_a_flow_from_the_wrong_side_is_refused() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    let mut f = b(&udp(G1, "10.1.1.11", 5000, "10.1.2.11", 53, b"q"));
+    assert!(matches!(r.handle(T0, WEB, &mut f), Verdict::Forward(_) | Verdict::Consumed));
+    // The same orig tuple arriving from db's side is not that flow's packet.
+    let mut spoof = b(&udp(G2, "10.1.1.11", 5000, "10.1.2.11", 53, b"q"));
+    assert_eq!(r.handle(T0, Iface::Net(NetId(1)), &mut spoof), Verdict::Drop(DropReason::SpoofedSource));
 }

@@ -81,7 +81,7 @@ impl Role {
 /// Decides the network of a frame arriving on a port with `role`. Returns the network and
 /// whether a tag must be popped first.
 pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> {
-    let et = u16::from_be_bytes([frame[12], frame[13]]);
+    let et = frame.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or(DropReason::Malformed)?;
     match role {
         Role::Access { net, .. } => {
             // A priority tag (802.1Q, VID 0: a guest using 802.1p) belongs to the port's

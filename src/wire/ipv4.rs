@@ -5,6 +5,7 @@
 //! buffer length, so every accessor indexes in bounds. Ethernet padding after `total_len` is
 //! outside [`Ipv4Packet::packet`].
 
+use super::be16;
 use super::checksum;
 use super::{Result, WireError};
 use std::net::Ipv4Addr;
@@ -40,9 +41,6 @@ pub fn l4_checksum_offset(protocol: u8) -> Option<usize> {
     }
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
 
 /// A view of an IPv4 packet (header and payload).
 #[derive(Debug, Clone)]
@@ -144,6 +142,15 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.m()[field::TTL] = (new >> 8) as u8;
         self.set_csum(c);
     }
+    /// Sets the TTL, updating the header checksum incrementally.
+    pub fn set_ttl(&mut self, ttl: u8) {
+        let old = be16(self.b(), 8);
+        let new = (ttl as u16) << 8 | (old & 0xff);
+        let c = checksum::update16(self.checksum(), old, new);
+        self.m()[field::TTL] = ttl;
+        self.set_csum(c);
+    }
+
     /// Rewrites the source address, updating the header checksum incrementally.
     pub fn set_src(&mut self, a: Ipv4Addr) {
         let c = checksum::update32(self.checksum(), u32::from(self.src()), u32::from(a));

@@ -12,6 +12,11 @@ pub mod ipv4;
 pub mod vlan;
 pub mod vnet;
 
+/// A big-endian 16-bit field at `at`; the caller has checked that `b` holds it.
+pub fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
 /// Why a byte buffer could not be viewed as the header it was asked to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
