@@ -49,6 +49,9 @@ const RATE_BURST: u64 = 40;
 /// Unanswered OFFERs one port may hold at once (a guest making up MACs cannot drain the pool
 /// faster than it completes exchanges).
 const MAX_OFFERS_PER_PORT: u32 = 4;
+/// ACKs waiting for their lease to be durable, at most: if the disk stops answering, further
+/// REQUESTs are ignored (clients retry) instead of piling up.
+const MAX_HELD: usize = 4096;
 
 /// Per-network DHCP settings (the lead builds them from config).
 #[derive(Debug, Clone)]
@@ -439,7 +442,8 @@ impl DhcpServer {
     /// Replays the lease log at start (records in file order); `now` in unix seconds. Records
     /// the current configuration no longer allows (network gone, address outside the pool or
     /// reserved for another MAC) are dropped; expired leases are remembered as released, so
-    /// their clients still get their address back if it is free.
+    /// their clients still get their address back if it is free. Runs before any traffic, so
+    /// there are no offers to withdraw.
     pub fn restore(&mut self, records: impl IntoIterator<Item = LeaseRecord>, now: u64) {
         self.now = self.now.max(now);
         for r in records {
@@ -456,33 +460,26 @@ impl DhcpServer {
                         // One Bound lease per client (the live server logged a Free anyway).
                         for a in ns.client_addrs(l.mac, l.client_id.as_deref()) {
                             if let Some(r) = ns.recs.get_mut(&a) {
-                                drop_offer(&mut self.offers, r);
                                 r.lease.state = LeaseState::Released;
                             }
                         }
                     }
-                    if let Some(old) = ns.put(Rec { lease: l, port: 0 }) {
-                        drop_offer(&mut self.offers, &old);
-                    }
+                    ns.put(Rec { lease: l, port: 0 });
                 }
                 LeaseRecord::Free { net, ip } => {
                     let Some(Some(ns)) = self.nets.get_mut(net) else { continue };
                     if let Some(r) = ns.recs.get_mut(&u32::from(ip)) {
                         if r.lease.state != LeaseState::Declined {
-                            drop_offer(&mut self.offers, r);
                             r.lease.state = LeaseState::Released;
                         }
                     }
                 }
                 LeaseRecord::Decline { net, ip, until } => {
                     let Some(Some(ns)) = self.nets.get_mut(net) else { continue };
-                    let old = if until > now && ns.cfg.cidr.contains(ip) {
-                        ns.put(Rec { lease: declined(net, ip, until), port: 0 })
+                    if until > now && ns.cfg.cidr.contains(ip) {
+                        ns.put(Rec { lease: declined(net, ip, until), port: 0 });
                     } else {
-                        ns.remove(u32::from(ip))
-                    };
-                    if let Some(old) = old {
-                        drop_offer(&mut self.offers, &old);
+                        ns.remove(u32::from(ip));
                     }
                 }
             }
@@ -666,6 +663,9 @@ impl DhcpServer {
     /// asking for an address it may not have gets a NAK, and one asking for a free address it
     /// may have gets it even without a record (state lost in a crash before the log had it).
     fn request(&mut self, now: u64, net: usize, port: u16, mac: MacAddr, req: &Request, out: &mut Vec<Action>) -> Result<(), Ignored> {
+        if self.held.len() >= MAX_HELD {
+            return Err(Ignored::RateLimited);
+        }
         self.counters.requests += 1;
         let cid = req.client_id.as_deref();
         let gw = self.ns(net)?.cfg.gateway;
@@ -847,16 +847,17 @@ impl DhcpServer {
         let mut v: Vec<(usize, String, Ipv4Addr)> = Vec::new();
         for (net, ns) in self.nets.iter().enumerate() {
             let Some(ns) = ns else { continue };
-            let start = v.len();
             let mut res: Vec<_> =
                 ns.res_by_mac.values().filter_map(|(ip, h)| h.as_ref().map(|h| (net, h.clone(), *ip))).collect();
             res.sort_by_key(|e| u32::from(e.2));
+            // A name taken by a reservation (or an earlier lease) is not given twice.
+            let mut named: std::collections::HashSet<&str> = ns.res_by_mac.values().filter_map(|(_, h)| h.as_deref()).collect();
             v.extend(res);
             for r in ns.recs.values() {
                 let l = &r.lease;
-                let Some(h) = l.hostname.as_ref() else { continue };
-                if l.state == LeaseState::Bound && l.expires > self.now && !v[start..].iter().any(|e| &e.1 == h) {
-                    v.push((net, h.clone(), l.ip));
+                let Some(h) = l.hostname.as_deref() else { continue };
+                if l.state == LeaseState::Bound && l.expires > self.now && named.insert(h) {
+                    v.push((net, h.to_string(), l.ip));
                 }
             }
         }

@@ -491,6 +491,12 @@ impl DnsServer {
     /// pending query; anything else is ignored. Cached per the module's rules, then relayed to
     /// every waiting client. A truncated answer is relayed as it is (TC set), not cached.
     pub fn upstream_answer(&mut self, now: Instant, from: SocketAddr, payload: &[u8], out: &mut Vec<Action>) {
+        // We advertise MAX_UDP upstream: anything bigger is not an answer to us, and would let
+        // one datagram grow the cache out of proportion.
+        if payload.len() > MAX_UDP {
+            self.counters.upstream_ignored += 1;
+            return;
+        }
         let Some((key, msg)) = self.match_answer(from, payload) else {
             self.counters.upstream_ignored += 1;
             return;

@@ -34,7 +34,12 @@ const BUDGET: usize = 256;
 const SIGNAL: Token = Token(usize::MAX - 1);
 const WAKE: Token = Token(usize::MAX - 2);
 const LINKS: Token = Token(usize::MAX - 3);
-const DNS_UPSTREAM: Token = Token(usize::MAX - 4);
+/// Upstream DNS sockets take the tokens below this one.
+const DNS_UPSTREAM: usize = usize::MAX - 16;
+/// Upstream DNS questions leave from this many sockets, each on its own kernel-chosen
+/// (randomized) port, a different one per question: with the random DNS id, an off-path
+/// spoofer must guess both (RFC 5452).
+const DNS_SOCKETS: usize = 16;
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -305,14 +310,17 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         }
         None => None,
     };
-    // DNS questions for upstream servers leave from one UDP socket of vrouter's own.
-    let dns_sock = if has_dns {
-        let mut s = mio::net::UdpSocket::bind("0.0.0.0:0".parse().expect("socket address"))?;
-        poll.registry().register(&mut s, DNS_UPSTREAM, Interest::READABLE)?;
-        Some(s)
-    } else {
-        None
-    };
+    // DNS questions for upstream servers leave from UDP sockets of vrouter's own.
+    let mut dns_socks = Vec::new();
+    if has_dns {
+        for i in 0..DNS_SOCKETS {
+            let mut s = mio::net::UdpSocket::bind("0.0.0.0:0".parse().expect("socket address"))?;
+            poll.registry().register(&mut s, Token(DNS_UPSTREAM - i), Interest::READABLE)?;
+            dns_socks.push(s);
+        }
+    }
+    let mut dns_ready = vec![false; dns_socks.len()];
+    let mut dns_pick: u64 = unix ^ origin.elapsed().as_nanos() as u64;
     tracing::info!(router = %c.router.name, ports = slots.len(), socket = %sock.display(), dhcp = has_dhcp, dns = has_dns, "vrouter running");
 
     let mut events = Events::with_capacity(256);
@@ -323,7 +331,6 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let mut check = false;
     let mut waiting = false;
     let mut last_check = std::time::Instant::now();
-    let mut dns_ready = false;
     let mut dns_buf = vec![0u8; 65_536];
     // Sleeping in epoll costs a wakeup (an IPI, a hypervisor exit on a VM) per batch; spinning
     // a little after traffic keeps the pipeline full. Idle ports still cost nothing.
@@ -351,7 +358,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                     shutdown = true;
                 }
                 WAKE => {}
-                DNS_UPSTREAM => dns_ready = true,
+                Token(t) if t <= DNS_UPSTREAM && DNS_UPSTREAM - t < dns_ready.len() => dns_ready[DNS_UPSTREAM - t] = true,
                 LINKS => check |= links.as_ref().is_some_and(|l| l.drain()),
                 Token(i) if i < ready.len() => ready[i] = true,
                 _ => {}
@@ -437,8 +444,8 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         }
         {
             let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write };
-            if let (true, Some(sock)) = (dns_ready, &dns_sock) {
-                dns_ready = false;
+            for (sock, ready) in dns_socks.iter().zip(dns_ready.iter_mut()).filter(|(_, r)| **r) {
+                *ready = false;
                 for _ in 0..BUDGET {
                     match sock.recv_from(&mut dns_buf) {
                         Ok((n, from)) => dp.dns_upstream(now, from, &dns_buf[..n], &mut tx),
@@ -463,11 +470,11 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                 let _ = to_disk.send(persist);
             }
         }
-        if let Some(sock) = &dns_sock {
-            for (to, q) in dp.router_mut().take_upstream() {
-                if let Err(e) = sock.send_to(&q, to) {
-                    tracing::debug!(upstream = %to, "DNS upstream send: {e}");
-                }
+        for (to, q) in dp.router_mut().take_upstream() {
+            dns_pick = dns_pick.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let Some(sock) = dns_socks.get((dns_pick >> 33) as usize % dns_socks.len().max(1)) else { break };
+            if let Err(e) = sock.send_to(&q, to) {
+                tracing::debug!(upstream = %to, "DNS upstream send: {e}");
             }
         }
         while let Ok(env) = inbox.try_recv() {

@@ -8,8 +8,7 @@
 //! leaves only after the lease record it depends on was reported durable; server messages
 //! (sport 67) from guests on a network vrouter serves are dropped (rogue DHCP).
 
-use super::{Iface, Out, Router};
-use crate::buf::PacketBuf;
+use super::{Iface, Router};
 use crate::dhcp::{self, DhcpServer};
 use crate::dns::{self, DnsServer};
 use crate::switch::stats::DropReason;
@@ -18,8 +17,7 @@ use crate::time::Instant;
 use crate::wire::checksum;
 use crate::wire::ethernet::{ethertype, MacAddr};
 use crate::wire::ipv4::{self, proto};
-use crate::wire::vnet::VnetHdr;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
 /// DNS clients waiting for an answer, at most.
@@ -27,15 +25,15 @@ const DNS_CLIENTS: usize = 4096;
 
 /// Where a DNS answer goes back to.
 #[derive(Clone, Copy)]
-pub(super) struct DnsClient {
-    net: NetId,
-    mac: MacAddr,
-    ip: Ipv4Addr,
-    port: u16,
-    server: Ipv4Addr,
-    /// Asked over TCP on this connection (the others are UDP).
-    tcp: Option<smoltcp::iface::SocketHandle>,
+pub(super) enum DnsClient {
+    /// A datagram from `ip:port` (at `mac`) to the router address `server`, with its DNS id.
+    Udp { net: NetId, mac: MacAddr, ip: Ipv4Addr, port: u16, server: Ipv4Addr, dns_id: u16 },
+    /// A query on one of the router's TCP connections.
+    Tcp { net: NetId, handle: smoltcp::iface::SocketHandle },
 }
+
+/// A UDP query in flight, as its client would retransmit it.
+type UdpQuery = (NetId, Ipv4Addr, u16, u16);
 
 /// The services' state inside the router.
 #[derive(Default)]
@@ -44,6 +42,9 @@ pub struct Services {
     pub(super) dhcp_nets: Vec<bool>,
     pub dns: Option<DnsServer>,
     pub(super) dns_clients: HashMap<u64, DnsClient>,
+    /// UDP queries waiting for an answer: a retransmission of one of them is absorbed (it
+    /// gets the one answer) rather than queued again.
+    udp_pending: HashSet<UdpQuery>,
     pub(super) next_client: u64,
     /// Lease log lines to make durable, with their sequence numbers.
     pub(super) persist: Vec<(u64, String)>,
@@ -53,8 +54,6 @@ pub struct Services {
     pub(super) wall_base: u64,
     /// The host table last given to DNS (to skip redundant updates).
     pub(super) hosts_sig: u64,
-    dhcp_out: Vec<dhcp::Action>,
-    dns_out: Vec<dns::Action>,
     pub(super) tcp: super::tcp_dns::TcpDns,
     /// When lease expiry next runs (it walks the whole lease table, so once a second).
     next_expire: Instant,
@@ -99,6 +98,25 @@ impl Router {
         self.svc.dhcp.as_ref()?.lease_of(n.0 as usize, mac)
     }
 
+    /// Runs `f` on the DHCP server and carries out what it asks for.
+    fn with_dhcp<R>(&mut self, f: impl FnOnce(&mut DhcpServer, &mut Vec<dhcp::Action>) -> R) -> Option<R> {
+        let d = self.svc.dhcp.as_mut()?;
+        let mut out = Vec::new();
+        let r = f(d, &mut out);
+        self.run_dhcp(out);
+        Some(r)
+    }
+
+    /// Runs `f` on the DNS server and carries out what it asks for; also whether an answer was
+    /// written on a TCP connection (which then needs a turn of the TCP stack).
+    fn with_dns<R>(&mut self, f: impl FnOnce(&mut DnsServer, &mut Vec<dns::Action>) -> R) -> Option<(R, bool)> {
+        let d = self.svc.dns.as_mut()?;
+        let mut out = Vec::new();
+        let r = f(d, &mut out);
+        let tcp = self.run_dns(out);
+        Some((r, tcp))
+    }
+
     /// Replays the lease log at start (lines as read from disk).
     pub fn restore_leases(&mut self, now: Instant, lines: &[String]) -> usize {
         let wall = self.wall(now);
@@ -110,23 +128,27 @@ impl Router {
         n
     }
 
-    /// The live lease records (for compacting the log at start).
+    /// The live lease records, for compacting the log at start: bound leases, and declined
+    /// addresses still in quarantine.
     pub fn lease_records(&self) -> Vec<String> {
         let Some(d) = self.svc.dhcp.as_ref() else { return Vec::new() };
-        d.leases().into_iter().filter(|l| l.state == dhcp::LeaseState::Bound).map(|l| dhcp::LeaseRecord::Bind(l).encode()).collect()
+        d.leases()
+            .into_iter()
+            .filter_map(|l| match l.state {
+                dhcp::LeaseState::Bound => Some(dhcp::LeaseRecord::Bind(l)),
+                dhcp::LeaseState::Declined => Some(dhcp::LeaseRecord::Decline { net: l.net, ip: l.ip, until: l.expires }),
+                _ => None,
+            })
+            .map(|r| r.encode())
+            .collect()
     }
 
     /// A DHCP client message (UDP to port 67) from a guest on `net`. `ip` is the IPv4 packet.
     pub fn dhcp_in(&mut self, now: Instant, net: NetId, port: u16, src_mac: MacAddr, ip: &[u8]) -> Result<(), DropReason> {
         let wall = self.wall(now);
-        let Some(d) = self.svc.dhcp.as_mut() else { return Err(DropReason::NoL3) };
         let Ok(p) = ipv4::Ipv4Packet::new_checked(ip) else { return Err(DropReason::BadIp) };
-        let udp = p.payload();
-        let Some(payload) = udp.get(8..) else { return Err(DropReason::BadL4) };
-        let mut out = std::mem::take(&mut self.svc.dhcp_out);
-        let r = d.handle(wall, now.millis(), net.0 as usize, port, src_mac, payload, &mut out);
-        self.run_dhcp(&mut out);
-        self.svc.dhcp_out = out;
+        let Some(payload) = p.payload().get(8..) else { return Err(DropReason::BadL4) };
+        let r = self.with_dhcp(|d, out| d.handle(wall, now.millis(), net.0 as usize, port, src_mac, payload, out)).ok_or(DropReason::NoL3)?;
         r.map_err(|e| match e {
             dhcp::Ignored::ServerMessage => DropReason::RogueDhcp,
             dhcp::Ignored::RateLimited => DropReason::DhcpRateLimited,
@@ -136,16 +158,12 @@ impl Router {
 
     /// Lease records up to `seq` are on disk: the ACKs they held go out.
     pub fn dhcp_committed(&mut self, seq: u64) {
-        let Some(d) = self.svc.dhcp.as_mut() else { return };
-        let mut out = std::mem::take(&mut self.svc.dhcp_out);
-        d.committed(seq, &mut out);
-        self.run_dhcp(&mut out);
-        self.svc.dhcp_out = out;
+        self.with_dhcp(|d, out| d.committed(seq, out));
     }
 
-    fn run_dhcp(&mut self, out: &mut Vec<dhcp::Action>) {
+    fn run_dhcp(&mut self, out: Vec<dhcp::Action>) {
         let mut changed = false;
-        for a in out.drain(..) {
+        for a in out {
             match a {
                 dhcp::Action::Send { net, dst_ip, dst_mac, payload } => {
                     let n = NetId(net as u16);
@@ -207,52 +225,55 @@ impl Router {
     /// A DNS query over UDP from a guest on `net` to the router address `server`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn dns_in(&mut self, now: Instant, net: NetId, mac: MacAddr, ip: Ipv4Addr, port: u16, server: Ipv4Addr, payload: &[u8]) -> Result<(), DropReason> {
-        let Some(dns) = self.svc.dns.as_mut() else { return Err(DropReason::NoL3) };
+        if self.svc.dns.is_none() {
+            return Err(DropReason::NoL3);
+        }
+        let dns_id = payload.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        // The client asking again before the answer came: it gets that one answer.
+        if self.svc.udp_pending.contains(&(net, ip, port, dns_id)) {
+            return Ok(());
+        }
         if self.svc.dns_clients.len() >= DNS_CLIENTS {
             return Err(DropReason::DnsBusy);
         }
         self.svc.next_client += 1;
         let id = self.svc.next_client;
-        let mut out = std::mem::take(&mut self.svc.dns_out);
-        let r = dns.query(now, dns::Client { id }, dns::Transport::Udp, payload, &mut out);
-        if r.is_ok() {
-            self.svc.dns_clients.insert(id, DnsClient { net, mac, ip, port, server, tcp: None });
+        // Registered first: the answer may come at once (local names, the cache).
+        self.svc.dns_clients.insert(id, DnsClient::Udp { net, mac, ip, port, server, dns_id });
+        self.svc.udp_pending.insert((net, ip, port, dns_id));
+        let (r, tcp) = self.with_dns(|d, out| d.query(now, dns::Client { id }, dns::Transport::Udp, payload, out)).ok_or(DropReason::NoL3)?;
+        if r.is_err() {
+            self.forget_client(id);
         }
-        self.run_dns(&mut out);
-        self.svc.dns_out = out;
+        if tcp {
+            self.tcp_dns_pump(now);
+        }
         r.map_err(|_| DropReason::DnsIgnored)
+    }
+
+    fn forget_client(&mut self, id: u64) -> Option<DnsClient> {
+        let c = self.svc.dns_clients.remove(&id)?;
+        if let DnsClient::Udp { net, ip, port, dns_id, .. } = c {
+            self.svc.udp_pending.remove(&(net, ip, port, dns_id));
+        }
+        Some(c)
     }
 
     /// An upstream DNS server's answer (the I/O edge's UDP socket).
     pub fn dns_upstream(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) {
-        let Some(dns) = self.svc.dns.as_mut() else { return };
-        let mut out = std::mem::take(&mut self.svc.dns_out);
-        dns.upstream_answer(now, from, payload, &mut out);
-        self.run_dns(&mut out);
-        self.svc.dns_out = out;
-        if self.svc.tcp.active() {
+        if let Some(((), true)) = self.with_dns(|d, out| d.upstream_answer(now, from, payload, out)) {
             self.tcp_dns_pump(now);
         }
     }
 
     pub(super) fn services_poll(&mut self, now: Instant) {
-        let wall = self.wall(now);
         if now >= self.svc.next_expire {
             self.svc.next_expire = now + std::time::Duration::from_secs(1);
-            if let Some(d) = self.svc.dhcp.as_mut() {
-                let mut out = std::mem::take(&mut self.svc.dhcp_out);
-                d.expire(wall, &mut out);
-                self.run_dhcp(&mut out);
-                self.svc.dhcp_out = out;
-            }
+            let wall = self.wall(now);
+            self.with_dhcp(|d, out| d.expire(wall, out));
         }
-        if let Some(dns) = self.svc.dns.as_mut() {
-            if dns.poll_at() <= now {
-                let mut out = std::mem::take(&mut self.svc.dns_out);
-                dns.poll(now, &mut out);
-                self.run_dns(&mut out);
-                self.svc.dns_out = out;
-            }
+        if self.svc.dns.as_ref().is_some_and(|d| d.poll_at() <= now) {
+            self.with_dns(|d, out| d.poll(now, out));
         }
         if self.svc.tcp.poll_at() <= now {
             self.tcp_dns_pump(now);
@@ -287,19 +308,15 @@ impl Router {
                 break;
             }
             for q in queries {
-                let Some(dns) = self.svc.dns.as_mut() else { break };
                 self.svc.next_client += 1;
                 let id = self.svc.next_client;
-                let mut out = std::mem::take(&mut self.svc.dns_out);
-                if dns.query(now, dns::Client { id }, dns::Transport::Tcp, &q.payload, &mut out).is_ok() {
-                    let server = self.gateway(q.net).unwrap_or(Ipv4Addr::UNSPECIFIED);
-                    self.svc.dns_clients.insert(id, DnsClient { net: q.net, mac: MacAddr::ZERO, ip: server, port: 0, server, tcp: Some(q.handle) });
-                    self.svc.tcp.waiting(q.net, q.handle, id);
-                } else {
+                self.svc.dns_clients.insert(id, DnsClient::Tcp { net: q.net, handle: q.handle });
+                self.svc.tcp.waiting(q.net, q.handle, id);
+                let r = self.with_dns(|d, out| d.query(now, dns::Client { id }, dns::Transport::Tcp, &q.payload, out));
+                if !matches!(r, Some((Ok(()), _))) {
+                    self.forget_client(id);
                     self.svc.tcp.unanswered(q.net, q.handle);
                 }
-                self.run_dns(&mut out);
-                self.svc.dns_out = out;
             }
         }
     }
@@ -308,63 +325,52 @@ impl Router {
     /// from its ARP for the gateway; else resolution starts and TCP retransmits).
     fn emit_ip(&mut self, now: Instant, n: NetId, packet: &[u8]) {
         let Ok(ip) = ipv4::Ipv4Packet::new_checked(packet) else { return };
-        let mut w = super::neigh::Work::default();
-        let mac = match self.neigh.resolve(now, Iface::Net(n), ip.dst(), &mut w) {
-            super::neigh::Resolve::Mac(m) => Some(m),
-            _ => None,
-        };
-        self.run_work(now, w);
-        let Some(mac) = mac else { return };
-        let mut f = Vec::with_capacity(14 + packet.len());
-        f.extend_from_slice(&mac.0);
-        f.extend_from_slice(&self.mac.0);
-        f.extend_from_slice(&ethertype::IPV4.to_be_bytes());
-        f.extend_from_slice(packet);
-        let mut b: PacketBuf = self.pool.pop().unwrap_or_default();
-        b.load(&f, VnetHdr::default());
-        self.outbox.push(Out { iface: Iface::Net(n), buf: b });
+        let super::neigh::Resolve::Mac(mac) = self.resolve(now, Iface::Net(n), ip.dst()) else { return };
+        self.new_frame(Iface::Net(n), mac, ethertype::IPV4, packet.len()).copy_from_slice(packet);
     }
 
-    fn run_dns(&mut self, out: &mut Vec<dns::Action>) {
-        for a in out.drain(..) {
+    /// Carries out the DNS server's actions; true if an answer went onto a TCP connection.
+    fn run_dns(&mut self, out: Vec<dns::Action>) -> bool {
+        let mut tcp = false;
+        for a in out {
             match a {
-                dns::Action::Reply { client, payload } => {
-                    let Some(c) = self.svc.dns_clients.remove(&client.id) else { continue };
-                    match c.tcp {
-                        Some(h) => self.svc.tcp.answer(c.net, h, client.id, &payload),
-                        None => self.emit_udp(Iface::Net(c.net), c.mac, c.server, c.ip, 53, c.port, &payload),
+                dns::Action::Reply { client, payload } => match self.forget_client(client.id) {
+                    Some(DnsClient::Tcp { net, handle }) => {
+                        self.svc.tcp.answer(net, handle, client.id, &payload);
+                        tcp = true;
                     }
-                }
+                    Some(DnsClient::Udp { net, mac, ip, port, server, .. }) => {
+                        self.emit_udp(Iface::Net(net), mac, server, ip, 53, port, &payload)
+                    }
+                    None => {}
+                },
                 dns::Action::Upstream { upstream, payload } => self.svc.upstream.push((upstream, payload)),
             }
         }
+        tcp
     }
 
-    /// Builds an Ethernet/IPv4/UDP frame from the router (checksums complete) for the outbox.
+    /// Builds an IPv4/UDP packet from the router (checksums complete) in a frame for the outbox.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn emit_udp(&mut self, iface: Iface, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) {
         let udp_len = 8 + payload.len();
         if 14 + 20 + udp_len > crate::buf::MAX_FRAME {
             return;
         }
-        let mut f = vec![0u8; 14 + 20 + udp_len];
-        f[0..6].copy_from_slice(&dst_mac.0);
-        f[6..12].copy_from_slice(&self.mac.0);
-        f[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
         self.ident = self.ident.wrapping_add(1);
-        ipv4::emit_header(&mut f[14..34], src, dst, proto::UDP, 64, udp_len, self.ident);
-        f[34..36].copy_from_slice(&sport.to_be_bytes());
-        f[36..38].copy_from_slice(&dport.to_be_bytes());
-        f[38..40].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        f[42..].copy_from_slice(payload);
-        let sum = checksum::add(checksum::pseudo_v4(src.octets(), dst.octets(), proto::UDP, udp_len as u32), &f[34..]);
-        let mut c = !checksum::fold(sum);
-        if c == 0 {
-            c = 0xffff;
-        }
-        f[40..42].copy_from_slice(&c.to_be_bytes());
-        let mut b: PacketBuf = self.pool.pop().unwrap_or_default();
-        b.load(&f, VnetHdr::default());
-        self.outbox.push(Out { iface, buf: b });
+        let ident = self.ident;
+        let f = self.new_frame(iface, dst_mac, ethertype::IPV4, 20 + udp_len);
+        ipv4::emit_header(&mut f[..20], src, dst, proto::UDP, 64, udp_len, ident);
+        let u = &mut f[20..];
+        u[0..2].copy_from_slice(&sport.to_be_bytes());
+        u[2..4].copy_from_slice(&dport.to_be_bytes());
+        u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        u[8..].copy_from_slice(payload);
+        let sum = checksum::add(checksum::pseudo_v4(src.octets(), dst.octets(), proto::UDP, udp_len as u32), u);
+        let c = match !checksum::fold(sum) {
+            0 => 0xffff,
+            c => c,
+        };
+        u[6..8].copy_from_slice(&c.to_be_bytes());
     }
 }

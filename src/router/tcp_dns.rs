@@ -155,9 +155,11 @@ impl TcpDns {
                     }
                 }
                 if c.buf.len() > MAX_PENDING_BYTES {
+                    // Cut; it listens again on the next run, once the RST has gone out.
                     s.abort();
                     c.buf.clear();
                     c.waiting = None;
+                    continue;
                 }
                 if c.waiting.is_none() && c.buf.len() >= 2 {
                     let len = u16::from_be_bytes([c.buf[0], c.buf[1]]) as usize;
@@ -180,11 +182,8 @@ impl TcpDns {
             }
             t.iface.poll(ts(now), &mut t.dev, &mut t.sockets);
             out.extend(t.dev.tx.drain(..).map(|p| (*net, p)));
-            if let Some(p) = t.iface.poll_at(ts(now), &t.sockets) {
-                next = next.min(Instant(p.total_millis().max(0) as u64));
-            }
         }
-        // Networks skipped above keep their timers.
+        // Every network's next timer, the skipped ones' included.
         for t in self.nets.values_mut() {
             if let Some(p) = t.iface.poll_at(ts(now), &t.sockets) {
                 next = next.min(Instant(p.total_millis().max(0) as u64));
@@ -193,10 +192,7 @@ impl TcpDns {
         self.next_at = next;
     }
 
-    /// Whether any network's TCP stack exists (nothing to do for UDP-only accounts).
-    pub(super) fn active(&self) -> bool {
-        !self.nets.is_empty()
-    }
+
 
     /// Marks which DNS client a connection's current query became.
     pub(super) fn waiting(&mut self, net: NetId, h: SocketHandle, client: u64) {

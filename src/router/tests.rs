@@ -427,3 +427,27 @@ fn a_packet_matching_a_flow_from_the_wrong_side_is_refused() {
     let mut spoof = b(&udp(G2, "10.1.1.11", 5000, "10.1.2.11", 53, b"q"));
     assert_eq!(r.handle(T0, Iface::Net(NetId(1)), &mut spoof), Verdict::Drop(DropReason::SpoofedSource));
 }
+
+#[test]
+fn a_dns_retransmission_waits_for_the_same_answer() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    let upstream: std::net::SocketAddr = "127.0.0.1:5353".parse().unwrap();
+    let dns = crate::dns::DnsServer::new(crate::dns::DnsConfig { upstreams: vec![upstream], ..Default::default() });
+    r.set_services(None, vec![false, false], Some(dns));
+    // A query for a forwarded name, sent twice with the same id from the same port.
+    let q = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'x', 7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 0, 0, 1, 0, 1];
+    for _ in 0..2 {
+        let mut f = b(&udp(G1, "10.1.1.11", 40000, "10.1.1.1", 53, &q));
+        assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Consumed);
+    }
+    let up = r.take_upstream();
+    assert_eq!(up.len(), 1, "one upstream question");
+    // The upstream answers: the guest gets exactly one reply.
+    let mut ans = up[0].1.clone();
+    ans[2] |= 0x80;
+    r.dns_upstream(T0, upstream, &ans);
+    let replies: Vec<_> = take(&mut r).into_iter().filter(|(_, f)| f.len() > 42 && f[36..38] == [0x9c, 0x40]).collect();
+    assert_eq!(replies.len(), 1, "one answer for the query and its retransmission");
+    assert_eq!(&replies[0].1[42..44], &[0x12, 0x34]);
+}
