@@ -20,6 +20,9 @@ have dhclient || need+=(isc-dhcp-client) # ISC dhclient, the other DHCP client
 have dig || need+=(bind9-dnsutils)      # dig against the router's DNS
 have dnsmasq || need+=(dnsmasq-base)    # the DHCP/DNS baseline in scripts/bench.sh
 have dnsperf || need+=(dnsperf)         # DNS queries per second in scripts/bench.sh
+have haproxy || need+=(haproxy)         # the load-balancer baseline in scripts/lib/bench-lb.sh (the CloudStack VR's LB)
+have wrk || need+=(wrk)                 # HTTP connections per second in scripts/lib/bench-lb.sh
+have nginx || need+=(nginx)             # the LB benchmark's backends (one worker each; busybox httpd forks per connection)
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -164,7 +164,48 @@ pub fn l3_config(c: &Config) -> L3Config {
         conntrack_max: ct.and_then(|t| t.max_flows).unwrap_or(262_144),
         timeouts,
         neigh_cap: 4096,
+        lbs: load_balancers(c),
     }
+}
+
+/// Load balancers: backends placed on their networks, health checks with their defaults
+/// (haproxy's: every 2 s, rise 2, fall 3; a timeout of half the interval).
+pub fn load_balancers(c: &Config) -> Vec<crate::lb::LbSpec> {
+    use crate::config::schema::CheckKind as K;
+    use crate::lb::{BackendSpec, CheckKind, CheckSpec, LbSpec};
+    c.load_balancer
+        .iter()
+        .map(|lb| LbSpec {
+            name: lb.name.clone(),
+            vip: lb.public_ip,
+            proto: l4(lb.protocol),
+            port: lb.port,
+            algorithm: lb.algorithm,
+            backends: lb
+                .backends
+                .iter()
+                .filter_map(|b| {
+                    let net = c.networks.iter().position(|n| n.cidr.contains(b.ip))?;
+                    Some(BackendSpec { ip: b.ip, port: b.port, weight: b.weight.unwrap_or(1), net: NetId(net as u16) })
+                })
+                .collect(),
+            check: lb.health_check.as_ref().and_then(|h| {
+                let kind = match h.kind {
+                    K::None => return None,
+                    K::Tcp => CheckKind::Tcp,
+                    K::Http => CheckKind::Http { path: h.path.clone().unwrap_or_else(|| "/".into()), expect: h.expect.unwrap_or(200) },
+                };
+                let interval = Duration::from_millis(h.interval_ms.unwrap_or(2000));
+                Some(CheckSpec {
+                    kind,
+                    interval,
+                    timeout: h.timeout_ms.map_or(interval / 2, Duration::from_millis),
+                    rise: h.rise.unwrap_or(2),
+                    fall: h.fall.unwrap_or(3),
+                })
+            }),
+        })
+        .collect()
 }
 
 /// Default lease time when a network does not say (a day, as dnsmasq's default is an hour and

@@ -17,6 +17,7 @@ pub mod dns;
 pub mod filter;
 pub mod fuzzing;
 pub mod io;
+pub mod lb;
 pub mod nat;
 pub mod offload;
 pub mod router;

@@ -240,7 +240,11 @@ pub struct Backend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
+    /// A TCP connect to the backend's port succeeds.
     Tcp,
+    /// `GET path` answers with status `expect`.
+    Http,
+    /// No check: the backend is always considered up.
     None,
 }
 
@@ -248,6 +252,10 @@ pub enum CheckKind {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     pub kind: CheckKind,
+    /// HTTP checks: the path to GET (default "/").
+    pub path: Option<String>,
+    /// HTTP checks: the status that means healthy (default 200).
+    pub expect: Option<u16>,
     pub interval_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub rise: Option<u32>,

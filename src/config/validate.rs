@@ -379,8 +379,15 @@ pub fn check(c: &Config, r: &mut Report) {
         }
     }
     let mut lb_names = Unique::new("load balancer name");
+    let mut lb_vips = Unique::new("load balancer address, protocol and port");
     for (i, lb) in c.load_balancer.iter().enumerate() {
         lb_names.add(r, lb.name.clone(), kp!("load_balancer", i, "name"));
+        lb_vips.add(r, format!("{}:{} ({:?})", lb.public_ip, lb.port, lb.protocol).to_lowercase(), kp!("load_balancer", i, "port"));
+        for f in &c.port_forward {
+            if f.public_ip == lb.public_ip && f.protocol == lb.protocol && (f.public_port.lo..=f.public_port.hi).contains(&lb.port) {
+                r.err(kp!("load_balancer", i, "port"), format!("{}:{} is already a [[port_forward]]", lb.public_ip, lb.port));
+            }
+        }
         check_public(r, kp!("load_balancer", i, "public_ip"), lb.public_ip);
         if lb.port == 0 {
             r.err(kp!("load_balancer", i, "port"), "port 0 is not usable");
@@ -410,8 +417,29 @@ pub fn check(c: &Config, r: &mut Report) {
             if h.rise == Some(0) || h.fall == Some(0) {
                 r.err(hp(), "rise and fall must be at least 1");
             }
+            use crate::config::schema::CheckKind;
+            if h.kind != CheckKind::Http && (h.path.is_some() || h.expect.is_some()) {
+                r.err(hp(), "path and expect only apply to kind = \"http\"");
+            }
+            if let Some(path) = &h.path {
+                if !path.starts_with('/') || path.len() > 1024 || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    r.err(hp().key("path"), "must start with / and hold no spaces or control characters (at most 1024 bytes)");
+                }
+            }
+            if h.expect.is_some_and(|e| !(100..=599).contains(&e)) {
+                r.err(hp().key("expect"), "must be an HTTP status, 100..599");
+            }
+            if h.kind != CheckKind::None {
+                for (j, b) in lb.backends.iter().enumerate() {
+                    if !c.networks.iter().any(|n| n.cidr.contains(b.ip) && n.gateway.is_some()) {
+                        r.err(kp!("load_balancer", i, "backends", j, "ip"), "health checks leave from the backend network's gateway: give that network a gateway");
+                    }
+                }
+            }
         }
-        r.not_built(kp!("load_balancer", i), "load balancing");
+        if lb.backends.len() > 1024 {
+            r.err(kp!("load_balancer", i, "backends"), "at most 1024 backends");
+        }
     }
     for (i, f) in c.firewall.iter().enumerate() {
         check_public(r, kp!("firewall", i, "public_ip"), f.public_ip);

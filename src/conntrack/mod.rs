@@ -90,6 +90,10 @@ impl State {
     pub fn assured(self) -> bool {
         matches!(self, State::Established | State::Replied)
     }
+    /// A TCP connection on its way out (FIN or RST seen).
+    pub fn closing(self) -> bool {
+        matches!(self, State::FinWait | State::CloseWait | State::TimeWait | State::Close)
+    }
 }
 
 /// Per-state timeouts. Defaults follow Linux's nf_conntrack sysctls.
@@ -137,7 +141,13 @@ pub struct Flow {
     /// Bit 0: FIN seen from the originator, bit 1: from the responder.
     fins: u8,
     live: bool,
+    /// Who counts this connection (a load balancer's backend), or [`NO_TAG`]; handed back
+    /// through [`Conntrack::released`] once, when the connection starts closing or ends.
+    pub tag: u32,
 }
+
+/// A flow nobody counts.
+pub const NO_TAG: u32 = u32::MAX;
 
 impl Flow {
     /// What a packet of direction `dir` becomes: the reverse of the other direction's key.
@@ -211,6 +221,8 @@ pub struct Conntrack {
     evict_hand: usize,
     pub timeouts: Timeouts,
     pub stats: CtStats,
+    /// Tags of counted flows that closed or ended since the owner last looked.
+    pub released: Vec<u32>,
 }
 
 fn slot(idx: u32, dir: Dir) -> u32 {
@@ -233,6 +245,7 @@ impl Conntrack {
             evict_hand: 0,
             timeouts,
             stats: CtStats::default(),
+            released: Vec::new(),
         }
     }
 
@@ -297,6 +310,13 @@ impl Conntrack {
         &self.flows[idx as usize]
     }
 
+    /// Marks a live flow as counted by `tag` (see [`Flow::tag`]).
+    pub fn set_tag(&mut self, idx: u32, tag: u32) {
+        if let Some(f) = self.flows.get_mut(idx as usize).filter(|f| f.live) {
+            f.tag = tag;
+        }
+    }
+
     /// Adds a flow for a first packet seen in the `orig` direction. The caller has checked that
     /// neither key is in use.
     pub fn insert(&mut self, now: Instant, orig: Key, reply: Key, egress: [Egress; 2]) -> Result<u32, Full> {
@@ -324,7 +344,7 @@ impl Conntrack {
         // A TCP flow starts half-open, whether its first packet is a SYN or it is picked up
         // mid-stream (Linux's nf_conntrack_tcp_loose): established once the other side answers.
         let state = if orig.proto == proto::TCP { State::SynSent } else { State::Unreplied };
-        let flow = Flow { orig, reply, egress, expires: 0, bytes: 0, packets: 0, state, fins: 0, live: true };
+        let flow = Flow { orig, reply, egress, expires: 0, bytes: 0, packets: 0, state, fins: 0, live: true, tag: NO_TAG };
         let idx = match self.free.pop() {
             Some(i) => {
                 self.flows[i as usize] = flow;
@@ -357,6 +377,10 @@ impl Conntrack {
                 (s, _) => s,
             }
         };
+        if f.tag != NO_TAG && f.state.closing() {
+            self.released.push(f.tag);
+            f.tag = NO_TAG;
+        }
         let mut timeout = t.for_state(f.state);
         if f.orig.proto == proto::ICMP {
             timeout = t.icmp;
@@ -370,6 +394,10 @@ impl Conntrack {
             return;
         }
         f.live = false;
+        if f.tag != NO_TAG {
+            self.released.push(f.tag);
+            f.tag = NO_TAG;
+        }
         let (o, r) = (f.orig, f.reply);
         for (k, d) in [(o, Dir::Orig), (r, Dir::Reply)] {
             self.index_remove(&k, slot(idx, d));

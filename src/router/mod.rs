@@ -17,9 +17,10 @@
 //! private source never leaves on the public side; frames are only modified when they are
 //! forwarded (a drop leaves the buffer as it came).
 
+mod balance;
 pub mod neigh;
 pub mod services;
-mod tcp_dns;
+pub(crate) mod tcp_dns;
 
 use crate::buf::PacketBuf;
 use crate::config::schema::Action;
@@ -93,6 +94,7 @@ pub struct L3Config {
     pub conntrack_max: usize,
     pub timeouts: Timeouts,
     pub neigh_cap: usize,
+    pub lbs: Vec<crate::lb::LbSpec>,
 }
 
 impl Default for L3Config {
@@ -106,6 +108,7 @@ impl Default for L3Config {
             conntrack_max: 262_144,
             timeouts: Timeouts::default(),
             neigh_cap: 4096,
+            lbs: Vec::new(),
         }
     }
 }
@@ -146,6 +149,8 @@ pub struct RouterStats {
     pub fragmented: u64,
     pub neigh_queued: u64,
     pub neigh_unresolved: u64,
+    /// Connections to a load balancer with no backend up, reset.
+    pub lb_resets: u64,
 }
 
 /// ICMP errors the router may send: a token bucket (Linux: net.ipv4.icmp_ratelimit).
@@ -173,9 +178,11 @@ struct FragFlow {
 
 /// What the rule stages decided for a flow's first packet.
 enum Decision {
-    Flow { reply: Key, egress: [Egress; 2], kind: FlowKind },
+    Flow { reply: Key, egress: [Egress; 2], kind: FlowKind, tag: u32 },
     /// For the router itself.
     Local,
+    /// For a load balancer with no backend up: refused at once (RST or port unreachable).
+    Refuse,
     Drop(DropReason),
 }
 
@@ -208,6 +215,8 @@ pub struct Router {
     next_sweep: Instant,
     pub stats: RouterStats,
     svc: services::Services,
+    pub lb: crate::lb::Balancer,
+    hc: crate::lb::health::Checker,
 }
 
 
@@ -224,7 +233,15 @@ impl Router {
             forwards_by_ip.entry((f.public_ip, f.protocol)).or_default().push(*f);
         }
         let public_ips = cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default();
+        let lb = crate::lb::Balancer::new(cfg.lbs.clone());
+        let nets = cfg.nets.clone();
+        let hc = crate::lb::health::Checker::new(Instant::ZERO, lb.check_targets(), |n| {
+            let net = nets.get(n.0 as usize)?;
+            Some((net.gateway?, net.cidr.prefix, net.mtu as usize))
+        });
         Router {
+            lb,
+            hc,
             mac,
             static_by_public: cfg.static_nat.iter().copied().collect(),
             static_by_private: cfg.static_nat.iter().map(|&(p, q)| (q, p)).collect(),
@@ -326,7 +343,7 @@ impl Router {
 
     /// When `poll` next has work.
     pub fn poll_at(&self) -> Instant {
-        self.neigh.poll_at().min(self.next_sweep).min(self.services_poll_at())
+        self.neigh.poll_at().min(self.next_sweep).min(self.services_poll_at()).min(self.hc.poll_at())
     }
 
     /// Timer work: ARP retries and failures, conntrack and fragment expiry, the gratuitous ARP
@@ -347,6 +364,10 @@ impl Router {
             self.next_sweep = now + Duration::from_millis(100);
         }
         self.services_poll(now);
+        self.release_backends();
+        if self.hc.poll_at() <= now {
+            self.run_checks(now);
+        }
     }
 
     pub(crate) fn run_work(&mut self, now: Instant, w: Work) {
@@ -491,6 +512,11 @@ impl Router {
         };
         let flow = self.ct.flow(idx);
         let (target, egress) = (flow.target(dir), flow.egress[dir as usize]);
+        if dir == Dir::Reply && tcp & conntrack::tcp_flags::RST != 0 && flow.tag != conntrack::NO_TAG && flow.state == conntrack::State::SynSent {
+            // A backend refusing a new connection: a passive health failure.
+            let t = flow.tag;
+            self.lb.check_result(t, Err("reset by backend"), true);
+        }
         if ttl <= 1 {
             return self.ttl_expired(now, from, eth_src, buf, tl);
         }
@@ -538,13 +564,16 @@ impl Router {
         tcp: u8,
     ) -> Result<u32, Verdict> {
         // Only a request opens an ICMP flow; an unsolicited echo reply or RST goes nowhere.
-        if echo_reply || (key.proto == proto::TCP && tcp & conntrack::tcp_flags::RST != 0) {
+        // (A reset for a gateway address may be a health check's answer: that is local.)
+        let rst = key.proto == proto::TCP && tcp & conntrack::tcp_flags::RST != 0;
+        if echo_reply || (rst && !(matches!(from, Iface::Net(_)) && self.is_gateway(key.dst))) {
             return Err(Verdict::Drop(DropReason::NotForwarded));
         }
-        let (reply, egress, kind) = match self.decide(now, from, key) {
+        let (reply, egress, kind, tag) = match self.decide(now, from, key) {
             Decision::Drop(r) => return Err(Verdict::Drop(r)),
             Decision::Local => return Err(self.local(now, from, eth_src, buf, hl, tl)),
-            Decision::Flow { reply, egress, kind } => (reply, egress, kind),
+            Decision::Refuse => return Err(self.refuse(now, from, eth_src, buf, hl, tl)),
+            Decision::Flow { reply, egress, kind, tag } => (reply, egress, kind, tag),
         };
         let ttl = buf.frame()[14 + 8];
         if ttl <= 1 {
@@ -554,6 +583,10 @@ impl Router {
             return Err(v);
         }
         let i = self.ct.insert(now, *key, reply, egress).map_err(|_| Verdict::Drop(DropReason::ConntrackFull))?;
+        if tag != conntrack::NO_TAG {
+            self.ct.set_tag(i, tag);
+            self.lb.opened(tag);
+        }
         match kind {
             FlowKind::Routed => self.stats.routed_flows += 1,
             FlowKind::Snat => self.stats.snat_flows += 1,
@@ -707,6 +740,12 @@ impl Router {
         match from {
             Iface::Net(n) => {
                 if self.public_ips.contains(&k.dst) || self.is_gateway(k.dst) {
+                    if let Some(lb) = self.lb.find(k.dst, k.proto, k.dport) {
+                        if !self.egress_allowed(n, k) {
+                            return Decision::Drop(DropReason::EgressDenied);
+                        }
+                        return self.lb_decide(now, from, k, lb);
+                    }
                     let Some((pip, pport)) = self.dnat_target(k.dst, k.proto, k.dport) else { return Decision::Local };
                     // Hairpin: a guest reaching its own account's public IP. The source becomes
                     // the destination network's gateway, so the reply comes back through us.
@@ -717,14 +756,14 @@ impl Router {
                     let Some(gw) = self.gateway(m) else { return Decision::Drop(DropReason::NoRoute) };
                     let Some(reply) = self.nat_reply(now, k, pip, pport, gw) else { return Decision::Drop(DropReason::NatExhausted) };
                     let egress = [Egress { iface: Iface::Net(m), next_hop: pip }, Egress { iface: Iface::Net(n), next_hop: k.src }];
-                    return Decision::Flow { reply, egress, kind: FlowKind::Hairpin };
+                    return Decision::Flow { reply, egress, kind: FlowKind::Hairpin, tag: conntrack::NO_TAG };
                 }
                 if !self.egress_allowed(n, k) {
                     return Decision::Drop(DropReason::EgressDenied);
                 }
                 if let Some(m) = self.net_of(k.dst) {
                     let egress = [Egress { iface: Iface::Net(m), next_hop: k.dst }, Egress { iface: Iface::Net(n), next_hop: k.src }];
-                    return Decision::Flow { reply: k.reverse(), egress, kind: FlowKind::Routed };
+                    return Decision::Flow { reply: k.reverse(), egress, kind: FlowKind::Routed, tag: conntrack::NO_TAG };
                 }
                 let Some(public) = &self.cfg.public else { return Decision::Drop(DropReason::NoRoute) };
                 let nat_ip = self.static_by_private.get(&k.src).copied().unwrap_or(public.source_nat_ip);
@@ -733,7 +772,7 @@ impl Router {
                     Egress { iface: Iface::Public, next_hop: self.public_next_hop(k.dst) },
                     Egress { iface: Iface::Net(n), next_hop: k.src },
                 ];
-                Decision::Flow { reply, egress, kind: FlowKind::Snat }
+                Decision::Flow { reply, egress, kind: FlowKind::Snat, tag: conntrack::NO_TAG }
             }
             Iface::Public => {
                 if !self.public_ips.contains(&k.dst) {
@@ -743,6 +782,9 @@ impl Router {
                     if fw.lookup(k.proto, k.dport, k.src).is_none() {
                         return Decision::Drop(DropReason::Firewall);
                     }
+                }
+                if let Some(lb) = self.lb.find(k.dst, k.proto, k.dport) {
+                    return self.lb_decide(now, from, k, lb);
                 }
                 let Some((pip, pport)) = self.dnat_target(k.dst, k.proto, k.dport) else { return Decision::Local };
                 let Some(m) = self.net_of(pip) else { return Decision::Drop(DropReason::NoRoute) };
@@ -754,7 +796,7 @@ impl Router {
                     Egress { iface: Iface::Net(m), next_hop: pip },
                     Egress { iface: Iface::Public, next_hop: self.public_next_hop(k.src) },
                 ];
-                Decision::Flow { reply, egress, kind: FlowKind::Dnat }
+                Decision::Flow { reply, egress, kind: FlowKind::Dnat, tag: conntrack::NO_TAG }
             }
         }
     }
@@ -791,7 +833,11 @@ impl Router {
             let sport = if icmp { p } else { rport };
             Key { src: remote, dst: nat_ip, sport, dport: p, proto: k.proto }
         };
-        let taken = |r: &Router, p: u16| r.ct.contains(now, &reply(p)) || (ports && r.forward_of(nat_ip, k.proto, p).is_some());
+        // On a gateway address the health checks' local ports are the router's own.
+        let own = if k.proto == proto::TCP && self.is_gateway(nat_ip) { crate::lb::health::PORTS } else { 1..=0 };
+        let taken = |r: &Router, p: u16| {
+            r.ct.contains(now, &reply(p)) || (ports && r.forward_of(nat_ip, k.proto, p).is_some()) || own.contains(&p)
+        };
         let free = |r: &Router, p: u16| !taken(r, p);
         if !ports && !icmp {
             return free(self, 0).then(|| reply(0));
@@ -823,9 +869,10 @@ impl Router {
         };
         let l4 = &buf.frame()[14 + hl..14 + tl];
         let dport = (l4.len() >= 4).then(|| be16(l4, 2));
-        // DNS over TCP on the network's gateway: the router's own TCP endpoint.
-        if let (Iface::Net(n), proto::TCP) = (from, protocol) {
-            if dport == Some(53) && self.serves_dns() && self.gateway(n) == Some(dst) {
+        // DNS over TCP and health checks on the network's gateway: the router's own TCP endpoints.
+        if let (Iface::Net(n), proto::TCP, Some(port)) = (from, protocol, dport) {
+            let dns = port == 53 && self.serves_dns();
+            if (dns || self.hc.owns(n, port)) && self.gateway(n) == Some(dst) {
                 if buf.vnet.gso != Gso::None {
                     return Verdict::Drop(DropReason::BadL4);
                 }
@@ -834,7 +881,12 @@ impl Router {
                     return Verdict::Drop(DropReason::BadL4);
                 }
                 let packet = buf.frame()[14..14 + tl].to_vec();
-                self.dns_tcp_in(now, n, packet);
+                if dns {
+                    self.dns_tcp_in(now, n, packet);
+                } else {
+                    self.hc.input(n, packet);
+                    self.run_checks(now);
+                }
                 return Verdict::Consumed;
             }
         }

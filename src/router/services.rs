@@ -321,12 +321,23 @@ impl Router {
         }
     }
 
-    /// An IP packet from the router's TCP stack to a guest on `n`: to the guest's MAC (known
-    /// from its ARP for the gateway; else resolution starts and TCP retransmits).
-    fn emit_ip(&mut self, now: Instant, n: NetId, packet: &[u8]) {
+    /// An IP packet from the router's TCP stacks (DNS, health checks) to a guest on `n`: to its
+    /// MAC, or queued while ARP resolves it.
+    pub(super) fn emit_ip(&mut self, now: Instant, n: NetId, packet: &[u8]) {
         let Ok(ip) = ipv4::Ipv4Packet::new_checked(packet) else { return };
-        let super::neigh::Resolve::Mac(mac) = self.resolve(now, Iface::Net(n), ip.dst()) else { return };
-        self.new_frame(Iface::Net(n), mac, ethertype::IPV4, packet.len()).copy_from_slice(packet);
+        match self.resolve(now, Iface::Net(n), ip.dst()) {
+            super::neigh::Resolve::Mac(mac) => self.new_frame(Iface::Net(n), mac, ethertype::IPV4, packet.len()).copy_from_slice(packet),
+            // Waits for ARP like a routed frame (a health check's first SYN to a backend).
+            super::neigh::Resolve::Pending => {
+                let mut frame = vec![0u8; 14 + packet.len()];
+                frame[6..12].copy_from_slice(&self.mac.0);
+                frame[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+                frame[14..].copy_from_slice(packet);
+                let q = super::neigh::Queued { frame, vnet: Default::default(), origin: None };
+                let _ = self.neigh.enqueue(Iface::Net(n), ip.dst(), q);
+            }
+            super::neigh::Resolve::Failed => {}
+        }
     }
 
     /// Carries out the DNS server's actions; true if an answer went onto a TCP connection.

@@ -30,16 +30,16 @@ const MAX_PENDING_BYTES: usize = 16_384;
 /// An idle connection is closed after this long (RFC 7766 suggests seconds).
 const IDLE: smoltcp::time::Duration = smoltcp::time::Duration::from_secs(10);
 
-/// Packets between the router and smoltcp.
+/// Packets between the router and a smoltcp interface (IP medium): also the health checker's.
 #[derive(Default)]
-pub(super) struct Queue {
-    rx: VecDeque<Vec<u8>>,
-    pub(super) tx: Vec<Vec<u8>>,
-    mtu: usize,
+pub(crate) struct Queue {
+    pub(crate) rx: VecDeque<Vec<u8>>,
+    pub(crate) tx: Vec<Vec<u8>>,
+    pub(crate) mtu: usize,
 }
 
-pub(super) struct Rx(Vec<u8>);
-pub(super) struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+pub(crate) struct Rx(Vec<u8>);
+pub(crate) struct Tx<'a>(&'a mut Vec<Vec<u8>>);
 
 impl RxToken for Rx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
@@ -107,7 +107,7 @@ impl Default for TcpDns {
     }
 }
 
-fn ts(now: Instant) -> smoltcp::time::Instant {
+pub(crate) fn ts(now: Instant) -> smoltcp::time::Instant {
     smoltcp::time::Instant::from_millis(now.millis() as i64)
 }
 

@@ -106,6 +106,11 @@ drop_reasons! {
     DhcpIgnored => "dhcp_ignored",
     /// Too many DNS queries waiting for upstream answers.
     DnsBusy => "dns_busy",
+    /// A new connection to a load balancer none of whose backends is up (refused with a TCP
+    /// RST or ICMP port unreachable).
+    LbNoBackend => "lb_no_backend",
+    /// A port's security groups allow neither this packet's flow nor a reply to one.
+    SecurityGroup => "security_group",
     /// A DNS message the server could not answer at all (unreadable header).
     DnsIgnored => "dns_ignored",
 }
