@@ -13,7 +13,8 @@
 # Prints iperf3 single-stream TCP throughput (DURATION s, default 10) and ping RTT p50 for
 # each (medians of ROUNDS alternating rounds, default 3), the ratios, and vrouter's counters
 # (software-segmented super-frames; GSO frames received from the NAT guest).
-# NO_SERVICES=1 skips the DHCP/DNS part. BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
+# NO_SERVICES=1 skips the DHCP/DNS part; NO_LB=1 the load balancer part (scripts/lib/bench-lb.sh:
+# new connections/s with wrk and iperf3 through the VIP, vrouter beside haproxy). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
 # Then DHCP leases/s and DNS queries/s, vrouter beside dnsmasq (scripts/lib/bench-services.sh).
 # Add --micro to also run the criterion per-stage benchmarks (ns/frame): l2_forward, and
 # l3_nat when benches/l3_nat.rs exists.
@@ -318,6 +319,11 @@ echo " source address seen by the outside: vrouter $vpeer, kernel $kpeer)"
 # ---- DHCP and DNS: vrouter and dnsmasq, side by side ----
 if [ -z "$BENCH_ONLY" ] && [ -z "${NO_SERVICES:-}" ]; then
     VR=$VR bash scripts/lib/bench-services.sh
+fi
+
+# ---- Load balancing: vrouter and haproxy in front of the same backends ----
+if [ -z "${NO_LB:-}" ]; then
+    VR=$VR bash scripts/lib/bench-lb.sh
 fi
 
 if [ "${1:-}" = "--micro" ]; then

@@ -278,6 +278,23 @@ fn render(t: Table, data: &Value) -> String {
             out += &format!("{} of at most {} flows\n", data["count"], data["max"]);
             out
         }
-        _ => format!("{data}\n"),
+        Table::Lb => {
+            let mut out = String::new();
+            for lb in data.as_array().unwrap_or(&empty) {
+                out += &format!(
+                    "{} {}:{}/{} {} check {} refused {}\n",
+                    cell(&lb["name"]), cell(&lb["vip"]), lb["port"], cell(&lb["protocol"]), cell(&lb["algorithm"]),
+                    cell(&lb["health_check"]), lb["refused"]
+                );
+                let rows = lb["backends"].as_array().unwrap_or(&empty);
+                for line in table(rows, &["address", "weight", "state", "active", "total", "checks_ok", "checks_failed", "passive_failures", "last_failure"]).lines() {
+                    out += &format!("  {line}\n");
+                }
+            }
+            if out.is_empty() {
+                out = "no [[load_balancer]] configured\n".into();
+            }
+            out
+        }
     }
 }

@@ -321,13 +321,13 @@ verr=0 kerr=0
 for r in $(seq "$ROUNDS"); do
     if [ "$run_vr" = 1 ]; then
         echo "LB round $r/$ROUNDS: vrouter ..." >&2
-        read -r c e < <(conns "$nsvc"); vcs+=("$c"); verr=$((verr + e))
-        vgs+=("$(tput "$nsvc")")
+        ce=$(conns "$nsvc"); read -r c e <<<"$ce"; vcs+=("$c"); verr=$((verr + e))
+        g=$(tput "$nsvc"); vgs+=("$g")
     fi
     if [ "$run_k" = 1 ]; then
         echo "LB round $r/$ROUNDS: haproxy ..." >&2
-        read -r c e < <(conns "$nshc"); kcs+=("$c"); kerr=$((kerr + e))
-        kgs+=("$(tput "$nshc")")
+        ce=$(conns "$nshc"); read -r c e <<<"$ce"; kcs+=("$c"); kerr=$((kerr + e))
+        g=$(tput "$nshc"); kgs+=("$g")
     fi
     echo "   vrouter $(last vcs) conn/s $(last vgs) Gbit/s   haproxy $(last kcs) conn/s $(last kgs) Gbit/s" >&2
 done

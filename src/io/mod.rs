@@ -521,6 +521,20 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
             }
             None => Response::err("no network is served by DHCP (give one a gateway and a dhcp_range or reservations)"),
         },
+        Request::Show { table: Table::Lb, .. } => {
+            let mut rows = serde_json::to_value(dp.router().lb_rows()).unwrap_or_default();
+            // A ready-made address column for the table view.
+            if let serde_json::Value::Array(rows) = &mut rows {
+                for lb in rows.iter_mut() {
+                    if let Some(bs) = lb["backends"].as_array_mut() {
+                        for b in bs {
+                            b["address"] = format!("{}:{}", b["ip"].as_str().unwrap_or("?"), b["port"]).into();
+                        }
+                    }
+                }
+            }
+            Response::ok(rows)
+        }
         Request::Show { table: Table::Fdb, .. } => Response::ok(serde_json::to_value(dp.show_fdb(now)).unwrap_or_default()),
         Request::Show { table: Table::Stats, .. } => {
             let mut s = serde_json::to_value(dp.show_stats()).unwrap_or_default();
@@ -533,10 +547,6 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
             }
             Response::ok(s)
         }
-        Request::Show { table, .. } => Response::err(format!(
-            "table {:?} is not built in this version (ports, fdb, conntrack and stats are)",
-            serde_json::to_value(table).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
-        )),
         Request::Reload => Response::err("reload is not built in this version; restart vrouter to apply a new config"),
         Request::Capture { .. } => Response::err("capture is not built in this version"),
     }

@@ -500,7 +500,18 @@ impl Router {
         }
         let echo_reply = protocol == proto::ICMP && l4[0] == icmp::ECHO_REPLY;
         let key = Key { src, dst, sport, dport, proto: protocol };
-        let (idx, dir) = match self.ct.lookup(now, &key) {
+        let mut found = self.ct.lookup(now, &key);
+        if let Some((i, Dir::Orig)) = found {
+            // A new connection reusing a closed one's tuple is decided afresh (Linux kills the
+            // old entry the same way), so it may go to another backend and be counted.
+            use conntrack::tcp_flags::{ACK, RST, SYN};
+            let st = self.ct.flow(i).state;
+            if protocol == proto::TCP && tcp & (SYN | ACK | RST) == SYN && matches!(st, conntrack::State::TimeWait | conntrack::State::Close) {
+                self.ct.remove(i);
+                found = None;
+            }
+        }
+        let (idx, dir) = match found {
             // A packet belongs to a flow only when it comes from where that flow's packets of
             // its direction come from.
             Some((i, d)) if self.ct.flow(i).ingress(d) == from => (i, d),
