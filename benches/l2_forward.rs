@@ -34,6 +34,7 @@ fn dp() -> Datapath {
         ],
         mac_aging: std::time::Duration::from_secs(300),
         mac_table_size: 1024,
+        security: Default::default(),
         l3: Default::default(),
     })
 }

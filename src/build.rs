@@ -85,8 +85,42 @@ pub fn datapath_config(c: &Config) -> DatapathConfig {
         ports,
         mac_aging: Duration::from_secs(c.router.mac_aging_secs),
         mac_table_size: c.router.mac_table_size,
+        security: security_groups(c),
         l3: l3_config(c),
     }
+}
+
+/// Each guest port's security groups: their rules merged by direction (a rule's value is the
+/// `remote_group` it names, as a group index), and what makes the port a member of its groups.
+/// Port ids follow `datapath_config`'s numbering (guest ports first, in config order).
+pub fn security_groups(c: &Config) -> crate::filter::sg::SgConfig {
+    use crate::config::schema::Direction;
+    use crate::filter::sg::{PortGroups, SgConfig};
+    let gid = |name: &str| c.security_group.iter().position(|g| g.name == name).map(|i| i as u16);
+    let mut ports = Vec::new();
+    let mut id = 0u16;
+    for p in &c.ports {
+        let Some(net) = c.networks.iter().position(|n| n.name == p.network) else { continue };
+        let port = crate::switch::PortId(id);
+        id += 1;
+        if p.security_groups.is_empty() {
+            continue;
+        }
+        let groups: Vec<u16> = p.security_groups.iter().filter_map(|g| gid(g)).collect();
+        let (mut ingress, mut egress) = (Vec::new(), Vec::new());
+        for &g in &groups {
+            for r in &c.security_group[g as usize].rules {
+                let rule = Rule { protocol: r.protocol, ports: r.ports, nets: r.cidr.into_iter().collect(), value: r.remote_group.as_deref().and_then(gid) };
+                match r.direction {
+                    Direction::Ingress => ingress.push(rule),
+                    Direction::Egress => egress.push(rule),
+                }
+            }
+        }
+        let addrs = p.ip.into_iter().chain(p.allowed_addresses.iter().copied()).collect();
+        ports.push(PortGroups { port, net: NetId(net as u16), mac: p.mac, addrs, groups, ingress, egress });
+    }
+    SgConfig { ports, timeouts: l3_config(c).timeouts }
 }
 
 fn l4(p: L4Proto) -> u8 {

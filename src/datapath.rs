@@ -64,6 +64,8 @@ pub struct DatapathConfig {
     pub mac_aging: Duration,
     pub mac_table_size: usize,
     pub l3: L3Config,
+    /// Security groups of the ports that have some.
+    pub security: crate::filter::sg::SgConfig,
 }
 
 /// A row of `ctl show ports`.
@@ -146,6 +148,15 @@ pub struct StatsSnapshot {
     pub router: crate::router::RouterStats,
     pub neighbours: usize,
     pub conntrack: CtRow,
+    pub security_groups: SgRow,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SgRow {
+    /// Flows tracked over all filtered ports.
+    pub flows: usize,
+    #[serde(flatten)]
+    pub stats: crate::filter::sg::SgStats,
 }
 
 /// The router's own port on every network: never a real port, so no hairpin check fires for
@@ -179,6 +190,7 @@ pub struct Datapath {
     scratch: Box<[u8]>,
     router: Router,
     public_port: Option<PortId>,
+    sg: crate::filter::sg::SecurityGroups,
 }
 
 impl Datapath {
@@ -214,7 +226,9 @@ impl Datapath {
                 fdb.pin(*net, sec.mac, PortId(i as u16));
             }
         }
+        let sg = crate::filter::sg::SecurityGroups::new(cfg.security, cfg.ports.len());
         Datapath {
+            sg,
             router_mac: cfg.router_mac,
             fdb,
             stats: vec![PortStats::default(); cfg.ports.len()],
@@ -268,6 +282,7 @@ impl Datapath {
     pub fn poll(&mut self, now: Instant, tx: &mut dyn Transmit) {
         if now >= self.next_sweep {
             self.fdb.expire(now);
+            self.sg.sweep(now);
             self.next_sweep = now + SWEEP_EVERY;
         }
         self.router.poll(now);
@@ -322,7 +337,7 @@ impl Datapath {
             Iface::Net(_) => {}
             Iface::Public => {
                 if let Some(p) = self.public_port {
-                    self.output(p, None, buf, tx);
+                    self.output(now, p, None, buf, tx);
                 }
             }
         }
@@ -356,6 +371,10 @@ impl Datapath {
         }
         let Ingress { net, src, dst } = self.ingress(in_port, buf)?;
         self.learn(now, net, src, in_port)?;
+        if self.sg.filtered(in_port) {
+            let r = &self.router;
+            self.sg.check(now, in_port, crate::filter::sg::Way::FromGuest, buf.frame(), &|a| r.lease_holder(a))?;
+        }
         if let Some(r) = self.dhcp(now, net, in_port, src, dst, buf) {
             self.drain_outbox(now, tx);
             return r;
@@ -508,29 +527,36 @@ impl Datapath {
             match self.fdb.lookup(net, dst, now) {
                 Some(p) if p == in_port => return Err(DropReason::Hairpin),
                 Some(p) => {
-                    self.output(p, Some(net), buf, tx);
+                    self.output(now, p, Some(net), buf, tx);
                     return Ok(());
                 }
                 None => {}
             }
         }
-        self.flood(net, in_port, buf, tx);
+        self.flood(now, net, in_port, buf, tx);
         Ok(())
     }
 
-    fn flood(&mut self, net: NetId, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+    fn flood(&mut self, now: Instant, net: NetId, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
         let n = net.0 as usize;
         for i in 0..self.nets[n].members.len() {
             let p = self.nets[n].members[i];
             if p != in_port {
-                self.output(p, Some(net), buf, tx);
+                self.output(now, p, Some(net), buf, tx);
             }
         }
     }
 
     /// Egress: tag for trunks, then hand the frame (or its software-finished segments) to `tx`.
-    fn output(&mut self, port: PortId, net: Option<NetId>, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+    fn output(&mut self, now: Instant, port: PortId, net: Option<NetId>, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
         let pi = port.0 as usize;
+        if self.sg.filtered(port) {
+            let r = &self.router;
+            if let Err(e) = self.sg.check(now, port, crate::filter::sg::Way::ToGuest, buf.frame(), &|a| r.lease_holder(a)) {
+                self.stats[pi].drop(e);
+                return;
+            }
+        }
         let trunk = matches!(self.ports[pi].role, Role::Trunk { .. });
         let vid = net.and_then(|n| self.nets[n.0 as usize].spec.vlan);
         if trunk {
@@ -676,6 +702,7 @@ impl Datapath {
             router: self.router.stats,
             neighbours: self.router.neigh.len(),
             conntrack: CtRow { flows: ct.len(), max: ct.max(), stats: ct.stats },
+            security_groups: SgRow { flows: self.sg.flows(), stats: self.sg.stats },
         }
     }
 }

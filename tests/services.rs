@@ -28,52 +28,6 @@ fn config(lab: &Lab, upstream: u16, kind: &str, extra_ports: &str) -> String {
     .concat()
 }
 
-/// A namespace whose NIC is the (vrouter-made) tap `ifname`, up but without an address.
-fn bare_guest(lab: &mut Lab, suffix: &str, port: &str) -> String {
-    let ifname = &lab.name(port);
-    let ns = lab.name(suffix);
-    ok(&["ip", "netns", "add", &ns]);
-    lab.adopt_netns(ns.clone());
-    move_nic(lab, &ns, ifname);
-    ns
-}
-
-fn move_nic(lab: &Lab, ns: &str, ifname: &str) {
-    wait_for(&format!("tap {ifname}"), Duration::from_secs(10), || run(&["ip", "link", "show", ifname]).status.success());
-    ok(&["ip", "link", "set", ifname, "netns", ns]);
-    let _ = lab.exec(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    ok(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-    ok(&["ip", "-n", ns, "link", "set", ifname, "up"]);
-}
-
-/// The udhcpc event script: configures the address and default route, and records the options
-/// it was given.
-fn udhcpc_script(lab: &Lab) -> String {
-    let p = lab.path("udhcpc.sh");
-    std::fs::write(
-        &p,
-        "#!/bin/sh\ncase \"$1\" in\n  bound|renew)\n    ip addr flush dev \"$interface\"\n    ip addr add \"$ip/$mask\" dev \"$interface\"\n    [ -n \"$router\" ] && ip route replace default via \"$router\" dev \"$interface\"\n    env | sort > \"$ENVFILE\"\n    ;;\nesac\nexit 0\n",
-    )
-    .unwrap();
-    ok(&["chmod", "+x", p.to_str().unwrap()]);
-    p.to_str().unwrap().to_string()
-}
-
-/// Runs busybox udhcpc once in `ns` on `ifname`; the options of the lease it got.
-fn udhcpc(lab: &Lab, ns: &str, ifname: &str, extra: &[&str]) -> HashMap<String, String> {
-    let script = udhcpc_script(lab);
-    let envfile = lab.path(&format!("{ns}-{ifname}.env"));
-    let _ = std::fs::remove_file(&envfile);
-    let mut args = vec!["env", "ENVFILE=", "busybox", "udhcpc", "-i", ifname, "-f", "-q", "-n", "-t", "6", "-T", "1", "-s", &script, "-O", "mtu", "-O", "search", "-O", "staticroutes", "-O", "domain"];
-    let envset = format!("ENVFILE={}", envfile.display());
-    args[1] = &envset;
-    args.extend_from_slice(extra);
-    let o = lab.exec(ns, &args);
-    assert!(o.status.success(), "udhcpc in {ns}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    let text = std::fs::read_to_string(&envfile).unwrap_or_default();
-    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
 /// ISC dhclient in `ns` with its own config, script and lease file (nothing of the host's:
 /// its default script would rewrite the host's resolv.conf). Returns the address it bound.
 fn dhclient(lab: &Lab, ns: &str, ifname: &str, release: bool) -> Option<String> {
@@ -158,9 +112,9 @@ fn dhcp_and_dns_for_real_clients() {
     let (up_port, up_count) = upstream(&mut lab);
     let cfg = config(&lab, up_port, "tap", &cfg::port("d3", "web", "tap", &lab.name("d3"), "52:54:00:50:01:23", ""));
     lab.vrouter(&cfg);
-    let r1 = bare_guest(&mut lab, "n1", "r1");
-    let d1 = bare_guest(&mut lab, "n2", "d1");
-    let d3 = bare_guest(&mut lab, "n3", "d3");
+    let r1 = lab.bare_guest("n1", "r1");
+    let d1 = lab.bare_guest("n2", "d1");
+    let d3 = lab.bare_guest("n3", "d3");
 
     // The reserved guest: its address, hostname, router, DNS, MTU, domain and search list, and
     // classless routes (two networks).
@@ -297,7 +251,7 @@ fn a_guests_own_dhcp_server_reaches_nobody() {
     let cfg = config(&lab, up_port, "tap", &extra);
     lab.vrouter(&cfg);
     let rogue = lab.guest("rg", &lab.name("rg"), "10.1.1.66/24");
-    let d1 = bare_guest(&mut lab, "n2", "d1");
+    let d1 = lab.bare_guest("n2", "d1");
     let pcap = lab.path("d1.pcap");
     let td = lab.spawn_in(&d1, &["tcpdump", "--immediate-mode", "-i", &lab.name("d1"), "-n", "-e", "-U", "-w", pcap.to_str().unwrap(), "udp"], &lab.path("td.log"));
     wait_for("tcpdump", Duration::from_secs(10), || std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0));

@@ -249,9 +249,6 @@ pub fn check(c: &Config, r: &mut Report) {
                 r.err(p().key("security_groups").idx(j), format!("no [[security_group]] is named {g:?}"));
             }
         }
-        if !pt.security_groups.is_empty() {
-            r.not_built(p().key("security_groups"), "security groups");
-        }
     }
     for (i, u) in c.uplinks.iter().enumerate() {
         let p = || kp!("uplink", i);
@@ -467,7 +464,6 @@ pub fn check(c: &Config, r: &mut Report) {
             r.err(kp!("security_group", i, "name"), m);
         }
         sg_names.add(r, g.name.clone(), kp!("security_group", i, "name"));
-        r.not_built(kp!("security_group", i), "security groups");
         for (j, rule) in g.rules.iter().enumerate() {
             let p = || kp!("security_group", i, "rules", j);
             if rule.ports.is_some() && !rule.protocol.has_ports() {

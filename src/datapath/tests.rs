@@ -51,6 +51,7 @@ fn dp() -> Datapath {
         ],
         mac_aging: Duration::from_secs(300),
         mac_table_size: 64,
+        security: Default::default(),
         l3: Default::default(),
     })
 }
@@ -220,6 +221,7 @@ fn dp_secured(i: usize) -> Datapath {
         nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }, NetSpec { name: "b".into(), vlan: Some(102) }],
         mac_aging: Duration::from_secs(300),
         mac_table_size: 64,
+        security: Default::default(),
         l3: Default::default(),
     })
 }
@@ -313,6 +315,7 @@ fn full_table_still_forwards_without_learning() {
         ports: vec![access("p0", A, true), access("p1", A, true)],
         mac_aging: Duration::from_secs(300),
         mac_table_size: 2,
+        security: Default::default(),
         l3: Default::default(),
     });
     send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());

@@ -840,6 +840,13 @@ impl DhcpServer {
         (r.lease.state == LeaseState::Bound && r.lease.expires > self.now && r.lease.mac == mac).then_some(r.lease.ip)
     }
 
+    /// The MAC holding a Bound, unexpired lease on `ip` in network `net`.
+    pub fn holder_of(&self, net: usize, ip: Ipv4Addr) -> Option<MacAddr> {
+        let ns = self.nets.get(net)?.as_ref()?;
+        let r = ns.recs.get(&u32::from(ip))?;
+        (r.lease.state == LeaseState::Bound && r.lease.expires > self.now).then_some(r.lease.mac)
+    }
+
     /// Name -> address and address -> name for DNS: Bound leases (and reservations) with a
     /// hostname. A reservation's name comes first; a lease's name is listed only if no earlier
     /// entry of its network has it.

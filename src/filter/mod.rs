@@ -12,6 +12,8 @@ use crate::config::types::{Ipv4Net, PortRange};
 use crate::wire::ipv4::proto;
 use std::net::Ipv4Addr;
 
+pub mod sg;
+
 /// One rule: what it matches, and what it says.
 #[derive(Debug, Clone)]
 pub struct Rule<T> {
@@ -88,17 +90,19 @@ impl<T> Classifier<T> {
     /// The first rule matching an IP protocol number, a port (the destination port for TCP and
     /// UDP; ignored otherwise) and an address (source or destination, as the rule set means).
     pub fn lookup(&self, protocol: u8, port: u16, addr: Ipv4Addr) -> Option<&T> {
+        self.find(protocol, port, |r| r.nets.iter().any(|n| n.contains(addr)))
+    }
+
+    /// The first rule for this protocol and port that `matches` accepts (for rules whose
+    /// address test is not a CIDR list, such as a security group's `remote_group`).
+    pub fn find(&self, protocol: u8, port: u16, matches: impl Fn(&Rule<T>) -> bool) -> Option<&T> {
         let (idx, port) = match protocol {
             proto::TCP => (&self.tcp, port),
             proto::UDP => (&self.udp, port),
             proto::ICMP => (&self.icmp, 0),
             _ => (&self.other, 0),
         };
-        idx.candidates(port)
-            .iter()
-            .map(|&i| &self.rules[i as usize])
-            .find(|r| r.nets.iter().any(|n| n.contains(addr)))
-            .map(|r| &r.value)
+        idx.candidates(port).iter().map(|&i| &self.rules[i as usize]).find(|r| matches(r)).map(|r| &r.value)
     }
 }
 

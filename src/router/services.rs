@@ -98,6 +98,12 @@ impl Router {
         self.svc.dhcp.as_ref()?.lease_of(n.0 as usize, mac)
     }
 
+    /// Who DHCP currently leases `ip` to: its network and the client's MAC.
+    pub fn lease_holder(&self, ip: Ipv4Addr) -> Option<(NetId, MacAddr)> {
+        let n = self.cfg.nets.iter().position(|c| c.cidr.contains(ip))?;
+        Some((NetId(n as u16), self.svc.dhcp.as_ref()?.holder_of(n, ip)?))
+    }
+
     /// Runs `f` on the DHCP server and carries out what it asks for.
     fn with_dhcp<R>(&mut self, f: impl FnOnce(&mut DhcpServer, &mut Vec<dhcp::Action>) -> R) -> Option<R> {
         let d = self.svc.dhcp.as_mut()?;

@@ -172,6 +172,21 @@ impl Lab {
         ns
     }
 
+    /// A namespace whose NIC is the (vrouter-made) tap of port `port` (`id+port`), up but
+    /// without an address (a DHCP client's).
+    pub fn bare_guest(&mut self, suffix: &str, port: &str) -> String {
+        let ifname = self.name(port);
+        let ns = self.name(suffix);
+        ok(&["ip", "netns", "add", &ns]);
+        self.netns.push(ns.clone());
+        wait_for(&format!("tap {ifname}"), Duration::from_secs(10), || run(&["ip", "link", "show", &ifname]).status.success());
+        ok(&["ip", "link", "set", &ifname, "netns", &ns]);
+        let _ = self.exec(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        ok(&["ip", "-n", &ns, "link", "set", &ifname, "up"]);
+        ns
+    }
+
     /// Runs a command inside namespace `ns`.
     pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
         let mut a = vec!["ip", "netns", "exec", ns];
@@ -229,6 +244,34 @@ impl Lab {
             }
         }
     }
+}
+
+/// The udhcpc event script: configures the address and default route, and records the options
+/// it was given.
+pub fn udhcpc_script(lab: &Lab) -> String {
+    let p = lab.path("udhcpc.sh");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\ncase \"$1\" in\n  bound|renew)\n    ip addr flush dev \"$interface\"\n    ip addr add \"$ip/$mask\" dev \"$interface\"\n    [ -n \"$router\" ] && ip route replace default via \"$router\" dev \"$interface\"\n    env | sort > \"$ENVFILE\"\n    ;;\nesac\nexit 0\n",
+    )
+    .unwrap();
+    ok(&["chmod", "+x", p.to_str().unwrap()]);
+    p.to_str().unwrap().to_string()
+}
+
+/// Runs busybox udhcpc once in `ns` on `ifname`; the options of the lease it got.
+pub fn udhcpc(lab: &Lab, ns: &str, ifname: &str, extra: &[&str]) -> std::collections::HashMap<String, String> {
+    let script = udhcpc_script(lab);
+    let envfile = lab.path(&format!("{ns}-{ifname}.env"));
+    let _ = std::fs::remove_file(&envfile);
+    let mut args = vec!["env", "ENVFILE=", "busybox", "udhcpc", "-i", ifname, "-f", "-q", "-n", "-t", "6", "-T", "1", "-s", &script, "-O", "mtu", "-O", "search", "-O", "staticroutes", "-O", "domain"];
+    let envset = format!("ENVFILE={}", envfile.display());
+    args[1] = &envset;
+    args.extend_from_slice(extra);
+    let o = lab.exec(ns, &args);
+    assert!(o.status.success(), "udhcpc in {ns}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&envfile).unwrap_or_default();
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 pub fn signal(pid: u32, sig: &str) {

@@ -1,0 +1,232 @@
+//! Security groups: stateful per-port filters, as Neutron's OVS firewall and CloudStack's
+//! security groups apply them at the hypervisor. A port with groups accepts and sends only what
+//! its groups' rules allow, plus replies to what they allowed (and ICMP errors about it); a port
+//! without groups is not filtered at all.
+//!
+//! The check sits at L2, on the guest's side of the switch: frames a guest sends are checked
+//! against its egress rules as they enter, frames for a guest against its ingress rules as they
+//! leave for its port. So traffic between two guests of one network is filtered exactly like
+//! routed or load-balanced traffic (which reaches the port the same way, after translation).
+//!
+//! State: each filtered port has its own connection table (a conntrack zone, as OVS uses one per
+//! port), so a flow one guest's egress rules allowed is not taken as allowed by the receiving
+//! guest's ingress rules. The rules of a port's groups are merged into one classifier per
+//! direction (protocol and port-interval index, see [`super::Classifier`]) and consulted on a
+//! flow's first packet only; later packets cost one table lookup.
+//!
+//! `remote_group` rules match the group's current members: the fixed address and
+//! `allowed_addresses` of every port in the group, and the address DHCP currently leases to
+//! such a port's MAC (asked of the DHCP server at match time, so it follows leases as they come
+//! and go without any bookkeeping here).
+//!
+//! Always allowed: ARP, and DHCP between a guest and the server (a guest must get its address
+//! before any rule can name it). Not IPv4 and not ARP (IPv6 included): dropped. Non-first
+//! fragments carry no ports and pass; their first fragment was checked.
+
+use super::{Classifier, Rule};
+use crate::conntrack::{Conntrack, Egress, Key, Timeouts};
+use crate::router::Iface;
+use crate::switch::stats::DropReason;
+use crate::switch::{NetId, PortId};
+use crate::time::Instant;
+use crate::wire::be16;
+use crate::wire::ethernet::{ethertype, MacAddr};
+use crate::wire::ipv4::{self, icmp, proto, Ipv4Packet};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+/// Flows tracked per filtered port. A full table evicts flows that never became established.
+pub const PORT_FLOWS: usize = 32_768;
+
+/// A rule's value: the `remote_group` it names (group id), or `None` for a CIDR rule.
+pub type SgRule = Rule<Option<u16>>;
+
+/// One filtered port, as built from the config.
+#[derive(Debug, Clone)]
+pub struct PortGroups {
+    pub port: PortId,
+    pub net: NetId,
+    /// The guest's MAC (its DHCP lease makes it a member of its groups).
+    pub mac: Option<MacAddr>,
+    /// Fixed address and allowed_addresses.
+    pub addrs: Vec<Ipv4Addr>,
+    pub groups: Vec<u16>,
+    pub ingress: Vec<SgRule>,
+    pub egress: Vec<SgRule>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SgConfig {
+    pub ports: Vec<PortGroups>,
+    pub timeouts: Timeouts,
+}
+
+/// Which way a frame crosses the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Sent by the guest (its egress rules).
+    FromGuest,
+    /// Delivered to the guest (its ingress rules).
+    ToGuest,
+}
+
+struct PortSg {
+    ingress: Classifier<Option<u16>>,
+    egress: Classifier<Option<u16>>,
+    ct: Conntrack,
+}
+
+/// Counters for `show stats`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SgStats {
+    pub flows_allowed: u64,
+    pub related_allowed: u64,
+    pub denied: u64,
+}
+
+pub struct SecurityGroups {
+    /// By port index; `None`: not filtered.
+    ports: Vec<Option<PortSg>>,
+    /// Member addresses -> the ports holding them.
+    fixed: HashMap<Ipv4Addr, Vec<PortId>>,
+    /// (network, MAC) of filtered ports -> the port (its lease makes it a member).
+    by_mac: HashMap<(NetId, MacAddr), PortId>,
+    /// Groups of each filtered port.
+    groups: HashMap<PortId, Vec<u16>>,
+    pub stats: SgStats,
+}
+
+impl SecurityGroups {
+    pub fn new(cfg: SgConfig, port_count: usize) -> Self {
+        let mut s = SecurityGroups { ports: (0..port_count).map(|_| None).collect(), fixed: HashMap::new(), by_mac: HashMap::new(), groups: HashMap::new(), stats: SgStats::default() };
+        for p in cfg.ports {
+            let Some(slot) = s.ports.get_mut(p.port.0 as usize) else { continue };
+            *slot = Some(PortSg {
+                ingress: Classifier::new(p.ingress),
+                egress: Classifier::new(p.egress),
+                ct: Conntrack::new(PORT_FLOWS, cfg.timeouts),
+            });
+            for a in p.addrs {
+                s.fixed.entry(a).or_default().push(p.port);
+            }
+            if let Some(m) = p.mac {
+                s.by_mac.insert((p.net, m), p.port);
+            }
+            s.groups.insert(p.port, p.groups);
+        }
+        s
+    }
+
+    /// Whether the port has groups (else it is not filtered).
+    #[inline]
+    pub fn filtered(&self, port: PortId) -> bool {
+        matches!(self.ports.get(port.0 as usize), Some(Some(_)))
+    }
+
+    /// Flows tracked over all ports.
+    pub fn flows(&self) -> usize {
+        self.ports.iter().flatten().map(|p| p.ct.len()).sum()
+    }
+
+    /// Whether `addr` belongs to group `g` now. `lease_holder` names the (network, MAC) DHCP
+    /// currently leases `addr` to.
+    fn member(&self, g: u16, addr: Ipv4Addr, lease_holder: &dyn Fn(Ipv4Addr) -> Option<(NetId, MacAddr)>) -> bool {
+        let in_group = |p: &PortId| self.groups.get(p).is_some_and(|gs| gs.contains(&g));
+        if self.fixed.get(&addr).is_some_and(|ps| ps.iter().any(in_group)) {
+            return true;
+        }
+        lease_holder(addr).and_then(|k| self.by_mac.get(&k)).is_some_and(in_group)
+    }
+
+    /// Checks one frame (untagged Ethernet) crossing filtered port `port`.
+    pub fn check(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        way: Way,
+        frame: &[u8],
+        lease_holder: &dyn Fn(Ipv4Addr) -> Option<(NetId, MacAddr)>,
+    ) -> Result<(), DropReason> {
+        let r = self.check_inner(now, port, way, frame, lease_holder);
+        if r.is_err() {
+            self.stats.denied += 1;
+        }
+        r
+    }
+
+    fn check_inner(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        way: Way,
+        frame: &[u8],
+        lease_holder: &dyn Fn(Ipv4Addr) -> Option<(NetId, MacAddr)>,
+    ) -> Result<(), DropReason> {
+        match frame.get(12..14).map(|e| be16(e, 0)) {
+            Some(ethertype::ARP) => return Ok(()),
+            Some(ethertype::IPV4) => {}
+            _ => return Err(DropReason::SecurityGroup),
+        }
+        let ip = Ipv4Packet::new_checked(&frame[14..]).map_err(|_| DropReason::SecurityGroup)?;
+        if ip.frag_offset() != 0 {
+            return Ok(());
+        }
+        let protocol = ip.protocol();
+        let l4 = ip.payload();
+        let ports = ipv4::l4_ports(protocol, l4).ok_or(DropReason::SecurityGroup)?;
+        let dhcp = match way {
+            Way::FromGuest => (68, 67),
+            Way::ToGuest => (67, 68),
+        };
+        if protocol == proto::UDP && ports == dhcp {
+            return Ok(());
+        }
+        let Some(Some(p)) = self.ports.get_mut(port.0 as usize) else { return Ok(()) };
+        if protocol == proto::ICMP && l4.len() >= 8 && icmp::is_error(l4[0]) {
+            // Related: an error about a packet of a tracked flow (either way).
+            if let Some(q) = crate::nat::quoted_key(l4) {
+                if p.ct.lookup(now, &q).is_some() {
+                    self.stats.related_allowed += 1;
+                    return Ok(());
+                }
+            }
+        }
+        let key = Key { src: ip.src(), dst: ip.dst(), sport: ports.0, dport: ports.1, proto: protocol };
+        let tcp = if protocol == proto::TCP && l4.len() >= 14 { l4[13] } else { 0 };
+        if let Some((idx, dir)) = p.ct.lookup(now, &key) {
+            p.ct.update(now, idx, dir, tcp, ip.total_len() as usize);
+            return Ok(());
+        }
+        let Some(Some(p)) = self.ports.get(port.0 as usize) else { return Ok(()) };
+        let (rules, remote) = match way {
+            Way::FromGuest => (&p.egress, key.dst),
+            Way::ToGuest => (&p.ingress, key.src),
+        };
+        let matched = rules
+            .find(protocol, key.dport, |r| match r.value {
+                Some(g) => self.member(g, remote, lease_holder),
+                None => r.nets.iter().any(|n| n.contains(remote)),
+            })
+            .is_some();
+        if !matched {
+            return Err(DropReason::SecurityGroup);
+        }
+        // (Borrowed again: `member` needed all of self above.)
+        let Some(Some(p)) = self.ports.get_mut(port.0 as usize) else { return Ok(()) };
+        let none = Egress { iface: Iface::Public, next_hop: Ipv4Addr::UNSPECIFIED };
+        let idx = p.ct.insert(now, key, key.reverse(), [none, none]).map_err(|_| DropReason::ConntrackFull)?;
+        p.ct.update(now, idx, crate::conntrack::Dir::Orig, tcp, ip.total_len() as usize);
+        self.stats.flows_allowed += 1;
+        Ok(())
+    }
+
+    /// Timer work: expired flows leave every port's table.
+    pub fn sweep(&mut self, now: Instant) {
+        for p in self.ports.iter_mut().flatten() {
+            p.ct.sweep(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
