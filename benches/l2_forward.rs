@@ -35,6 +35,7 @@ fn dp() -> Datapath {
         mac_aging: std::time::Duration::from_secs(300),
         mac_table_size: 1024,
         security: Default::default(),
+        vxlan_mtu: 1450,
         l3: Default::default(),
     })
 }

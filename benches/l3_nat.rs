@@ -49,6 +49,7 @@ fn dp(max_flows: usize) -> Datapath {
         mac_aging: std::time::Duration::from_secs(300),
         mac_table_size: 1024,
         security: Default::default(),
+        vxlan_mtu: 1450,
         l3: L3Config {
             nets: vec![net("10.1.1.0/24", [10, 1, 1, 1]), net("10.1.2.0/24", [10, 1, 2, 1])],
             public: Some(PublicL3 {

@@ -4,8 +4,11 @@
 # is the kernel side of a vrouter tap, and an "outside" namespace on the public tap), and shows:
 # guests pinging each other on one network and across networks through the router, the networks
 # isolated at L2, guests reaching the outside through source NAT, the outside reaching guests
-# through a port forward and a static NAT, iperf3 results, and the control socket's tables.
-# Cleans up everything it made.
+# through a port forward and a static NAT, a load balancer spreading HTTP requests over the two
+# web guests in turn and taking one out when its health check fails (and back when it passes),
+# security groups at work (db1 admits its database port from web's members only: the outside is
+# refused even through a port forward, and the drops are counted), iperf3 results, and the
+# control socket's tables. Cleans up everything it made.
 # Run as root:  sudo scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -184,6 +187,174 @@ ask web2 198.51.100.5 8001
 echo "   the outside saw web2 as: ${got:-nothing}"
 [ "$got" = 203.0.113.11 ] || fail "web2 should leave as its static NAT address 203.0.113.11"
 
+# Long-lived servers for the load balancer and the security groups, one thread per connection,
+# on each PORT given: PORT/http answers any HTTP request with 200 and "NAME CLIENT-ADDRESS",
+# a plain PORT sends "NAME port PORT here; you are CLIENT-ADDRESS". Prints "listening" once bound.
+cat >"$work/servers.py" <<'PY'
+import socket, sys, threading
+name = sys.argv[1]
+def handle(c, peer, port, http):
+    c.settimeout(3)
+    try:
+        if http:
+            req = b""
+            while b"\r\n\r\n" not in req and len(req) < 8192:
+                d = c.recv(1024)
+                if not d:
+                    break
+                req += d
+            body = f"{name} {peer}\n".encode()
+            c.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                      b"Connection: close\r\n\r\n" % len(body) + body)
+        else:
+            c.sendall(f"{name} port {port} here; you are {peer}\n".encode())
+    except OSError:
+        pass
+    c.close()
+def serve(s, port, http):
+    while True:
+        c, a = s.accept()
+        threading.Thread(target=handle, args=(c, a[0], port, http), daemon=True).start()
+for spec in sys.argv[2:]:
+    port, _, kind = spec.partition("/")
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(port)))
+    s.listen(64)
+    threading.Thread(target=serve, args=(s, int(port), kind == "http"), daemon=True).start()
+print("listening", flush=True)
+threading.Event().wait()
+PY
+# HTTP client: N requests to DST:PORT from address SRC (- for any), one line each: the body of
+# a 200 answer, "REFUSED" or "TIMEOUT".
+cat >"$work/get.py" <<'PY'
+import socket, sys
+dst, port, n, src = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+for _ in range(n):
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        if src != "-":
+            s.bind((src, 0))
+        s.connect((dst, port))
+        s.sendall(f"GET / HTTP/1.0\r\nHost: {dst}\r\n\r\n".encode())
+        data = b""
+        while d := s.recv(4096):
+            data += d
+        head, _, body = data.partition(b"\r\n\r\n")
+        status = head.split(b"\r\n")[0].decode(errors="replace")
+        print(body.decode().strip() if status.split()[1:2] == ["200"] else f"BAD {status}", flush=True)
+    except ConnectionRefusedError:
+        print("REFUSED", flush=True)
+    except OSError as e:
+        print("TIMEOUT", e, flush=True)
+    finally:
+        s.close()
+PY
+started=""
+start_servers() { # guest port[/http]...: servers in the guest's namespace; sets $started (pid)
+    local g=$1 log="$work/servers-$1.log"; shift
+    ip netns exec "$(ns_of "$g")" python3 -u "$work/servers.py" "$g" "$@" >"$log" 2>&1 &
+    started=$!
+    for _ in $(seq 50); do grep -q listening "$log" && return; sleep 0.1; done
+    cat "$log"; fail "the servers in $g did not start"
+}
+lb_states() { # the web-lb backends' states, in config order ("up down")
+    $VR ctl -s "$sock" show lb --json |
+        python3 -c 'import json,sys; print(*[b["state"] for l in json.load(sys.stdin) if l["name"]=="web-lb" for b in l["backends"]])'
+}
+wait_states() { # "states" seconds: until web-lb's backends are in those states; prints how long
+    local t0=$SECONDS
+    for _ in $(seq $(($2 * 5))); do
+        [ "$(lb_states)" = "$1" ] && { echo "   web-lb backends: $1 (after $((SECONDS - t0)) s)"; return; }
+        sleep 0.2
+    done
+    $VR ctl -s "$sock" show lb
+    fail "web-lb's backends should be \"$1\", are \"$(lb_states)\""
+}
+answers=()
+lb_requests() { # n: n HTTP requests from the outside's remote host to the VIP; sets $answers
+    mapfile -t answers < <(ip netns exec "$out" python3 "$work/get.py" 203.0.113.10 80 "$1" 198.51.100.5)
+    local i
+    for i in "${!answers[@]}"; do
+        case "${answers[$i]}" in
+            web*) echo "   request $((i + 1)): answered by ${answers[$i]% *}, which saw the client as ${answers[$i]#* }" ;;
+            *) echo "   request $((i + 1)): ${answers[$i]}" ;;
+        esac
+    done
+}
+count() { # who: how many of $answers came from that guest
+    local a n=0
+    for a in "${answers[@]}"; do [ "${a%% *}" = "$1" ] && n=$((n + 1)); done
+    echo $n
+}
+
+echo "== load balancer web-lb: http://203.0.113.10/ over web1 and web2 port 8000, round robin"
+echo "   health checks GET / from 10.1.1.1 every second; nothing listened on port 8000 so far: $(lb_states)"
+start_servers web1 8000/http
+start_servers web2 8000/http
+web2_srv=$started
+wait_states "up up" 15
+echo "   6 requests from the outside's remote host 198.51.100.5:"
+lb_requests 6
+alternate=yes
+for i in 1 2 3 4 5; do [ "${answers[$i]%% *}" != "${answers[$((i - 1))]%% *}" ] || alternate=no; done
+[ "$(count web1)" = 3 ] && [ "$(count web2)" = 3 ] && [ $alternate = yes ] ||
+    fail "round robin over two backends should alternate web1 and web2: ${answers[*]}"
+for a in "${answers[@]}"; do
+    [ "${a#* }" = 198.51.100.5 ] || fail "the backends should see the client's own address: $a"
+done
+echo "   spread: web1 $(count web1), web2 $(count web2), alternating; the backends saw the client's own address"
+echo "== vrouter ctl show lb"
+$VR ctl -s "$sock" show lb
+echo "== web2's server stops: two failed checks take it out of web-lb"
+kill "$web2_srv"; wait "$web2_srv" 2>/dev/null || true
+wait_states "up down" 10
+$VR ctl -s "$sock" show lb
+echo "   4 more requests:"
+lb_requests 4
+[ "$(count web1)" = 4 ] || fail "with web2 down every request should go to web1: ${answers[*]}"
+echo "   all 4 went to web1"
+echo "== web2's server starts again: two good checks put it back"
+start_servers web2 8000/http
+wait_states "up up" 10
+lb_requests 4
+[ "$(count web1)" = 2 ] && [ "$(count web2)" = 2 ] || fail "web2 should be back in turn: ${answers[*]}"
+
+sg_drops() { # port: its security_group drop counter
+    $VR ctl -s "$sock" show stats --json |
+        python3 -c 'import json,sys; print(sum(p.get("drops",{}).get("security_group",0) for p in json.load(sys.stdin)["ports"] if p["name"]==sys.argv[1]))' "$1"
+}
+try_tcp() { # guest host port tries: sets $got to the first line the server sends ("" if none)
+    got=""
+    for _ in $(seq "$4"); do
+        got=$(ip netns exec "$(ns_of "$1")" socat -t 3 -T 3 - "TCP:$2:$3,connect-timeout=2" </dev/null 2>/dev/null) &&
+            [ -n "$got" ] && return
+        got=""; sleep 0.1
+    done
+}
+echo "== security groups: web1 and web2 are in \"web\" (open), db1 in \"db\": tcp/5432 from members of"
+echo "   \"web\" only, ping and traceroute from the web network, nothing else in"
+[ "$db1_ip" = 10.1.2.100 ] || fail "conf/demo.toml forwards 203.0.113.10:5432 to 10.1.2.100, but db1 got $db1_ip"
+start_servers db1 5432 22
+before=$(sg_drops db1)
+for g in web1 web2; do
+    try_tcp $g "$db1_ip" 5432 30
+    echo "   $g -> db1:5432: ${got:-no answer}"
+    [[ "$got" == "db1 port 5432 here"* ]] || fail "$g (a member of web) should reach db1:5432"
+done
+try_tcp web1 "$db1_ip" 22 1
+echo "   web1 -> db1:22: ${got:-no answer (dropped: the group opens 5432 only)}"
+[ -z "$got" ] || fail "db1:22 should be closed to web1"
+try_tcp out 203.0.113.10 5432 1
+echo "   outside -> 203.0.113.10:5432, forwarded to db1:5432: ${got:-no answer (dropped: not a member of web)}"
+[ -z "$got" ] || fail "the outside should not reach db1:5432"
+after=$(sg_drops db1)
+echo "   db1's port, drops.security_group: $before -> $after (each attempt's SYN and its retransmission)"
+[ $((after - before)) -ge 2 ] || fail "db1's security group should have dropped both attempts"
+$VR ctl -s "$sock" show stats --json |
+    python3 -c 'import json,sys; print("   security groups in all:", ", ".join(f"{k} {v}" for k, v in json.load(sys.stdin)["security_groups"].items()))'
+
 iperf() { # client-guest server-guest target label
     echo "== iperf3 $4 (5 s, one TCP stream)"
     ip netns exec "$(ns_of "$2")" iperf3 -s -1 >/dev/null 2>&1 &
@@ -208,5 +379,5 @@ echo "== vrouter ctl show conntrack"
 $VR ctl -s "$sock" show conntrack
 echo "== vrouter ctl show stats"
 $VR ctl -s "$sock" show stats
-echo "== not in this demo yet: load balancing, security groups, VXLAN (conf/vrouter.toml documents their keys)"
+echo "== not in this demo yet: VXLAN (conf/vrouter.toml documents its keys)"
 echo "== done; cleaning up"

@@ -113,6 +113,25 @@ impl PacketBuf {
         self.end == self.start
     }
 
+    /// Prepends `hdr` (an encapsulation header) in the headroom. False without room.
+    pub fn push_front(&mut self, hdr: &[u8]) -> bool {
+        if self.start < hdr.len() {
+            return false;
+        }
+        self.start -= hdr.len();
+        self.data[self.start..self.start + hdr.len()].copy_from_slice(hdr);
+        true
+    }
+
+    /// Removes `n` bytes from the front (an encapsulation header). False if shorter.
+    pub fn pull(&mut self, n: usize) -> bool {
+        if self.len() < n {
+            return false;
+        }
+        self.start += n;
+        true
+    }
+
     /// Inserts an 802.1Q tag after the MACs. False if there is no headroom or no Ethernet header.
     /// `prio`: PCP and DEI as the top four bits of the TCI.
     pub fn push_vlan(&mut self, vid: u16, prio: u8) -> bool {

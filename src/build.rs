@@ -29,6 +29,20 @@ pub fn router_mac(c: &Config) -> MacAddr {
     })
 }
 
+/// A VXLAN peer's port name (`ctl show ports`, fdb, stats).
+pub fn vtep_name(remote: std::net::Ipv4Addr) -> String {
+    format!("vxlan-{remote}")
+}
+
+/// A network's MTU: configured, else 50 bytes under the underlay's for a VXLAN network (so its
+/// frames fit once encapsulated), else 1500.
+pub fn net_mtu(c: &Config, n: &crate::config::schema::Network) -> u16 {
+    n.mtu.unwrap_or(match (&c.vxlan, n.vni) {
+        (Some(v), Some(_)) => v.mtu.unwrap_or(1500).saturating_sub(50),
+        _ => 1500,
+    })
+}
+
 pub fn kind_name(k: IfKind) -> &'static str {
     match k {
         IfKind::Tap => "tap",
@@ -78,6 +92,26 @@ pub fn datapath_config(c: &Config) -> DatapathConfig {
             mac_limit: Some(0),
         });
     }
+    // VXLAN peers last: one port each, carrying its VNIs (all networks with a vni if unsaid).
+    if let Some(vx) = &c.vxlan {
+        for peer in &vx.peer {
+            let vnis: Vec<(u32, NetId)> = c
+                .networks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| Some((n.vni?, NetId(i as u16))))
+                .filter(|(vni, _)| peer.vnis.as_ref().is_none_or(|v| v.contains(vni)))
+                .collect();
+            ports.push(PortSpec {
+                name: vtep_name(peer.remote),
+                ifname: peer.remote.to_string(),
+                kind: "vxlan".into(),
+                role: Role::Vtep { remote: peer.remote, vnis },
+                offload: false,
+                mac_limit: None,
+            });
+        }
+    }
     let nets = c.networks.iter().map(|n| NetSpec { name: n.name.clone(), vlan: n.vlan }).collect();
     DatapathConfig {
         router_mac: router_mac(c),
@@ -86,6 +120,7 @@ pub fn datapath_config(c: &Config) -> DatapathConfig {
         mac_aging: Duration::from_secs(c.router.mac_aging_secs),
         mac_table_size: c.router.mac_table_size,
         security: security_groups(c),
+        vxlan_mtu: c.vxlan.as_ref().map_or(1450, |v| v.mtu.unwrap_or(1500) as usize - 50),
         l3: l3_config(c),
     }
 }
@@ -147,7 +182,7 @@ pub fn l3_config(c: &Config) -> L3Config {
                 cidr: n.cidr,
                 domain: n.domain.clone(),
                 gateway: n.gateway,
-                mtu: n.mtu.unwrap_or(1500),
+                mtu: net_mtu(c, n),
                 egress: Classifier::new(rules),
                 egress_default: n.egress_default.unwrap_or(Action::Allow),
             }
@@ -288,7 +323,7 @@ pub fn services(c: &Config) -> (Option<crate::dhcp::DhcpServer>, Vec<bool>, Opti
                 gateway,
                 range: n.dhcp_range.map(|[a, b]| (a, b)),
                 lease_secs: n.lease_secs.unwrap_or(DEFAULT_LEASE_SECS),
-                mtu: n.mtu.unwrap_or(1500),
+                mtu: net_mtu(c, n),
                 domain: n.domain.clone(),
                 routes,
             })

@@ -34,6 +34,13 @@ use std::time::Duration;
 /// exactly when the port was declared offload-capable.
 pub trait Transmit {
     fn transmit(&mut self, port: PortId, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), DropReason>;
+    /// UDP payloads for VXLAN peer `port` (each a VXLAN header and a frame): one datagram, or
+    /// with `seg`, datagrams of `seg` bytes each back to back (the last may be shorter) to be
+    /// sent as one batch. `entropy` (a hash of the inner flow) picks the outer source port.
+    fn transmit_udp(&mut self, port: PortId, entropy: u16, payload: &[u8], seg: Option<usize>) -> Result<(), DropReason> {
+        let _ = (port, entropy, payload, seg);
+        Err(DropReason::TxError)
+    }
 }
 
 /// One port as the datapath sees it.
@@ -66,6 +73,8 @@ pub struct DatapathConfig {
     pub l3: L3Config,
     /// Security groups of the ports that have some.
     pub security: crate::filter::sg::SgConfig,
+    /// IP bytes a frame to a VXLAN peer may carry (underlay MTU minus 50).
+    pub vxlan_mtu: usize,
 }
 
 /// A row of `ctl show ports`.
@@ -93,6 +102,20 @@ pub enum RoleRow {
     Access { network: String, port_security: bool, mac: Option<String>, ip: Option<String> },
     Trunk { networks: Vec<TrunkNet> },
     Public { network: Option<String> },
+    Vxlan { remote: String, networks: Vec<VxlanNet> },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VxlanNet {
+    pub network: String,
+    pub vni: u32,
+}
+
+/// VXLAN datagrams that reached no peer port (their drops are counted on no port).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct VxlanStats {
+    /// From an address that is not a configured `[[vxlan.peer]]`.
+    pub unknown_peer: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -149,6 +172,7 @@ pub struct StatsSnapshot {
     pub neighbours: usize,
     pub conntrack: CtRow,
     pub security_groups: SgRow,
+    pub vxlan: VxlanStats,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -191,6 +215,14 @@ pub struct Datapath {
     router: Router,
     public_port: Option<PortId>,
     sg: crate::filter::sg::SecurityGroups,
+    /// VXLAN peers by address.
+    vteps: std::collections::HashMap<std::net::Ipv4Addr, PortId>,
+    vx_stats: VxlanStats,
+    /// Encapsulated segments of one super-frame, sent as one batch, and their lengths.
+    vx_batch: Vec<u8>,
+    vx_lens: Vec<usize>,
+    /// The overlay MTU (IP bytes a frame to a VXLAN peer may carry).
+    pub vxlan_mtu: usize,
 }
 
 impl Datapath {
@@ -214,6 +246,13 @@ impl Datapath {
                     }
                 }
                 Role::Public => {}
+                Role::Vtep { vnis, .. } => {
+                    for (_, net) in vnis {
+                        if let Some(n) = nets.get_mut(net.0 as usize) {
+                            n.members.push(id);
+                        }
+                    }
+                }
             }
         }
         let public_port = cfg.ports.iter().position(|p| matches!(p.role, Role::Public)).map(|i| PortId(i as u16));
@@ -227,8 +266,22 @@ impl Datapath {
             }
         }
         let sg = crate::filter::sg::SecurityGroups::new(cfg.security, cfg.ports.len());
+        let vteps = cfg
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match &p.role {
+                Role::Vtep { remote, .. } => Some((*remote, PortId(i as u16))),
+                _ => None,
+            })
+            .collect();
         Datapath {
             sg,
+            vteps,
+            vx_stats: VxlanStats::default(),
+            vx_batch: Vec::new(),
+            vx_lens: Vec::new(),
+            vxlan_mtu: cfg.vxlan_mtu,
             router_mac: cfg.router_mac,
             fdb,
             stats: vec![PortStats::default(); cfg.ports.len()],
@@ -370,6 +423,21 @@ impl Datapath {
             return self.public_in(now, buf, tx);
         }
         let Ingress { net, src, dst } = self.ingress(in_port, buf)?;
+        self.switch_in(now, net, src, dst, in_port, buf, tx)
+    }
+
+    /// From learning on: security groups, DHCP, the router, L2 forwarding.
+    #[allow(clippy::too_many_arguments)]
+    fn switch_in(
+        &mut self,
+        now: Instant,
+        net: NetId,
+        src: MacAddr,
+        dst: MacAddr,
+        in_port: PortId,
+        buf: &mut PacketBuf,
+        tx: &mut dyn Transmit,
+    ) -> Result<(), DropReason> {
         self.learn(now, net, src, in_port)?;
         if self.sg.filtered(in_port) {
             let r = &self.router;
@@ -388,6 +456,110 @@ impl Datapath {
             }
         }
         self.forward(now, net, dst, in_port, buf, tx)
+    }
+
+    fn is_vtep(&self, p: PortId) -> bool {
+        matches!(self.ports.get(p.0 as usize).map(|s| &s.role), Some(Role::Vtep { .. }))
+    }
+
+    /// A VXLAN datagram's UDP payload (header and inner frame) from `from`: decapsulated and
+    /// run through the pipeline from that peer's port, its network given by the VNI. Only
+    /// configured peers, only the VNIs they carry; everything else is counted and dropped.
+    pub fn vxlan_in(&mut self, now: Instant, from: std::net::Ipv4Addr, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+        let Some(&port) = self.vteps.get(&from) else {
+            self.vx_stats.unknown_peer += 1;
+            return;
+        };
+        let pi = port.0 as usize;
+        let st = &mut self.stats[pi];
+        st.rx_frames += 1;
+        st.rx_bytes += buf.len() as u64;
+        if let Err(r) = self.vxlan_ingress(now, port, buf, tx) {
+            self.stats[pi].drop(r);
+        }
+    }
+
+    fn vxlan_ingress(&mut self, now: Instant, port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
+        let vni = crate::wire::vxlan::VxlanPacket::new_checked(buf.frame()).map_err(|_| DropReason::BadVxlan)?.vni();
+        let Role::Vtep { vnis, .. } = &self.ports[port.0 as usize].role else { return Err(DropReason::UnknownVni) };
+        let net = vnis.iter().find(|(v, _)| *v == vni).map(|(_, n)| *n).ok_or(DropReason::UnknownVni)?;
+        buf.pull(crate::wire::vxlan::HEADER_LEN);
+        buf.vnet = VnetHdr::default();
+        let (dst, src, et) = {
+            let eth = EthernetFrame::new_checked(buf.frame()).map_err(|_| DropReason::Malformed)?;
+            (eth.dst(), eth.src(), eth.ethertype())
+        };
+        // RFC 7348: a VTEP drops inner frames carrying a VLAN tag unless configured otherwise.
+        if crate::wire::vlan::is_tag_ethertype(et) {
+            return Err(DropReason::TaggedOnAccess);
+        }
+        if !src.is_unicast() || src == self.router_mac {
+            return Err(DropReason::BadSrcMac);
+        }
+        if dst.is_link_local() {
+            return Err(DropReason::LinkLocal);
+        }
+        self.switch_in(now, net, src, dst, port, buf, tx)
+    }
+
+    /// Egress to a VXLAN peer: the header goes in the headroom (no copy) for a plain frame; a
+    /// super-frame is segmented in software, each segment encapsulated, and the lot handed over
+    /// as one batch (UDP_SEGMENT at the I/O edge). Frames over the overlay MTU are counted,
+    /// never sent to be lost on the underlay.
+    fn output_vxlan(&mut self, port: PortId, vni: u32, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
+        use crate::wire::vxlan;
+        let v = buf.vnet;
+        let gso = v.gso != crate::wire::vnet::Gso::None;
+        let l3 = if gso { (v.hdr_len as usize).saturating_sub(14) + v.gso_size as usize } else { buf.len().saturating_sub(14) };
+        if l3 > self.vxlan_mtu {
+            return Err(DropReason::VxlanTooBig);
+        }
+        let entropy = flow_entropy(buf.frame());
+        let mut hdr = [0u8; vxlan::HEADER_LEN];
+        vxlan::emit(&mut hdr, vni);
+        let pi = port.0 as usize;
+        if v.is_plain() {
+            let len = buf.len() as u64;
+            if !buf.push_front(&hdr) {
+                return Err(DropReason::TagPushFailed);
+            }
+            let r = tx.transmit_udp(port, entropy, buf.frame(), None);
+            buf.pull(vxlan::HEADER_LEN);
+            r?;
+            self.stats[pi].tx_frames += 1;
+            self.stats[pi].tx_bytes += len;
+            return Ok(());
+        }
+        let (batch, lens, scratch) = (&mut self.vx_batch, &mut self.vx_lens, &mut self.scratch);
+        batch.clear();
+        lens.clear();
+        offload::finish(buf.frame(), &v, scratch, &mut |seg: &[u8]| {
+            batch.extend_from_slice(&hdr);
+            batch.extend_from_slice(seg);
+            lens.push(seg.len() + vxlan::HEADER_LEN);
+        })
+        .map_err(|_| DropReason::OffloadFailed)?;
+        // One batch when every datagram but the last has the first one's size (TCP segments
+        // do); otherwise one datagram at a time.
+        let first = lens.first().copied().unwrap_or(0);
+        let n = lens.len();
+        let even = lens.iter().enumerate().all(|(i, &l)| l == first || (i == n - 1 && l < first));
+        if even {
+            tx.transmit_udp(port, entropy, batch, (n > 1).then_some(first))?;
+        } else {
+            let mut at = 0;
+            for &l in lens.iter() {
+                tx.transmit_udp(port, entropy, &batch[at..at + l], None)?;
+                at += l;
+            }
+        }
+        let st = &mut self.stats[pi];
+        st.tx_frames += n as u64;
+        st.tx_bytes += (batch.len() - n * vxlan::HEADER_LEN) as u64;
+        if gso {
+            st.tx_sw_segmented += 1;
+        }
+        Ok(())
     }
 
     /// DHCP on a network vrouter serves: client messages (UDP to port 67, broadcast or to the
@@ -413,7 +585,7 @@ impl Datapath {
         // Rate limits are per guest: on an access port that is the port; a trunk carries many
         // guests (a whole host's), each limited on its own, keyed by its MAC.
         let key = match self.ports[in_port.0 as usize].role {
-            Role::Trunk { .. } => 0x8000 | (src.0.iter().fold(0u16, |h, b| h.rotate_left(5) ^ *b as u16) & 0x7fff),
+            Role::Trunk { .. } | Role::Vtep { .. } => 0x8000 | (src.0.iter().fold(0u16, |h, b| h.rotate_left(5) ^ *b as u16) & 0x7fff),
             _ => in_port.0 & 0x7fff,
         };
         Some(self.router.dhcp_in(now, net, key, src, &f[14..]))
@@ -539,9 +711,11 @@ impl Datapath {
 
     fn flood(&mut self, now: Instant, net: NetId, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
         let n = net.0 as usize;
+        // Split horizon: what came from one VTEP was replicated to every VTEP by its sender.
+        let from_vtep = self.is_vtep(in_port);
         for i in 0..self.nets[n].members.len() {
             let p = self.nets[n].members[i];
-            if p != in_port {
+            if p != in_port && !(from_vtep && self.is_vtep(p)) {
                 self.output(now, p, Some(net), buf, tx);
             }
         }
@@ -556,6 +730,17 @@ impl Datapath {
                 self.stats[pi].drop(e);
                 return;
             }
+        }
+        if let Role::Vtep { vnis, .. } = &self.ports[pi].role {
+            let vni = net.and_then(|n| vnis.iter().find(|(_, m)| *m == n)).map(|(v, _)| *v);
+            let r = match vni {
+                Some(vni) => self.output_vxlan(port, vni, buf, tx),
+                None => Err(DropReason::UnknownVni),
+            };
+            if let Err(r) = r {
+                self.stats[pi].drop(r);
+            }
+            return;
         }
         let trunk = matches!(self.ports[pi].role, Role::Trunk { .. });
         let vid = net.and_then(|n| self.nets[n.0 as usize].spec.vlan);
@@ -621,6 +806,10 @@ impl Datapath {
                     .collect(),
             },
             Role::Public => RoleRow::Public { network: None },
+            Role::Vtep { remote, vnis } => RoleRow::Vxlan {
+                remote: remote.to_string(),
+                networks: vnis.iter().map(|(vni, n)| VxlanNet { network: self.nets[n.0 as usize].spec.name.clone(), vni: *vni }).collect(),
+            },
         }
     }
 
@@ -703,8 +892,30 @@ impl Datapath {
             neighbours: self.router.neigh.len(),
             conntrack: CtRow { flows: ct.len(), max: ct.max(), stats: ct.stats },
             security_groups: SgRow { flows: self.sg.flows(), stats: self.sg.stats },
+            vxlan: self.vx_stats,
         }
     }
+}
+
+/// A hash of the inner flow (MACs, and IPv4 addresses and ports when present) for the outer
+/// UDP source port, so the underlay's ECMP can spread flows (RFC 7348 section 5).
+fn flow_entropy(f: &[u8]) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h = (h ^ x as u32).wrapping_mul(0x0100_0193);
+        }
+    };
+    eat(&f[..f.len().min(12)]);
+    if f.len() >= 14 + 20 && f[12..14] == [0x08, 0x00] {
+        eat(&f[14 + 9..14 + 10]);
+        eat(&f[14 + 12..14 + 20]);
+        let ihl = ((f[14] & 0x0f) as usize) * 4;
+        if let Some(ports) = f.get(14 + ihl..14 + ihl + 4) {
+            eat(ports);
+        }
+    }
+    (h ^ (h >> 16)) as u16
 }
 
 #[cfg(test)]

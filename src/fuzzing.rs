@@ -39,6 +39,7 @@ pub fn fuzz_datapath() -> Datapath {
         mac_aging: Duration::from_secs(300),
         mac_table_size: 64,
         security: Default::default(),
+        vxlan_mtu: 1450,
         l3: fuzz_l3(),
     });
     let (dhcp, nets, dns) = fuzz_services();

@@ -141,6 +141,12 @@ pub struct Uplink {
 pub struct Vxlan {
     pub local: Ipv4Addr,
     pub port: Option<u16>,
+    /// The underlay's MTU (default 1500): networks with a `vni` default to 50 bytes less.
+    pub mtu: Option<u16>,
+    /// Outer TTL (default 64).
+    pub ttl: Option<u8>,
+    /// Set DF on outer packets (default false: the underlay may fragment them).
+    pub df: Option<bool>,
     #[serde(default)]
     pub peer: Vec<VxlanPeer>,
 }

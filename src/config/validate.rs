@@ -152,7 +152,15 @@ pub fn check(c: &Config, r: &mut Report) {
                 r.err(p().key("vni"), format!("VNI {v} is outside 1..16777215"));
             }
             vnis.add(r, v, p().key("vni"));
-            r.not_built(p().key("vni"), "VXLAN");
+            if c.vxlan.is_none() {
+                r.warnings.push((p().key("vni"), "has no effect without a [vxlan] section".into()));
+            }
+            if let (Some(m), Some(vx)) = (n.mtu, &c.vxlan) {
+                let under = vx.mtu.unwrap_or(1500);
+                if m as u32 + 50 > under as u32 {
+                    r.err(p().key("mtu"), format!("{m} does not fit the VXLAN underlay: at most {} (vxlan.mtu {under} minus 50)", under.saturating_sub(50)));
+                }
+            }
         }
         if let Some(m) = n.mtu {
             if !(576..=9000).contains(&m) {
@@ -279,9 +287,17 @@ pub fn check(c: &Config, r: &mut Report) {
 
     // [vxlan]
     if let Some(v) = &c.vxlan {
-        r.not_built(kp!("vxlan"), "VXLAN");
         if v.port == Some(0) {
             r.err(kp!("vxlan", "port"), "UDP port 0 is not usable");
+        }
+        if v.mtu.is_some_and(|m| !(626..=9216).contains(&m)) {
+            r.err(kp!("vxlan", "mtu"), "the underlay MTU must be 626..9216 (the overlay gets 50 bytes less)");
+        }
+        if v.ttl == Some(0) {
+            r.err(kp!("vxlan", "ttl"), "TTL 0 would never leave this host");
+        }
+        if v.peer.is_empty() {
+            r.warnings.push((kp!("vxlan"), "no [[vxlan.peer]]: VXLAN networks stay on this host".into()));
         }
         let mut remotes = Unique::new("VXLAN peer");
         for (i, peer) in v.peer.iter().enumerate() {

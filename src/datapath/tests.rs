@@ -52,6 +52,7 @@ fn dp() -> Datapath {
         mac_aging: Duration::from_secs(300),
         mac_table_size: 64,
         security: Default::default(),
+        vxlan_mtu: 1450,
         l3: Default::default(),
     })
 }
@@ -222,6 +223,7 @@ fn dp_secured(i: usize) -> Datapath {
         mac_aging: Duration::from_secs(300),
         mac_table_size: 64,
         security: Default::default(),
+        vxlan_mtu: 1450,
         l3: Default::default(),
     })
 }
@@ -316,6 +318,7 @@ fn full_table_still_forwards_without_learning() {
         mac_aging: Duration::from_secs(300),
         mac_table_size: 2,
         security: Default::default(),
+        vxlan_mtu: 1450,
         l3: Default::default(),
     });
     send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());

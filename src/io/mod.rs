@@ -34,6 +34,9 @@ const BUDGET: usize = 256;
 const SIGNAL: Token = Token(usize::MAX - 1);
 const WAKE: Token = Token(usize::MAX - 2);
 const LINKS: Token = Token(usize::MAX - 3);
+const VXLAN: Token = Token(usize::MAX - 4);
+/// Outer source ports (sockets) VXLAN traffic leaves from, chosen by inner-flow hash.
+const VXLAN_SEND_SOCKETS: usize = 8;
 /// Upstream DNS sockets take the tokens below this one.
 const DNS_UPSTREAM: usize = usize::MAX - 16;
 /// Upstream DNS questions leave from this many sockets, each on its own kernel-chosen
@@ -53,6 +56,9 @@ pub enum RunError {
     /// The poll loop failed (epoll, signal pipe).
     #[error("poll loop: {0}")]
     Poll(#[from] io::Error),
+    /// The VXLAN sockets could not be opened (is `[vxlan] local` an address of this host?).
+    #[error("vxlan: cannot bind {addr}")]
+    Vxlan { addr: std::net::SocketAddrV4, source: io::Error },
     /// The state directory (DHCP leases) could not be used.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -147,6 +153,30 @@ impl Slot {
 struct IoTx<'a> {
     slots: &'a [Slot],
     write_ns: &'a mut hdrhistogram::Histogram<u64>,
+    vx: Option<&'a VxIo>,
+}
+
+/// VXLAN at the I/O edge: the socket datagrams arrive on (the configured port), the sockets
+/// they leave from, and each peer port's address.
+struct VxIo {
+    rx: crate::sys::udp::Udp,
+    tx: Vec<crate::sys::udp::Udp>,
+    /// Peer ports start at this port id, in `[[vxlan.peer]]` order.
+    first_port: usize,
+    peers: Vec<std::net::SocketAddrV4>,
+}
+
+impl VxIo {
+    fn open(v: &crate::config::schema::Vxlan, first_port: usize) -> Result<VxIo, RunError> {
+        use std::net::SocketAddrV4;
+        let port = v.port.unwrap_or(crate::wire::vxlan::PORT);
+        let (ttl, df) = (v.ttl.unwrap_or(64), v.df.unwrap_or(false));
+        let bind = |addr: SocketAddrV4, gro| crate::sys::udp::Udp::bind(addr, ttl, df, gro).map_err(|source| RunError::Vxlan { addr, source });
+        let rx = bind(SocketAddrV4::new(v.local, port), true)?;
+        let tx = (0..VXLAN_SEND_SOCKETS).map(|_| bind(SocketAddrV4::new(v.local, 0), false)).collect::<Result<Vec<_>, _>>()?;
+        let peers = v.peer.iter().map(|p| SocketAddrV4::new(p.remote, port)).collect();
+        Ok(VxIo { rx, tx, first_port, peers })
+    }
 }
 
 impl Transmit for IoTx<'_> {
@@ -160,6 +190,23 @@ impl Transmit for IoTx<'_> {
         });
         self.write_ns.saturating_record(t.elapsed().as_nanos() as u64);
         r
+    }
+
+    fn transmit_udp(&mut self, port: PortId, entropy: u16, payload: &[u8], seg: Option<usize>) -> Result<(), DropReason> {
+        let vx = self.vx.ok_or(DropReason::TxError)?;
+        let to = *(port.0 as usize).checked_sub(vx.first_port).and_then(|i| vx.peers.get(i)).ok_or(DropReason::TxError)?;
+        let sock = &vx.tx[entropy as usize % vx.tx.len()];
+        let t = std::time::Instant::now();
+        let r = match seg {
+            Some(seg) => sock.send_batch(payload, seg, to),
+            None => sock.send_to(payload, to),
+        };
+        self.write_ns.saturating_record(t.elapsed().as_nanos() as u64);
+        r.map_err(|e| match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::ENOBUFS) => DropReason::TxFull,
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENETDOWN) => DropReason::PortDown,
+            _ => DropReason::TxError,
+        })
     }
 }
 
@@ -274,6 +321,17 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             poll.registry().register(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE)?;
         }
     }
+    let vx = match &c.vxlan {
+        Some(v) => {
+            let vx = VxIo::open(v, slots.len())?;
+            poll.registry().register(&mut SourceFd(&vx.rx.as_raw_fd()), VXLAN, Interest::READABLE)?;
+            tracing::info!(local = %v.local, port = v.port.unwrap_or(crate::wire::vxlan::PORT), peers = vx.peers.len(), gro = vx.rx.gro, "VXLAN up");
+            Some(vx)
+        }
+        None => None,
+    };
+    let mut vx_ready = false;
+    let mut vx_buf = vec![0u8; 65_536 + 1024];
     // Interfaces that vanish (a VM powered off, its tap deleted) and return are noticed through
     // rtnetlink; a periodic check backs it up.
     let links = match rtnl::LinkWatch::open() {
@@ -360,6 +418,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                 WAKE => {}
                 Token(t) if t <= DNS_UPSTREAM && DNS_UPSTREAM - t < dns_ready.len() => dns_ready[DNS_UPSTREAM - t] = true,
                 LINKS => check |= links.as_ref().is_some_and(|l| l.drain()),
+                VXLAN => vx_ready = true,
                 Token(i) if i < ready.len() => ready[i] = true,
                 _ => {}
             }
@@ -390,7 +449,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                 match dev.recv(&mut buf) {
                     Ok(Rx::Frame) => {
                         let t = std::time::Instant::now();
-                        let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write };
+                        let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, vx: vx.as_ref() };
                         dp.process(now, port, &mut buf, &mut tx);
                         lat.frame.saturating_record(t.elapsed().as_nanos() as u64);
                         got = true;
@@ -438,12 +497,38 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                 check = true;
             }
         }
+        if let (Some(v), true) = (&vx, vx_ready) {
+            vx_ready = false;
+            let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, vx: vx.as_ref() };
+            for n in 0.. {
+                if n == BUDGET {
+                    vx_ready = true;
+                    break;
+                }
+                match v.rx.recv(&mut vx_buf) {
+                    Ok((len, from, seg)) => {
+                        // With GRO one read may hold several datagrams of `seg` bytes.
+                        for d in vx_buf[..len].chunks(seg.unwrap_or(len).max(1)) {
+                            let t = std::time::Instant::now();
+                            buf.load(d, VnetHdr::default());
+                            dp.vxlan_in(now, *from.ip(), &mut buf, &mut tx);
+                            lat.frame.saturating_record(t.elapsed().as_nanos() as u64);
+                        }
+                        got = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // ICMP errors for earlier sends (a peer not listening): nothing to do.
+                    Err(_) => continue,
+                }
+            }
+        }
         pool.put(buf);
         if got {
             last_frame = std::time::Instant::now();
         }
         {
-            let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write };
+            let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, vx: vx.as_ref() };
             for (sock, ready) in dns_socks.iter().zip(dns_ready.iter_mut()).filter(|(_, r)| **r) {
                 *ready = false;
                 for _ in 0..BUDGET {
@@ -494,7 +579,12 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
         Request::Show { table: Table::Ports, .. } => {
             let mut v = serde_json::to_value(dp.show_ports()).unwrap_or_default();
             if let serde_json::Value::Array(rows) = &mut v {
-                for (row, s) in rows.iter_mut().zip(slots) {
+                for (i, row) in rows.iter_mut().enumerate() {
+                    // VXLAN peers have no device of their own.
+                    let Some(s) = slots.get(i) else {
+                        row["state"] = "up".into();
+                        continue;
+                    };
                     row["state"] = s.state().into();
                     row["waiting_secs"] = s.lost_at.filter(|_| s.dev.is_none()).map(|t| t.elapsed().as_secs()).into();
                 }

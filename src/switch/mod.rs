@@ -64,6 +64,9 @@ pub enum Role {
     Trunk { vlans: Box<[Option<NetId>]> },
     /// The public side: in no network; everything arriving goes to the router.
     Public,
+    /// A VXLAN peer (remote VTEP): each network carried with its VNI. Its frames arrive
+    /// decapsulated, their network given by the VNI, not by the frame.
+    Vtep { remote: std::net::Ipv4Addr, vnis: Vec<(u32, NetId)> },
 }
 
 impl Role {
@@ -99,7 +102,7 @@ pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> 
             }
             Ok((*net, false))
         }
-        Role::Public => Err(DropReason::NotForwarded),
+        Role::Public | Role::Vtep { .. } => Err(DropReason::NotForwarded),
         Role::Trunk { vlans } => {
             if et == ethertype::QINQ {
                 return Err(DropReason::DoubleTagged);

@@ -109,6 +109,13 @@ drop_reasons! {
     /// A new connection to a load balancer none of whose backends is up (refused with a TCP
     /// RST or ICMP port unreachable).
     LbNoBackend => "lb_no_backend",
+    /// A VXLAN datagram with a bad header (short, I flag clear) from a configured peer.
+    BadVxlan => "bad_vxlan",
+    /// A VXLAN datagram for a VNI this peer does not carry here.
+    UnknownVni => "unknown_vni",
+    /// Larger than the overlay's MTU (underlay MTU minus VXLAN's 50 bytes): never sent out
+    /// to be lost silently on the underlay.
+    VxlanTooBig => "vxlan_too_big",
     /// A port's security groups allow neither this packet's flow nor a reply to one.
     SecurityGroup => "security_group",
     /// A DNS message the server could not answer at all (unreadable header).

@@ -5,6 +5,7 @@ pub mod netif;
 pub mod packet;
 pub mod rtnl;
 pub mod tap;
+pub mod udp;
 
 use std::io;
 

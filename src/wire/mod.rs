@@ -11,6 +11,7 @@ pub mod ethernet;
 pub mod ipv4;
 pub mod vlan;
 pub mod vnet;
+pub mod vxlan;
 
 /// A big-endian 16-bit field at `at`; the caller has checked that `b` holds it.
 pub fn be16(b: &[u8], at: usize) -> u16 {

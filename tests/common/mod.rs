@@ -96,31 +96,47 @@ impl Lab {
 
     /// Starts `vrouter run` on `config` (text; `@SOCK@` is replaced by this lab's socket).
     pub fn vrouter(&mut self, config: &str) -> PathBuf {
-        let sock = self.path("ctl.sock");
-        let cfg = self.path("vrouter.toml");
-        let state = self.path("state");
+        self.vrouter_at("", None, config)
+    }
+
+    /// Starts another vrouter, named `tag` (its own socket `<tag>ctl.sock`, state and log
+    /// `<tag>vrouter.log`), inside namespace `netns` if given (a "host" of a multi-host test).
+    pub fn vrouter_at(&mut self, tag: &str, netns: Option<&str>, config: &str) -> PathBuf {
+        let sock = self.path(&format!("{tag}ctl.sock"));
+        let cfg = self.path(&format!("{tag}vrouter.toml"));
+        let state = self.path(&format!("{tag}state"));
         std::fs::write(&cfg, config.replace("@SOCK@", sock.to_str().unwrap()).replace("@STATE@", state.to_str().unwrap())).unwrap();
-        let log = std::fs::File::create(self.path("vrouter.log")).unwrap();
-        let child = Command::new(bin())
-            .args(["run", "-c", cfg.to_str().unwrap()])
-            .env("VROUTER_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let logp = self.path(&format!("{tag}vrouter.log"));
+        let log = std::fs::File::create(&logp).unwrap();
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd.args(["run", "-c", cfg.to_str().unwrap()]).env("VROUTER_LOG", "debug").stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.children.push(child);
         self.vrouter = Some(self.children.len() - 1);
         let t = Instant::now();
+        let text = || std::fs::read_to_string(&logp).unwrap_or_default();
         while !sock.exists() {
             if let Some(c) = self.children.last_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    panic!("vrouter exited with {st}: {}", self.log());
+                    panic!("vrouter {tag} exited with {st}: {}", text());
                 }
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "vrouter did not start: {}", self.log());
+            assert!(t.elapsed() < Duration::from_secs(10), "vrouter {tag} did not start: {}", text());
             std::thread::sleep(Duration::from_millis(20));
         }
         sock
+    }
+
+    /// `vrouter ctl -s SOCK show TABLE --json` for any of the lab's vrouters.
+    pub fn show_at(&self, sock: &Path, table: &str) -> serde_json::Value {
+        let out = ok(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", table, "--json"]);
+        serde_json::from_str(&out).unwrap()
     }
 
     /// The vrouter's exit code once it has exited.
