@@ -484,7 +484,7 @@ impl Datapath {
         let Role::Vtep { vnis, .. } = &self.ports[port.0 as usize].role else { return Err(DropReason::UnknownVni) };
         let net = vnis.iter().find(|(v, _)| *v == vni).map(|(_, n)| *n).ok_or(DropReason::UnknownVni)?;
         buf.pull(crate::wire::vxlan::HEADER_LEN);
-        buf.vnet = VnetHdr::default();
+        buf.vnet = inner_checksum_state(buf.frame());
         let (dst, src, et) = {
             let eth = EthernetFrame::new_checked(buf.frame()).map_err(|_| DropReason::Malformed)?;
             (eth.dst(), eth.src(), eth.ethertype())
@@ -895,6 +895,43 @@ impl Datapath {
             vxlan: self.vx_stats,
         }
     }
+}
+
+/// Offload state of a decapsulated frame. A sender whose underlay offloads checksums (the
+/// kernel's VXLAN over a veth, say) may leave the inner TCP/UDP checksum partial (the
+/// pseudo-header sum only), and a UDP socket hands that over unfinished: such a frame is
+/// marked as needing its checksum (finished at egress, or by the guest's virtio driver); one
+/// whose checksum verifies is marked valid, so the guest need not verify it again.
+fn inner_checksum_state(f: &[u8]) -> VnetHdr {
+    use crate::wire::checksum;
+    use crate::wire::ipv4::{proto, Ipv4Packet};
+    let mut v = VnetHdr::default();
+    if f.len() < 34 || f[12..14] != [0x08, 0x00] {
+        return v;
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(&f[14..]) else { return v };
+    if ip.frag_offset() != 0 || ip.more_frags() {
+        return v;
+    }
+    let (p, hl, tl) = (ip.protocol(), ip.header_len(), ip.total_len() as usize);
+    let co = match p {
+        proto::TCP => 16,
+        proto::UDP => 6,
+        _ => return v,
+    };
+    let Some(l4) = f.get(14 + hl..14 + tl) else { return v };
+    if l4.len() < co + 2 || (p == proto::UDP && crate::wire::be16(l4, 6) == 0) {
+        return v;
+    }
+    let pseudo = checksum::pseudo_v4(ip.src().octets(), ip.dst().octets(), p, l4.len() as u32);
+    if checksum::fold(checksum::add(pseudo, l4)) == 0xffff {
+        v.data_valid = true;
+    } else if crate::wire::be16(l4, co) == checksum::fold(pseudo) {
+        v.needs_csum = true;
+        v.csum_start = (14 + hl) as u16;
+        v.csum_offset = co as u16;
+    }
+    v
 }
 
 /// A hash of the inner flow (MACs, and IPv4 addresses and ports when present) for the outer

@@ -13,6 +13,9 @@ use std::os::fd::AsRawFd;
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
 
+/// Socket buffer size asked for, each way.
+const SOCKET_BUFFER: libc::c_int = 8 << 20;
+
 pub struct Udp {
     sock: UdpSocket,
     /// The kernel takes UDP_SEGMENT (cleared after the first refusal).
@@ -47,6 +50,12 @@ impl Udp {
         let pmtu = if df { libc::IP_PMTUDISC_DO } else { libc::IP_PMTUDISC_DONT };
         setsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, pmtu)?;
         let gro = gro && setsockopt(fd, libc::SOL_UDP, UDP_GRO, 1).is_ok();
+        // Room for bursts (a super-frame is some 45 datagrams at once): as root past rmem_max.
+        for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+            if setsockopt(fd, libc::SOL_SOCKET, force, SOCKET_BUFFER).is_err() {
+                let _ = setsockopt(fd, libc::SOL_SOCKET, plain, SOCKET_BUFFER);
+            }
+        }
         Ok(Udp { sock, gso: std::cell::Cell::new(true), gro })
     }
 
