@@ -14,7 +14,9 @@
 # each (medians of ROUNDS alternating rounds, default 3), the ratios, and vrouter's counters
 # (software-segmented super-frames; GSO frames received from the NAT guest).
 # NO_SERVICES=1 skips the DHCP/DNS part; NO_LB=1 the load balancer part (scripts/lib/bench-lb.sh:
-# new connections/s with wrk and iperf3 through the VIP, vrouter beside haproxy). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
+# new connections/s with wrk and iperf3 through the VIP, vrouter beside haproxy); NO_VXLAN=1 the
+# VXLAN part (scripts/lib/bench-vxlan.sh: iperf3 guest to guest across VXLAN, two vrouters beside
+# two kernel vxlan devices with Linux bridges). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
 # Then DHCP leases/s and DNS queries/s, vrouter beside dnsmasq (scripts/lib/bench-services.sh).
 # Add --micro to also run the criterion per-stage benchmarks (ns/frame): l2_forward, and
 # l3_nat when benches/l3_nat.rs exists.
@@ -324,6 +326,11 @@ fi
 # ---- Load balancing: vrouter and haproxy in front of the same backends ----
 if [ -z "${NO_LB:-}" ]; then
     VR=$VR bash scripts/lib/bench-lb.sh
+fi
+
+# ---- VXLAN: guest to guest across an underlay, two vrouters and two kernel VTEPs ----
+if [ -z "${NO_VXLAN:-}" ]; then
+    VR=$VR bash scripts/lib/bench-vxlan.sh
 fi
 
 if [ "${1:-}" = "--micro" ]; then

@@ -106,7 +106,7 @@ fn every_file_in_conf_passes_and_unbuilt_keys_warn() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!err.contains("load_balancer") && !err.contains("security_group"), "load balancing and security groups are built: {err}");
     assert!(!err.contains("public: has no effect") && !err.contains("port_forward") && !err.contains("egress"), "routing and NAT are built: {err}");
-    assert!(err.contains("warning: vxlan: has no effect yet (not built in this version: VXLAN)"), "{err}");
+    assert!(!err.contains("vxlan") && !err.contains("vni"), "VXLAN is built: {err}");
     assert!(!err.contains("dns: has no effect") && !err.contains("dhcp_range: has no effect"), "DHCP and DNS are built: {err}");
 }
 

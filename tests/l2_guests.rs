@@ -95,6 +95,8 @@ fn two_guests_ping_and_iperf3_and_ctl() {
     std::io::BufReader::new(&s).read_line(&mut line).unwrap();
     assert!(line.contains("\"ok\":false"), "{line}");
     let o = run(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", "lb"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("no [[load_balancer]] configured"));
+    let o = run(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "reload"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not built"));
     let o = run(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", "leases"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no network is served by DHCP"));
