@@ -17,7 +17,14 @@ impl Transmit for Null {
         self.0 += f.len();
         Ok(())
     }
+    fn transmit_udp(&mut self, _: PortId, _: u16, payload: &[u8], _: Option<usize>) -> Result<(), DropReason> {
+        self.0 += payload.len();
+        Ok(())
+    }
 }
+
+/// The fuzz datapath's VXLAN peer.
+const FUZZ_VTEP: [u8; 4] = [192, 0, 2, 11];
 
 /// A datapath with every kind of port: access with/without security and offload, two trunks.
 pub fn fuzz_datapath() -> Datapath {
@@ -35,16 +42,46 @@ pub fn fuzz_datapath() -> Datapath {
             PortSpec { name: "t0".into(), ifname: "t0".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0)), (102, NetId(1))]), offload: false, mac_limit: None },
             PortSpec { name: "t1".into(), ifname: "t1".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0))]), offload: true, mac_limit: None },
             PortSpec { name: "public".into(), ifname: "pub".into(), kind: "tap".into(), role: Role::Public, offload: true, mac_limit: Some(0) },
+            PortSpec {
+                name: "vxlan".into(),
+                ifname: "192.0.2.11".into(),
+                kind: "vxlan".into(),
+                role: Role::Vtep { remote: FUZZ_VTEP.into(), vnis: vec![(5001, NetId(0))] },
+                offload: false,
+                mac_limit: None,
+            },
         ],
         mac_aging: Duration::from_secs(300),
         mac_table_size: 64,
-        security: Default::default(),
+        security: fuzz_groups(),
         vxlan_mtu: 1450,
         l3: fuzz_l3(),
     });
     let (dhcp, nets, dns) = fuzz_services();
     dp.router_mut().set_services(Some(dhcp), nets, Some(dns));
     dp
+}
+
+/// Port p1 in a group: ssh from anywhere, everything from members (p0's address), all out.
+fn fuzz_groups() -> crate::filter::sg::SgConfig {
+    use crate::config::schema::Proto;
+    use crate::filter::Rule;
+    let any = || vec!["0.0.0.0/0".parse().expect("net")];
+    crate::filter::sg::SgConfig {
+        ports: vec![crate::filter::sg::PortGroups {
+            port: PortId(1),
+            net: NetId(0),
+            mac: Some(MacAddr([0x52, 0x54, 0, 0, 0, 2])),
+            addrs: vec![[10, 1, 1, 12].into()],
+            groups: vec![0],
+            ingress: vec![
+                Rule { protocol: Proto::Tcp, ports: Some("22".parse().expect("port")), nets: any(), value: None },
+                Rule { protocol: Proto::All, ports: None, nets: Vec::new(), value: Some(0) },
+            ],
+            egress: vec![Rule { protocol: Proto::All, ports: None, nets: any(), value: None }],
+        }],
+        timeouts: Default::default(),
+    }
 }
 
 /// DHCP on network "a" (pool and a reservation), DNS for "fuzz.internal" with an upstream.
@@ -131,6 +168,24 @@ fn fuzz_l3() -> L3Config {
         }],
         firewall,
         conntrack_max: 256,
+        lbs: vec![crate::lb::LbSpec {
+            name: "lb".into(),
+            vip: [203, 0, 113, 10].into(),
+            proto: 6,
+            port: 80,
+            algorithm: crate::config::schema::Algorithm::Leastconn,
+            backends: vec![
+                crate::lb::BackendSpec { ip: [10, 1, 1, 11].into(), port: 8080, weight: 2, net: NetId(0) },
+                crate::lb::BackendSpec { ip: [10, 1, 2, 11].into(), port: 8080, weight: 1, net: NetId(1) },
+            ],
+            check: Some(crate::lb::CheckSpec {
+                kind: crate::lb::CheckKind::Http { path: "/h".into(), expect: 200 },
+                interval: Duration::from_millis(700),
+                timeout: Duration::from_millis(300),
+                rise: 1,
+                fall: 1,
+            }),
+        }],
         ..Default::default()
     }
 }
@@ -151,7 +206,13 @@ pub fn datapath(dp: &mut Datapath, data: &[u8]) {
         b.load(&rest[..take], vnet);
         rest = &rest[take..];
         t += 1000;
-        dp.process(Instant::from_millis(t), port, &mut b, &mut sink);
+        if dp.port_name(port) == "vxlan" {
+            // A datagram from the peer, or (odd lengths) from a stranger.
+            let from = if len % 2 == 0 { FUZZ_VTEP.into() } else { std::net::Ipv4Addr::new(192, 0, 2, 99) };
+            dp.vxlan_in(Instant::from_millis(t), from, &mut b, &mut sink);
+        } else {
+            dp.process(Instant::from_millis(t), port, &mut b, &mut sink);
+        }
         dp.poll(Instant::from_millis(t), &mut sink);
     }
 }

@@ -20,7 +20,8 @@
 # [vxlan] has no effect yet. BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000).
 # Called by scripts/bench.sh with VR (the vrouter binary) set; also runs on its own as root:
 #   DURATION=3 ROUNDS=1 bash scripts/lib/bench-vxlan.sh
-# Everything lives in namespaces named vb<pid>-..., removed on exit; nothing touches the root namespace.
+# Everything lives in namespaces named vb<pid>-..., removed on exit; nothing touches the root namespace
+# (the kernel vxlan module may get loaded).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "scripts/lib/bench-vxlan.sh needs root" >&2; exit 1; }
