@@ -913,7 +913,7 @@ fn inner_checksum_state(f: &[u8]) -> VnetHdr {
     if ip.frag_offset() != 0 || ip.more_frags() {
         return v;
     }
-    let (p, hl, tl) = (ip.protocol(), ip.header_len(), ip.total_len() as usize);
+    let (p, hl, tl) = (ip.protocol(), ip.header_len(), ip.total_len());
     let co = match p {
         proto::TCP => 16,
         proto::UDP => 6,

@@ -208,7 +208,7 @@ pub fn datapath(dp: &mut Datapath, data: &[u8]) {
         t += 1000;
         if dp.port_name(port) == "vxlan" {
             // A datagram from the peer, or (odd lengths) from a stranger.
-            let from = if len % 2 == 0 { FUZZ_VTEP.into() } else { std::net::Ipv4Addr::new(192, 0, 2, 99) };
+            let from = if len.is_multiple_of(2) { FUZZ_VTEP.into() } else { std::net::Ipv4Addr::new(192, 0, 2, 99) };
             dp.vxlan_in(Instant::from_millis(t), from, &mut b, &mut sink);
         } else {
             dp.process(Instant::from_millis(t), port, &mut b, &mut sink);

@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use std::collections::HashMap;
 use std::time::Duration;
 
 const DOMAIN: &str = "acct.internal";

@@ -194,7 +194,7 @@ impl SecurityGroups {
         let key = Key { src: ip.src(), dst: ip.dst(), sport: ports.0, dport: ports.1, proto: protocol };
         let tcp = if protocol == proto::TCP && l4.len() >= 14 { l4[13] } else { 0 };
         if let Some((idx, dir)) = p.ct.lookup(now, &key) {
-            p.ct.update(now, idx, dir, tcp, ip.total_len() as usize);
+            p.ct.update(now, idx, dir, tcp, ip.total_len());
             return Ok(());
         }
         let Some(Some(p)) = self.ports.get(port.0 as usize) else { return Ok(()) };
@@ -215,7 +215,7 @@ impl SecurityGroups {
         let Some(Some(p)) = self.ports.get_mut(port.0 as usize) else { return Ok(()) };
         let none = Egress { iface: Iface::Public, next_hop: Ipv4Addr::UNSPECIFIED };
         let idx = p.ct.insert(now, key, key.reverse(), [none, none]).map_err(|_| DropReason::ConntrackFull)?;
-        p.ct.update(now, idx, crate::conntrack::Dir::Orig, tcp, ip.total_len() as usize);
+        p.ct.update(now, idx, crate::conntrack::Dir::Orig, tcp, ip.total_len());
         self.stats.flows_allowed += 1;
         Ok(())
     }

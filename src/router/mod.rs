@@ -845,9 +845,9 @@ impl Router {
             Key { src: remote, dst: nat_ip, sport, dport: p, proto: k.proto }
         };
         // On a gateway address the health checks' local ports are the router's own.
-        let own = if k.proto == proto::TCP && self.is_gateway(nat_ip) { crate::lb::health::PORTS } else { 1..=0 };
+        let own = k.proto == proto::TCP && self.is_gateway(nat_ip);
         let taken = |r: &Router, p: u16| {
-            r.ct.contains(now, &reply(p)) || (ports && r.forward_of(nat_ip, k.proto, p).is_some()) || own.contains(&p)
+            r.ct.contains(now, &reply(p)) || (ports && r.forward_of(nat_ip, k.proto, p).is_some()) || (own && crate::lb::health::PORTS.contains(&p))
         };
         let free = |r: &Router, p: u16| !taken(r, p);
         if !ports && !icmp {
