@@ -30,13 +30,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "scripts/bench.sh needs root" >&2; exit 1; }
-BENCH_ONLY=${BENCH_ONLY:-}
-case "$BENCH_ONLY" in
-    "") run_vr=1 run_k=1 ;;
-    kernel) run_vr=0 run_k=1 ;;
-    vrouter) run_vr=1 run_k=0 ;;
-    *) echo "BENCH_ONLY must be empty, kernel or vrouter (got '$BENCH_ONLY')" >&2; exit 1 ;;
-esac
+MEDIAN_FMT=%.3f
+source scripts/lib/bench-common.sh
 source scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 DURATION=${DURATION:-10}
@@ -231,17 +226,6 @@ peer_seen() { # ns-client ns-server -> the source address the outside server saw
     done
     kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
     echo "${out:-none}"
-}
-median() { # values ("-" when none)
-    [ $# -gt 0 ] || { echo -; return; }
-    python3 -c 'import sys,statistics; print("%.3f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"
-}
-last() { # array-name -> its last value, or "-" when empty
-    local -n arr=$1
-    if [ ${#arr[@]} -gt 0 ]; then echo "${arr[-1]}"; else echo -; fi
-}
-ratio() { # a b -> a/b, or "-" when either is missing
-    if [ "$1" = - ] || [ "$2" = - ]; then echo -; else python3 -c "print('%.2f' % ($1/$2))"; fi
 }
 stat_of() { # socket python-expression-on-stats-json (s) -> value, or "?" when unavailable
     "$VR" ctl -s "$1" show stats --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($2)" ||

@@ -28,13 +28,7 @@ cd "$(dirname "$0")/../.."
 VR=${VR:-$PWD/target/release/vrouter}
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
-BENCH_ONLY=${BENCH_ONLY:-}
-case "$BENCH_ONLY" in
-    "") run_vr=1 run_k=1 ;;
-    kernel) run_vr=0 run_k=1 ;;
-    vrouter) run_vr=1 run_k=0 ;;
-    *) echo "BENCH_ONLY must be empty, kernel or vrouter (got '$BENCH_ONLY')" >&2; exit 1 ;;
-esac
+source scripts/lib/bench-common.sh
 for c in iperf3 python3 ping; do
     command -v "$c" >/dev/null || { echo "bench-vxlan: $c is missing (run scripts/deps.sh)" >&2; exit 1; }
 done
@@ -196,17 +190,6 @@ tput() { # ns-client ns-server -> Gbit/s of one iperf3 run to 10.1.1.12
     fi
     wait "$spid" 2>/dev/null || true
     python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$out"
-}
-median() { # values ("-" when none)
-    [ $# -gt 0 ] || { echo -; return; }
-    python3 -c 'import sys,statistics; print("%.2f" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"
-}
-last() { # array-name -> its last value, or "-" when empty
-    local -n arr=$1
-    if [ ${#arr[@]} -gt 0 ]; then echo "${arr[-1]}"; else echo -; fi
-}
-ratio() { # a b -> a/b, or "-" when either is missing
-    if [ "$1" = - ] || [ "$2" = - ]; then echo -; else python3 -c "print('%.2f' % ($1/$2))"; fi
 }
 
 # This machine is shared and noisy: alternate the two setups ROUNDS times, compare medians.
