@@ -155,7 +155,7 @@ pub fn security_groups(c: &Config) -> crate::filter::sg::SgConfig {
         let addrs = p.ip.into_iter().chain(p.allowed_addresses.iter().copied()).collect();
         ports.push(PortGroups { port, net: NetId(net as u16), mac: p.mac, addrs, groups, ingress, egress });
     }
-    SgConfig { ports, timeouts: l3_config(c).timeouts }
+    SgConfig { ports, timeouts: timeouts(c) }
 }
 
 fn l4(p: L4Proto) -> u8 {
@@ -201,19 +201,7 @@ pub fn l3_config(c: &Config) -> L3Config {
         fw.entry(f.public_ip).or_default().push(Rule { protocol: f.protocol, ports: f.ports, nets: f.sources.clone(), value: () });
     }
     let ct = c.conntrack.clone();
-    let d = Timeouts::default();
-    let secs = |v: Option<u64>, dflt: Duration| v.map_or(dflt, Duration::from_secs);
-    let timeouts = match &ct {
-        Some(t) => Timeouts {
-            tcp_established: secs(t.tcp_established_secs, d.tcp_established),
-            tcp_syn: secs(t.tcp_syn_secs, d.tcp_syn),
-            tcp_close: secs(t.tcp_close_secs, d.tcp_close),
-            udp: secs(t.udp_secs, d.udp),
-            udp_stream: secs(t.udp_stream_secs, d.udp_stream),
-            icmp: secs(t.icmp_secs, d.icmp),
-        },
-        None => d,
-    };
+    let timeouts = timeouts(c);
     L3Config {
         nets,
         public,
@@ -275,6 +263,24 @@ pub fn load_balancers(c: &Config) -> Vec<crate::lb::LbSpec> {
             }),
         })
         .collect()
+}
+
+/// Conntrack timeouts: `[conntrack]`'s, else Linux's defaults (the router's table and the
+/// security groups' per-port tables alike).
+pub fn timeouts(c: &Config) -> Timeouts {
+    let d = Timeouts::default();
+    let secs = |v: Option<u64>, dflt: Duration| v.map_or(dflt, Duration::from_secs);
+    match &c.conntrack {
+        Some(t) => Timeouts {
+            tcp_established: secs(t.tcp_established_secs, d.tcp_established),
+            tcp_syn: secs(t.tcp_syn_secs, d.tcp_syn),
+            tcp_close: secs(t.tcp_close_secs, d.tcp_close),
+            udp: secs(t.udp_secs, d.udp),
+            udp_stream: secs(t.udp_stream_secs, d.udp_stream),
+            icmp: secs(t.icmp_secs, d.icmp),
+        },
+        None => d,
+    }
 }
 
 /// Default lease time when a network does not say (a day, as dnsmasq's default is an hour and

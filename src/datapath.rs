@@ -222,7 +222,7 @@ pub struct Datapath {
     vx_batch: Vec<u8>,
     vx_lens: Vec<usize>,
     /// The overlay MTU (IP bytes a frame to a VXLAN peer may carry).
-    pub vxlan_mtu: usize,
+    vxlan_mtu: usize,
 }
 
 impl Datapath {
@@ -485,20 +485,8 @@ impl Datapath {
         let net = vnis.iter().find(|(v, _)| *v == vni).map(|(_, n)| *n).ok_or(DropReason::UnknownVni)?;
         buf.pull(crate::wire::vxlan::HEADER_LEN);
         buf.vnet = inner_checksum_state(buf.frame());
-        let (dst, src, et) = {
-            let eth = EthernetFrame::new_checked(buf.frame()).map_err(|_| DropReason::Malformed)?;
-            (eth.dst(), eth.src(), eth.ethertype())
-        };
         // RFC 7348: a VTEP drops inner frames carrying a VLAN tag unless configured otherwise.
-        if crate::wire::vlan::is_tag_ethertype(et) {
-            return Err(DropReason::TaggedOnAccess);
-        }
-        if !src.is_unicast() || src == self.router_mac {
-            return Err(DropReason::BadSrcMac);
-        }
-        if dst.is_link_local() {
-            return Err(DropReason::LinkLocal);
-        }
+        let (dst, src) = self.untagged_edge(buf)?;
         self.switch_in(now, net, src, dst, port, buf, tx)
     }
 
@@ -611,19 +599,7 @@ impl Datapath {
     /// The public port: not part of any network; what is addressed to the router (or a
     /// broadcast ARP) goes to it, everything else stops here.
     fn public_in(&mut self, now: Instant, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
-        let (dst, src, et) = {
-            let eth = EthernetFrame::new_checked(buf.frame()).map_err(|_| DropReason::Malformed)?;
-            (eth.dst(), eth.src(), eth.ethertype())
-        };
-        if crate::wire::vlan::is_tag_ethertype(et) {
-            return Err(DropReason::TaggedOnAccess);
-        }
-        if !src.is_unicast() || src == self.router_mac {
-            return Err(DropReason::BadSrcMac);
-        }
-        if dst.is_link_local() {
-            return Err(DropReason::LinkLocal);
-        }
+        let (dst, _) = self.untagged_edge(buf)?;
         offload::validate(buf.frame(), &buf.vnet).map_err(|_| DropReason::BadVnetHdr)?;
         if !self.for_router(dst, buf) {
             return Err(if dst.is_multicast() { DropReason::UnsupportedL3 } else { DropReason::NotForwarded });
@@ -635,6 +611,24 @@ impl Datapath {
         };
         self.drain_outbox(now, tx);
         r
+    }
+
+    /// The checks of an edge that carries untagged frames of one network and no guest of its
+    /// own (the public port, a VXLAN peer): no tag, a plausible source, no 802.1D group.
+    /// Returns (destination, source).
+    fn untagged_edge(&self, buf: &PacketBuf) -> Result<(MacAddr, MacAddr), DropReason> {
+        let eth = EthernetFrame::new_checked(buf.frame()).map_err(|_| DropReason::Malformed)?;
+        let (dst, src) = (eth.dst(), eth.src());
+        if crate::wire::vlan::is_tag_ethertype(eth.ethertype()) {
+            return Err(DropReason::TaggedOnAccess);
+        }
+        if !src.is_unicast() || src == self.router_mac {
+            return Err(DropReason::BadSrcMac);
+        }
+        if dst.is_link_local() {
+            return Err(DropReason::LinkLocal);
+        }
+        Ok((dst, src))
     }
 
     /// Ingress: which network the frame belongs to (popping a trunk tag), and whether it may

@@ -391,6 +391,10 @@ pub fn check(c: &Config, r: &mut Report) {
             );
         }
     }
+    // A connection's backend is a 16-bit load balancer and backend index on its flow.
+    if c.load_balancer.len() > u16::MAX as usize {
+        r.err(kp!("load_balancer"), format!("at most {} load balancers", u16::MAX));
+    }
     let mut lb_names = Unique::new("load balancer name");
     let mut lb_vips = Unique::new("load balancer address, protocol and port");
     for (i, lb) in c.load_balancer.iter().enumerate() {

@@ -84,21 +84,39 @@ pub struct SgStats {
     pub denied: u64,
 }
 
-pub struct SecurityGroups {
-    /// By port index; `None`: not filtered.
-    ports: Vec<Option<PortSg>>,
+/// Who is in which group.
+#[derive(Default)]
+struct Members {
     /// Member addresses -> the ports holding them.
     fixed: HashMap<Ipv4Addr, Vec<PortId>>,
     /// (network, MAC) of filtered ports -> the port (its lease makes it a member).
     by_mac: HashMap<(NetId, MacAddr), PortId>,
     /// Groups of each filtered port.
     groups: HashMap<PortId, Vec<u16>>,
+}
+
+impl Members {
+    /// Whether `addr` belongs to group `g` now. `lease_holder` names the (network, MAC) DHCP
+    /// currently leases `addr` to.
+    fn contains(&self, g: u16, addr: Ipv4Addr, lease_holder: &dyn Fn(Ipv4Addr) -> Option<(NetId, MacAddr)>) -> bool {
+        let in_group = |p: &PortId| self.groups.get(p).is_some_and(|gs| gs.contains(&g));
+        if self.fixed.get(&addr).is_some_and(|ps| ps.iter().any(in_group)) {
+            return true;
+        }
+        lease_holder(addr).and_then(|k| self.by_mac.get(&k)).is_some_and(in_group)
+    }
+}
+
+pub struct SecurityGroups {
+    /// By port index; `None`: not filtered.
+    ports: Vec<Option<PortSg>>,
+    members: Members,
     pub stats: SgStats,
 }
 
 impl SecurityGroups {
     pub fn new(cfg: SgConfig, port_count: usize) -> Self {
-        let mut s = SecurityGroups { ports: (0..port_count).map(|_| None).collect(), fixed: HashMap::new(), by_mac: HashMap::new(), groups: HashMap::new(), stats: SgStats::default() };
+        let mut s = SecurityGroups { ports: (0..port_count).map(|_| None).collect(), members: Members::default(), stats: SgStats::default() };
         for p in cfg.ports {
             let Some(slot) = s.ports.get_mut(p.port.0 as usize) else { continue };
             *slot = Some(PortSg {
@@ -107,12 +125,12 @@ impl SecurityGroups {
                 ct: Conntrack::new(PORT_FLOWS, cfg.timeouts),
             });
             for a in p.addrs {
-                s.fixed.entry(a).or_default().push(p.port);
+                s.members.fixed.entry(a).or_default().push(p.port);
             }
             if let Some(m) = p.mac {
-                s.by_mac.insert((p.net, m), p.port);
+                s.members.by_mac.insert((p.net, m), p.port);
             }
-            s.groups.insert(p.port, p.groups);
+            s.members.groups.insert(p.port, p.groups);
         }
         s
     }
@@ -128,16 +146,6 @@ impl SecurityGroups {
         self.ports.iter().flatten().map(|p| p.ct.len()).sum()
     }
 
-    /// Whether `addr` belongs to group `g` now. `lease_holder` names the (network, MAC) DHCP
-    /// currently leases `addr` to.
-    fn member(&self, g: u16, addr: Ipv4Addr, lease_holder: &dyn Fn(Ipv4Addr) -> Option<(NetId, MacAddr)>) -> bool {
-        let in_group = |p: &PortId| self.groups.get(p).is_some_and(|gs| gs.contains(&g));
-        if self.fixed.get(&addr).is_some_and(|ps| ps.iter().any(in_group)) {
-            return true;
-        }
-        lease_holder(addr).and_then(|k| self.by_mac.get(&k)).is_some_and(in_group)
-    }
-
     /// Checks one frame (untagged Ethernet) crossing filtered port `port`.
     pub fn check(
         &mut self,
@@ -147,11 +155,7 @@ impl SecurityGroups {
         frame: &[u8],
         lease_holder: &dyn Fn(Ipv4Addr) -> Option<(NetId, MacAddr)>,
     ) -> Result<(), DropReason> {
-        let r = self.check_inner(now, port, way, frame, lease_holder);
-        if r.is_err() {
-            self.stats.denied += 1;
-        }
-        r
+        self.check_inner(now, port, way, frame, lease_holder).inspect_err(|_| self.stats.denied += 1)
     }
 
     fn check_inner(
@@ -197,22 +201,19 @@ impl SecurityGroups {
             p.ct.update(now, idx, dir, tcp, ip.total_len());
             return Ok(());
         }
-        let Some(Some(p)) = self.ports.get(port.0 as usize) else { return Ok(()) };
         let (rules, remote) = match way {
             Way::FromGuest => (&p.egress, key.dst),
             Way::ToGuest => (&p.ingress, key.src),
         };
         let matched = rules
             .find(protocol, key.dport, |r| match r.value {
-                Some(g) => self.member(g, remote, lease_holder),
+                Some(g) => self.members.contains(g, remote, lease_holder),
                 None => r.nets.iter().any(|n| n.contains(remote)),
             })
             .is_some();
         if !matched {
             return Err(DropReason::SecurityGroup);
         }
-        // (Borrowed again: `member` needed all of self above.)
-        let Some(Some(p)) = self.ports.get_mut(port.0 as usize) else { return Ok(()) };
         let none = Egress { iface: Iface::Public, next_hop: Ipv4Addr::UNSPECIFIED };
         let idx = p.ct.insert(now, key, key.reverse(), [none, none]).map_err(|_| DropReason::ConntrackFull)?;
         p.ct.update(now, idx, crate::conntrack::Dir::Orig, tcp, ip.total_len());

@@ -78,7 +78,9 @@ impl Checker {
                 });
                 NetStack { iface, sockets: SocketSet::new(Vec::new()), dev }
             });
-            let s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 1024]), tcp::SocketBuffer::new(vec![0; 1024]));
+            // The send buffer holds a whole request (a path is at most 1024 bytes), so it is
+            // written in one go and never half-sent then repeated.
+            let s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 1024]), tcp::SocketBuffer::new(vec![0; 2048]));
             let handle = st.sockets.add(s);
             let stagger = check.interval.as_millis() as u64 * i as u64 / n;
             out.push(Target { tag, net: b.net, ip: b.ip, port: b.port, check, handle, next: now + std::time::Duration::from_millis(stagger), running: None });

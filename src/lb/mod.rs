@@ -38,7 +38,8 @@ pub fn tag(lb: usize, backend: usize) -> u32 {
     (lb as u32) << 16 | backend as u32
 }
 
-fn untag(t: u32) -> (usize, usize) {
+/// A tag's load balancer and backend indices.
+pub fn untag(t: u32) -> (usize, usize) {
     ((t >> 16) as usize, (t & 0xffff) as usize)
 }
 
@@ -330,7 +331,7 @@ impl Balancer {
     pub fn check_result(&mut self, t: u32, ok: Result<(), &'static str>, passive: bool) -> bool {
         let (li, _) = untag(t);
         let Some(l) = self.lbs.get(li) else { return false };
-        let Some(spec) = l.spec.check.clone() else { return false };
+        let Some((rise, fall)) = l.spec.check.as_ref().map(|c| (c.rise, c.fall)) else { return false };
         let Some(b) = self.backend_mut(t) else { return false };
         match ok {
             Ok(()) => b.checks_ok += 1,
@@ -350,11 +351,11 @@ impl Balancer {
             }
             (true, false) => {
                 b.streak += 1;
-                b.streak >= spec.fall
+                b.streak >= fall
             }
             (false, true) => {
                 b.streak += 1;
-                b.streak >= spec.rise
+                b.streak >= rise
             }
         };
         if changed {

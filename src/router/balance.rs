@@ -17,7 +17,7 @@ use crate::switch::stats::DropReason;
 use crate::time::Instant;
 use crate::wire::ethernet::{ethertype, MacAddr};
 use crate::wire::ipv4::{self, icmp, proto};
-use crate::wire::{be16, checksum};
+use crate::wire::checksum;
 
 impl Router {
     pub(super) fn lb_decide(&mut self, now: Instant, from: Iface, k: &Key, lb: usize) -> Decision {
@@ -50,13 +50,14 @@ impl Router {
 
     /// No backend is up: a TCP connection is reset, a UDP datagram gets port unreachable, so the
     /// client learns at once instead of timing out.
-    pub(super) fn refuse(&mut self, now: Instant, from: Iface, eth_src: MacAddr, buf: &PacketBuf, hl: usize, tl: usize) -> Verdict {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn refuse(&mut self, now: Instant, from: Iface, eth_src: MacAddr, buf: &PacketBuf, k: &Key, hl: usize, tl: usize) -> Verdict {
         let f = &buf.frame()[14..14 + tl];
-        let (src, dst) = (ipv4::Ipv4Packet::new_checked(f).map(|p| (p.src(), p.dst()))).unwrap_or((std::net::Ipv4Addr::UNSPECIFIED, std::net::Ipv4Addr::UNSPECIFIED));
-        match f[9] {
+        let (src, dst, sport, dport) = (k.src, k.dst, k.sport, k.dport);
+        match k.proto {
             proto::TCP => {
+                // (ipv4() made sure a whole TCP header is there.)
                 let t = &f[hl..];
-                let (sport, dport) = (be16(t, 0), be16(t, 2));
                 let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
                 let ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
                 let flags = t[13];
@@ -113,7 +114,7 @@ impl Router {
         let mut rows = self.lb.rows();
         // Releases not yet drained are counted out here too, so the snapshot is exact.
         for &t in &self.ct.released {
-            let (l, b) = ((t >> 16) as usize, (t & 0xffff) as usize);
+            let (l, b) = crate::lb::untag(t);
             if let Some(r) = rows.get_mut(l).and_then(|r| r.backends.get_mut(b)) {
                 r.active = r.active.saturating_sub(1);
             }

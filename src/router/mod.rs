@@ -234,9 +234,8 @@ impl Router {
         }
         let public_ips = cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default();
         let lb = crate::lb::Balancer::new(cfg.lbs.clone());
-        let nets = cfg.nets.clone();
         let hc = crate::lb::health::Checker::new(Instant::ZERO, lb.check_targets(), |n| {
-            let net = nets.get(n.0 as usize)?;
+            let net = cfg.nets.get(n.0 as usize)?;
             Some((net.gateway?, net.cidr.prefix, net.mtu as usize))
         });
         Router {
@@ -583,7 +582,7 @@ impl Router {
         let (reply, egress, kind, tag) = match self.decide(now, from, key) {
             Decision::Drop(r) => return Err(Verdict::Drop(r)),
             Decision::Local => return Err(self.local(now, from, eth_src, buf, hl, tl)),
-            Decision::Refuse => return Err(self.refuse(now, from, eth_src, buf, hl, tl)),
+            Decision::Refuse => return Err(self.refuse(now, from, eth_src, buf, key, hl, tl)),
             Decision::Flow { reply, egress, kind, tag } => (reply, egress, kind, tag),
         };
         let ttl = buf.frame()[14 + 8];
