@@ -223,6 +223,9 @@ pub struct Datapath {
     vx_lens: Vec<usize>,
     /// The overlay MTU (IP bytes a frame to a VXLAN peer may carry).
     vxlan_mtu: usize,
+    /// Receive coalescing, on while a batch of segments (a UDP_GRO read) is processed.
+    gro: crate::gro::Coalescer,
+    gro_on: bool,
 }
 
 impl Datapath {
@@ -282,6 +285,8 @@ impl Datapath {
             vx_batch: Vec::new(),
             vx_lens: Vec::new(),
             vxlan_mtu: cfg.vxlan_mtu,
+            gro: crate::gro::Coalescer::new(),
+            gro_on: false,
             router_mac: cfg.router_mac,
             fdb,
             stats: vec![PortStats::default(); cfg.ports.len()],
@@ -477,6 +482,21 @@ impl Datapath {
         if let Err(r) = self.vxlan_ingress(now, port, buf, tx) {
             self.stats[pi].drop(r);
         }
+    }
+
+    /// What one batched (UDP_GRO) read returns: VXLAN datagrams from `from`, back to back,
+    /// `seg` bytes each (the last may be shorter). Each runs through [`Self::vxlan_in`]; TCP
+    /// segments that end up bound for offload-capable guest ports are coalesced into
+    /// super-frames across the batch, and everything held leaves before this returns.
+    pub fn vxlan_batch(&mut self, now: Instant, from: std::net::Ipv4Addr, datagrams: &[u8], seg: usize, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+        self.gro_on = true;
+        for d in datagrams.chunks(seg.max(1)) {
+            buf.load(d, VnetHdr::default());
+            self.vxlan_in(now, from, buf, tx);
+        }
+        self.gro_on = false;
+        let stats = &mut self.stats;
+        self.gro.flush(&mut |p, v, f| gro_sent(stats, tx, p, v, f));
     }
 
     fn vxlan_ingress(&mut self, now: Instant, port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
@@ -747,9 +767,19 @@ impl Datapath {
                 }
             }
         }
+        let offload = self.ports[pi].offload;
+        if !self.gro.is_empty() || (self.gro_on && offload && !trunk) {
+            let stats = &mut self.stats;
+            let mut sent = |p, v: &VnetHdr, f: &[u8]| gro_sent(stats, tx, p, v, f);
+            if !(self.gro_on && offload && !trunk) {
+                // Keep this port's order: what it has pending leaves first.
+                self.gro.flush_port(port, &mut sent);
+            } else if self.gro.offer(port, buf.frame(), &buf.vnet, &mut sent) == crate::gro::Offer::Held {
+                return;
+            }
+        }
         let st = &mut self.stats[pi];
         let len = buf.len() as u64;
-        let offload = self.ports[pi].offload;
         if offload || buf.vnet.is_plain() {
             match tx.transmit(port, offload.then_some(&buf.vnet), buf.frame()) {
                 Ok(()) => {
@@ -862,6 +892,7 @@ impl Datapath {
                 totals.rx_gso_frames += s.rx_gso_frames;
                 totals.tx_bytes += s.tx_bytes;
                 totals.tx_sw_segmented += s.tx_sw_segmented;
+                totals.tx_coalesced += s.tx_coalesced;
                 totals.mac_moves += s.mac_moves;
                 totals.learn_table_full += s.learn_table_full;
                 for (t, d) in totals.drops.iter_mut().zip(s.drops.iter()) {
@@ -926,6 +957,21 @@ fn inner_checksum_state(f: &[u8]) -> VnetHdr {
         v.csum_offset = co as u16;
     }
     v
+}
+
+/// Counts and writes one frame the coalescer let go (its port takes virtio_net_hdr metadata).
+fn gro_sent(stats: &mut [PortStats], tx: &mut dyn Transmit, port: PortId, v: &VnetHdr, f: &[u8]) {
+    let Some(st) = stats.get_mut(port.0 as usize) else { return };
+    match tx.transmit(port, Some(v), f) {
+        Ok(()) => {
+            st.tx_frames += 1;
+            st.tx_bytes += f.len() as u64;
+            if v.gso != crate::wire::vnet::Gso::None {
+                st.tx_coalesced += 1;
+            }
+        }
+        Err(r) => st.drop(r),
+    }
 }
 
 /// A hash of the inner flow (MACs, and IPv4 addresses and ports when present) for the outer

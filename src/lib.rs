@@ -15,6 +15,7 @@ pub mod datapath;
 pub mod dhcp;
 pub mod dns;
 pub mod filter;
+pub mod gro;
 pub mod fuzzing;
 pub mod io;
 pub mod lb;

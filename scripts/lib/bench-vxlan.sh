@@ -214,6 +214,12 @@ p = next(p for p in json.load(sys.stdin)["ports"] if p["name"] == "vxlan-192.0.2
 d = p.get("drops") or {}
 print("tx_frames %s, tx_sw_segmented %s, drops %s%s" % (p["tx_frames"], p["tx_sw_segmented"], sum(d.values()),
       " (" + " ".join("%s=%s" % kv for kv in sorted(d.items())) + ")" if d else ""))') || counters="?"
+    # The receiving side: how many frames reached guest B, and how many were coalesced super-frames.
+    counters_b=$("$VR" ctl -s "$work/b.sock" show stats --json | python3 -c '
+import json, sys
+p = next(p for p in json.load(sys.stdin)["ports"] if p["name"] == "g1")
+print("tx_frames %s, tx_coalesced %s" % (p["tx_frames"], p.get("tx_coalesced", "-")))') || counters_b="?"
+    counters="$counters; vrouter B's guest port: $counters_b"
 fi
 
 printf '\n%-34s %12s %12s %8s\n' "guest-to-guest across VXLAN" "vrouter" "kernel" "ratio"

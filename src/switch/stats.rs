@@ -133,6 +133,8 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// GSO super-frames that had to be segmented in software for this port.
     pub tx_sw_segmented: u64,
+    /// Super-frames built for this port by coalescing received TCP segments (GRO).
+    pub tx_coalesced: u64,
     /// MAC moves onto this port.
     pub mac_moves: u64,
     /// Frames forwarded without learning their source because the network's table was full
@@ -151,6 +153,7 @@ impl Default for PortStats {
             tx_frames: 0,
             tx_bytes: 0,
             tx_sw_segmented: 0,
+            tx_coalesced: 0,
             mac_moves: 0,
             learn_table_full: 0,
             drops: [0; DropReason::COUNT],

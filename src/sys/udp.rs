@@ -13,6 +13,11 @@ use std::os::fd::AsRawFd;
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
 
+/// The most one UDP_SEGMENT send carries: the UDP length field's limit, less headers.
+const GSO_MAX_BYTES: usize = 65_000;
+/// UDP_MAX_SEGMENTS of older kernels (newer ones take 128).
+const GSO_MAX_SEGMENTS: usize = 64;
+
 /// Socket buffer size asked for, each way.
 const SOCKET_BUFFER: libc::c_int = 8 << 20;
 
@@ -71,15 +76,31 @@ impl Udp {
     /// Datagrams of `seg` bytes back to back (the last may be shorter): one call with
     /// UDP_SEGMENT, else one call each.
     pub fn send_batch(&self, payload: &[u8], seg: usize, to: SocketAddrV4) -> io::Result<()> {
-        if self.gso.get() && seg > 0 && seg <= u16::MAX as usize && payload.len() <= 65_000 {
-            match self.send_gso(payload, seg as u16, to) {
-                Ok(()) => return Ok(()),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)) => {
-                    self.gso.set(false);
+        // One send is one UDP datagram to the kernel before it cuts it: at most 64 KiB, and
+        // at most UDP_MAX_SEGMENTS (64 on older kernels) pieces.
+        let per_send = (GSO_MAX_BYTES / seg.max(1)).min(GSO_MAX_SEGMENTS) * seg;
+        if self.gso.get() && seg > 0 && per_send > 0 {
+            let mut sent = 0;
+            for chunk in payload.chunks(per_send) {
+                match self.send_gso(chunk, seg as u16, to) {
+                    Ok(()) => sent += chunk.len(),
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)) => {
+                        tracing::warn!("UDP_SEGMENT refused ({e}); VXLAN sends one datagram per call from now on");
+                        self.gso.set(false);
+                        break;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
+            if sent == payload.len() {
+                return Ok(());
+            }
+            return self.send_each(&payload[sent..], seg, to);
         }
+        self.send_each(payload, seg, to)
+    }
+
+    fn send_each(&self, payload: &[u8], seg: usize, to: SocketAddrV4) -> io::Result<()> {
         for chunk in payload.chunks(seg.max(1)) {
             self.send_to(chunk, to)?;
         }
