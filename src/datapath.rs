@@ -200,6 +200,10 @@ struct Net {
     members: Vec<PortId>,
 }
 
+/// Bytes of encapsulated segments sent to a VXLAN peer at a time: a 64 KiB super-frame's
+/// segments with their headers, with room to spare.
+const VX_BATCH: usize = 128 << 10;
+
 /// How often aged MAC entries are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -218,8 +222,8 @@ pub struct Datapath {
     /// VXLAN peers by address.
     vteps: std::collections::HashMap<std::net::Ipv4Addr, PortId>,
     vx_stats: VxlanStats,
-    /// Encapsulated segments of one super-frame, sent as one batch, and their lengths.
-    vx_batch: Vec<u8>,
+    /// Encapsulated segments of one super-frame, sent in batches, and their lengths.
+    vx_batch: Box<[u8]>,
     vx_lens: Vec<usize>,
     /// The overlay MTU (IP bytes a frame to a VXLAN peer may carry).
     vxlan_mtu: usize,
@@ -282,7 +286,7 @@ impl Datapath {
             sg,
             vteps,
             vx_stats: VxlanStats::default(),
-            vx_batch: Vec::new(),
+            vx_batch: vec![0u8; VX_BATCH].into_boxed_slice(),
             vx_lens: Vec::new(),
             vxlan_mtu: cfg.vxlan_mtu,
             gro: crate::gro::Coalescer::new(),
@@ -512,7 +516,7 @@ impl Datapath {
 
     /// Egress to a VXLAN peer: the header goes in the headroom (no copy) for a plain frame; a
     /// super-frame is segmented in software, each segment encapsulated, and the lot handed over
-    /// as one batch (UDP_SEGMENT at the I/O edge). Frames over the overlay MTU are counted,
+    /// in batches (UDP_SEGMENT at the I/O edge). Frames over the overlay MTU are counted,
     /// never sent to be lost on the underlay.
     fn output_vxlan(&mut self, port: PortId, vni: u32, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
         use crate::wire::vxlan;
@@ -538,32 +542,20 @@ impl Datapath {
             self.stats[pi].tx_bytes += len;
             return Ok(());
         }
-        let (batch, lens, scratch) = (&mut self.vx_batch, &mut self.vx_lens, &mut self.scratch);
-        batch.clear();
-        lens.clear();
-        offload::finish(buf.frame(), &v, scratch, &mut |seg: &[u8]| {
-            batch.extend_from_slice(&hdr);
-            batch.extend_from_slice(seg);
-            lens.push(seg.len() + vxlan::HEADER_LEN);
-        })
-        .map_err(|_| DropReason::OffloadFailed)?;
-        // One batch when every datagram but the last has the first one's size (TCP segments
-        // do); otherwise one datagram at a time.
-        let first = lens.first().copied().unwrap_or(0);
-        let n = lens.len();
-        let even = lens.iter().enumerate().all(|(i, &l)| l == first || (i == n - 1 && l < first));
-        if even {
-            tx.transmit_udp(port, entropy, batch, (n > 1).then_some(first))?;
-        } else {
-            let mut at = 0;
-            for &l in lens.iter() {
-                tx.transmit_udp(port, entropy, &batch[at..at + l], None)?;
-                at += l;
-            }
-        }
+        let mut sink = VxSink { buf: &mut self.vx_batch, used: 0, cur: 0, lens: &mut self.vx_lens, hdr, port, entropy, tx, frames: 0, bytes: 0, err: None };
+        sink.lens.clear();
+        let r = offload::finish_into(buf.frame(), &v, &mut sink);
+        let flushed = r.is_ok() && sink.flush();
+        let (frames, bytes, err) = (sink.frames, sink.bytes, sink.err);
         let st = &mut self.stats[pi];
-        st.tx_frames += n as u64;
-        st.tx_bytes += (batch.len() - n * vxlan::HEADER_LEN) as u64;
+        st.tx_frames += frames;
+        st.tx_bytes += bytes;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if !flushed {
+            return Err(DropReason::OffloadFailed);
+        }
         if gso {
             st.tx_sw_segmented += 1;
         }
@@ -957,6 +949,75 @@ fn inner_checksum_state(f: &[u8]) -> VnetHdr {
         v.csum_offset = co as u16;
     }
     v
+}
+
+/// Software-finished frames for a VXLAN peer, each behind its VXLAN header, back to back in
+/// `buf`; sent in batches of equal-sized datagrams (UDP_SEGMENT at the I/O edge) whenever the
+/// buffer fills, and at the end.
+struct VxSink<'a> {
+    buf: &'a mut [u8],
+    used: usize,
+    cur: usize,
+    lens: &'a mut Vec<usize>,
+    hdr: [u8; crate::wire::vxlan::HEADER_LEN],
+    port: PortId,
+    entropy: u16,
+    tx: &'a mut dyn Transmit,
+    /// Frames and inner bytes sent so far.
+    frames: u64,
+    bytes: u64,
+    err: Option<DropReason>,
+}
+
+impl VxSink<'_> {
+    /// Sends what the buffer holds. False (and `err` set) if the send failed.
+    fn flush(&mut self) -> bool {
+        let (lens, batch) = (&*self.lens, &self.buf[..self.used]);
+        let n = lens.len();
+        if n == 0 {
+            return true;
+        }
+        // One batch when every datagram but the last has the first one's size (segments
+        // do); otherwise one datagram at a time.
+        let first = lens[0];
+        let even = lens.iter().enumerate().all(|(i, &l)| l == first || (i == n - 1 && l < first));
+        let r = if even {
+            self.tx.transmit_udp(self.port, self.entropy, batch, (n > 1).then_some(first))
+        } else {
+            let mut at = 0;
+            lens.iter().try_for_each(|&l| {
+                let r = self.tx.transmit_udp(self.port, self.entropy, &batch[at..at + l], None);
+                at += l;
+                r
+            })
+        };
+        if let Err(e) = r {
+            self.err = Some(e);
+            return false;
+        }
+        self.frames += n as u64;
+        self.bytes += (self.used - n * crate::wire::vxlan::HEADER_LEN) as u64;
+        self.used = 0;
+        self.lens.clear();
+        true
+    }
+}
+
+impl offload::Sink for VxSink<'_> {
+    fn next(&mut self, len: usize) -> Option<&mut [u8]> {
+        let need = self.hdr.len() + len;
+        if self.used + need > self.buf.len() && !self.flush() {
+            return None;
+        }
+        let room = self.buf.get_mut(self.used..self.used + need)?;
+        room[..self.hdr.len()].copy_from_slice(&self.hdr);
+        self.cur = need;
+        Some(&mut room[self.hdr.len()..])
+    }
+    fn done(&mut self) {
+        self.used += self.cur;
+        self.lens.push(self.cur);
+    }
 }
 
 /// Counts and writes one frame the coalescer let go (its port takes virtio_net_hdr metadata).

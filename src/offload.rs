@@ -18,6 +18,8 @@ pub enum OffloadError {
     Malformed,
     /// A combination we do not segment (IPv6 extension headers, non-TCP/UDP).
     Unsupported,
+    /// The destination took no more frames (too small a buffer, or its own send failed).
+    Sink,
 }
 
 const IPPROTO_TCP: u8 = 6;
@@ -132,19 +134,6 @@ fn pseudo(s: &[u8], lay: &Layout, l4_len: usize) -> u64 {
     }
 }
 
-/// Writes the complete L4 checksum of the IP packet in `s[..end]`, whose layout is `lay`.
-fn l4_checksum(s: &mut [u8], lay: &Layout, end: usize) {
-    let off = if lay.proto == IPPROTO_TCP { 16 } else { 6 };
-    s[lay.l4 + off] = 0;
-    s[lay.l4 + off + 1] = 0;
-    let l4_len = end - lay.l4;
-    let mut c = !checksum::fold(checksum::add(pseudo(s, lay, l4_len), &s[lay.l4..end]));
-    if lay.proto == IPPROTO_UDP && c == 0 {
-        c = 0xffff;
-    }
-    s[lay.l4 + off..lay.l4 + off + 2].copy_from_slice(&c.to_be_bytes());
-}
-
 /// Completes a pending (partial) L4 checksum in place and clears the flag; for frames the
 /// router must cut into IP fragments. GSO frames are refused (they are segmented instead).
 pub fn complete_checksum(frame: &mut [u8], v: &mut VnetHdr) -> Result<(), OffloadError> {
@@ -165,6 +154,32 @@ pub fn complete_checksum(frame: &mut [u8], v: &mut VnetHdr) -> Result<(), Offloa
     Ok(())
 }
 
+/// Where finished frames are written: room for each one in turn, filled in place, so a
+/// segment is copied once, straight to where it is sent from.
+pub trait Sink {
+    /// Room for the next frame of exactly `len` bytes, or `None`: take no more.
+    fn next(&mut self, len: usize) -> Option<&mut [u8]>;
+    /// The frame in the room last handed out is complete.
+    fn done(&mut self);
+}
+
+/// One frame at a time in a scratch buffer, each handed to a callback.
+struct ScratchSink<'a, 'b> {
+    buf: &'a mut [u8],
+    len: usize,
+    out: &'a mut (dyn FnMut(&[u8]) + 'b),
+}
+
+impl Sink for ScratchSink<'_, '_> {
+    fn next(&mut self, len: usize) -> Option<&mut [u8]> {
+        self.len = len;
+        self.buf.get_mut(..len)
+    }
+    fn done(&mut self) {
+        (self.out)(&self.buf[..self.len]);
+    }
+}
+
 /// Finishes `frame` for a port without offloads and hands each resulting frame to `out`.
 /// Returns how many frames were produced.
 pub fn finish(
@@ -173,40 +188,39 @@ pub fn finish(
     scratch: &mut [u8],
     out: &mut dyn FnMut(&[u8]),
 ) -> Result<usize, OffloadError> {
-    if v.gso == Gso::None {
-        if !v.needs_csum {
-            out(frame);
-            return Ok(1);
-        }
+    if v.is_plain() {
+        out(frame);
+        return Ok(1);
+    }
+    finish_into(frame, v, &mut ScratchSink { buf: scratch, len: 0, out })
+}
+
+/// Finishes a frame whose metadata asks for work (a partial checksum, GSO) into `sink`:
+/// the checksum completed, or the segments cut. Returns how many frames were produced.
+pub fn finish_into(frame: &[u8], v: &VnetHdr, sink: &mut dyn Sink) -> Result<usize, OffloadError> {
+    let lay = checked_layout(frame, v)?;
+    if v.gso != Gso::None {
+        return segment(frame, &lay, v, sink);
+    }
+    let s = sink.next(frame.len()).ok_or(OffloadError::Sink)?;
+    s.copy_from_slice(frame);
+    if v.needs_csum {
         // Only the IP packet is summed: Ethernet padding is not part of it.
-        let lay = checked_layout(frame, v)?;
         let (cs, co) = (v.csum_start as usize, v.csum_offset as usize);
-        if frame.len() > scratch.len() {
-            return Err(OffloadError::Malformed);
-        }
-        let s = &mut scratch[..frame.len()];
-        s.copy_from_slice(frame);
         let mut c = !checksum::fold(checksum::add(0, &s[cs..lay.end]));
         if lay.proto == IPPROTO_UDP && c == 0 {
             c = 0xffff; // RFC 768: zero means "no checksum"
         }
         s[cs + co..cs + co + 2].copy_from_slice(&c.to_be_bytes());
-        out(s);
-        return Ok(1);
     }
-    let lay = checked_layout(frame, v)?;
-    segment(frame, &lay, v, scratch, out)
+    sink.done();
+    Ok(1)
 }
 
 /// Cuts a super-frame whose metadata `checked_layout` has accepted (so the GSO type matches
-/// the L3/L4 protocols and the segment size is sane) into wire-sized frames.
-fn segment(
-    f: &[u8],
-    lay: &Layout,
-    v: &VnetHdr,
-    scratch: &mut [u8],
-    out: &mut dyn FnMut(&[u8]),
-) -> Result<usize, OffloadError> {
+/// the L3/L4 protocols and the segment size is sane) into wire-sized frames. Each payload
+/// byte is read once: copied and summed for the segment's checksum in the same pass.
+fn segment(f: &[u8], lay: &Layout, v: &VnetHdr, sink: &mut dyn Sink) -> Result<usize, OffloadError> {
     let want = lay.proto;
     let hdr_end = if want == IPPROTO_TCP {
         let doff = *f.get(lay.l4 + 12).ok_or(OffloadError::Malformed)?;
@@ -223,7 +237,7 @@ fn segment(
     }
     let mss = v.gso_size as usize;
     let payload = &f[hdr_end..lay.end];
-    if mss < 8 || hdr_end + mss.min(payload.len()) > scratch.len() {
+    if mss < 8 {
         return Err(OffloadError::Malformed);
     }
     let seq0 = if want == IPPROTO_TCP {
@@ -233,12 +247,15 @@ fn segment(
     };
     let id0 = if lay.v4 { be16(f, lay.l3 + 4)? } else { 0 };
     let n = payload.len().div_ceil(mss).max(1);
+    let csum_at = lay.l4 + if want == IPPROTO_TCP { 16 } else { 6 };
     for i in 0..n {
         let chunk = &payload[(i * mss).min(payload.len())..((i + 1) * mss).min(payload.len())];
         let end = hdr_end + chunk.len();
-        let s = &mut scratch[..end];
+        let s = sink.next(end).ok_or(OffloadError::Sink)?;
         s[..hdr_end].copy_from_slice(&f[..hdr_end]);
-        s[hdr_end..].copy_from_slice(chunk);
+        // The L4 header starts on an even offset and is a whole number of words long, so the
+        // payload's sum adds to the header's as it stands.
+        let chunk_sum = checksum::copy_add(0, &mut s[hdr_end..], chunk);
         if lay.v4 {
             let total = (end - lay.l3) as u16;
             s[lay.l3 + 2..lay.l3 + 4].copy_from_slice(&total.to_be_bytes());
@@ -265,8 +282,14 @@ fn segment(
             let ulen = (end - lay.l4) as u16;
             s[lay.l4 + 4..lay.l4 + 6].copy_from_slice(&ulen.to_be_bytes());
         }
-        l4_checksum(s, lay, end);
-        out(s);
+        s[csum_at..csum_at + 2].fill(0);
+        let sum = checksum::add(pseudo(s, lay, end - lay.l4) + chunk_sum, &s[lay.l4..hdr_end]);
+        let mut c = !checksum::fold(sum);
+        if want == IPPROTO_UDP && c == 0 {
+            c = 0xffff;
+        }
+        s[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+        sink.done();
     }
     Ok(n)
 }
