@@ -503,12 +503,24 @@ impl Datapath {
         self.gro.flush(&mut |p, v, f| gro_sent(stats, tx, p, v, f));
     }
 
+    /// A datagram from `from` that did not fit the receive buffer: counted against its peer.
+    pub fn vxlan_truncated(&mut self, from: std::net::Ipv4Addr) {
+        match self.vteps.get(&from) {
+            Some(p) => self.stats[p.0 as usize].drop(DropReason::VxlanTruncated),
+            None => self.vx_stats.unknown_peer += 1,
+        }
+    }
+
     fn vxlan_ingress(&mut self, now: Instant, port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
         let vni = crate::wire::vxlan::VxlanPacket::new_checked(buf.frame()).map_err(|_| DropReason::BadVxlan)?.vni();
         let Role::Vtep { vnis, .. } = &self.ports[port.0 as usize].role else { return Err(DropReason::UnknownVni) };
         let net = vnis.iter().find(|(v, _)| *v == vni).map(|(_, n)| *n).ok_or(DropReason::UnknownVni)?;
         buf.pull(crate::wire::vxlan::HEADER_LEN);
-        buf.vnet = inner_checksum_state(buf.frame());
+        let mut v = inner_checksum_state(buf.frame());
+        if leaked_superframe(buf.frame_mut(), &mut v, self.vxlan_mtu) {
+            self.stats[port.0 as usize].rx_gso_frames += 1;
+        }
+        buf.vnet = v;
         // RFC 7348: a VTEP drops inner frames carrying a VLAN tag unless configured otherwise.
         let (dst, src) = self.untagged_edge(buf)?;
         self.switch_in(now, net, src, dst, port, buf, tx)
@@ -941,12 +953,14 @@ fn inner_checksum_state(f: &[u8]) -> VnetHdr {
         return v;
     }
     let pseudo = checksum::pseudo_v4(ip.src().octets(), ip.dst().octets(), p, l4.len() as u32);
-    if checksum::fold(checksum::add(pseudo, l4)) == 0xffff {
-        v.data_valid = true;
-    } else if crate::wire::be16(l4, co) == checksum::fold(pseudo) {
+    // The partial form first: it costs nothing, and a complete checksum that happens to equal
+    // it is merely computed again, to the same value.
+    if crate::wire::be16(l4, co) == checksum::fold(pseudo) {
         v.needs_csum = true;
         v.csum_start = (14 + hl) as u16;
         v.csum_offset = co as u16;
+    } else if checksum::fold(checksum::add(pseudo, l4)) == 0xffff {
+        v.data_valid = true;
     }
     v
 }
@@ -1033,6 +1047,48 @@ fn gro_sent(stats: &mut [PortStats], tx: &mut dyn Transmit, port: PortId, v: &Vn
         }
         Err(r) => st.drop(r),
     }
+}
+
+/// A TCP/IPv4 frame over the overlay MTU from a VXLAN peer is a super-frame that never met a
+/// wire: the kernel's VXLAN device over a veth sends its guests' GSO packets whole (a
+/// SKB_GSO_UDP_TUNNEL datagram, handed to a UDP socket as one) and leaves their segmentation
+/// to whoever transmits them last. Such a frame becomes a GSO super-frame again, with the
+/// overlay's segment size (what a segment on a real underlay could carry) and a partial
+/// checksum, so a guest takes it as one frame and any other egress cuts it to size. True if
+/// the frame was marked so.
+fn leaked_superframe(f: &mut [u8], v: &mut VnetHdr, mtu: usize) -> bool {
+    use crate::wire::checksum;
+    use crate::wire::ipv4::{proto, Ipv4Packet};
+    if !(v.needs_csum || v.data_valid) || f.len() < 14 + 20 || f[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(&f[14..]) else { return false };
+    let (hl, tl) = (ip.header_len(), ip.total_len());
+    if tl <= mtu || ip.protocol() != proto::TCP || ip.frag_offset() != 0 || ip.more_frags() {
+        return false;
+    }
+    let (src, dst) = (ip.src().octets(), ip.dst().octets());
+    let l4 = 14 + hl;
+    let Some(&doff) = f.get(l4 + 12) else { return false };
+    let thl = (doff >> 4) as usize * 4;
+    let Some(mss) = mtu.checked_sub(hl + thl).filter(|&m| m >= 48) else { return false };
+    if thl < 20 || l4 + thl >= 14 + tl {
+        return false;
+    }
+    let partial = checksum::fold(checksum::pseudo_v4(src, dst, proto::TCP, (tl - hl) as u32));
+    f[l4 + 16..l4 + 18].copy_from_slice(&partial.to_be_bytes());
+    *v = VnetHdr {
+        needs_csum: true,
+        data_valid: false,
+        gso: crate::wire::vnet::Gso::TcpV4,
+        // CWR belongs on the first segment only.
+        ecn: f[l4 + 13] & 0x80 != 0,
+        hdr_len: (l4 + thl) as u16,
+        gso_size: mss as u16,
+        csum_start: l4 as u16,
+        csum_offset: 16,
+    };
+    true
 }
 
 /// A hash of the inner flow (MACs, and IPv4 addresses and ports when present) for the outer

@@ -365,3 +365,185 @@ fn lost_port_forgets_its_learned_macs() {
     assert_eq!(send(&mut d, 0, 0, &eth(mac(1), mac(9), &[0; 46]), VnetHdr::default()).ports(), vec![1, 3, 4, 5]);
     d.port_lost(PortId(999)); // unknown ids are ignored
 }
+
+/// Frames and VXLAN datagrams as the I/O edge would get them.
+#[derive(Default)]
+struct Wire {
+    frames: Vec<(PortId, Option<VnetHdr>, Vec<u8>)>,
+    udp: Vec<(PortId, Vec<u8>, Option<usize>)>,
+}
+
+impl Transmit for Wire {
+    fn transmit(&mut self, port: PortId, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), DropReason> {
+        self.frames.push((port, vnet.copied(), frame.to_vec()));
+        Ok(())
+    }
+    fn transmit_udp(&mut self, port: PortId, _entropy: u16, payload: &[u8], seg: Option<usize>) -> Result<(), DropReason> {
+        self.udp.push((port, payload.to_vec(), seg));
+        Ok(())
+    }
+}
+
+const PEER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 2);
+
+/// p0: net A with offload; p1: net A without; p2: VXLAN peer 192.0.2.2 carrying A as VNI
+/// 5001. Overlay MTU 1450.
+fn dp_vxlan() -> Datapath {
+    let vtep = PortSpec {
+        name: "vx".into(),
+        ifname: "vx".into(),
+        kind: "vxlan".into(),
+        role: Role::Vtep { remote: PEER, vnis: vec![(5001, A)] },
+        offload: false,
+        mac_limit: None,
+    };
+    Datapath::new(DatapathConfig {
+        router_mac: ROUTER,
+        nets: vec![NetSpec { name: "a".into(), vlan: None }],
+        ports: vec![access("p0", A, true), access("p1", A, false), vtep],
+        mac_aging: Duration::from_secs(300),
+        mac_table_size: 64,
+        security: Default::default(),
+        vxlan_mtu: 1450,
+        l3: Default::default(),
+    })
+}
+
+/// A TCP segment from mac(9) (behind the peer) to `dst`, checksums complete.
+fn tcp_seg(dst: MacAddr, seq: u32, id: u16, len: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(9).0, dst.0)
+        .ipv4([10, 1, 1, 9], [10, 1, 1, 11], 64)
+        .tcp(5201, 40000, seq, 1000)
+        .ack(1)
+        .write(&mut v, &(0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>())
+        .unwrap();
+    v[18..20].copy_from_slice(&id.to_be_bytes());
+    v[24..26].fill(0);
+    let c = crate::wire::checksum::checksum(&v[14..34]);
+    v[24..26].copy_from_slice(&c.to_be_bytes());
+    v
+}
+
+fn vx(inner: &[u8]) -> Vec<u8> {
+    let mut d = vec![0u8; 8];
+    crate::wire::vxlan::emit(&mut d, 5001);
+    d.extend_from_slice(inner);
+    d
+}
+
+fn tcp_ok(f: &[u8]) -> bool {
+    let p = etherparse::SlicedPacket::from_ethernet(f).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { return false };
+    let Some(etherparse::TransportSlice::Tcp(t)) = &p.transport else { return false };
+    t.checksum() == t.to_header().calc_checksum_ipv4(&ip.header().to_header(), t.payload()).unwrap()
+}
+
+/// One UDP_GRO read of five segments of one flow reaches the offload port as one super-frame
+/// that cuts back into the very same five; the port without offload gets the five as they came.
+#[test]
+fn vxlan_batch_coalesces_for_offload_ports_only() {
+    let mut b = PacketBuf::new();
+    for (port, offload) in [(0u16, true), (1, false)] {
+        let mut d = dp_vxlan();
+        let dst = mac(port as u8 + 1);
+        send(&mut d, 0, port, &eth(MacAddr::BROADCAST, dst, &[0; 46]), VnetHdr::default());
+        let segs: Vec<Vec<u8>> = (0..5u32).map(|i| tcp_seg(dst, 1 + i * 1000, 10 + i as u16, if i == 4 { 500 } else { 1000 })).collect();
+        let batch: Vec<u8> = segs.iter().flat_map(|s| vx(s)).collect();
+        // Equal-sized datagrams but the last, as GRO hands them over.
+        let mut w = Wire::default();
+        d.vxlan_batch(Instant::from_secs(1), PEER, &batch, 8 + segs[0].len(), &mut b, &mut w);
+        let st = d.stats(PortId(port)).unwrap();
+        if offload {
+            assert_eq!(w.frames.len(), 1, "one super-frame");
+            let (p, v, f) = &w.frames[0];
+            let v = v.unwrap();
+            assert_eq!((p.0, v.gso, v.gso_size), (0, Gso::TcpV4, 1000));
+            let mut again = Vec::new();
+            let mut scratch = vec![0u8; 70_000];
+            crate::offload::finish(f, &v, &mut scratch, &mut |s| again.push(s.to_vec())).unwrap();
+            assert_eq!(again, segs);
+            assert_eq!((st.tx_frames, st.tx_coalesced), (1, 1));
+        } else {
+            let got: Vec<Vec<u8>> = w.frames.iter().map(|(_, _, f)| f.clone()).collect();
+            assert_eq!(got, segs);
+            assert_eq!((st.tx_frames, st.tx_coalesced), (5, 0));
+        }
+        assert_eq!(d.stats(PortId(2)).unwrap().rx_frames, 5);
+    }
+}
+
+/// A kernel VTEP over a veth hands over its guest's super-frame whole, in one datagram with a
+/// partial checksum: it becomes a GSO frame again, cut to the overlay MTU wherever it must be.
+#[test]
+fn leaked_superframe_from_a_kernel_vtep_is_resegmented() {
+    let mut b = PacketBuf::new();
+    let mut d = dp_vxlan();
+    send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
+    send(&mut d, 0, 1, &eth(MacAddr::BROADCAST, mac(2), &[0; 46]), VnetHdr::default());
+    for (dst, port) in [(mac(1), 0u16), (mac(2), 1)] {
+        let mut f = tcp_seg(dst, 1, 1, 10_000);
+        // The kernel's partial checksum: the pseudo-header sum alone.
+        let l4 = (f.len() - 34) as u32;
+        let partial = crate::wire::checksum::fold(crate::wire::checksum::pseudo_v4([10, 1, 1, 9], [10, 1, 1, 11], 6, l4));
+        f[50..52].copy_from_slice(&partial.to_be_bytes());
+        let dg = vx(&f);
+        let mut w = Wire::default();
+        d.vxlan_batch(Instant::from_secs(1), PEER, &dg, dg.len(), &mut b, &mut w);
+        if port == 0 {
+            assert_eq!(w.frames.len(), 1);
+            let v = w.frames[0].1.unwrap();
+            assert_eq!((v.gso, v.gso_size, v.needs_csum, v.hdr_len), (Gso::TcpV4, 1410, true, 54));
+        } else {
+            assert_eq!(w.frames.len(), 8, "ceil(10000 / 1410)");
+            assert!(w.frames.iter().all(|(p, _, s)| p.0 == 1 && s.len() <= 14 + 1450 && tcp_ok(s)));
+        }
+    }
+    assert_eq!(d.stats(PortId(2)).unwrap().rx_gso_frames, 2);
+    // A datagram cut short by the socket is counted against its peer.
+    d.vxlan_truncated(PEER);
+    assert_eq!(drops(&d, 2, DropReason::VxlanTruncated), 1);
+    d.vxlan_truncated(std::net::Ipv4Addr::new(192, 0, 2, 99));
+    assert_eq!(d.show_stats().vxlan.unknown_peer, 1);
+}
+
+/// A guest's super-frame to a remote MAC leaves as equal-sized datagrams (one UDP_SEGMENT
+/// batch per buffer-full), each a VXLAN header and a valid segment, all of them, in order;
+/// a tiny segment size spills over several batches.
+#[test]
+fn superframe_to_a_peer_is_segmented_in_batches() {
+    let mut d = dp_vxlan();
+    let mut b = PacketBuf::new();
+    let mut w = Wire::default();
+    // mac(9) lives behind the peer.
+    let arp = vx(&eth(MacAddr::BROADCAST, mac(9), &[0; 46]));
+    d.vxlan_batch(Instant::from_secs(0), PEER, &arp, arp.len(), &mut b, &mut w);
+    for (mss, payload) in [(1398u16, 60_000usize), (48, 60_000)] {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(1).0, mac(9).0)
+            .ipv4([10, 1, 1, 11], [10, 1, 1, 9], 64)
+            .tcp(40000, 5201, 7, 1000)
+            .write(&mut f, &(0..payload).map(|i| (i % 253) as u8).collect::<Vec<_>>())
+            .unwrap();
+        let v = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: mss, hdr_len: 54, csum_start: 34, csum_offset: 16, ..Default::default() };
+        let mut w = Wire::default();
+        let mut pb = PacketBuf::from_frame(&f, v);
+        d.process(Instant::from_secs(1), PortId(0), &mut pb, &mut w);
+        let mut seq = 7u32;
+        let mut batches = 0;
+        for (p, payload, seg) in &w.udp {
+            assert_eq!(p.0, 2);
+            batches += 1;
+            let seg = seg.unwrap_or(payload.len());
+            for dg in payload.chunks(seg) {
+                assert_eq!(&dg[..8], &vx(&[])[..]);
+                let inner = &dg[8..];
+                assert!(inner.len() - 14 <= 1450 && tcp_ok(inner));
+                assert_eq!(u32::from_be_bytes(inner[38..42].try_into().unwrap()), seq);
+                seq += (inner.len() - 54) as u32;
+            }
+        }
+        assert_eq!(seq, 7 + payload as u32, "every byte, in order");
+        assert!(if mss == 48 { batches > 1 } else { batches == 1 }, "mss {mss}: {batches} batches");
+    }
+}

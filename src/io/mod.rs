@@ -506,7 +506,11 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                     break;
                 }
                 match v.rx.recv(&mut vx_buf) {
-                    Ok((len, from, seg)) => {
+                    Ok(r) if r.truncated => {
+                        dp.vxlan_truncated(*r.from.ip());
+                        got = true;
+                    }
+                    Ok(crate::sys::udp::Received { len, from, seg, .. }) => {
                         // With GRO one read may hold several datagrams of `seg` bytes.
                         let seg = seg.unwrap_or(len).max(1);
                         let t = std::time::Instant::now();

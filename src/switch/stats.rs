@@ -116,6 +116,9 @@ drop_reasons! {
     /// Larger than the overlay's MTU (underlay MTU minus VXLAN's 50 bytes): never sent out
     /// to be lost silently on the underlay.
     VxlanTooBig => "vxlan_too_big",
+    /// A VXLAN datagram longer than the receive buffer: a local sender's GSO super-datagram
+    /// past 64 KiB, cut short by the socket, so its inner frame is incomplete.
+    VxlanTruncated => "vxlan_truncated",
     /// A port's security groups allow neither this packet's flow nor a reply to one.
     SecurityGroup => "security_group",
     /// A DNS message the server could not answer at all (unreadable header).

@@ -139,15 +139,8 @@ impl Udp {
         Ok(())
     }
 
-    /// Reads into `buf`: bytes, the sender, and with GRO the size of each datagram in the
-    /// buffer (`None`: one datagram).
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4, Option<usize>)> {
-        if !self.gro {
-            return match self.sock.recv_from(buf)? {
-                (n, std::net::SocketAddr::V4(a)) => Ok((n, a, None)),
-                (n, _) => Ok((n, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), None)),
-            };
-        }
+    /// Reads into `buf`: what arrived, and from whom.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Received> {
         // SAFETY: sockaddr_in is plain data.
         let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
@@ -178,8 +171,21 @@ impl Udp {
             }
         }
         let from = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)), u16::from_be(addr.sin_port));
-        Ok((n as usize, from, seg.filter(|&s| s > 0 && s < n as usize)))
+        Ok(Received { len: n as usize, from, seg: seg.filter(|&s| s > 0 && s < n as usize), truncated: msg.msg_flags & libc::MSG_TRUNC != 0 })
     }
+}
+
+/// One read's worth.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    /// Bytes in the buffer.
+    pub len: usize,
+    pub from: SocketAddrV4,
+    /// With GRO: the size of each datagram, back to back in the buffer (the last may be
+    /// shorter). `None`: one datagram.
+    pub seg: Option<usize>,
+    /// The datagram was longer than the buffer and was cut.
+    pub truncated: bool,
 }
 
 impl AsRawFd for Udp {
