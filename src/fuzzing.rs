@@ -203,14 +203,17 @@ pub fn datapath(dp: &mut Datapath, data: &[u8]) {
         let vnet = VnetHdr::parse(&rest[3..13]).unwrap_or_default();
         rest = &rest[13..];
         let take = len.min(rest.len());
-        b.load(&rest[..take], vnet);
+        let record = &rest[..take];
         rest = &rest[take..];
         t += 1000;
         if dp.port_name(port) == "vxlan" {
-            // A datagram from the peer, or (odd lengths) from a stranger.
+            // Datagrams from the peer, or (odd lengths) from a stranger; the header's segment
+            // size, when set, cuts the record into a GRO batch of datagrams that size.
             let from = if len.is_multiple_of(2) { FUZZ_VTEP.into() } else { std::net::Ipv4Addr::new(192, 0, 2, 99) };
-            dp.vxlan_in(Instant::from_millis(t), from, &mut b, &mut sink);
+            let seg = if vnet.gso_size > 0 { vnet.gso_size as usize } else { take };
+            dp.vxlan_batch(Instant::from_millis(t), from, record, seg, &mut b, &mut sink);
         } else {
+            b.load(record, vnet);
             dp.process(Instant::from_millis(t), port, &mut b, &mut sink);
         }
         dp.poll(Instant::from_millis(t), &mut sink);

@@ -246,11 +246,11 @@ fn render(t: Table, data: &Value) -> String {
                 format!("p50 {} / p99 {} / max {} ns over {}", h["p50_ns"], h["p99_ns"], h["max_ns"], h["count"])
             };
             let mut out = format!(
-                "uptime {}s, {} MAC entries\ntotals: rx {} frames / {} bytes, tx {} frames / {} bytes, {} software-segmented, drops {}\n\
+                "uptime {}s, {} MAC entries\ntotals: rx {} frames / {} bytes, tx {} frames / {} bytes, {} software-segmented, {} coalesced, drops {}\n\
                  latency: per frame (decision + writes) {}; per write {}\n\n",
                 data["uptime_secs"], data["fdb_entries"], data["totals"]["rx_frames"], data["totals"]["rx_bytes"],
                 data["totals"]["tx_frames"], data["totals"]["tx_bytes"], data["totals"]["tx_sw_segmented"],
-                cell(&data["totals"]["drops"]), lat("frame"), lat("write")
+                data["totals"]["tx_coalesced"], cell(&data["totals"]["drops"]), lat("frame"), lat("write")
             );
             let rows: Vec<Value> = ports.iter().map(|p| {
                 let mut p = p.clone();
@@ -258,7 +258,7 @@ fn render(t: Table, data: &Value) -> String {
                 p["drops"] = Value::String(if d.is_empty() { "-".into() } else { d });
                 p
             }).collect();
-            out += &table(&rows, &["name", "rx_frames", "rx_bytes", "rx_gso_frames", "tx_frames", "tx_bytes", "tx_sw_segmented", "mac_moves", "drops"]);
+            out += &table(&rows, &["name", "rx_frames", "rx_bytes", "rx_gso_frames", "tx_frames", "tx_bytes", "tx_sw_segmented", "tx_coalesced", "mac_moves", "drops"]);
             out
         }
         Table::Leases => {

@@ -167,6 +167,12 @@ fn two_vrouters_and_the_kernel_share_a_vni() {
     assert!(rows.iter().any(|r| r["mac"] == "52:54:00:30:01:12" && r["port"] == format!("vxlan-{B}") && r["network"] == "web"), "{fdb}");
     let ports = lab.show_at(&sa, "ports");
     assert!(ports.as_array().unwrap().iter().any(|p| p["name"] == format!("vxlan-{K}") && p["mode"] == "vxlan" && p["tx_frames"].as_u64().unwrap() > 100), "{ports}");
+    // Segments from a vrouter peer were coalesced for ga's tap; the kernel VTEP's whole
+    // super-frames (one tunnel-GSO datagram each over the veth) were taken as GSO frames.
+    let st = lab.show_at(&sa, "stats");
+    let port = |n: &str| st["ports"].as_array().unwrap().iter().find(|p| p["name"] == n).cloned().unwrap_or_default();
+    assert!(port("ga")["tx_coalesced"].as_u64().unwrap_or(0) > 0, "no super-frame coalesced for ga: {}", port("ga"));
+    assert!(port(&format!("vxlan-{K}"))["rx_gso_frames"].as_u64().unwrap_or(0) > 0, "{}", port(&format!("vxlan-{K}")));
     let stats_b = lab.show_at(&sb, "stats");
     assert_eq!(stats_b["totals"]["drops"]["vxlan_too_big"].as_u64().unwrap_or(0), 0, "{stats_b}");
 
