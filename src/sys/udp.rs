@@ -8,10 +8,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
-// From include/uapi/linux/udp.h. libc (0.2.191) exports these for uclibc and Android targets
-// only, not for linux-gnu; rustix and linux-raw-sys do not have them either.
-const UDP_SEGMENT: libc::c_int = 103;
-const UDP_GRO: libc::c_int = 104;
+use libc::{UDP_GRO, UDP_SEGMENT};
 
 /// The most one UDP_SEGMENT send carries: the UDP length field's limit, less headers.
 const GSO_MAX_BYTES: usize = 65_000;
