@@ -35,6 +35,8 @@ const SIGNAL: Token = Token(usize::MAX - 1);
 const WAKE: Token = Token(usize::MAX - 2);
 const LINKS: Token = Token(usize::MAX - 3);
 const VXLAN: Token = Token(usize::MAX - 4);
+/// Messages (each up to 64 KiB of GRO-merged datagrams) read per `recvmmsg`.
+const VXLAN_RECV_BATCH: usize = 8;
 /// Outer source ports (sockets) VXLAN traffic leaves from, chosen by inner-flow hash.
 const VXLAN_SEND_SOCKETS: usize = 8;
 /// Upstream DNS sockets take the tokens below this one.
@@ -331,7 +333,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         None => None,
     };
     let mut vx_ready = false;
-    let mut vx_buf = vec![0u8; 65_536 + 1024];
+    let mut vx_batch = crate::sys::udp::RecvBatch::new(VXLAN_RECV_BATCH);
     // Interfaces that vanish (a VM powered off, its tap deleted) and return are noticed through
     // rtnetlink; a periodic check backs it up.
     let links = match rtnl::LinkWatch::open() {
@@ -500,24 +502,28 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         if let (Some(v), true) = (&vx, vx_ready) {
             vx_ready = false;
             let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, vx: vx.as_ref() };
-            for n in 0.. {
-                if n == BUDGET {
+            let mut n = 0;
+            loop {
+                if n >= BUDGET {
                     vx_ready = true;
                     break;
                 }
-                match v.rx.recv(&mut vx_buf) {
-                    Ok(r) if r.truncated => {
-                        dp.vxlan_truncated(*r.from.ip());
+                match v.rx.recv_many(&mut vx_batch) {
+                    Ok(k) => {
+                        n += k;
                         got = true;
-                    }
-                    Ok(crate::sys::udp::Received { len, from, seg, .. }) => {
-                        // With GRO one read may hold several datagrams of `seg` bytes.
-                        let seg = seg.unwrap_or(len).max(1);
-                        let t = std::time::Instant::now();
-                        dp.vxlan_batch(now, *from.ip(), &vx_buf[..len], seg, &mut buf, &mut tx);
-                        let n = len.div_ceil(seg).max(1) as u64;
-                        let _ = lat.frame.record_n(t.elapsed().as_nanos() as u64 / n, n);
-                        got = true;
+                        for (r, bytes) in vx_batch.iter() {
+                            if r.truncated {
+                                dp.vxlan_truncated(*r.from.ip());
+                                continue;
+                            }
+                            // With GRO one message may hold several datagrams of `seg` bytes.
+                            let seg = r.seg.unwrap_or(r.len).max(1);
+                            let t = std::time::Instant::now();
+                            dp.vxlan_batch(now, *r.from.ip(), bytes, seg, &mut buf, &mut tx);
+                            let d = r.len.div_ceil(seg).max(1) as u64;
+                            let _ = lat.frame.record_n(t.elapsed().as_nanos() as u64 / d, d);
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
