@@ -935,29 +935,43 @@ fn inner_checksum_state(f: &[u8]) -> VnetHdr {
     use crate::wire::checksum;
     use crate::wire::ipv4::{proto, Ipv4Packet};
     let mut v = VnetHdr::default();
-    if f.len() < 34 || f[12..14] != [0x08, 0x00] {
-        return v;
-    }
-    let Ok(ip) = Ipv4Packet::new_checked(&f[14..]) else { return v };
-    if ip.frag_offset() != 0 || ip.more_frags() {
-        return v;
-    }
-    let (p, hl, tl) = (ip.protocol(), ip.header_len(), ip.total_len());
+    // Where L4 starts and ends, its protocol, and the pseudo-header sum; IPv6 only without
+    // extension headers (the transport header right after the fixed one).
+    let (l4_at, p, pseudo, l4) = match f.get(12..14) {
+        Some([0x08, 0x00]) => {
+            let Ok(ip) = Ipv4Packet::new_checked(&f[14..]) else { return v };
+            if ip.frag_offset() != 0 || ip.more_frags() {
+                return v;
+            }
+            let (p, hl, tl) = (ip.protocol(), ip.header_len(), ip.total_len());
+            let Some(l4) = f.get(14 + hl..14 + tl) else { return v };
+            (14 + hl, p, checksum::pseudo_v4(ip.src().octets(), ip.dst().octets(), p, l4.len() as u32), l4)
+        }
+        Some([0x86, 0xdd]) if f.len() >= 54 => {
+            let plen = crate::wire::be16(f, 18) as usize;
+            let Some(l4) = f.get(54..54 + plen) else { return v };
+            let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+            src.copy_from_slice(&f[22..38]);
+            dst.copy_from_slice(&f[38..54]);
+            (54, f[20], checksum::pseudo_v6(src, dst, f[20], l4.len() as u32), l4)
+        }
+        _ => return v,
+    };
     let co = match p {
         proto::TCP => 16,
         proto::UDP => 6,
         _ => return v,
     };
-    let Some(l4) = f.get(14 + hl..14 + tl) else { return v };
+    // UDP over IPv4 may carry no checksum (zero); over IPv6 zero is invalid and left for the
+    // receiver to refuse.
     if l4.len() < co + 2 || (p == proto::UDP && crate::wire::be16(l4, 6) == 0) {
         return v;
     }
-    let pseudo = checksum::pseudo_v4(ip.src().octets(), ip.dst().octets(), p, l4.len() as u32);
     // The partial form first: it costs nothing, and a complete checksum that happens to equal
     // it is merely computed again, to the same value.
     if crate::wire::be16(l4, co) == checksum::fold(pseudo) {
         v.needs_csum = true;
-        v.csum_start = (14 + hl) as u16;
+        v.csum_start = l4_at as u16;
         v.csum_offset = co as u16;
     } else if checksum::fold(checksum::add(pseudo, l4)) == 0xffff {
         v.data_valid = true;
