@@ -475,6 +475,12 @@ impl Datapath {
     /// run through the pipeline from that peer's port, its network given by the VNI. Only
     /// configured peers, only the VNIs they carry; everything else is counted and dropped.
     pub fn vxlan_in(&mut self, now: Instant, from: std::net::Ipv4Addr, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+        self.vxlan_one(now, from, buf, tx, None);
+    }
+
+    /// `udp_gso`: the datagram is a local sender's whole tunnelled UDP super-datagram whose
+    /// inner segments are this many bytes.
+    fn vxlan_one(&mut self, now: Instant, from: std::net::Ipv4Addr, buf: &mut PacketBuf, tx: &mut dyn Transmit, udp_gso: Option<usize>) {
         let Some(&port) = self.vteps.get(&from) else {
             self.vx_stats.unknown_peer += 1;
             return;
@@ -483,20 +489,46 @@ impl Datapath {
         let st = &mut self.stats[pi];
         st.rx_frames += 1;
         st.rx_bytes += buf.len() as u64;
-        if let Err(r) = self.vxlan_ingress(now, port, buf, tx) {
+        if let Err(r) = self.vxlan_ingress(now, port, buf, tx, udp_gso) {
             self.stats[pi].drop(r);
         }
     }
 
     /// What one batched (UDP_GRO) read returns: VXLAN datagrams from `from`, back to back,
-    /// `seg` bytes each (the last may be shorter). Each runs through [`Self::vxlan_in`]; TCP
-    /// segments that end up bound for offload-capable guest ports are coalesced into
-    /// super-frames across the batch, and everything held leaves before this returns.
+    /// `seg` bytes each (the last may be shorter). See [`Self::vxlan_messages`].
     pub fn vxlan_batch(&mut self, now: Instant, from: std::net::Ipv4Addr, datagrams: &[u8], seg: usize, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+        self.vxlan_messages(now, [(from, datagrams, seg)], buf, tx);
+    }
+
+    /// What one `recvmmsg` returns: messages of (sender, datagrams back to back, datagram
+    /// size). Each datagram runs through [`Self::vxlan_in`]; TCP segments that end up bound
+    /// for offload-capable ports are coalesced into super-frames across all of them, and
+    /// everything held leaves before this returns.
+    ///
+    /// The kernel gives the size of a UDP_GRO message's datagrams, but for a local sender's
+    /// tunnelled UDP super-datagram (a kernel VTEP's guest using UDP_SEGMENT, over a veth) it
+    /// gives the inner segment size of what is really one datagram. Cutting there would turn
+    /// a guest's payload into VXLAN headers of its choosing, so a message whose first inner
+    /// packet is longer than the stated size is taken as one datagram.
+    pub fn vxlan_messages<'a>(
+        &mut self,
+        now: Instant,
+        msgs: impl IntoIterator<Item = (std::net::Ipv4Addr, &'a [u8], usize)>,
+        buf: &mut PacketBuf,
+        tx: &mut dyn Transmit,
+    ) {
         self.gro_on = true;
-        for d in datagrams.chunks(seg.max(1)) {
-            buf.load(d, VnetHdr::default());
-            self.vxlan_in(now, from, buf, tx);
+        for (from, datagrams, seg) in msgs {
+            let seg = seg.max(1);
+            if seg < datagrams.len() && inner_ip_len(datagrams).is_some_and(|l| crate::wire::vxlan::HEADER_LEN + 14 + l > seg) {
+                buf.load(datagrams, VnetHdr::default());
+                self.vxlan_one(now, from, buf, tx, Some(seg));
+                continue;
+            }
+            for d in datagrams.chunks(seg) {
+                buf.load(d, VnetHdr::default());
+                self.vxlan_one(now, from, buf, tx, None);
+            }
         }
         self.gro_on = false;
         let stats = &mut self.stats;
@@ -511,18 +543,22 @@ impl Datapath {
         }
     }
 
-    fn vxlan_ingress(&mut self, now: Instant, port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
+    fn vxlan_ingress(&mut self, now: Instant, port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit, udp_gso: Option<usize>) -> Result<(), DropReason> {
         let vni = crate::wire::vxlan::VxlanPacket::new_checked(buf.frame()).map_err(|_| DropReason::BadVxlan)?.vni();
         let Role::Vtep { vnis, .. } = &self.ports[port.0 as usize].role else { return Err(DropReason::UnknownVni) };
         let net = vnis.iter().find(|(v, _)| *v == vni).map(|(_, n)| *n).ok_or(DropReason::UnknownVni)?;
         buf.pull(crate::wire::vxlan::HEADER_LEN);
         let mut v = inner_checksum_state(buf.frame());
-        if leaked_superframe(buf.frame_mut(), &mut v, self.vxlan_mtu) {
-            self.stats[port.0 as usize].rx_gso_frames += 1;
-        }
+        let leaked = match udp_gso {
+            Some(seg) => leaked_udp_superframe(buf.frame_mut(), &mut v, seg, self.vxlan_mtu)?,
+            None => leaked_superframe(buf.frame_mut(), &mut v, self.vxlan_mtu),
+        };
         buf.vnet = v;
         // RFC 7348: a VTEP drops inner frames carrying a VLAN tag unless configured otherwise.
         let (dst, src) = self.untagged_edge(buf)?;
+        if leaked {
+            self.stats[port.0 as usize].rx_gso_frames += 1;
+        }
         self.switch_in(now, net, src, dst, port, buf, tx)
     }
 
@@ -947,7 +983,7 @@ fn inner_checksum_state(f: &[u8]) -> VnetHdr {
             let Some(l4) = f.get(14 + hl..14 + tl) else { return v };
             (14 + hl, p, checksum::pseudo_v4(ip.src().octets(), ip.dst().octets(), p, l4.len() as u32), l4)
         }
-        Some([0x86, 0xdd]) if f.len() >= 54 => {
+        Some([0x86, 0xdd]) if f.len() >= 54 && f[14] >> 4 == 6 => {
             let plen = crate::wire::be16(f, 18) as usize;
             let Some(l4) = f.get(54..54 + plen) else { return v };
             let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
@@ -1103,6 +1139,68 @@ fn leaked_superframe(f: &mut [u8], v: &mut VnetHdr, mtu: usize) -> bool {
         csum_offset: 16,
     };
     true
+}
+
+/// The length its IP header gives the inner packet of the first VXLAN datagram in `d`.
+fn inner_ip_len(d: &[u8]) -> Option<usize> {
+    let ip = crate::wire::vxlan::HEADER_LEN + 14;
+    match d.get(ip - 2..ip)? {
+        [0x08, 0x00] => d.get(ip + 2..ip + 4).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize),
+        [0x86, 0xdd] => d.get(ip + 4..ip + 6).map(|b| 40 + u16::from_be_bytes([b[0], b[1]]) as usize),
+        _ => None,
+    }
+}
+
+/// A local sender's whole tunnelled UDP super-datagram (see [`Datapath::vxlan_messages`]):
+/// its inner UDP packet becomes a USO super-frame of `seg`-byte datagrams, so every egress
+/// delivers the guest's datagrams as they were sent. One that cannot be (not UDP with a
+/// known checksum state, segments over the overlay MTU) is dropped: delivered whole it would
+/// merge datagrams. True if marked.
+fn leaked_udp_superframe(f: &mut [u8], v: &mut VnetHdr, seg: usize, mtu: usize) -> Result<bool, DropReason> {
+    use crate::wire::checksum;
+    let l3 = 14;
+    let (hl, proto, l4_len, pseudo): (usize, u8, usize, fn(&[u8], u8, u32) -> u64) = match f.get(12..14) {
+        Some([0x08, 0x00]) if f.len() >= l3 + 20 => {
+            let hl = (f[l3] & 0x0f) as usize * 4;
+            let tl = u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]) as usize;
+            let p = |ip: &[u8], proto, len| {
+                let a = |o: usize| [ip[o], ip[o + 1], ip[o + 2], ip[o + 3]];
+                checksum::pseudo_v4(a(12), a(16), proto, len)
+            };
+            (hl, f[l3 + 9], tl.saturating_sub(hl), p)
+        }
+        Some([0x86, 0xdd]) if f.len() >= l3 + 40 => {
+            let plen = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) as usize;
+            let p = |ip: &[u8], proto, len| {
+                let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+                s.copy_from_slice(&ip[8..24]);
+                d.copy_from_slice(&ip[24..40]);
+                checksum::pseudo_v6(s, d, proto, len)
+            };
+            (40, f[l3 + 6], plen, p)
+        }
+        _ => return Err(DropReason::VxlanTooBig),
+    };
+    if proto != crate::wire::ipv4::proto::UDP || !(v.needs_csum || v.data_valid) || seg < 8 || hl + 8 + seg > mtu || seg > u16::MAX as usize {
+        return Err(DropReason::VxlanTooBig);
+    }
+    let l4 = l3 + hl;
+    let meta = VnetHdr {
+        needs_csum: true,
+        data_valid: false,
+        gso: crate::wire::vnet::Gso::UdpL4,
+        ecn: false,
+        hdr_len: (l4 + 8) as u16,
+        gso_size: seg as u16,
+        csum_start: l4 as u16,
+        csum_offset: 6,
+    };
+    offload::validate(f, &meta).map_err(|_| DropReason::VxlanTooBig)?;
+    // A USO frame carries the pseudo-header sum, whatever the sender left there.
+    let partial = checksum::fold(pseudo(&f[l3..], proto, l4_len as u32));
+    f[l4 + 6..l4 + 8].copy_from_slice(&partial.to_be_bytes());
+    *v = meta;
+    Ok(true)
 }
 
 /// A hash of the inner flow (MACs, and IPv4 addresses and ports when present) for the outer

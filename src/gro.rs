@@ -22,6 +22,9 @@ use crate::switch::PortId;
 use crate::wire::checksum;
 use crate::wire::vnet::{Gso, VnetHdr};
 
+/// The smallest segment merged (Linux's TCP_MIN_SND_MSS, the floor `offload` accepts).
+const MIN_MSS: usize = 48;
+
 /// Flows held at once (the kernel keeps 8 per bucket).
 pub const MAX_FLOWS: usize = 8;
 
@@ -54,8 +57,9 @@ fn candidate(f: &[u8], v: &VnetHdr) -> Option<Seg> {
     }
     let ip = &f[ETH..];
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    // Fragments (MF or an offset) and other protocols never merge.
-    if ETH + total != f.len() || ip[9] != 6 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+    // Fragments (MF or an offset, or the reserved bit), other protocols and damaged headers
+    // never merge: the merged header is written afresh and would hide the damage.
+    if ETH + total != f.len() || ip[9] != 6 || u16::from_be_bytes([ip[6], ip[7]]) & 0xbfff != 0 || checksum::checksum(&ip[..IP]) != 0 {
         return None;
     }
     let tcp = &f[ETH + IP..];
@@ -217,6 +221,11 @@ impl Coalescer {
             self.flush_at(i, out);
         } else if self.flows.len() == MAX_FLOWS {
             self.flush_at(0, out);
+        }
+        // A flow starts only with a segment a GSO frame may be cut to (offload's floor).
+        if s.payload < MIN_MSS {
+            self.flush_port(port, out);
+            return Offer::Declined;
         }
         let mut buf = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(MAX_FRAME));
         buf.clear();
@@ -416,6 +425,14 @@ mod tests {
         assert!(candidate(&[], &valid()).is_none());
         let gso = VnetHdr { gso: Gso::TcpV4, gso_size: 100, ..valid() };
         assert!(candidate(&next, &gso).is_none());
+        let mut bad_ip = next.clone();
+        bad_ip[ETH + 8] = 1; // TTL changed, IP checksum not: a damaged header
+        assert!(candidate(&bad_ip, &valid()).is_none());
+        // Too small a first segment starts no flow (it could not be cut back to size).
+        let mut c = Coalescer::new();
+        let tiny = seg(40000, 1000, 1, &data(20, 0), false);
+        assert_eq!(c.offer(PortId(1), &tiny, &valid(), &mut |_, _, _| {}), Offer::Declined);
+        assert!(c.is_empty());
     }
 
     /// More flows than slots: the oldest leaves; nothing is lost.

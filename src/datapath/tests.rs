@@ -581,3 +581,60 @@ fn inner_checksum_states() {
         assert_eq!(inner_checksum_state(&f[..50]), VnetHdr::default(), "cut short");
     }
 }
+
+/// A kernel VTEP's guest sending with UDP_SEGMENT: over a veth its datagrams arrive as one
+/// tunnelled super-datagram, and the kernel states the inner segment size. That is not where
+/// VXLAN datagrams end: the guest's payload, crafted as VXLAN headers at those offsets, must
+/// never be taken for frames of its own. The super-datagram leaves as the guest's datagrams.
+#[test]
+fn tunnelled_udp_superdatagram_is_one_datagram_and_its_datagrams_survive() {
+    let seg = 1000usize;
+    // The payload plants, where a cut at `seg` would fall, a VXLAN header and a broadcast
+    // frame from mac(66).
+    let mut payload = vec![0x5au8; 4 * seg];
+    for k in 1..5 {
+        let at = k * seg - (8 + 14 + 20 + 8);
+        if at + 8 + 60 <= payload.len() {
+            let fake = vx(&eth(MacAddr::BROADCAST, mac(66), &[0x11; 46]));
+            payload[at..at + fake.len()].copy_from_slice(&fake);
+        }
+    }
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(9).0, mac(1).0)
+        .ipv4([10, 1, 1, 9], [10, 1, 1, 11], 64)
+        .udp(4433, 5000)
+        .write(&mut f, &payload)
+        .unwrap();
+    // The kernel leaves the checksum partial.
+    let partial = crate::wire::checksum::fold(crate::wire::checksum::pseudo_v4([10, 1, 1, 9], [10, 1, 1, 11], 17, (8 + payload.len()) as u32));
+    f[40..42].copy_from_slice(&partial.to_be_bytes());
+    for (port, offload) in [(0u16, true), (1, false)] {
+        let mut d = dp_vxlan();
+        let dst = mac(port as u8 + 1);
+        let mut f = f.clone();
+        f[..6].copy_from_slice(&dst.0);
+        let dg = vx(&f);
+        send(&mut d, 0, port, &eth(MacAddr::BROADCAST, dst, &[0; 46]), VnetHdr::default());
+        let mut w = Wire::default();
+        let mut b = PacketBuf::new();
+        d.vxlan_batch(Instant::from_secs(1), PEER, &dg, seg, &mut b, &mut w);
+        assert!(w.frames.iter().all(|(p, _, _)| p.0 == port), "only to the destination: {:?}", w.frames.iter().map(|x| x.0).collect::<Vec<_>>());
+        assert!(!d.show_fdb(Instant::from_secs(1)).iter().any(|r| r.mac == mac(66).to_string()), "a planted frame was taken");
+        if offload {
+            assert_eq!(w.frames.len(), 1);
+            let v = w.frames[0].1.unwrap();
+            assert_eq!((v.gso, v.gso_size, v.needs_csum, v.csum_offset), (Gso::UdpL4, seg as u16, true, 6));
+        } else {
+            assert_eq!(w.frames.len(), 4, "the guest's four datagrams");
+            let mut got = Vec::new();
+            for (_, _, s) in &w.frames {
+                let p = etherparse::SlicedPacket::from_ethernet(s).unwrap();
+                let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { panic!() };
+                let Some(etherparse::TransportSlice::Udp(u)) = &p.transport else { panic!() };
+                assert_eq!(u.checksum(), u.to_header().calc_checksum_ipv4(&ip.header().to_header(), u.payload()).unwrap());
+                got.extend_from_slice(u.payload());
+            }
+            assert_eq!(got, payload);
+        }
+    }
+}

@@ -76,8 +76,8 @@ impl Udp {
         self.sock.send_to(payload, to).map(|_| ())
     }
 
-    /// Datagrams of `seg` bytes back to back (the last may be shorter): one call with
-    /// UDP_SEGMENT, else one call each.
+    /// Datagrams of `seg` bytes back to back (the last may be shorter): one call per 64 KiB
+    /// with UDP_SEGMENT, else `sendmmsg` batches.
     pub fn send_batch(&self, payload: &[u8], seg: usize, to: SocketAddrV4) -> io::Result<()> {
         // One send is one UDP datagram to the kernel before it cuts it: at most 64 KiB, and
         // at most UDP_MAX_SEGMENTS (64 on older kernels) pieces.
@@ -87,8 +87,11 @@ impl Udp {
             for chunk in payload.chunks(per_send) {
                 match self.send_gso(chunk, seg as u16, to) {
                     Ok(()) => sent += chunk.len(),
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)) => {
-                        tracing::warn!("UDP_SEGMENT refused ({e}); VXLAN sends one datagram per call from now on");
+                    // This batch only: the route's MTU under the segment size (a path MTU
+                    // that just dropped) is EINVAL too, and may pass again.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)) => {
+                        tracing::warn!("UDP_SEGMENT refused ({e}); VXLAN sends with sendmmsg from now on");
                         self.gso.set(false);
                         break;
                     }
@@ -206,7 +209,8 @@ impl Udp {
             unsafe {
                 let mut c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
                 while !c.is_null() {
-                    if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let int_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
+                    if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO && (*c).cmsg_len as usize >= int_len {
                         seg = Some(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>()) as usize);
                     }
                     c = libc::CMSG_NXTHDR(&m.msg_hdr, c);

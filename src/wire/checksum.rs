@@ -44,8 +44,8 @@ fn add_tail(data: &[u8]) -> u64 {
 }
 
 /// Copies `src` into `dst` (the shorter length of the two) and adds the copied bytes to `sum`
-/// as [`add`] would, in one pass over the data: software segmentation and receive coalescing
-/// read each payload byte once instead of twice.
+/// as [`add`] would, in one pass over the data: software segmentation reads each payload byte
+/// once instead of twice.
 pub fn copy_add(sum: u64, dst: &mut [u8], src: &[u8]) -> u64 {
     let n = dst.len().min(src.len());
     let (dst, src) = (&mut dst[..n], &src[..n]);
