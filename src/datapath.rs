@@ -1159,29 +1159,25 @@ fn inner_ip_len(d: &[u8]) -> Option<usize> {
 fn leaked_udp_superframe(f: &mut [u8], v: &mut VnetHdr, seg: usize, mtu: usize) -> Result<bool, DropReason> {
     use crate::wire::checksum;
     let l3 = 14;
-    let (hl, proto, l4_len, pseudo): (usize, u8, usize, fn(&[u8], u8, u32) -> u64) = match f.get(12..14) {
+    let udp = crate::wire::ipv4::proto::UDP;
+    // Header length, transport protocol, and the pseudo-header sum a USO frame carries.
+    let (hl, proto, pseudo) = match f.get(12..14) {
         Some([0x08, 0x00]) if f.len() >= l3 + 20 => {
             let hl = (f[l3] & 0x0f) as usize * 4;
             let tl = u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]) as usize;
-            let p = |ip: &[u8], proto, len| {
-                let a = |o: usize| [ip[o], ip[o + 1], ip[o + 2], ip[o + 3]];
-                checksum::pseudo_v4(a(12), a(16), proto, len)
-            };
-            (hl, f[l3 + 9], tl.saturating_sub(hl), p)
+            let a = |o: usize| [f[l3 + o], f[l3 + o + 1], f[l3 + o + 2], f[l3 + o + 3]];
+            (hl, f[l3 + 9], checksum::pseudo_v4(a(12), a(16), udp, tl.saturating_sub(hl) as u32))
         }
         Some([0x86, 0xdd]) if f.len() >= l3 + 40 => {
-            let plen = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) as usize;
-            let p = |ip: &[u8], proto, len| {
-                let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
-                s.copy_from_slice(&ip[8..24]);
-                d.copy_from_slice(&ip[24..40]);
-                checksum::pseudo_v6(s, d, proto, len)
-            };
-            (40, f[l3 + 6], plen, p)
+            let plen = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) as u32;
+            let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+            s.copy_from_slice(&f[l3 + 8..l3 + 24]);
+            d.copy_from_slice(&f[l3 + 24..l3 + 40]);
+            (40, f[l3 + 6], checksum::pseudo_v6(s, d, udp, plen))
         }
         _ => return Err(DropReason::VxlanTooBig),
     };
-    if proto != crate::wire::ipv4::proto::UDP || !(v.needs_csum || v.data_valid) || seg < 8 || hl + 8 + seg > mtu || seg > u16::MAX as usize {
+    if proto != udp || !(v.needs_csum || v.data_valid) || seg < 8 || hl + 8 + seg > mtu || seg > u16::MAX as usize {
         return Err(DropReason::VxlanTooBig);
     }
     let l4 = l3 + hl;
@@ -1197,7 +1193,7 @@ fn leaked_udp_superframe(f: &mut [u8], v: &mut VnetHdr, seg: usize, mtu: usize) 
     };
     offload::validate(f, &meta).map_err(|_| DropReason::VxlanTooBig)?;
     // A USO frame carries the pseudo-header sum, whatever the sender left there.
-    let partial = checksum::fold(pseudo(&f[l3..], proto, l4_len as u32));
+    let partial = checksum::fold(pseudo);
     f[l4 + 6..l4 + 8].copy_from_slice(&partial.to_be_bytes());
     *v = meta;
     Ok(true)
