@@ -52,12 +52,7 @@ cleanup() {
     set +e
     [ -n "$vr_pid" ] && kill "$vr_pid" 2>/dev/null && wait "$vr_pid" 2>/dev/null
     [ -n "$vr3_pid" ] && kill "$vr3_pid" 2>/dev/null && wait "$vr3_pid" 2>/dev/null
-    local n p
-    for n in $all_ns; do
-        # Leftover peers (an iperf3 server after a failed run) live in our namespaces only.
-        for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null; done
-        ip netns del "$n" 2>/dev/null
-    done
+    del_namespaces $all_ns
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -65,13 +60,6 @@ trap cleanup EXIT
 wait_sock() { # socket vrouter-pid log
     for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.05; done
     echo "vrouter did not open its control socket $1:" >&2; cat "$3" >&2; return 1
-}
-must_ping() { # ns target label log...
-    local ns=$1 dst=$2 what=$3; shift 3
-    ip netns exec "$ns" ping -c 3 -W 1 "$dst" >/dev/null && return 0
-    echo "$what: $ns cannot ping $dst" >&2
-    local f; for f in "$@"; do echo "--- $f" >&2; tail -20 "$f" >&2; done
-    return 1
 }
 
 # ---- L2, vrouter ----

@@ -1,5 +1,6 @@
 # Sourced by scripts/bench.sh and scripts/lib/bench-*.sh (from the repository root): which halves
-# run (BENCH_ONLY), and the statistics the side-by-side tables are made of.
+# run (BENCH_ONLY), the statistics the side-by-side tables are made of, and the namespace
+# chores every benchmark shares.
 BENCH_ONLY=${BENCH_ONLY:-}
 case "$BENCH_ONLY" in
     "") run_vr=1 run_k=1 ;;
@@ -17,4 +18,21 @@ last() { # array-name -> its last value, or "-" when empty
 }
 ratio() { # a b -> a/b, or "-" when either is missing
     if [ "$1" = - ] || [ "$2" = - ]; then echo -; else python3 -c "print('%.2f' % ($1/$2))"; fi
+}
+del_namespaces() { # ns... -> ends what is left running in them (a server after a failed run),
+    # TERM first, KILL after 2 s, then deletes them. Only our own namespaces are ever passed.
+    local n p
+    for n in "$@"; do
+        for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null; done
+        for _ in $(seq 20); do [ -z "$(ip netns pids "$n" 2>/dev/null)" ] && break; sleep 0.1; done
+        for p in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+        ip netns del "$n" 2>/dev/null
+    done
+}
+must_ping() { # ns target label log... -> 0 if ns reaches target; else says so with the logs' tails
+    local ns=$1 dst=$2 what=$3; shift 3
+    ip netns exec "$ns" ping -c 3 -W 1 "$dst" >/dev/null && return 0
+    echo "$what: $ns cannot ping $dst" >&2
+    local f; for f in "$@"; do echo "--- $f" >&2; tail -20 "$f" >&2; done
+    return 1
 }

@@ -45,17 +45,11 @@ all_ns="$nsb1 $nsb2 $nsb3 $nshc $nshr $nsvc"
 pids=() vr_pid=""
 cleanup() {
     set +e
-    local p n
+    local p
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
     [ -n "$vr_pid" ] && kill "$vr_pid" 2>/dev/null && wait "$vr_pid" 2>/dev/null
-    for n in $all_ns; do
-        # Leftovers (an nginx worker, a wrk after a failed run) live in our namespaces only.
-        for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null; done
-        for _ in $(seq 20); do [ -z "$(ip netns pids "$n" 2>/dev/null)" ] && break; sleep 0.1; done
-        for p in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-        ip netns del "$n" 2>/dev/null
-    done
+    del_namespaces $all_ns
     rm -rf "$work"
 }
 trap cleanup EXIT

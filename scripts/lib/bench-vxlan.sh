@@ -47,16 +47,10 @@ tapa=vb$id-ta tapb=vb$id-tb
 vra_pid="" vrb_pid=""
 cleanup() {
     set +e
-    local p n
+    local p
     for p in $vra_pid $vrb_pid; do kill "$p" 2>/dev/null; done
     for p in $vra_pid $vrb_pid; do wait "$p" 2>/dev/null; done
-    for n in $all_ns; do
-        # Leftovers (an iperf3 server after a failed run) live in our namespaces only.
-        for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null; done
-        for _ in $(seq 20); do [ -z "$(ip netns pids "$n" 2>/dev/null)" ] && break; sleep 0.1; done
-        for p in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
-        ip netns del "$n" 2>/dev/null
-    done
+    del_namespaces $all_ns
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -170,13 +164,6 @@ setup_vrouter() {
     setup_vrouter_host b "$nshb2" "$nsgb2" 192.0.2.21 "$tapb" 10.1.1.12 12
 }
 
-must_ping() { # ns target label log...
-    local ns=$1 dst=$2 what=$3; shift 3
-    ip netns exec "$ns" ping -c 3 -W 1 "$dst" >/dev/null && return 0
-    echo "$what: $ns cannot ping $dst" >&2
-    local f; for f in "$@"; do echo "--- $f" >&2; tail -20 "$f" >&2; done
-    return 1
-}
 
 [ "$run_k" = 1 ] && setup_kernel
 [ "$run_vr" = 1 ] && setup_vrouter
