@@ -808,13 +808,10 @@ impl Datapath {
             }
         }
         let offload = self.ports[pi].offload;
-        if !self.gro.is_empty() || (self.gro_on && offload && !trunk) {
+        // Only untagged offload ports ever hold frames, so no other port has anything to wait for.
+        if self.gro_on && offload && !trunk {
             let stats = &mut self.stats;
-            let mut sent = |p, v: &VnetHdr, f: &[u8]| gro_sent(stats, tx, p, v, f);
-            if !(self.gro_on && offload && !trunk) {
-                // Keep this port's order: what it has pending leaves first.
-                self.gro.flush_port(port, &mut sent);
-            } else if self.gro.offer(port, buf.frame(), &buf.vnet, &mut sent) == crate::gro::Offer::Held {
+            if self.gro.offer(port, buf.frame(), &buf.vnet, &mut |p, v, f| gro_sent(stats, tx, p, v, f)) == crate::gro::Offer::Held {
                 return;
             }
         }
@@ -969,35 +966,15 @@ impl Datapath {
 /// whose checksum verifies is marked valid, so the guest need not verify it again.
 fn inner_checksum_state(f: &[u8]) -> VnetHdr {
     use crate::wire::checksum;
-    use crate::wire::ipv4::{proto, Ipv4Packet};
+    use crate::wire::ipv4::proto;
     let mut v = VnetHdr::default();
-    // Where L4 starts and ends, its protocol, and the pseudo-header sum; IPv6 only without
-    // extension headers (the transport header right after the fixed one).
-    let (l4_at, p, pseudo, l4) = match f.get(12..14) {
-        Some([0x08, 0x00]) => {
-            let Ok(ip) = Ipv4Packet::new_checked(&f[14..]) else { return v };
-            if ip.frag_offset() != 0 || ip.more_frags() {
-                return v;
-            }
-            let (p, hl, tl) = (ip.protocol(), ip.header_len(), ip.total_len());
-            let Some(l4) = f.get(14 + hl..14 + tl) else { return v };
-            (14 + hl, p, checksum::pseudo_v4(ip.src().octets(), ip.dst().octets(), p, l4.len() as u32), l4)
-        }
-        Some([0x86, 0xdd]) if f.len() >= 54 && f[14] >> 4 == 6 => {
-            let plen = crate::wire::be16(f, 18) as usize;
-            let Some(l4) = f.get(54..54 + plen) else { return v };
-            let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
-            src.copy_from_slice(&f[22..38]);
-            dst.copy_from_slice(&f[38..54]);
-            (54, f[20], checksum::pseudo_v6(src, dst, f[20], l4.len() as u32), l4)
-        }
-        _ => return v,
-    };
+    let Some(InnerL4 { at, proto: p, pseudo, end }) = inner_l4(f) else { return v };
     let co = match p {
         proto::TCP => 16,
         proto::UDP => 6,
         _ => return v,
     };
+    let l4 = &f[at..end];
     // UDP over IPv4 may carry no checksum (zero); over IPv6 zero is invalid and left for the
     // receiver to refuse.
     if l4.len() < co + 2 || (p == proto::UDP && crate::wire::be16(l4, 6) == 0) {
@@ -1007,12 +984,46 @@ fn inner_checksum_state(f: &[u8]) -> VnetHdr {
     // it is merely computed again, to the same value.
     if crate::wire::be16(l4, co) == checksum::fold(pseudo) {
         v.needs_csum = true;
-        v.csum_start = l4_at as u16;
+        v.csum_start = at as u16;
         v.csum_offset = co as u16;
     } else if checksum::fold(checksum::add(pseudo, l4)) == 0xffff {
         v.data_valid = true;
     }
     v
+}
+
+/// A decapsulated frame's transport layer: where it starts and ends, its protocol, and its
+/// pseudo-header sum. IPv4 unfragmented, IPv6 without extension headers; `None` otherwise.
+struct InnerL4 {
+    at: usize,
+    proto: u8,
+    pseudo: u64,
+    end: usize,
+}
+
+fn inner_l4(f: &[u8]) -> Option<InnerL4> {
+    use crate::wire::checksum;
+    use crate::wire::ipv4::Ipv4Packet;
+    match f.get(12..14)? {
+        [0x08, 0x00] => {
+            let ip = Ipv4Packet::new_checked(f.get(14..)?).ok()?;
+            if ip.frag_offset() != 0 || ip.more_frags() {
+                return None;
+            }
+            let (p, at, end) = (ip.protocol(), 14 + ip.header_len(), 14 + ip.total_len());
+            f.get(at..end)?;
+            Some(InnerL4 { at, proto: p, pseudo: checksum::pseudo_v4(ip.src().octets(), ip.dst().octets(), p, (end - at) as u32), end })
+        }
+        [0x86, 0xdd] if f.len() >= 54 && f[14] >> 4 == 6 => {
+            let end = 54 + crate::wire::be16(f, 18) as usize;
+            f.get(54..end)?;
+            let (mut src, mut dst) = ([0u8; 16], [0u8; 16]);
+            src.copy_from_slice(&f[22..38]);
+            dst.copy_from_slice(&f[38..54]);
+            Some(InnerL4 { at: 54, proto: f[20], pseudo: checksum::pseudo_v6(src, dst, f[20], (end - 54) as u32), end })
+        }
+        _ => None,
+    }
 }
 
 /// Software-finished frames for a VXLAN peer, each behind its VXLAN header, back to back in
@@ -1108,25 +1119,21 @@ fn gro_sent(stats: &mut [PortStats], tx: &mut dyn Transmit, port: PortId, v: &Vn
 /// the frame was marked so.
 fn leaked_superframe(f: &mut [u8], v: &mut VnetHdr, mtu: usize) -> bool {
     use crate::wire::checksum;
-    use crate::wire::ipv4::{proto, Ipv4Packet};
-    if !(v.needs_csum || v.data_valid) || f.len() < 14 + 20 || f[12..14] != [0x08, 0x00] {
+    if !(v.needs_csum || v.data_valid) || f.get(12..14) != Some(&[0x08, 0x00][..]) {
         return false;
     }
-    let Ok(ip) = Ipv4Packet::new_checked(&f[14..]) else { return false };
-    let (hl, tl) = (ip.header_len(), ip.total_len());
-    if tl <= mtu || ip.protocol() != proto::TCP || ip.frag_offset() != 0 || ip.more_frags() {
+    let Some(InnerL4 { at: l4, proto, pseudo, end }) = inner_l4(f) else { return false };
+    let hl = l4 - 14;
+    if end - 14 <= mtu || proto != crate::wire::ipv4::proto::TCP {
         return false;
     }
-    let (src, dst) = (ip.src().octets(), ip.dst().octets());
-    let l4 = 14 + hl;
     let Some(&doff) = f.get(l4 + 12) else { return false };
     let thl = (doff >> 4) as usize * 4;
     let Some(mss) = mtu.checked_sub(hl + thl).filter(|&m| m >= 48) else { return false };
-    if thl < 20 || l4 + thl >= 14 + tl {
+    if thl < 20 || l4 + thl >= end {
         return false;
     }
-    let partial = checksum::fold(checksum::pseudo_v4(src, dst, proto::TCP, (tl - hl) as u32));
-    f[l4 + 16..l4 + 18].copy_from_slice(&partial.to_be_bytes());
+    f[l4 + 16..l4 + 18].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
     *v = VnetHdr {
         needs_csum: true,
         data_valid: false,
@@ -1157,30 +1164,11 @@ fn inner_ip_len(d: &[u8]) -> Option<usize> {
 /// known checksum state, segments over the overlay MTU) is dropped: delivered whole it would
 /// merge datagrams. True if marked.
 fn leaked_udp_superframe(f: &mut [u8], v: &mut VnetHdr, seg: usize, mtu: usize) -> Result<bool, DropReason> {
-    use crate::wire::checksum;
-    let l3 = 14;
-    let udp = crate::wire::ipv4::proto::UDP;
-    // Header length, transport protocol, and the pseudo-header sum a USO frame carries.
-    let (hl, proto, pseudo) = match f.get(12..14) {
-        Some([0x08, 0x00]) if f.len() >= l3 + 20 => {
-            let hl = (f[l3] & 0x0f) as usize * 4;
-            let tl = u16::from_be_bytes([f[l3 + 2], f[l3 + 3]]) as usize;
-            let a = |o: usize| [f[l3 + o], f[l3 + o + 1], f[l3 + o + 2], f[l3 + o + 3]];
-            (hl, f[l3 + 9], checksum::pseudo_v4(a(12), a(16), udp, tl.saturating_sub(hl) as u32))
-        }
-        Some([0x86, 0xdd]) if f.len() >= l3 + 40 => {
-            let plen = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]) as u32;
-            let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
-            s.copy_from_slice(&f[l3 + 8..l3 + 24]);
-            d.copy_from_slice(&f[l3 + 24..l3 + 40]);
-            (40, f[l3 + 6], checksum::pseudo_v6(s, d, udp, plen))
-        }
-        _ => return Err(DropReason::VxlanTooBig),
-    };
-    if proto != udp || !(v.needs_csum || v.data_valid) || seg < 8 || hl + 8 + seg > mtu || seg > u16::MAX as usize {
+    let Some(InnerL4 { at: l4, proto, pseudo, .. }) = inner_l4(f) else { return Err(DropReason::VxlanTooBig) };
+    let hl = l4 - 14;
+    if proto != crate::wire::ipv4::proto::UDP || !(v.needs_csum || v.data_valid) || seg < 8 || hl + 8 + seg > mtu || seg > u16::MAX as usize {
         return Err(DropReason::VxlanTooBig);
     }
-    let l4 = l3 + hl;
     let meta = VnetHdr {
         needs_csum: true,
         data_valid: false,
@@ -1193,8 +1181,7 @@ fn leaked_udp_superframe(f: &mut [u8], v: &mut VnetHdr, seg: usize, mtu: usize) 
     };
     offload::validate(f, &meta).map_err(|_| DropReason::VxlanTooBig)?;
     // A USO frame carries the pseudo-header sum, whatever the sender left there.
-    let partial = checksum::fold(pseudo);
-    f[l4 + 6..l4 + 8].copy_from_slice(&partial.to_be_bytes());
+    f[l4 + 6..l4 + 8].copy_from_slice(&crate::wire::checksum::fold(pseudo).to_be_bytes());
     *v = meta;
     Ok(true)
 }
