@@ -222,6 +222,8 @@ pub fn l3_config(c: &Config) -> L3Config {
         timeouts,
         neigh_cap: 4096,
         lbs: load_balancers(c),
+        // The I/O edge keys it from the kernel before the router is built.
+        seed: [0; 32],
     }
 }
 

@@ -361,9 +361,9 @@ impl Datapath {
         &mut self.router
     }
 
-    /// Event: lease records up to `seq` are durable; the DHCP ACKs they held go out.
-    pub fn dhcp_committed(&mut self, now: Instant, seq: u64, tx: &mut dyn Transmit) {
-        self.router.dhcp_committed(seq);
+    /// Event: lease records `first..=last` are on disk; the DHCP ACKs they held go out.
+    pub fn dhcp_committed(&mut self, now: Instant, first: u64, last: u64, tx: &mut dyn Transmit) {
+        self.router.dhcp_committed(first, last);
         self.drain_outbox(now, tx);
     }
 

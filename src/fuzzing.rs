@@ -117,7 +117,7 @@ pub fn dhcp(data: &[u8]) {
     let mut out = Vec::new();
     let mac = MacAddr([0x52, 0x54, 0, 0, 0, data.first().copied().unwrap_or(2)]);
     let _ = d.handle(1_000, 1_000, 0, 0, mac, data, &mut out);
-    d.committed(u64::MAX, &mut out);
+    d.committed(0, u64::MAX, &mut out);
     d.expire(10_000, &mut out);
 }
 

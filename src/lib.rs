@@ -14,6 +14,7 @@ pub mod control;
 pub mod datapath;
 pub mod dhcp;
 pub mod dns;
+pub mod entropy;
 pub mod filter;
 pub mod gro;
 pub mod fuzzing;

@@ -265,6 +265,16 @@ fn render(t: Table, data: &Value) -> String {
             let rows: Vec<Value> = data["leases"].as_array().unwrap_or(&empty).to_vec();
             let mut out = table(&rows, &["network", "ip", "mac", "hostname", "state", "expires_in_secs"]);
             out += &format!("counters: {}\n", data["counters"]);
+            let st = &data["store"];
+            if st["ok"] == Value::Bool(false) {
+                out += &format!(
+                    "lease log: FAILING ({}): new leases are not acknowledged; {} ACKs wait for the disk\n",
+                    st["error"].as_str().unwrap_or("?"),
+                    st["acks_waiting"]
+                );
+            } else {
+                out += "lease log: ok\n";
+            }
             out
         }
         Table::Conntrack => {

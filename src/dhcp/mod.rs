@@ -11,8 +11,13 @@
 //!
 //! Invariants:
 //! - An ACK that creates or extends a lease goes out only after its Bind record is durable
-//!   (`committed(seq)`); so after a crash the log knows every address a guest was told it has,
-//!   and replaying the log (`restore`) never hands an acknowledged address to someone else.
+//!   (`committed(first, last)` names exactly the records that reached the disk); so after a
+//!   crash the log knows every address a guest was told it has, and replaying the log
+//!   (`restore`) never hands an acknowledged address to someone else.
+//! - While the I/O edge reports that the log cannot be written (`set_store_ok(false)`), no new
+//!   or extended lease is acknowledged (`store_failing`; clients retry). A client renewing a
+//!   lease that is already on disk is answered, with the lease time the disk knows and no
+//!   more. The held ACKs stay bounded (`MAX_HELD`).
 //! - An address is held by at most one client at a time: a client is offered or acknowledged
 //!   an address only if it is free, expired, or already that client's (`usable`).
 //! - A reservation binds a MAC to its address: the reserved client gets only that address, and
@@ -119,6 +124,17 @@ pub enum LeaseRecord {
     Decline { net: usize, ip: Ipv4Addr, until: u64 },
 }
 
+/// A lease log line ready for the disk, with what the log's compaction needs: the address it
+/// is about (`key`: network name and address) and whether it keeps that address taken
+/// (`live`: a lease or a quarantine) or gives it back (a release).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub seq: u64,
+    pub key: String,
+    pub line: String,
+    pub live: bool,
+}
+
 /// What the server wants done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -152,6 +168,9 @@ pub enum Ignored {
     NoNetwork,
     /// A RELEASE or DECLINE for an address the client does not hold.
     UnknownLease,
+    /// The lease log cannot be written (disk full, I/O error): a new or extended lease could
+    /// not be made durable, so it is not acknowledged (the client retries).
+    StoreFailing,
 }
 
 /// Counters for `show stats`.
@@ -173,6 +192,9 @@ pub struct DhcpCounters {
     pub ignored_not_for_us: u64,
     pub ignored_no_network: u64,
     pub ignored_unknown_lease: u64,
+    pub ignored_store_failing: u64,
+    /// Renewals answered from the lease on disk while the log could not be written.
+    pub renewals_from_disk: u64,
 }
 
 impl DhcpCounters {
@@ -186,6 +208,7 @@ impl DhcpCounters {
             Ignored::NotForUs => &mut self.ignored_not_for_us,
             Ignored::NoNetwork => &mut self.ignored_no_network,
             Ignored::UnknownLease => &mut self.ignored_unknown_lease,
+            Ignored::StoreFailing => &mut self.ignored_store_failing,
         };
         *c += 1;
     }
@@ -196,6 +219,9 @@ impl DhcpCounters {
 struct Rec {
     lease: Lease,
     port: u16,
+    /// Until when the log on disk says this client holds this address (0: it does not): the
+    /// most a renewal may be told while the log cannot be written.
+    durable: u64,
 }
 
 impl Rec {
@@ -328,9 +354,13 @@ impl NetState {
     }
 
     /// Stores a record, replacing the one at its address; keeps the client indexes.
-    fn put(&mut self, rec: Rec) -> Option<Rec> {
+    /// What the disk knows of the same client's lease at that address stays known.
+    fn put(&mut self, mut rec: Rec) -> Option<Rec> {
         let a = u32::from(rec.lease.ip);
         let old = self.remove(a);
+        if let Some(o) = old.as_ref().filter(|o| o.lease.mac == rec.lease.mac && rec.lease.state != LeaseState::Declined) {
+            rec.durable = rec.durable.max(o.durable);
+        }
         if rec.lease.state != LeaseState::Declined {
             self.by_mac.insert(rec.lease.mac, a);
             if let Some(c) = &rec.lease.client_id {
@@ -394,11 +424,24 @@ pub struct DhcpServer {
     /// Unanswered OFFERs per port.
     offers: HashMap<u16, u32>,
     /// ACKs waiting for their record to be durable, in seq order.
-    held: VecDeque<(u64, Action)>,
+    held: VecDeque<Held>,
     seq: u64,
+    /// Whether the lease log is being written (the I/O edge says).
+    store_ok: bool,
     /// The latest wall-clock time seen (for the queries that take no time).
     now: u64,
     counters: DhcpCounters,
+}
+
+/// An ACK waiting for its Bind record (`seq`) to reach the disk.
+#[derive(Debug)]
+struct Held {
+    seq: u64,
+    ack: Action,
+    net: usize,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+    expires: u64,
 }
 
 /// Forgets an OFFER's claim on its port's quota.
@@ -434,6 +477,7 @@ impl DhcpServer {
             offers: HashMap::new(),
             held: VecDeque::new(),
             seq: 0,
+            store_ok: true,
             now: 0,
             counters: DhcpCounters::default(),
         }
@@ -464,20 +508,22 @@ impl DhcpServer {
                             }
                         }
                     }
-                    ns.put(Rec { lease: l, port: 0 });
+                    let durable = if l.state == LeaseState::Bound { l.expires } else { 0 };
+                    ns.put(Rec { lease: l, port: 0, durable });
                 }
                 LeaseRecord::Free { net, ip } => {
                     let Some(Some(ns)) = self.nets.get_mut(net) else { continue };
                     if let Some(r) = ns.recs.get_mut(&u32::from(ip)) {
                         if r.lease.state != LeaseState::Declined {
                             r.lease.state = LeaseState::Released;
+                            r.durable = 0;
                         }
                     }
                 }
                 LeaseRecord::Decline { net, ip, until } => {
                     let Some(Some(ns)) = self.nets.get_mut(net) else { continue };
                     if until > now && ns.cfg.cidr.contains(ip) {
-                        ns.put(Rec { lease: declined(net, ip, until), port: 0 });
+                        ns.put(Rec { lease: declined(net, ip, until), port: 0, durable: 0 });
                     } else {
                         ns.remove(u32::from(ip));
                     }
@@ -636,7 +682,7 @@ impl DhcpServer {
                     state: LeaseState::Offered,
                 };
                 let ns = self.nets.get_mut(net).and_then(|n| n.as_mut()).ok_or(Ignored::NoNetwork)?;
-                if let Some(old) = ns.put(Rec { lease, port }) {
+                if let Some(old) = ns.put(Rec { lease, port, durable: 0 }) {
                     drop_offer(&mut self.offers, &old);
                 }
                 *self.offers.entry(port).or_insert(0) += 1;
@@ -644,7 +690,7 @@ impl DhcpServer {
         }
         let ns = self.ns(net)?;
         let echo = ns.res_by_mac.get(&mac).and_then(|(_, h)| h.as_deref());
-        let payload = msg::reply(ns, req, Kind::Offer, ip, echo).ok_or(Ignored::Malformed)?;
+        let payload = msg::reply(ns, req, Kind::Offer, ip, echo, None).ok_or(Ignored::Malformed)?;
         out.push(Self::send(net, req, mac, Kind::Offer, ip, payload));
         self.counters.offers += 1;
         Ok(())
@@ -652,7 +698,7 @@ impl DhcpServer {
 
     fn nak(&mut self, net: usize, mac: MacAddr, req: &Request, out: &mut Vec<Action>) -> Result<(), Ignored> {
         let ns = self.ns(net)?;
-        let payload = msg::reply(ns, req, Kind::Nak, Ipv4Addr::UNSPECIFIED, None).ok_or(Ignored::Malformed)?;
+        let payload = msg::reply(ns, req, Kind::Nak, Ipv4Addr::UNSPECIFIED, None, None).ok_or(Ignored::Malformed)?;
         out.push(Self::send(net, req, mac, Kind::Nak, Ipv4Addr::UNSPECIFIED, payload));
         self.counters.naks += 1;
         Ok(())
@@ -690,10 +736,25 @@ impl DhcpServer {
             return self.nak(net, mac, req, out);
         }
         let a = u32::from(ip);
-        let hostname = Self::lease_hostname(ns, mac, req, now, ns.recs.get(&a));
         let echo = ns.res_by_mac.get(&mac).and_then(|(_, h)| h.clone());
+        if !self.store_ok {
+            // Only what is already on disk may be confirmed, and for no longer than the disk
+            // knows: a crash now must not let someone else have this address while the client
+            // still believes it holds it.
+            let durable = ns.recs.get(&a).filter(|r| r.lease.state == LeaseState::Bound && owns(&r.lease, mac, cid)).map_or(0, |r| r.durable);
+            if durable <= now {
+                return Err(Ignored::StoreFailing);
+            }
+            let left = u32::try_from(durable - now).unwrap_or(u32::MAX);
+            let payload = msg::reply(ns, req, Kind::Ack, ip, echo.as_deref(), Some(left)).ok_or(Ignored::Malformed)?;
+            out.push(Self::send(net, req, mac, Kind::Ack, ip, payload));
+            self.counters.acks += 1;
+            self.counters.renewals_from_disk += 1;
+            return Ok(());
+        }
+        let hostname = Self::lease_hostname(ns, mac, req, now, ns.recs.get(&a));
         let lease_secs = ns.cfg.lease_secs;
-        let payload = msg::reply(ns, req, Kind::Ack, ip, echo.as_deref()).ok_or(Ignored::Malformed)?;
+        let payload = msg::reply(ns, req, Kind::Ack, ip, echo.as_deref(), None).ok_or(Ignored::Malformed)?;
         let ack = Self::send(net, req, mac, Kind::Ack, ip, payload);
 
         // The client's other leases on this network go (logged before the new one).
@@ -720,7 +781,7 @@ impl DhcpServer {
             expires: now.saturating_add(lease_secs as u64),
             state: LeaseState::Bound,
         };
-        if let Some(old) = ns.put(Rec { lease: lease.clone(), port }) {
+        if let Some(old) = ns.put(Rec { lease: lease.clone(), port, durable: 0 }) {
             drop_offer(&mut self.offers, &old);
         }
         for ip in freed {
@@ -728,8 +789,9 @@ impl DhcpServer {
             out.push(Action::Persist { seq, record: LeaseRecord::Free { net, ip } });
         }
         let seq = self.next_seq();
+        let held = Held { seq, ack, net, ip, mac, expires: lease.expires };
         out.push(Action::Persist { seq, record: LeaseRecord::Bind(lease) });
-        self.held.push_back((seq, ack));
+        self.held.push_back(held);
         Ok(())
     }
 
@@ -743,6 +805,7 @@ impl DhcpServer {
         match ns.recs.get_mut(&u32::from(ip)) {
             Some(r) if r.lease.state == LeaseState::Bound && owns(&r.lease, mac, cid) => {
                 r.lease.state = LeaseState::Released;
+                r.durable = 0;
             }
             _ => return Err(Ignored::UnknownLease),
         }
@@ -766,8 +829,12 @@ impl DhcpServer {
         if !held {
             return Err(Ignored::UnknownLease);
         }
+        if !self.store_ok {
+            // A quarantine that cannot be written is not started (the client declines again).
+            return Err(Ignored::StoreFailing);
+        }
         let until = now.saturating_add(DECLINE_SECS);
-        if let Some(old) = ns.put(Rec { lease: declined(net, ip, until), port: 0 }) {
+        if let Some(old) = ns.put(Rec { lease: declined(net, ip, until), port: 0, durable: 0 }) {
             drop_offer(&mut self.offers, &old);
         }
         let seq = self.next_seq();
@@ -783,20 +850,69 @@ impl DhcpServer {
         if !ciaddr.is_unspecified() && !ns.cfg.cidr.contains(ciaddr) {
             return Err(Ignored::NotForUs);
         }
-        let payload = msg::reply(ns, req, Kind::InformAck, Ipv4Addr::UNSPECIFIED, None).ok_or(Ignored::Malformed)?;
+        let payload = msg::reply(ns, req, Kind::InformAck, Ipv4Addr::UNSPECIFIED, None, None).ok_or(Ignored::Malformed)?;
         out.push(Self::send(net, req, mac, Kind::InformAck, Ipv4Addr::UNSPECIFIED, payload));
         self.counters.acks += 1;
         Ok(())
     }
 
-    /// Records up to `seq` are durable: releases the held ACKs (as Action::Send).
-    pub fn committed(&mut self, seq: u64, out: &mut Vec<Action>) {
-        while self.held.front().is_some_and(|(s, _)| *s <= seq) {
-            if let Some((_, ack)) = self.held.pop_front() {
-                out.push(ack);
-                self.counters.acks += 1;
+    /// Records `first..=last` are on disk: the ACKs they held go out (as Action::Send). The
+    /// log writes records in seq order and never skips one, so a held ACK below `first` was
+    /// never reported durable: it is dropped unsent (its client retries), never released.
+    pub fn committed(&mut self, first: u64, last: u64, out: &mut Vec<Action>) {
+        while self.held.front().is_some_and(|h| h.seq <= last) {
+            let Some(h) = self.held.pop_front() else { break };
+            if h.seq < first {
+                continue;
             }
+            if let Some(r) = self.nets.get_mut(h.net).and_then(|n| n.as_mut()).and_then(|ns| ns.recs.get_mut(&u32::from(h.ip))) {
+                if r.lease.mac == h.mac && r.lease.state == LeaseState::Bound {
+                    r.durable = r.durable.max(h.expires);
+                }
+            }
+            out.push(h.ack);
+            self.counters.acks += 1;
         }
+    }
+
+    /// The log line for a record (networks by name).
+    pub fn encode(&self, r: &LeaseRecord) -> String {
+        let net = match r {
+            LeaseRecord::Bind(l) => l.net,
+            LeaseRecord::Free { net, .. } | LeaseRecord::Decline { net, .. } => *net,
+        };
+        let name = self.nets.get(net).and_then(|n| n.as_ref()).map_or("-", |n| n.cfg.name.as_str());
+        r.encode(name)
+    }
+
+    /// The record as a line for the lease log.
+    pub fn log_line(&self, seq: u64, r: &LeaseRecord) -> LogLine {
+        let (net, ip, live) = match r {
+            LeaseRecord::Bind(l) => (l.net, l.ip, true),
+            LeaseRecord::Free { net, ip } => (*net, *ip, false),
+            LeaseRecord::Decline { net, ip, .. } => (*net, *ip, true),
+        };
+        let name = self.nets.get(net).and_then(|n| n.as_ref()).map_or("-", |n| n.cfg.name.as_str());
+        LogLine { seq, key: format!("{name} {ip}"), line: r.encode(name), live }
+    }
+
+    /// A log line as a record of the running config (`None`: corrupt, or its network is gone).
+    pub fn decode(&self, line: &str) -> Option<LeaseRecord> {
+        LeaseRecord::decode(line, |name| self.nets.iter().position(|n| n.as_ref().is_some_and(|n| n.cfg.name == name)))
+    }
+
+    /// Whether the lease log is being written; while it is not, nothing new is acknowledged.
+    pub fn set_store_ok(&mut self, ok: bool) {
+        self.store_ok = ok;
+    }
+
+    pub fn store_ok(&self) -> bool {
+        self.store_ok
+    }
+
+    /// ACKs waiting for the disk.
+    pub fn held(&self) -> usize {
+        self.held.len()
     }
 
     /// Expired leases and offers are reclaimed (Persist a Free record for expired Bound leases).
@@ -814,6 +930,7 @@ impl DhcpServer {
                 match r.lease.state {
                     LeaseState::Bound => {
                         r.lease.state = LeaseState::Released;
+                        r.durable = 0;
                         self.seq += 1;
                         out.push(Action::Persist { seq: self.seq, record: LeaseRecord::Free { net, ip: r.lease.ip } });
                     }

@@ -177,7 +177,9 @@ pub(super) enum Kind {
 
 /// Builds a reply to `req`: header fields per RFC 2131 table 3, the network's options, padded
 /// to [`MIN_LEN`]. `None` only if encoding fails (it does not for the values used here).
-pub(super) fn reply(ns: &NetState, req: &Request, kind: Kind, yiaddr: Ipv4Addr, hostname: Option<&str>) -> Option<Vec<u8>> {
+/// `lease_secs` overrides the network's lease time (a renewal answered while the lease log
+/// cannot be written is told only what is on disk).
+pub(super) fn reply(ns: &NetState, req: &Request, kind: Kind, yiaddr: Ipv4Addr, hostname: Option<&str>, lease_secs: Option<u32>) -> Option<Vec<u8>> {
     let cfg = &ns.cfg;
     let q = &req.msg;
     // Built from the request (xid, chaddr, magic) rather than Message::default(), which
@@ -208,7 +210,7 @@ pub(super) fn reply(ns: &NetState, req: &Request, kind: Kind, yiaddr: Ipv4Addr, 
         }
         if kind != Kind::InformAck {
             m.set_yiaddr(yiaddr);
-            let l = cfg.lease_secs;
+            let l = lease_secs.unwrap_or(cfg.lease_secs);
             o.insert(DhcpOption::AddressLeaseTime(l));
             o.insert(DhcpOption::Renewal((l as u64 / 2) as u32));
             o.insert(DhcpOption::Rebinding((l as u64 * 7 / 8) as u32));

@@ -3,10 +3,15 @@
 //! a corrupt line is recognised and skipped instead of being half-believed:
 //!
 //! ```text
-//! bind <net> <ip> <mac> <expires> <state> <client-id hex or -> <hostname or -> *<fnv1a32 hex>
-//! free <net> <ip> *<fnv1a32 hex>
-//! decline <net> <ip> <until> *<fnv1a32 hex>
+//! lease <net> <ip> <mac> <expires> <state> <client-id hex or -> <hostname or -> *<fnv1a32 hex>
+//! release <net> <ip> *<fnv1a32 hex>
+//! quarantine <net> <ip> <until> *<fnv1a32 hex>
 //! ```
+//!
+//! `<net>` is the network's name, so a config that adds, removes or reorders networks keeps
+//! every lease with its network. Logs written before names were used (`bind`, `free`,
+//! `decline`, keyed by the network's position in the config) are still read, against the
+//! config's order at that start, and the start-up compaction rewrites them by name.
 //!
 //! Hostnames are written as they are when they only hold `[A-Za-z0-9._-]`; any other byte (and
 //! a name that is exactly `-`) is written as `%XX`, so a line never holds a space or a newline.
@@ -17,15 +22,15 @@ use std::fmt::Write;
 use std::net::Ipv4Addr;
 
 impl LeaseRecord {
-    /// One line of text, without the trailing newline.
-    pub fn encode(&self) -> String {
+    /// One line of text, without the trailing newline; `net` is the record's network's name.
+    pub fn encode(&self, net: &str) -> String {
         let mut s = String::new();
         // Writing to a String cannot fail.
         let _ = match self {
             LeaseRecord::Bind(l) => write!(
                 s,
-                "bind {} {} {} {} {} {} {}",
-                l.net,
+                "lease {} {} {} {} {} {} {}",
+                net,
                 l.ip,
                 l.mac,
                 l.expires,
@@ -33,26 +38,35 @@ impl LeaseRecord {
                 l.client_id.as_deref().map(hex).unwrap_or_else(|| "-".into()),
                 l.hostname.as_deref().map(escape).unwrap_or_else(|| "-".into()),
             ),
-            LeaseRecord::Free { net, ip } => write!(s, "free {net} {ip}"),
-            LeaseRecord::Decline { net, ip, until } => write!(s, "decline {net} {ip} {until}"),
+            LeaseRecord::Free { ip, .. } => write!(s, "release {net} {ip}"),
+            LeaseRecord::Decline { ip, until, .. } => write!(s, "quarantine {net} {ip} {until}"),
         };
         let sum = fnv1a(s.as_bytes());
         let _ = write!(s, " *{sum:08x}");
         s
     }
 
-    /// Parses one line (a trailing `\r`/`\n` is tolerated). `None` for anything that is not a
-    /// complete, intact record.
-    pub fn decode(line: &str) -> Option<LeaseRecord> {
+    /// Parses one line (a trailing `\r`/`\n` is tolerated); `net` gives a network name's
+    /// index in the running config. `None` for anything that is not a complete, intact record,
+    /// or names a network that is not there.
+    pub fn decode(line: &str, net: impl Fn(&str) -> Option<usize>) -> Option<LeaseRecord> {
         let line = line.trim_end_matches(['\n', '\r']);
         let (body, sum) = line.rsplit_once(" *")?;
         if sum.len() != 8 || u32::from_str_radix(sum, 16).ok()? != fnv1a(body.as_bytes()) {
             return None;
         }
         let w: Vec<&str> = body.split(' ').collect();
-        match w.as_slice() {
-            ["bind", net, ip, mac, expires, state, cid, host] => Some(LeaseRecord::Bind(Lease {
-                net: net.parse().ok()?,
+        let (kind, rest) = w.split_first()?;
+        let (name, rest) = rest.split_first()?;
+        let net = match *kind {
+            "lease" | "release" | "quarantine" => net(name)?,
+            // The format before names: the network's position in the config.
+            "bind" | "free" | "decline" => name.parse().ok()?,
+            _ => return None,
+        };
+        match (*kind, rest) {
+            ("lease" | "bind", [ip, mac, expires, state, cid, host]) => Some(LeaseRecord::Bind(Lease {
+                net,
                 ip: ip.parse::<Ipv4Addr>().ok()?,
                 mac: mac.parse::<MacAddr>().ok()?,
                 expires: expires.parse().ok()?,
@@ -60,10 +74,8 @@ impl LeaseRecord {
                 client_id: if *cid == "-" { None } else { Some(unhex(cid)?) },
                 hostname: if *host == "-" { None } else { Some(unescape(host)?) },
             })),
-            ["free", net, ip] => Some(LeaseRecord::Free { net: net.parse().ok()?, ip: ip.parse().ok()? }),
-            ["decline", net, ip, until] => {
-                Some(LeaseRecord::Decline { net: net.parse().ok()?, ip: ip.parse().ok()?, until: until.parse().ok()? })
-            }
+            ("release" | "free", [ip]) => Some(LeaseRecord::Free { net, ip: ip.parse().ok()? }),
+            ("quarantine" | "decline", [ip, until]) => Some(LeaseRecord::Decline { net, ip: ip.parse().ok()?, until: until.parse().ok()? }),
             _ => None,
         }
     }

@@ -101,7 +101,7 @@ impl H {
         let mut sends = sends;
         if let Some(seq) = top {
             let mut more = Vec::new();
-            self.s.committed(seq, &mut more);
+            self.s.committed(1, seq, &mut more);
             sends.extend(split(more).0);
         }
         (sends, recs)
@@ -218,9 +218,9 @@ fn dora_pool_client_gets_first_address_and_ack_waits_for_commit() {
     let seq = *seq;
     assert_eq!((l.ip, l.mac, l.state, l.expires, l.net), (a("10.1.1.100"), m, LeaseState::Bound, T0 + 3600, 0));
     let mut rel = Vec::new();
-    h.s.committed(seq - 1, &mut rel);
+    h.s.committed(1, seq - 1, &mut rel);
     assert!(rel.is_empty(), "not durable yet");
-    h.s.committed(seq, &mut rel);
+    h.s.committed(seq, seq, &mut rel);
     let (ack, _, _) = split(rel);
     assert_eq!(ack.len(), 1);
     assert_eq!(ack[0].mtype(), MessageType::Ack);
@@ -228,7 +228,7 @@ fn dora_pool_client_gets_first_address_and_ack_waits_for_commit() {
     assert_eq!((ack[0].dst_ip, ack[0].dst_mac), (a("10.1.1.100"), m));
     assert_eq!(ack[0].opt(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(3600)));
     let mut again = Vec::new();
-    h.s.committed(seq, &mut again);
+    h.s.committed(seq, seq, &mut again);
     assert!(again.is_empty(), "an ACK is released once");
 
     assert_eq!(h.s.lease_of(0, m), Some(a("10.1.1.100")));
@@ -359,15 +359,15 @@ fn leases_survive_restart_from_the_encoded_log() {
     let (o, _) = h.exchange(ca, &with(discover(ca), cid.clone()));
     let ip_a = o[0].msg.yiaddr();
     let (_, recs) = h.exchange(ca, &with(with(select(ca, ip_a), cid.clone()), DhcpOption::Hostname("alpha".into())));
-    log.extend(recs.iter().map(LeaseRecord::encode));
+    log.extend(recs.iter().map(|r| h.s.encode(r)));
     let (o, _) = h.exchange(cb, &discover(cb));
     let ip_b = o[0].msg.yiaddr();
     let (_, recs) = h.exchange(cb, &select(cb, ip_b));
-    log.extend(recs.iter().map(LeaseRecord::encode));
+    log.extend(recs.iter().map(|r| h.s.encode(r)));
     let mut rel = msg(cb, MessageType::Release);
     rel.set_ciaddr(ip_b);
     let (_, recs) = h.exchange(cb, &rel);
-    log.extend(recs.iter().map(LeaseRecord::encode));
+    log.extend(recs.iter().map(|r| h.s.encode(r)));
     // kill -9 while writing one more line: a torn record at the end of the file.
     let torn = LeaseRecord::Bind(Lease {
         net: 0,
@@ -378,13 +378,13 @@ fn leases_survive_restart_from_the_encoded_log() {
         expires: T0 + 3600,
         state: LeaseState::Bound,
     })
-    .encode();
+    .encode("web");
     log.push(torn[..torn.len() - 5].to_string());
     let text = log.join("\n");
 
     let mut h2 = H::web();
     h2.now = T0 + 100;
-    let recs: Vec<LeaseRecord> = text.lines().filter_map(LeaseRecord::decode).collect();
+    let recs: Vec<LeaseRecord> = text.lines().filter_map(|l| h2.s.decode(l)).collect();
     assert_eq!(recs.len(), 3, "the torn line is skipped");
     h2.s.restore(recs, h2.now);
     assert_eq!(h2.s.lease_of(0, ca), Some(ip_a));
@@ -431,7 +431,8 @@ fn renewal_after_lost_state_is_acked_when_the_address_is_free() {
 fn replaying_the_log_rebuilds_the_lease_table() {
     let mut h = H::web();
     let mut log = Vec::new();
-    let mut keep = |recs: Vec<LeaseRecord>| log.extend(recs.iter().map(LeaseRecord::encode));
+    let enc = |r: &LeaseRecord| r.encode("web");
+    let mut keep = |recs: Vec<LeaseRecord>| log.extend(recs.iter().map(enc));
     for n in 1..=5 {
         let m = mac(n);
         let (o, _) = h.exchange(m, &discover(m));
@@ -451,7 +452,8 @@ fn replaying_the_log_rebuilds_the_lease_table() {
     let durable = |s: &DhcpServer| s.leases().into_iter().filter(|l| l.state != LeaseState::Offered).collect::<Vec<_>>();
 
     let mut h2 = H::web();
-    h2.s.restore(log.iter().filter_map(|l| LeaseRecord::decode(l)), h.now);
+    let recs: Vec<LeaseRecord> = log.iter().filter_map(|l| h2.s.decode(l)).collect();
+    h2.s.restore(recs, h.now);
     assert_eq!(durable(&h2.s), durable(&h.s));
     assert_eq!(h2.s.hosts(), h.s.hosts());
     assert_eq!(durable(&h.s).len(), 4);
@@ -697,7 +699,7 @@ fn renewal_is_persisted_before_its_ack() {
     let [Action::Persist { seq, record: LeaseRecord::Bind(l) }] = &out[..] else { panic!("{out:?}") };
     assert_eq!(l.expires, T0 + 1800 + 3600);
     let mut rel = Vec::new();
-    h.s.committed(*seq, &mut rel);
+    h.s.committed(*seq, *seq, &mut rel);
     assert_eq!(split(rel).0[0].mtype(), MessageType::Ack);
     assert_eq!(h.s.leases()[0].expires, T0 + 1800 + 3600);
 }
@@ -843,14 +845,20 @@ fn lease_records_round_trip_and_reject_damage() {
         LeaseRecord::Free { net: 1, ip: a("10.1.2.7") },
         LeaseRecord::Decline { net: 0, ip: a("10.1.1.5"), until: T0 + 600 },
     ];
-    for r in &recs {
-        let line = r.encode();
+    let names = ["web", "db"];
+    let idx = |n: &str| names.iter().position(|x| *x == n);
+    let name = |r: &LeaseRecord| match r {
+        LeaseRecord::Bind(l) => names.get(l.net).copied().unwrap_or("acct-3"),
+        LeaseRecord::Free { net, .. } | LeaseRecord::Decline { net, .. } => names[*net],
+    };
+    for r in &recs[1..] {
+        let line = r.encode(name(r));
         assert!(!line.contains('\n') && !line.contains('\r'), "{line}");
-        assert_eq!(LeaseRecord::decode(&line).as_ref(), Some(r), "{line}");
-        assert_eq!(LeaseRecord::decode(&format!("{line}\n")).as_ref(), Some(r));
+        assert_eq!(LeaseRecord::decode(&line, idx).as_ref(), Some(r), "{line}");
+        assert_eq!(LeaseRecord::decode(&format!("{line}\n"), idx).as_ref(), Some(r));
         for cut in 0..line.len() {
             if line.is_char_boundary(cut) {
-                assert_eq!(LeaseRecord::decode(&line[..cut]), None, "torn at {cut}: {line}");
+                assert_eq!(LeaseRecord::decode(&line[..cut], idx), None, "torn at {cut}: {line}");
             }
         }
         // Any one changed byte is caught.
@@ -859,15 +867,21 @@ fn lease_records_round_trip_and_reject_damage() {
             let mut c = b.to_vec();
             c[i] = if c[i] == b'0' { b'1' } else { b'0' };
             if let Ok(s) = std::str::from_utf8(&c) {
-                assert_eq!(LeaseRecord::decode(s), None, "{s}");
+                assert_eq!(LeaseRecord::decode(s, idx), None, "{s}");
             }
         }
     }
-    let line = recs[0].encode();
-    assert!(line.starts_with("bind 3 10.1.1.100 52:54:00:00:00:01 1700000000 bound 01525400000001 web-1 *"), "{line}");
-    assert_eq!(recs[2].encode().split(' ').nth(7), Some("%2d"), "a hostname of \"-\" is not \"none\"");
-    for junk in ["", "*", " *", "bind", "free 0 10.1.1.1 *00000000", "hello world *12345678"] {
-        assert_eq!(LeaseRecord::decode(junk), None, "{junk}");
+    // Keyed by the network's name; a name the config no longer has is not read.
+    let line = recs[0].encode("acct-3");
+    assert!(line.starts_with("lease acct-3 10.1.1.100 52:54:00:00:00:01 1700000000 bound 01525400000001 web-1 *"), "{line}");
+    assert_eq!(LeaseRecord::decode(&line, idx), None);
+    assert_eq!(recs[2].encode("web").split(' ').nth(7), Some("%2d"), "a hostname of \"-\" is not \"none\"");
+    // The format before names (network by position) is still read.
+    let old = "free 1 10.1.2.7";
+    let old = format!("{old} *{:08x}", old.bytes().fold(0x811c_9dc5u32, |h, x| (h ^ x as u32).wrapping_mul(0x0100_0193)));
+    assert_eq!(LeaseRecord::decode(&old, idx), Some(LeaseRecord::Free { net: 1, ip: a("10.1.2.7") }));
+    for junk in ["", "*", " *", "bind", "lease", "free 0 10.1.1.1 *00000000", "hello world *12345678"] {
+        assert_eq!(LeaseRecord::decode(junk, idx), None, "{junk}");
     }
 }
 
@@ -964,7 +978,7 @@ fn any_input_is_ok_or_err_never_a_panic() {
         if i % 7 == 0 {
             let top = out.iter().filter_map(|x| if let Action::Persist { seq, .. } = x { Some(*seq) } else { None }).max();
             if let Some(t) = top {
-                s.committed(t, &mut out);
+                s.committed(1, t, &mut out);
             }
         }
         if i % 97 == 0 {
@@ -978,7 +992,7 @@ fn any_input_is_ok_or_err_never_a_panic() {
                     Message::decode(&mut Decoder::new(&payload)).unwrap();
                 }
                 Action::Persist { record, .. } => {
-                    assert_eq!(LeaseRecord::decode(&record.encode()), Some(record));
+                    assert_eq!(s.decode(&s.encode(&record)), Some(record));
                 }
             }
         }
@@ -1057,4 +1071,106 @@ fn pool_walk_skips_records_reservations_and_the_gateway() {
     h.exchange(mac(1), &rel);
     assert_eq!(h.dora(mac(3)), a("10.1.1.253"));
     assert_eq!(h.send(mac(4), &discover(mac(4))).0, Err(Ignored::PoolExhausted));
+}
+
+/// The first Persist seq in `out`.
+fn first_seq(out: &[Action]) -> u64 {
+    out.iter().find_map(|x| if let Action::Persist { seq, .. } = x { Some(*seq) } else { None }).unwrap()
+}
+
+#[test]
+fn an_ack_is_released_only_for_records_reported_on_disk() {
+    let mut h = H::web();
+    let (m1, m2) = (mac(1), mac(2));
+    let (o, _) = h.exchange(m1, &discover(m1));
+    let (r, out1) = h.send(m1, &select(m1, o[0].msg.yiaddr()));
+    r.unwrap();
+    let s1 = first_seq(&out1);
+    let (o, _) = h.exchange(m2, &discover(m2));
+    let (r, out2) = h.send(m2, &select(m2, o[0].msg.yiaddr()));
+    r.unwrap();
+    let s2 = first_seq(&out2);
+    assert_eq!(h.s.held(), 2);
+    // The writer reports only the second record durable (the first was lost, say): the first
+    // ACK never goes out, the second does.
+    let mut rel = Vec::new();
+    h.s.committed(s2, s2, &mut rel);
+    let (acks, _, _) = split(rel);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].dst_mac, m2);
+    assert_eq!(h.s.held(), 0, "the unreported ACK is gone, not kept for a later range");
+    let mut rel = Vec::new();
+    h.s.committed(s1, s1, &mut rel);
+    assert!(rel.is_empty());
+}
+
+#[test]
+fn while_the_log_fails_new_leases_wait_and_durable_ones_renew_for_what_the_disk_knows() {
+    let mut h = H::web();
+    let m = mac(1);
+    let ip = h.dora(m);
+    h.s.set_store_ok(false);
+    // A new client is not acknowledged (nor even held: its REQUEST is ignored).
+    let c = mac(2);
+    let (o, _) = h.exchange(c, &discover(c));
+    let (r, out) = h.send(c, &select(c, o[0].msg.yiaddr()));
+    assert_eq!(r, Err(Ignored::StoreFailing));
+    assert!(out.is_empty());
+    assert_eq!(h.s.counters().ignored_store_failing, 1);
+    // The durable lease renews at once, for the time left on disk, without a record.
+    h.now += 1000;
+    let (r, out) = h.send(m, &renew(m, ip));
+    r.unwrap();
+    let (acks, recs, _) = split(out);
+    assert!(recs.is_empty());
+    assert_eq!(acks[0].mtype(), MessageType::Ack);
+    assert_eq!(acks[0].opt(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(3600 - 1000)));
+    assert_eq!(h.s.counters().renewals_from_disk, 1);
+    // Past the durable expiry nothing is confirmed.
+    h.now = T0 + 3600;
+    assert_eq!(h.send(m, &renew(m, ip)).0, Err(Ignored::StoreFailing));
+    // The disk is back: everyone is served and records are written again.
+    h.s.set_store_ok(true);
+    let (acks, recs) = h.exchange(m, &renew(m, ip));
+    assert_eq!(acks[0].mtype(), MessageType::Ack);
+    assert_eq!(recs.len(), 1);
+    h.dora(c);
+}
+
+#[test]
+fn a_lease_acked_but_not_yet_durable_is_not_renewed_from_disk() {
+    let mut h = H::web();
+    let m = mac(1);
+    let (o, _) = h.exchange(m, &discover(m));
+    let ip = o[0].msg.yiaddr();
+    let (r, _) = h.send(m, &select(m, ip));
+    r.unwrap();
+    // The writer fails before this record was reported: the disk knows nothing of it.
+    h.s.set_store_ok(false);
+    assert_eq!(h.send(m, &renew(m, ip)).0, Err(Ignored::StoreFailing));
+}
+
+#[test]
+fn leases_follow_their_network_by_name_when_networks_are_reordered() {
+    let db = DhcpNet {
+        name: "db".into(),
+        cidr: "10.1.2.0/24".parse().unwrap(),
+        gateway: a("10.1.2.1"),
+        range: Some((a("10.1.2.100"), a("10.1.2.199"))),
+        ..web()
+    };
+    let mut s1 = DhcpServer::new(vec![Some(web()), Some(db.clone())], Vec::new());
+    let mut h = H::new(DhcpServer::new(vec![Some(web())], Vec::new()));
+    std::mem::swap(&mut h.s, &mut s1);
+    let m = mac(1);
+    let ip = h.dora(m);
+    let log: Vec<String> = h.s.leases().iter().map(|l| h.s.encode(&LeaseRecord::Bind(l.clone()))).collect();
+    // A new network is inserted first: web is now network 1.
+    let other = DhcpNet { name: "new".into(), cidr: "10.1.3.0/24".parse().unwrap(), gateway: a("10.1.3.1"), range: Some((a("10.1.3.100"), a("10.1.3.199"))), ..web() };
+    let mut s2 = DhcpServer::new(vec![Some(other), Some(db), Some(web())], Vec::new());
+    let recs: Vec<LeaseRecord> = log.iter().filter_map(|l| s2.decode(l)).collect();
+    s2.restore(recs, T0 + 10);
+    assert_eq!(s2.lease_of(2, m), Some(ip));
+    assert_eq!(s2.lease_of(0, m), None);
+    assert_eq!(s2.leases().len(), 1);
 }

@@ -274,7 +274,8 @@ pub struct DnsServer {
     seq: u64,
     /// The upstream that answered last: new queries start there.
     preferred: usize,
-    rng: u64,
+    /// Query ids: unpredictable (an off-path forger must guess them), keyed by `reseed`.
+    rng: crate::entropy::Csprng,
     counters: DnsCounters,
 }
 
@@ -282,8 +283,12 @@ impl DnsServer {
     pub fn new(cfg: DnsConfig) -> Self {
         let zones = Zones::new(&cfg.domains, &cfg.nets);
         let cache = Cache::new(cfg.cache_entries);
-        // Per-process random keys from the standard library: no clock, no fd.
-        let rng = RandomState::new().hash_one(0x5eed_u64) | 1;
+        // Per-process random keys from the standard library until the owner reseeds it.
+        let mut seed = [0u8; 32];
+        for (i, c) in seed.chunks_mut(8).enumerate() {
+            c.copy_from_slice(&RandomState::new().hash_one(i).to_le_bytes());
+        }
+        let rng = crate::entropy::Csprng::new(seed);
         DnsServer {
             cfg,
             zones,
@@ -459,13 +464,13 @@ impl DnsServer {
         (0..=u16::MAX).map(|i| start.wrapping_add(i)).find(|id| !self.ids.contains_key(id))
     }
 
-    /// splitmix64.
     fn next_random(&mut self) -> u64 {
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.rng.u64()
+    }
+
+    /// Keys the query ids with `seed` (from the router's seed, itself from the kernel).
+    pub fn reseed(&mut self, seed: crate::entropy::Seed) {
+        self.rng = crate::entropy::Csprng::new(seed);
     }
 
     /// Removes the pending query for `key`, its ids and timer.

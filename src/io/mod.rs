@@ -287,7 +287,10 @@ fn check_links(poll: &Poll, slots: &mut [Slot], dp: &mut Datapath) -> bool {
 /// Runs the account until SIGINT or SIGTERM.
 pub fn run(v: &Validated) -> Result<(), RunError> {
     let c = &v.config;
-    let (devs, dcfg) = open_ports(c)?;
+    let (devs, mut dcfg) = open_ports(c)?;
+    // One seed from the kernel keys every random choice (NAT ports, DNS ids, TCP ISNs).
+    let mut rng = crate::entropy::Csprng::new(crate::entropy::os_seed()?);
+    dcfg.l3.seed = rng.child();
     let offloads: Vec<bool> = dcfg.ports.iter().map(|p| p.offload).collect();
     let mut dp = Datapath::new(dcfg);
     let origin = std::time::Instant::now();
@@ -304,10 +307,11 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         let log = store::LeaseLog::new(&dir)?;
         let lines = log.read()?;
         let n = dp.router_mut().restore_leases(clock(), &lines);
-        // Compact: only the live leases, written atomically.
-        log.rewrite(&dp.router().lease_records())?;
+        // Compact: only the live leases, written atomically (and by network name).
+        let live = dp.router().lease_records();
+        log.rewrite(live.iter().map(|l| l.line.as_str()))?;
         tracing::info!(path = %log.path().display(), records = n, "DHCP leases restored");
-        Some(log)
+        Some((log, live))
     } else {
         None
     };
@@ -362,9 +366,9 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     })?;
     // The lease writer thread: group commit, then a wake-up with the highest durable seq.
     let leases = match lease_log {
-        Some(log) => {
+        Some((log, live)) => {
             let w = waker.clone();
-            Some(log.spawn_writer(move || {
+            Some(log.spawn_writer(live, store::WriterOpts::default(), move || {
                 let _ = w.wake();
             })?)
         }
@@ -380,7 +384,6 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         }
     }
     let mut dns_ready = vec![false; dns_socks.len()];
-    let mut dns_pick: u64 = unix ^ origin.elapsed().as_nanos() as u64;
     tracing::info!(router = %c.router.name, ports = slots.len(), socket = %sock.display(), dhcp = has_dhcp, dns = has_dns, "vrouter running");
 
     let mut events = Events::with_capacity(256);
@@ -553,9 +556,14 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                     }
                 }
             }
-            if let Some((_, done)) = &leases {
-                while let Ok(seq) = done.try_recv() {
-                    dp.dhcp_committed(now, seq, &mut tx);
+            if let Some((_, events)) = &leases {
+                while let Ok(ev) = events.try_recv() {
+                    match ev {
+                        store::StoreEvent::Durable { first, last } => dp.dhcp_committed(now, first, last, &mut tx),
+                        store::StoreEvent::Failing(why) => dp.router_mut().set_lease_store_error(Some(why)),
+                        store::StoreEvent::Healthy => dp.router_mut().set_lease_store_error(None),
+                        store::StoreEvent::Compacted(_) => {}
+                    }
                 }
             }
             dp.poll(now, &mut tx);
@@ -567,8 +575,8 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             }
         }
         for (to, q) in dp.router_mut().take_upstream() {
-            dns_pick = dns_pick.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            let Some(sock) = dns_socks.get((dns_pick >> 33) as usize % dns_socks.len().max(1)) else { break };
+            // Each query leaves from a socket (source port) an off-path forger cannot predict.
+            let Some(sock) = dns_socks.get(rng.u32() as usize % dns_socks.len().max(1)) else { break };
             if let Err(e) = sock.send_to(&q, to) {
                 tracing::debug!(upstream = %to, "DNS upstream send: {e}");
             }
@@ -618,7 +626,9 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
                         row["expires_in_secs"] = l.expires.saturating_sub(wall).into();
                     }
                 }
-                Response::ok(serde_json::json!({"leases": rows, "counters": counters}))
+                let (error, held) = dp.router().lease_store();
+                let store = serde_json::json!({"ok": error.is_none(), "error": error, "acks_waiting": held});
+                Response::ok(serde_json::json!({"leases": rows, "counters": counters, "store": store}))
             }
             None => Response::err("no network is served by DHCP (give one a gateway and a dhcp_range or reservations)"),
         },

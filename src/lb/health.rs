@@ -62,7 +62,7 @@ impl Checker {
     /// `targets`: (tag, backend, check); `gateway(net)` gives the router's address and prefix
     /// on the backend's network (no gateway: that backend is not checked). First checks are
     /// spread over the first interval, so many backends do not all connect at once.
-    pub fn new(now: Instant, targets: Vec<(u32, BackendSpec, CheckSpec)>, gateway: impl Fn(NetId) -> Option<(Ipv4Addr, u8, usize)>) -> Self {
+    pub fn new(now: Instant, seed: u64, targets: Vec<(u32, BackendSpec, CheckSpec)>, gateway: impl Fn(NetId) -> Option<(Ipv4Addr, u8, usize)>) -> Self {
         let mut nets: HashMap<NetId, NetStack> = HashMap::new();
         let mut out = Vec::new();
         let n = targets.len().max(1) as u64;
@@ -71,7 +71,8 @@ impl Checker {
             let st = nets.entry(b.net).or_insert_with(|| {
                 let mut dev = Queue { mtu, ..Default::default() };
                 let mut cfg = Config::new(HardwareAddress::Ip);
-                cfg.random_seed = u64::from(u32::from(gw)) ^ now.millis() ^ 0x6a09_e667_f3bc_c908;
+                // smoltcp draws initial sequence numbers and ephemeral ports from this seed.
+                cfg.random_seed = seed ^ u64::from(u32::from(gw));
                 let mut iface = Interface::new(cfg, &mut dev, ts(now));
                 iface.update_ip_addrs(|a| {
                     let _ = a.push(IpCidr::new(gw.into(), prefix));
@@ -229,7 +230,7 @@ mod tests {
     #[test]
     fn silent_backend_times_out_and_refusal_fails_at_once() {
         let gw = |_| Some((Ipv4Addr::new(10, 1, 1, 1), 24, 1500));
-        let mut c = Checker::new(Instant::ZERO, vec![backend()], gw);
+        let mut c = Checker::new(Instant::ZERO, 7, vec![backend()], gw);
         let (mut out, mut res) = (Vec::new(), Vec::new());
         c.run(Instant::ZERO, &mut out, &mut res);
         let syn = syn_of(&out).to_vec();

@@ -95,6 +95,9 @@ pub struct L3Config {
     pub timeouts: Timeouts,
     pub neigh_cap: usize,
     pub lbs: Vec<crate::lb::LbSpec>,
+    /// Keys every random choice the router makes (NAT ports, DNS ids, TCP sequence numbers);
+    /// the I/O edge fills it from the kernel, tests with a constant.
+    pub seed: crate::entropy::Seed,
 }
 
 impl Default for L3Config {
@@ -109,6 +112,7 @@ impl Default for L3Config {
             timeouts: Timeouts::default(),
             neigh_cap: 4096,
             lbs: Vec::new(),
+            seed: [0; 32],
         }
     }
 }
@@ -210,7 +214,8 @@ pub struct Router {
     icmp_tokens: u64,
     icmp_refill: Instant,
     ident: u16,
-    nat_seed: u32,
+    /// NAT port choices (RFC 6056: unpredictable to a remote).
+    rng: crate::entropy::Csprng,
     garp_sent: bool,
     next_sweep: Instant,
     pub stats: RouterStats,
@@ -234,7 +239,8 @@ impl Router {
         }
         let public_ips = cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default();
         let lb = crate::lb::Balancer::new(cfg.lbs.clone());
-        let hc = crate::lb::health::Checker::new(Instant::ZERO, lb.check_targets(), |n| {
+        let mut rng = crate::entropy::Csprng::new(cfg.seed);
+        let hc = crate::lb::health::Checker::new(Instant::ZERO, rng.u64(), lb.check_targets(), |n| {
             let net = cfg.nets.get(n.0 as usize)?;
             Some((net.gateway?, net.cidr.prefix, net.mtu as usize))
         });
@@ -254,12 +260,12 @@ impl Router {
             icmp_tokens: ICMP_BURST,
             icmp_refill: Instant::ZERO,
             ident: 1,
-            nat_seed: 0x9e37_79b9,
+            svc: services::Services::new(rng.child()),
+            rng,
             garp_sent: false,
             next_sweep: Instant::ZERO,
             cfg,
             stats: RouterStats::default(),
-            svc: services::Services::default(),
         }
     }
 
@@ -856,10 +862,11 @@ impl Router {
         if (k.sport as u32) >= lo && free(self, k.sport) {
             return Some(reply(k.sport));
         }
-        self.nat_seed = self.nat_seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        // RFC 6056 algorithm 2 (random start) with a random odd stride: a remote that sees one
+        // translated port learns nothing about the next.
         let span = 65536 - lo;
-        let h = u32::from(k.src) ^ (k.sport as u32) << 16 ^ u32::from(remote).rotate_left(7) ^ (rport as u32) ^ self.nat_seed;
-        let start = h % span;
+        let h = self.rng.u32();
+        let start = self.rng.u32() % span;
         // An odd stride: each run of tries visits distinct ports (at least 1024 of them).
         let stride = 2 * (h >> 16 | 1) + 1;
         (0..NAT_TRIES).map(|i| (lo + (start + i.wrapping_mul(stride)) % span) as u16).find(|&p| free(self, p)).map(reply)

@@ -36,7 +36,6 @@ pub(super) enum DnsClient {
 type UdpQuery = (NetId, Ipv4Addr, u16, u16);
 
 /// The services' state inside the router.
-#[derive(Default)]
 pub struct Services {
     pub dhcp: Option<DhcpServer>,
     pub(super) dhcp_nets: Vec<bool>,
@@ -47,7 +46,7 @@ pub struct Services {
     udp_pending: HashSet<UdpQuery>,
     pub(super) next_client: u64,
     /// Lease log lines to make durable, with their sequence numbers.
-    pub(super) persist: Vec<(u64, String)>,
+    pub(super) persist: Vec<dhcp::LogLine>,
     /// DNS queries for upstream servers.
     pub(super) upstream: Vec<(SocketAddr, Vec<u8>)>,
     /// Unix time (seconds) at `Instant::ZERO`: leases live on the wall clock.
@@ -57,6 +56,32 @@ pub struct Services {
     pub(super) tcp: super::tcp_dns::TcpDns,
     /// When lease expiry next runs (it walks the whole lease table, so once a second).
     next_expire: Instant,
+    /// Keys the DNS server's query ids (handed over in `set_services`).
+    dns_seed: crate::entropy::Seed,
+    /// Why the lease log cannot be written (the writer says), if it cannot.
+    store_error: Option<String>,
+}
+
+impl Services {
+    pub(super) fn new(seed: crate::entropy::Seed) -> Self {
+        let mut rng = crate::entropy::Csprng::new(seed);
+        Services {
+            dhcp: None,
+            dhcp_nets: Vec::new(),
+            dns: None,
+            dns_clients: HashMap::new(),
+            udp_pending: HashSet::new(),
+            next_client: 0,
+            persist: Vec::new(),
+            upstream: Vec::new(),
+            wall_base: 0,
+            hosts_sig: 0,
+            tcp: super::tcp_dns::TcpDns::new(rng.child()),
+            next_expire: Instant::ZERO,
+            dns_seed: rng.child(),
+            store_error: None,
+        }
+    }
 }
 
 impl Router {
@@ -79,7 +104,10 @@ impl Router {
     pub fn set_services(&mut self, dhcp: Option<DhcpServer>, dhcp_nets: Vec<bool>, dns: Option<DnsServer>) {
         self.svc.dhcp = dhcp;
         self.svc.dhcp_nets = dhcp_nets;
-        self.svc.dns = dns;
+        self.svc.dns = dns.map(|mut d| {
+            d.reseed(self.svc.dns_seed);
+            d
+        });
         self.refresh_hosts();
     }
 
@@ -127,7 +155,7 @@ impl Router {
     pub fn restore_leases(&mut self, now: Instant, lines: &[String]) -> usize {
         let wall = self.wall(now);
         let Some(d) = self.svc.dhcp.as_mut() else { return 0 };
-        let recs: Vec<dhcp::LeaseRecord> = lines.iter().filter_map(|l| dhcp::LeaseRecord::decode(l)).collect();
+        let recs: Vec<dhcp::LeaseRecord> = lines.iter().filter_map(|l| d.decode(l)).collect();
         let n = recs.len();
         d.restore(recs, wall);
         self.refresh_hosts();
@@ -136,7 +164,7 @@ impl Router {
 
     /// The live lease records, for compacting the log at start: bound leases, and declined
     /// addresses still in quarantine.
-    pub fn lease_records(&self) -> Vec<String> {
+    pub fn lease_records(&self) -> Vec<dhcp::LogLine> {
         let Some(d) = self.svc.dhcp.as_ref() else { return Vec::new() };
         d.leases()
             .into_iter()
@@ -145,7 +173,7 @@ impl Router {
                 dhcp::LeaseState::Declined => Some(dhcp::LeaseRecord::Decline { net: l.net, ip: l.ip, until: l.expires }),
                 _ => None,
             })
-            .map(|r| r.encode())
+            .map(|r| d.log_line(0, &r))
             .collect()
     }
 
@@ -163,8 +191,22 @@ impl Router {
     }
 
     /// Lease records up to `seq` are on disk: the ACKs they held go out.
-    pub fn dhcp_committed(&mut self, seq: u64) {
-        self.with_dhcp(|d, out| d.committed(seq, out));
+    pub fn dhcp_committed(&mut self, first: u64, last: u64) {
+        self.with_dhcp(|d, out| d.committed(first, last, out));
+    }
+
+    /// The lease log's writer failed (`Some(why)`) or writes again (`None`): while it fails,
+    /// nothing new is acknowledged.
+    pub fn set_lease_store_error(&mut self, err: Option<String>) {
+        if let Some(d) = self.svc.dhcp.as_mut() {
+            d.set_store_ok(err.is_none());
+        }
+        self.svc.store_error = err;
+    }
+
+    /// Why the lease log cannot be written, if it cannot; and the ACKs waiting for the disk.
+    pub fn lease_store(&self) -> (Option<&str>, usize) {
+        (self.svc.store_error.as_deref(), self.svc.dhcp.as_ref().map_or(0, |d| d.held()))
     }
 
     fn run_dhcp(&mut self, out: Vec<dhcp::Action>) {
@@ -177,7 +219,8 @@ impl Router {
                     self.emit_udp(Iface::Net(n), dst_mac, gw, dst_ip, 67, 68, &payload);
                 }
                 dhcp::Action::Persist { seq, record } => {
-                    self.svc.persist.push((seq, record.encode()));
+                    let Some(d) = self.svc.dhcp.as_ref() else { continue };
+                    self.svc.persist.push(d.log_line(seq, &record));
                     changed = true;
                 }
             }
@@ -219,7 +262,7 @@ impl Router {
     }
 
     /// Lease records waiting to be made durable.
-    pub fn take_persist(&mut self) -> Vec<(u64, String)> {
+    pub fn take_persist(&mut self) -> Vec<dhcp::LogLine> {
         std::mem::take(&mut self.svc.persist)
     }
 

@@ -99,11 +99,14 @@ pub(super) struct TcpDns {
     nets: HashMap<NetId, NetTcp>,
     /// The earliest TCP timer over all networks, as of the last `run`.
     next_at: Instant,
+    /// Keys each network's TCP stack (initial sequence numbers: an off-path attacker must not
+    /// guess them to inject into a guest's DNS connection).
+    rng: crate::entropy::Csprng,
 }
 
-impl Default for TcpDns {
-    fn default() -> Self {
-        TcpDns { nets: HashMap::new(), next_at: Instant(u64::MAX) }
+impl TcpDns {
+    pub(super) fn new(seed: crate::entropy::Seed) -> Self {
+        TcpDns { nets: HashMap::new(), next_at: Instant(u64::MAX), rng: crate::entropy::Csprng::new(seed) }
     }
 }
 
@@ -114,9 +117,12 @@ pub(crate) fn ts(now: Instant) -> smoltcp::time::Instant {
 impl TcpDns {
     /// A TCP segment (the IPv4 packet, checksums complete) for `gateway`:53 on network `net`.
     pub(super) fn input(&mut self, now: Instant, net: NetId, gateway: Ipv4Addr, prefix: u8, mtu: usize, packet: Vec<u8>) {
+        let rng = &mut self.rng;
         let t = self.nets.entry(net).or_insert_with(|| {
             let mut dev = Queue { mtu, ..Default::default() };
-            let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, ts(now));
+            let mut cfg = Config::new(HardwareAddress::Ip);
+            cfg.random_seed = rng.u64();
+            let mut iface = Interface::new(cfg, &mut dev, ts(now));
             iface.update_ip_addrs(|a| {
                 let _ = a.push(IpCidr::new(gateway.into(), prefix));
             });

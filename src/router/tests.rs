@@ -173,6 +173,35 @@ fn colliding_source_ports_get_distinct_nat_ports_and_reuse_after_expiry() {
     assert_eq!(sport(&f3), 5000);
 }
 
+/// The ports 20 guests colliding on source port 5000 towards one remote are given, with the
+/// router keyed by `seed`.
+fn collision_ports(seed: u8) -> Vec<u16> {
+    let mut r = router(1500);
+    r.rng = crate::entropy::Csprng::new([seed; 32]);
+    resolve_all(&mut r);
+    (0..20)
+        .map(|i| {
+            let mut f = b(&udp(G1, &format!("10.1.1.{}", 20 + i), 5000, "198.51.100.5", 53, b"q"));
+            assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Forward(Iface::Public));
+            be16(f.frame(), 34)
+        })
+        .collect()
+}
+
+#[test]
+fn nat_ports_after_a_collision_are_keyed_by_the_seed() {
+    let a1 = collision_ports(1);
+    // Replayable under a fixed seed (tests), unpredictable under the kernel's (RFC 6056).
+    assert_eq!(a1, collision_ports(1));
+    let a2 = collision_ports(2);
+    assert_eq!(a1[0], 5000);
+    let (x, y) = (&a1[1..], &a2[1..]);
+    assert!(x.iter().zip(y).filter(|(p, q)| p == q).count() <= 1, "{x:?} vs {y:?}");
+    // No step between successive choices repeats as an LCG's or a counter's would.
+    let steps: std::collections::HashSet<u16> = x.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+    assert!(steps.len() >= 15, "{x:?}");
+}
+
 #[test]
 fn port_forward_static_nat_and_no_direct_private_access() {
     let mut r = router(1500);
