@@ -37,10 +37,26 @@ pub trait Transmit {
     /// UDP payloads for VXLAN peer `port` (each a VXLAN header and a frame): one datagram, or
     /// with `seg`, datagrams of `seg` bytes each back to back (the last may be shorter) to be
     /// sent as one batch. `entropy` (a hash of the inner flow) picks the outer source port.
-    fn transmit_udp(&mut self, port: PortId, entropy: u16, payload: &[u8], seg: Option<usize>) -> Result<(), DropReason> {
+    /// A batch that fails part-way says how many of its datagrams left.
+    fn transmit_udp(&mut self, port: PortId, entropy: u16, payload: &[u8], seg: Option<usize>) -> Result<(), Partial> {
         let _ = (port, entropy, payload, seg);
-        Err(DropReason::TxError)
+        Err(Partial { reason: DropReason::TxError, sent: 0 })
     }
+}
+
+/// A send that failed after `sent` of its datagrams had left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    pub reason: DropReason,
+    pub sent: usize,
+}
+
+/// How many frames a (super-)frame is on the wire: its segments, or one.
+fn wire_frames(len: usize, v: &VnetHdr) -> u64 {
+    if v.gso == crate::wire::vnet::Gso::None || v.gso_size == 0 {
+        return 1;
+    }
+    len.saturating_sub(v.hdr_len as usize).div_ceil(v.gso_size as usize).max(1) as u64
 }
 
 /// One port as the datapath sees it.
@@ -91,8 +107,52 @@ pub struct PortRow {
     pub tx_bytes: u64,
     /// All drops on this port.
     pub drops: u64,
+    /// A VXLAN peer's reachability, as far as it is known.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerRow>,
     #[serde(flatten)]
     pub role: RoleRow,
+}
+
+/// A peer heard from within this long, with no failed send since, is up.
+const PEER_QUIET: Duration = Duration::from_secs(60);
+
+/// What the datapath knows of a VXLAN peer: when it last heard a datagram from it and when a
+/// send to it last failed (unreachable or refused). UDP has no session: nothing else is known.
+#[derive(Debug, Clone, Copy, Default)]
+struct PeerHealth {
+    last_rx: Option<Instant>,
+    last_tx_error: Option<Instant>,
+}
+
+impl PeerHealth {
+    fn row(&self, now: Instant) -> PeerRow {
+        let ago = |t: Option<Instant>| t.map(|t| now.since(t).as_secs());
+        let failing = match (self.last_tx_error, self.last_rx) {
+            (Some(e), Some(r)) => e > r,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let heard = self.last_rx.is_some_and(|t| now.since(t) < PEER_QUIET);
+        let state = if failing {
+            "unreachable"
+        } else if heard {
+            "up"
+        } else {
+            "unknown"
+        };
+        PeerRow { state, last_rx_secs: ago(self.last_rx), last_tx_error_secs: ago(self.last_tx_error) }
+    }
+}
+
+/// A VXLAN peer's state in `ctl show ports`: `up` (a datagram arrived within the last minute
+/// and no send failed since), `unreachable` (the last failed send is newer than anything heard
+/// from it), or `unknown` (nothing heard for a minute, nothing failed).
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerRow {
+    pub state: &'static str,
+    pub last_rx_secs: Option<u64>,
+    pub last_tx_error_secs: Option<u64>,
 }
 
 /// How a port attaches, as shown.
@@ -222,6 +282,8 @@ pub struct Datapath {
     /// VXLAN peers by address.
     vteps: std::collections::HashMap<std::net::Ipv4Addr, PortId>,
     vx_stats: VxlanStats,
+    /// What is known of each VXLAN peer's reachability, by port (default for other ports).
+    peer_health: Vec<PeerHealth>,
     /// Encapsulated segments of one super-frame, sent in batches, and their lengths.
     vx_batch: Box<[u8]>,
     vx_lens: Vec<usize>,
@@ -286,6 +348,7 @@ impl Datapath {
             sg,
             vteps,
             vx_stats: VxlanStats::default(),
+            peer_health: vec![PeerHealth::default(); cfg.ports.len()],
             vx_batch: vec![0u8; VX_BATCH].into_boxed_slice(),
             vx_lens: Vec::new(),
             vxlan_mtu: cfg.vxlan_mtu,
@@ -489,6 +552,9 @@ impl Datapath {
         let st = &mut self.stats[pi];
         st.rx_frames += 1;
         st.rx_bytes += buf.len() as u64;
+        if let Some(h) = self.peer_health.get_mut(pi) {
+            h.last_rx = Some(now);
+        }
         if let Err(r) = self.vxlan_ingress(now, port, buf, tx, udp_gso) {
             self.stats[pi].drop(r);
         }
@@ -585,7 +651,7 @@ impl Datapath {
             }
             let r = tx.transmit_udp(port, entropy, buf.frame(), None);
             buf.pull(vxlan::HEADER_LEN);
-            r?;
+            r.map_err(|p| p.reason)?;
             self.stats[pi].tx_frames += 1;
             self.stats[pi].tx_bytes += len;
             return Ok(());
@@ -598,11 +664,15 @@ impl Datapath {
         let st = &mut self.stats[pi];
         st.tx_frames += frames;
         st.tx_bytes += bytes;
+        // What left is counted above; what did not, frame by frame.
+        let lost = wire_frames(buf.len(), &v).saturating_sub(frames).max(1);
         if let Some(e) = err {
-            return Err(e);
+            st.drop_n(e, lost);
+            return Ok(());
         }
         if !flushed {
-            return Err(DropReason::OffloadFailed);
+            st.drop_n(DropReason::OffloadFailed, lost);
+            return Ok(());
         }
         if gso {
             st.tx_sw_segmented += 1;
@@ -701,7 +771,7 @@ impl Datapath {
         let role = &self.ports[in_port.0 as usize].role;
         let (net, tagged) = switch::classify(role, buf.frame())?;
         if tagged && !buf.pop_vlan() {
-            return Err(DropReason::BadVnetHdr);
+            return Err(DropReason::TagPopFailed);
         }
         if !src.is_unicast() || src == self.router_mac {
             return Err(DropReason::BadSrcMac);
@@ -787,12 +857,21 @@ impl Datapath {
         }
         if let Role::Vtep { vnis, .. } = &self.ports[pi].role {
             let vni = net.and_then(|n| vnis.iter().find(|(_, m)| *m == n)).map(|(v, _)| *v);
+            let tx_errors = |s: &PortStats| s.dropped(DropReason::PortDown) + s.dropped(DropReason::TxError);
+            let before = tx_errors(&self.stats[pi]);
             let r = match vni {
                 Some(vni) => self.output_vxlan(port, vni, buf, tx),
                 None => Err(DropReason::UnknownVni),
             };
             if let Err(r) = r {
                 self.stats[pi].drop(r);
+            }
+            // Unreachable (EHOSTUNREACH, ENETUNREACH) or refused sends say something about the
+            // peer; a full queue does not.
+            if let Some(h) = self.peer_health.get_mut(pi) {
+                if tx_errors(&self.stats[pi]) > before {
+                    h.last_tx_error = Some(now);
+                }
             }
             return;
         }
@@ -823,7 +902,7 @@ impl Datapath {
                     st.tx_frames += 1;
                     st.tx_bytes += len;
                 }
-                Err(r) => st.drop(r),
+                Err(r) => st.drop_n(r, wire_frames(buf.len(), &buf.vnet)),
             }
         } else {
             let gso = buf.vnet.gso != crate::wire::vnet::Gso::None;
@@ -874,7 +953,7 @@ impl Datapath {
         }
     }
 
-    pub fn show_ports(&self) -> Vec<PortRow> {
+    pub fn show_ports(&self, now: Instant) -> Vec<PortRow> {
         self.ports
             .iter()
             .enumerate()
@@ -891,6 +970,7 @@ impl Datapath {
                     tx_frames: s.tx_frames,
                     tx_bytes: s.tx_bytes,
                     drops: s.total_drops(),
+                    peer: matches!(p.role, Role::Vtep { .. }).then(|| self.peer_health[i].row(now)),
                     role: self.role_row(&p.role),
                 }
             })
@@ -1060,14 +1140,17 @@ impl VxSink<'_> {
             self.tx.transmit_udp(self.port, self.entropy, batch, (n > 1).then_some(first))
         } else {
             let mut at = 0;
-            lens.iter().try_for_each(|&l| {
+            lens.iter().enumerate().try_for_each(|(i, &l)| {
                 let r = self.tx.transmit_udp(self.port, self.entropy, &batch[at..at + l], None);
                 at += l;
-                r
+                r.map_err(|p| Partial { sent: i, ..p })
             })
         };
-        if let Err(e) = r {
-            self.err = Some(e);
+        if let Err(p) = r {
+            let sent = p.sent.min(n);
+            self.frames += sent as u64;
+            self.bytes += lens[..sent].iter().map(|l| l - crate::wire::vxlan::HEADER_LEN).sum::<usize>() as u64;
+            self.err = Some(p.reason);
             return false;
         }
         self.frames += n as u64;
@@ -1106,7 +1189,8 @@ fn gro_sent(stats: &mut [PortStats], tx: &mut dyn Transmit, port: PortId, v: &Vn
                 st.tx_coalesced += 1;
             }
         }
-        Err(r) => st.drop(r),
+        // A coalesced super-frame lost is each of the segments it was made of.
+        Err(r) => st.drop_n(r, wire_frames(f.len(), v)),
     }
 }
 
@@ -1164,9 +1248,12 @@ fn inner_ip_len(d: &[u8]) -> Option<usize> {
 /// known checksum state, segments over the overlay MTU) is dropped: delivered whole it would
 /// merge datagrams. True if marked.
 fn leaked_udp_superframe(f: &mut [u8], v: &mut VnetHdr, seg: usize, mtu: usize) -> Result<bool, DropReason> {
-    let Some(InnerL4 { at: l4, proto, pseudo, .. }) = inner_l4(f) else { return Err(DropReason::VxlanTooBig) };
+    let Some(InnerL4 { at: l4, proto, pseudo, .. }) = inner_l4(f) else { return Err(DropReason::VxlanBadSuperframe) };
     let hl = l4 - 14;
-    if proto != crate::wire::ipv4::proto::UDP || !(v.needs_csum || v.data_valid) || seg < 8 || hl + 8 + seg > mtu || seg > u16::MAX as usize {
+    if proto != crate::wire::ipv4::proto::UDP || !(v.needs_csum || v.data_valid) || seg < 8 {
+        return Err(DropReason::VxlanBadSuperframe);
+    }
+    if hl + 8 + seg > mtu || seg > u16::MAX as usize {
         return Err(DropReason::VxlanTooBig);
     }
     let meta = VnetHdr {
@@ -1179,7 +1266,7 @@ fn leaked_udp_superframe(f: &mut [u8], v: &mut VnetHdr, seg: usize, mtu: usize) 
         csum_start: l4 as u16,
         csum_offset: 6,
     };
-    offload::validate(f, &meta).map_err(|_| DropReason::VxlanTooBig)?;
+    offload::validate(f, &meta).map_err(|_| DropReason::VxlanBadSuperframe)?;
     // A USO frame carries the pseudo-header sum, whatever the sender left there.
     f[l4 + 6..l4 + 8].copy_from_slice(&crate::wire::checksum::fold(pseudo).to_be_bytes());
     *v = meta;

@@ -17,7 +17,7 @@ impl Transmit for Null {
         self.0 += f.len();
         Ok(())
     }
-    fn transmit_udp(&mut self, _: PortId, _: u16, payload: &[u8], _: Option<usize>) -> Result<(), DropReason> {
+    fn transmit_udp(&mut self, _: PortId, _: u16, payload: &[u8], _: Option<usize>) -> Result<(), crate::datapath::Partial> {
         self.0 += payload.len();
         Ok(())
     }

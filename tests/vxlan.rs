@@ -167,6 +167,12 @@ fn two_vrouters_and_the_kernel_share_a_vni() {
     assert!(rows.iter().any(|r| r["mac"] == "52:54:00:30:01:12" && r["port"] == format!("vxlan-{B}") && r["network"] == "web"), "{fdb}");
     let ports = lab.show_at(&sa, "ports");
     assert!(ports.as_array().unwrap().iter().any(|p| p["name"] == format!("vxlan-{K}") && p["mode"] == "vxlan" && p["tx_frames"].as_u64().unwrap() > 100), "{ports}");
+    // Both peers were heard from just now: up, with when.
+    for peer in [B, K] {
+        let p = ports.as_array().unwrap().iter().find(|p| p["name"] == format!("vxlan-{peer}")).cloned().unwrap_or_default();
+        assert_eq!(p["state"], "up", "{p}");
+        assert!(p["last_rx_secs"].as_u64().is_some_and(|s| s < 60), "{p}");
+    }
     // Segments from a vrouter peer were coalesced for ga's tap; the kernel VTEP's whole
     // super-frames (one tunnel-GSO datagram each over the veth) were taken as GSO frames.
     let st = lab.show_at(&sa, "stats");

@@ -180,11 +180,18 @@ pub struct CtStats {
     pub evicted: u64,
     /// New flows refused because the table was full of established ones.
     pub refused: u64,
+    /// New flows refused because a live flow already held their tuple.
+    pub collisions: u64,
 }
 
-/// The table is full and nothing may be evicted.
+/// Why a flow could not be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Full;
+pub enum InsertError {
+    /// The table is full and nothing may be evicted.
+    Full,
+    /// A live flow already holds one of the keys (or both keys are the same tuple).
+    Collision,
+}
 
 /// A flow as the control plane shows it (a typed snapshot; JSON is made on the control side).
 #[derive(Debug, Clone, Serialize)]
@@ -319,9 +326,10 @@ impl Conntrack {
 
     /// Adds a flow for a first packet seen in the `orig` direction. The caller has checked that
     /// neither key is in use.
-    pub fn insert(&mut self, now: Instant, orig: Key, reply: Key, egress: [Egress; 2]) -> Result<u32, Full> {
+    pub fn insert(&mut self, now: Instant, orig: Key, reply: Key, egress: [Egress; 2]) -> Result<u32, InsertError> {
         if orig == reply {
-            return Err(Full);
+            self.stats.collisions += 1;
+            return Err(InsertError::Collision);
         }
         {
             // A stale flow holding a key (expired but not yet swept) gives way.
@@ -332,14 +340,15 @@ impl Conntrack {
                         self.remove(idx);
                         self.stats.expired += 1;
                     } else {
-                        return Err(Full);
+                        self.stats.collisions += 1;
+                        return Err(InsertError::Collision);
                     }
                 }
             }
         }
         if self.live >= self.max && !self.evict_one(now) {
             self.stats.refused += 1;
-            return Err(Full);
+            return Err(InsertError::Full);
         }
         // A TCP flow starts half-open, whether its first packet is a SYN or it is picked up
         // mid-stream (Linux's nf_conntrack_tcp_loose): established once the other side answers.
@@ -623,8 +632,22 @@ mod tests {
             ct2.update(T0, i, Dir::Orig, tcp_flags::ACK, 60);
         }
         let o = key(9, 9, proto::UDP);
-        assert_eq!(ct2.insert(T0, o, snat(o, 9), eg()), Err(Full));
+        assert_eq!(ct2.insert(T0, o, snat(o, 9), eg()), Err(InsertError::Full));
         assert_eq!(ct2.stats.refused, 1);
+        assert_eq!(ct2.stats.collisions, 0);
+    }
+
+    #[test]
+    fn a_tuple_held_by_a_live_flow_is_a_collision_not_a_full_table() {
+        let mut ct = Conntrack::new(64, Timeouts::default());
+        let o = key(1000, 80, proto::UDP);
+        ct.insert(T0, o, snat(o, 2000), eg()).unwrap();
+        // Another flow whose reply tuple is the first one's: refused as a collision.
+        let o2 = key(1001, 80, proto::UDP);
+        assert_eq!(ct.insert(T0, o2, snat(o, 2000), eg()), Err(InsertError::Collision));
+        assert_eq!(ct.insert(T0, o2, o2, eg()), Err(InsertError::Collision));
+        assert_eq!((ct.stats.collisions, ct.stats.refused), (2, 0));
+        assert_eq!(crate::router::ct_drop(InsertError::Collision), crate::switch::stats::DropReason::ConntrackCollision);
     }
 
     #[test]

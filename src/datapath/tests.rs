@@ -371,14 +371,42 @@ fn lost_port_forgets_its_learned_macs() {
 struct Wire {
     frames: Vec<(PortId, Option<VnetHdr>, Vec<u8>)>,
     udp: Vec<(PortId, Vec<u8>, Option<usize>)>,
+    /// Datagrams the underlay takes before sends fail (`None`: all).
+    udp_room: Option<usize>,
+    /// Frames a port takes before writes fail (`None`: all).
+    frame_room: Option<usize>,
+    /// Every send to a peer fails so (an unreachable underlay).
+    udp_fail: Option<DropReason>,
 }
 
 impl Transmit for Wire {
     fn transmit(&mut self, port: PortId, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), DropReason> {
+        if let Some(r) = &mut self.frame_room {
+            if *r == 0 {
+                return Err(DropReason::TxFull);
+            }
+            *r -= 1;
+        }
         self.frames.push((port, vnet.copied(), frame.to_vec()));
         Ok(())
     }
-    fn transmit_udp(&mut self, port: PortId, _entropy: u16, payload: &[u8], seg: Option<usize>) -> Result<(), DropReason> {
+    fn transmit_udp(&mut self, port: PortId, _entropy: u16, payload: &[u8], seg: Option<usize>) -> Result<(), Partial> {
+        if let Some(reason) = self.udp_fail {
+            return Err(Partial { reason, sent: 0 });
+        }
+        let n = seg.map_or(1, |s| payload.len().div_ceil(s));
+        if let Some(room) = &mut self.udp_room {
+            if *room < n {
+                let sent = *room;
+                if sent > 0 {
+                    let s = seg.unwrap_or(payload.len());
+                    self.udp.push((port, payload[..sent * s].to_vec(), seg));
+                }
+                *room = 0;
+                return Err(Partial { reason: DropReason::TxFull, sent });
+            }
+            *room -= n;
+        }
         self.udp.push((port, payload.to_vec(), seg));
         Ok(())
     }
@@ -637,4 +665,94 @@ fn tunnelled_udp_superdatagram_is_one_datagram_and_its_datagrams_survive() {
             assert_eq!(got, payload);
         }
     }
+}
+
+/// A batch to a peer that the underlay takes only in part: what left is counted as sent, the
+/// rest as dropped, datagram by datagram; a coalesced super-frame whose write fails counts each
+/// segment it was made of.
+#[test]
+fn partial_sends_count_what_left_and_what_was_lost() {
+    let mut d = dp_vxlan();
+    let mut b = PacketBuf::new();
+    let arp = vx(&eth(MacAddr::BROADCAST, mac(9), &[0; 46]));
+    d.vxlan_batch(Instant::from_secs(0), PEER, &arp, arp.len(), &mut b, &mut Wire::default());
+    let mut f = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac(1).0, mac(9).0)
+        .ipv4([10, 1, 1, 11], [10, 1, 1, 9], 64)
+        .tcp(40000, 5201, 7, 1000)
+        .write(&mut f, &vec![7u8; 13_980])
+        .unwrap();
+    // 13980 bytes of 1398-byte segments: ten datagrams, of which the underlay takes four.
+    let v = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: 1398, hdr_len: 54, csum_start: 34, csum_offset: 16, ..Default::default() };
+    let before = d.stats(PortId(2)).unwrap().tx_frames;
+    let mut w = Wire { udp_room: Some(4), ..Wire::default() };
+    d.process(Instant::from_secs(1), PortId(0), &mut PacketBuf::from_frame(&f, v), &mut w);
+    let st = d.stats(PortId(2)).unwrap();
+    assert_eq!(st.tx_frames - before, 4);
+    assert_eq!(st.tx_bytes, 4 * (54 + 1398));
+    assert_eq!(drops(&d, 2, DropReason::TxFull), 6);
+
+    // Five segments coalesced for the offload port, whose write then fails: five frames lost.
+    let mut d = dp_vxlan();
+    let dst = mac(1);
+    send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, dst, &[0; 46]), VnetHdr::default());
+    let segs: Vec<Vec<u8>> = (0..5u32).map(|i| tcp_seg(dst, 1 + i * 1000, 10 + i as u16, 1000)).collect();
+    let batch: Vec<u8> = segs.iter().flat_map(|s| vx(s)).collect();
+    let mut w = Wire { frame_room: Some(0), ..Wire::default() };
+    d.vxlan_batch(Instant::from_secs(1), PEER, &batch, 8 + segs[0].len(), &mut b, &mut w);
+    assert_eq!(drops(&d, 0, DropReason::TxFull), 5);
+    assert_eq!(d.stats(PortId(0)).unwrap().tx_frames, 0);
+}
+
+/// A priority-tagged frame from a guest whose offload offsets would point before the frame once
+/// the tag is gone: counted as a failed tag removal, not as a bad vnet header.
+#[test]
+fn a_tag_that_cannot_be_popped_has_its_own_reason() {
+    let mut d = dp();
+    let mut f = tagged(0, &eth(mac(2), mac(1), &[0; 46]));
+    f[16..18].copy_from_slice(&[0x08, 0x00]);
+    let v = VnetHdr { needs_csum: true, csum_start: 2, csum_offset: 0, ..Default::default() };
+    send(&mut d, 0, 0, &f, v);
+    assert_eq!(drops(&d, 0, DropReason::TagPopFailed), 1, "{:?}", d.stats(PortId(0)).unwrap().drop_map());
+    assert_eq!(drops(&d, 0, DropReason::BadVnetHdr), 0);
+}
+
+/// A super-datagram from a kernel VTEP whose inner packet is TCP, not UDP, cannot be cut into
+/// the sender's datagrams: its own reason, not "too big".
+#[test]
+fn an_uncuttable_superdatagram_is_not_called_too_big() {
+    let mut d = dp_vxlan();
+    let mut b = PacketBuf::new();
+    let mut w = Wire::default();
+    let seg = tcp_seg(mac(1), 1, 1, 100);
+    // One message holding two datagrams' worth, its inner packet claiming the whole length.
+    let inner = tcp_seg(mac(1), 1, 1, 400);
+    let dg = vx(&inner);
+    d.vxlan_batch(Instant::from_secs(1), PEER, &dg, 8 + seg.len(), &mut b, &mut w);
+    assert_eq!(drops(&d, 2, DropReason::VxlanBadSuperframe), 1, "{:?}", d.stats(PortId(2)).unwrap().drop_map());
+    assert_eq!(drops(&d, 2, DropReason::VxlanTooBig), 0);
+}
+
+/// A peer's state says what is known: nothing yet, heard from, a send that failed after the
+/// last datagram heard, silence for a minute.
+#[test]
+fn vxlan_peer_state_is_what_is_known() {
+    let mut d = dp_vxlan();
+    let mut b = PacketBuf::new();
+    let state = |d: &Datapath, t: u64| d.show_ports(Instant::from_secs(t)).into_iter().find(|r| r.name == "vx").and_then(|r| r.peer).unwrap();
+    assert_eq!(state(&d, 0).state, "unknown");
+    assert!(d.show_ports(Instant::from_secs(0))[0].peer.is_none(), "guest ports have no peer state");
+    let arp = vx(&eth(MacAddr::BROADCAST, mac(9), &[0; 46]));
+    d.vxlan_batch(Instant::from_secs(1), PEER, &arp, arp.len(), &mut b, &mut Wire::default());
+    let s = state(&d, 3);
+    assert_eq!((s.state, s.last_rx_secs, s.last_tx_error_secs), ("up", Some(2), None));
+    // A guest's frame to mac(9) cannot leave: the route to the peer is gone.
+    let mut w = Wire { udp_fail: Some(DropReason::PortDown), ..Wire::default() };
+    send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
+    let mut pb = PacketBuf::from_frame(&eth(mac(9), mac(1), &[0; 46]), VnetHdr::default());
+    d.process(Instant::from_secs(4), PortId(0), &mut pb, &mut w);
+    assert_eq!(state(&d, 5).state, "unreachable");
+    d.vxlan_batch(Instant::from_secs(6), PEER, &arp, arp.len(), &mut b, &mut Wire::default());
+    assert_eq!(state(&d, 6).state, "up");
+    assert_eq!(state(&d, 6 + 61).state, "unknown");
 }

@@ -215,7 +215,7 @@ impl SecurityGroups {
             return Err(DropReason::SecurityGroup);
         }
         let none = Egress { iface: Iface::Public, next_hop: Ipv4Addr::UNSPECIFIED };
-        let idx = p.ct.insert(now, key, key.reverse(), [none, none]).map_err(|_| DropReason::ConntrackFull)?;
+        let idx = p.ct.insert(now, key, key.reverse(), [none, none]).map_err(crate::router::ct_drop)?;
         p.ct.update(now, idx, crate::conntrack::Dir::Orig, tcp, ip.total_len());
         self.stats.flows_allowed += 1;
         Ok(())

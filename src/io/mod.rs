@@ -12,7 +12,7 @@ use crate::config::schema::{Config, IfKind};
 use crate::config::Validated;
 use crate::control::{self, Envelope, Request, Response, Table};
 use crate::build;
-use crate::datapath::{Datapath, DatapathConfig, Transmit};
+use crate::datapath::{Datapath, DatapathConfig, Partial, Transmit};
 use crate::switch::stats::DropReason;
 use crate::switch::PortId;
 use crate::sys::{netif, packet::PacketSocket, rtnl, tap::Tap};
@@ -194,20 +194,24 @@ impl Transmit for IoTx<'_> {
         r
     }
 
-    fn transmit_udp(&mut self, port: PortId, entropy: u16, payload: &[u8], seg: Option<usize>) -> Result<(), DropReason> {
-        let vx = self.vx.ok_or(DropReason::TxError)?;
-        let to = *(port.0 as usize).checked_sub(vx.first_port).and_then(|i| vx.peers.get(i)).ok_or(DropReason::TxError)?;
+    fn transmit_udp(&mut self, port: PortId, entropy: u16, payload: &[u8], seg: Option<usize>) -> Result<(), Partial> {
+        let none = Partial { reason: DropReason::TxError, sent: 0 };
+        let vx = self.vx.ok_or(none)?;
+        let to = *(port.0 as usize).checked_sub(vx.first_port).and_then(|i| vx.peers.get(i)).ok_or(none)?;
         let sock = &vx.tx[entropy as usize % vx.tx.len()];
         let t = std::time::Instant::now();
         let r = match seg {
             Some(seg) => sock.send_batch(payload, seg, to),
-            None => sock.send_to(payload, to),
+            None => sock.send_to(payload, to).map_err(|e| (e, 0)),
         };
         self.write_ns.saturating_record(t.elapsed().as_nanos() as u64);
-        r.map_err(|e| match e.raw_os_error() {
-            Some(libc::EAGAIN | libc::ENOBUFS) => DropReason::TxFull,
-            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENETDOWN) => DropReason::PortDown,
-            _ => DropReason::TxError,
+        r.map_err(|(e, sent)| Partial {
+            reason: match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::ENOBUFS) => DropReason::TxFull,
+                Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENETDOWN) => DropReason::PortDown,
+                _ => DropReason::TxError,
+            },
+            sent,
         })
     }
 }
@@ -596,14 +600,11 @@ use std::io::Read;
 fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, now: Instant, uptime: Duration) -> Response {
     match req {
         Request::Show { table: Table::Ports, .. } => {
-            let mut v = serde_json::to_value(dp.show_ports()).unwrap_or_default();
+            let mut v = serde_json::to_value(dp.show_ports(now)).unwrap_or_default();
             if let serde_json::Value::Array(rows) = &mut v {
                 for (i, row) in rows.iter_mut().enumerate() {
-                    // VXLAN peers have no device of their own.
-                    let Some(s) = slots.get(i) else {
-                        row["state"] = "up".into();
-                        continue;
-                    };
+                    // VXLAN peers have no device of their own: their state is the datapath's.
+                    let Some(s) = slots.get(i) else { continue };
                     row["state"] = s.state().into();
                     row["waiting_secs"] = s.lost_at.filter(|_| s.dev.is_none()).map(|t| t.elapsed().as_secs()).into();
                 }

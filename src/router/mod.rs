@@ -225,6 +225,14 @@ pub struct Router {
 }
 
 
+/// The drop reason for a flow conntrack would not add.
+pub fn ct_drop(e: crate::conntrack::InsertError) -> DropReason {
+    match e {
+        crate::conntrack::InsertError::Full => DropReason::ConntrackFull,
+        crate::conntrack::InsertError::Collision => DropReason::ConntrackCollision,
+    }
+}
+
 /// Addresses no public packet may come from: ours, the unspecified, loopback, multicast,
 /// limited broadcast, and "this network".
 fn martian(a: Ipv4Addr) -> bool {
@@ -598,7 +606,7 @@ impl Router {
         if let Some(v) = self.check_mtu(now, from, eth_src, buf, tl, df, self.mtu(egress[0].iface)) {
             return Err(v);
         }
-        let i = self.ct.insert(now, *key, reply, egress).map_err(|_| Verdict::Drop(DropReason::ConntrackFull))?;
+        let i = self.ct.insert(now, *key, reply, egress).map_err(|e| Verdict::Drop(ct_drop(e)))?;
         if tag != conntrack::NO_TAG {
             self.ct.set_tag(i, tag);
             self.lb.opened(tag);

@@ -123,6 +123,16 @@ drop_reasons! {
     SecurityGroup => "security_group",
     /// A DNS message the server could not answer at all (unreadable header).
     DnsIgnored => "dns_ignored",
+    /// A tagged frame whose 802.1Q tag could not be removed (too short for a tag and an
+    /// EtherType, or offload offsets that would point before the frame without it).
+    TagPopFailed => "tag_pop_failed",
+    /// A new flow whose tuple (either direction) belongs to a live flow already: a packet that
+    /// would make two flows answer to one reply.
+    ConntrackCollision => "conntrack_collision",
+    /// A local sender's tunnelled super-datagram that cannot be cut back into its datagrams
+    /// (not UDP, a checksum state that is not known, inconsistent lengths): delivered whole it
+    /// would merge datagrams.
+    VxlanBadSuperframe => "vxlan_bad_superframe",
 }
 
 /// Counters of one port. Owned by the datapath thread; snapshots are copied out.
@@ -167,6 +177,10 @@ impl Default for PortStats {
 impl PortStats {
     pub fn drop(&mut self, r: DropReason) {
         self.drops[r as usize] += 1;
+    }
+    /// `n` frames lost for one reason (a batch or a super-frame's segments).
+    pub fn drop_n(&mut self, r: DropReason, n: u64) {
+        self.drops[r as usize] += n;
     }
     pub fn dropped(&self, r: DropReason) -> u64 {
         self.drops[r as usize]

@@ -78,7 +78,8 @@ impl Udp {
 
     /// Datagrams of `seg` bytes back to back (the last may be shorter): one call per 64 KiB
     /// with UDP_SEGMENT, else `sendmmsg` batches.
-    pub fn send_batch(&self, payload: &[u8], seg: usize, to: SocketAddrV4) -> io::Result<()> {
+    /// On failure, also how many datagrams had left before it (they are not sent again).
+    pub fn send_batch(&self, payload: &[u8], seg: usize, to: SocketAddrV4) -> Result<(), (io::Error, usize)> {
         // One send is one UDP datagram to the kernel before it cuts it: at most 64 KiB, and
         // at most UDP_MAX_SEGMENTS (64 on older kernels) pieces.
         let per_send = (GSO_MAX_BYTES / seg.max(1)).min(GSO_MAX_SEGMENTS) * seg;
@@ -95,21 +96,22 @@ impl Udp {
                         self.gso.set(false);
                         break;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err((e, sent / seg)),
                 }
             }
             if sent == payload.len() {
                 return Ok(());
             }
-            return self.send_each(&payload[sent..], seg, to);
+            return self.send_each(&payload[sent..], seg, to).map_err(|(e, n)| (e, sent / seg + n));
         }
         self.send_each(payload, seg, to)
     }
 
     /// Without UDP_SEGMENT: the datagrams go in `sendmmsg` calls of up to [`MMSG_BATCH`].
-    fn send_each(&self, payload: &[u8], seg: usize, to: SocketAddrV4) -> io::Result<()> {
+    fn send_each(&self, payload: &[u8], seg: usize, to: SocketAddrV4) -> Result<(), (io::Error, usize)> {
         let mut addr = sockaddr(to);
         let seg = seg.max(1);
+        let mut total = 0;
         for group in payload.chunks(seg * MMSG_BATCH) {
             // SAFETY: iovec and mmsghdr are plain data; zero is a valid initial state.
             let mut iovs: [libc::iovec; MMSG_BATCH] = unsafe { std::mem::zeroed() };
@@ -132,10 +134,11 @@ impl Udp {
                     if e.kind() == io::ErrorKind::Interrupted {
                         continue;
                     }
-                    return Err(e);
+                    return Err((e, total + done));
                 }
                 done += n as usize;
             }
+            total += done;
         }
         Ok(())
     }
