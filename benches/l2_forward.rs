@@ -20,8 +20,8 @@ impl Transmit for Count {
 }
 
 fn dp() -> Datapath {
-    let acc = |n: &str, offload| PortSpec {
-        name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net: NetId(0), security: None }, offload, mac_limit: Some(16),
+    let acc = |n: &str, offload: bool| PortSpec {
+        name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net: NetId(0), security: None }, offload: offload.into(), mac_limit: Some(16),
     };
     Datapath::new(DatapathConfig {
         router_mac: MacAddr([2, 0, 0, 0, 0, 1]),
@@ -30,7 +30,7 @@ fn dp() -> Datapath {
             acc("p0", true),
             acc("p1", true),
             acc("p2", false),
-            PortSpec { name: "t".into(), ifname: "t".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0))]), offload: true, mac_limit: None },
+            PortSpec { name: "t".into(), ifname: "t".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0))]), offload: true.into(), mac_limit: None },
         ],
         mac_aging: std::time::Duration::from_secs(300),
         mac_table_size: 1024,

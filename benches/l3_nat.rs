@@ -32,7 +32,7 @@ const GW: [u8; 6] = [0x52, 0x54, 0, 0, 9, 1];
 
 fn dp(max_flows: usize) -> Datapath {
     let acc = |n: &str, net| PortSpec {
-        name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net, security: None }, offload: true, mac_limit: Some(16),
+        name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net, security: None }, offload: true.into(), mac_limit: Some(16),
     };
     let net = |cidr: &str, gw: [u8; 4]| NetL3 {
         domain: None,
@@ -44,7 +44,7 @@ fn dp(max_flows: usize) -> Datapath {
         ports: vec![
             acc("g", NetId(0)),
             acc("h", NetId(1)),
-            PortSpec { name: "public".into(), ifname: "pub".into(), kind: "tap".into(), role: Role::Public, offload: true, mac_limit: Some(0) },
+            PortSpec { name: "public".into(), ifname: "pub".into(), kind: "tap".into(), role: Role::Public, offload: true.into(), mac_limit: Some(0) },
         ],
         mac_aging: std::time::Duration::from_secs(300),
         mac_table_size: 1024,

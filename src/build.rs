@@ -66,7 +66,7 @@ pub fn datapath_config(c: &Config) -> DatapathConfig {
             ifname: p.ifname.clone(),
             kind: kind_name(p.kind).into(),
             role: Role::Access { net, security },
-            offload: false,
+            offload: crate::wire::vnet::Offloads::NONE,
             mac_limit: Some(if security.is_some() { 1 } else { c.router.mac_limit_per_port }),
         });
     }
@@ -78,7 +78,7 @@ pub fn datapath_config(c: &Config) -> DatapathConfig {
             ifname: u.ifname.clone(),
             kind: kind_name(u.kind).into(),
             role: Role::trunk(&pairs),
-            offload: false,
+            offload: crate::wire::vnet::Offloads::NONE,
             mac_limit: None,
         });
     }
@@ -88,7 +88,7 @@ pub fn datapath_config(c: &Config) -> DatapathConfig {
             ifname: pb.ifname.clone(),
             kind: kind_name(pb.kind).into(),
             role: Role::Public,
-            offload: false,
+            offload: crate::wire::vnet::Offloads::NONE,
             mac_limit: Some(0),
         });
     }
@@ -107,7 +107,7 @@ pub fn datapath_config(c: &Config) -> DatapathConfig {
                 ifname: peer.remote.to_string(),
                 kind: "vxlan".into(),
                 role: Role::Vtep { remote: peer.remote, vnis },
-                offload: false,
+                offload: crate::wire::vnet::Offloads::NONE,
                 mac_limit: None,
             });
         }

@@ -67,8 +67,9 @@ pub struct PortSpec {
     /// "tap" or "netdev" (for display).
     pub kind: String,
     pub role: Role,
-    /// The egress takes virtio_net_hdr metadata (GSO super-frames, partial checksums).
-    pub offload: bool,
+    /// What the egress takes in virtio_net_hdr metadata (GSO super-frames by type, partial
+    /// checksums); a frame it cannot take is finished in software first.
+    pub offload: crate::wire::vnet::Offloads,
     /// Max MACs learned on this port (`None`: network cap only).
     pub mac_limit: Option<usize>,
 }
@@ -99,7 +100,10 @@ pub struct PortRow {
     pub name: String,
     pub ifname: String,
     pub kind: String,
+    /// The port carries virtio_net_hdr metadata.
     pub offload: bool,
+    /// What its egress takes: `csum`, `tso4`, `tso6`, `uso`.
+    pub offloads: Vec<&'static str>,
     pub macs_learned: usize,
     pub rx_frames: u64,
     pub rx_bytes: u64,
@@ -886,9 +890,10 @@ impl Datapath {
                 }
             }
         }
-        let offload = self.ports[pi].offload;
-        // Only untagged offload ports ever hold frames, so no other port has anything to wait for.
-        if self.gro_on && offload && !trunk {
+        let caps = self.ports[pi].offload;
+        // Only untagged ports that take TCPv4 super-frames ever hold frames, so no other port
+        // has anything to wait for.
+        if self.gro_on && caps.tso4 && caps.csum && !trunk {
             let stats = &mut self.stats;
             if self.gro.offer(port, buf.frame(), &buf.vnet, &mut |p, v, f| gro_sent(stats, tx, p, v, f)) == crate::gro::Offer::Held {
                 return;
@@ -896,8 +901,8 @@ impl Datapath {
         }
         let st = &mut self.stats[pi];
         let len = buf.len() as u64;
-        if offload || buf.vnet.is_plain() {
-            match tx.transmit(port, offload.then_some(&buf.vnet), buf.frame()) {
+        if caps.takes(&buf.vnet) {
+            match tx.transmit(port, caps.vnet.then_some(&buf.vnet), buf.frame()) {
                 Ok(()) => {
                     st.tx_frames += 1;
                     st.tx_bytes += len;
@@ -963,7 +968,8 @@ impl Datapath {
                     name: p.name.clone(),
                     ifname: p.ifname.clone(),
                     kind: p.kind.clone(),
-                    offload: p.offload,
+                    offload: p.offload.vnet,
+                    offloads: p.offload.names(),
                     macs_learned: self.fdb.port_count(PortId(i as u16)),
                     rx_frames: s.rx_frames,
                     rx_bytes: s.rx_bytes,

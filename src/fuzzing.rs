@@ -28,8 +28,8 @@ const FUZZ_VTEP: [u8; 4] = [192, 0, 2, 11];
 
 /// A datapath with every kind of port: access with/without security and offload, two trunks.
 pub fn fuzz_datapath() -> Datapath {
-    let acc = |n: &str, net, security, offload| PortSpec {
-        name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net, security }, offload, mac_limit: Some(8),
+    let acc = |n: &str, net, security, offload: bool| PortSpec {
+        name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net, security }, offload: offload.into(), mac_limit: Some(8),
     };
     let sec = Security { mac: MacAddr([0x52, 0x54, 0, 0, 0, 1]), ip: Some([10, 1, 1, 11].into()), allowed: crate::switch::Allowed::default() };
     let mut dp = Datapath::new(DatapathConfig {
@@ -39,15 +39,15 @@ pub fn fuzz_datapath() -> Datapath {
             acc("p0", NetId(0), Some(sec), true),
             acc("p1", NetId(0), None, false),
             acc("p2", NetId(1), None, true),
-            PortSpec { name: "t0".into(), ifname: "t0".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0)), (102, NetId(1))]), offload: false, mac_limit: None },
-            PortSpec { name: "t1".into(), ifname: "t1".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0))]), offload: true, mac_limit: None },
-            PortSpec { name: "public".into(), ifname: "pub".into(), kind: "tap".into(), role: Role::Public, offload: true, mac_limit: Some(0) },
+            PortSpec { name: "t0".into(), ifname: "t0".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0)), (102, NetId(1))]), offload: false.into(), mac_limit: None },
+            PortSpec { name: "t1".into(), ifname: "t1".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0))]), offload: true.into(), mac_limit: None },
+            PortSpec { name: "public".into(), ifname: "pub".into(), kind: "tap".into(), role: Role::Public, offload: true.into(), mac_limit: Some(0) },
             PortSpec {
                 name: "vxlan".into(),
                 ifname: "192.0.2.11".into(),
                 kind: "vxlan".into(),
                 role: Role::Vtep { remote: FUZZ_VTEP.into(), vnis: vec![(5001, NetId(0))] },
-                offload: false,
+                offload: false.into(),
                 mac_limit: None,
             },
         ],

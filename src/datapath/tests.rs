@@ -29,14 +29,14 @@ const B: NetId = NetId(1);
 const ROUTER: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 
 fn access(name: &str, net: NetId, offload: bool) -> PortSpec {
-    PortSpec { name: name.into(), ifname: name.into(), kind: "tap".into(), role: Role::Access { net, security: None }, offload, mac_limit: Some(4) }
+    PortSpec { name: name.into(), ifname: name.into(), kind: "tap".into(), role: Role::Access { net, security: None }, offload: offload.into(), mac_limit: Some(4) }
 }
 
 /// p0,p1: net A (offload); p2: net B; p3: trunk A=101,B=102 (offload); p4: net A without offload;
 /// p5: trunk A only, without offload.
 fn dp() -> Datapath {
-    let trunk = |name: &str, pairs: &[(u16, NetId)], offload| PortSpec {
-        name: name.into(), ifname: name.into(), kind: "netdev".into(), role: Role::trunk(pairs), offload, mac_limit: None,
+    let trunk = |name: &str, pairs: &[(u16, NetId)], offload: bool| PortSpec {
+        name: name.into(), ifname: name.into(), kind: "netdev".into(), role: Role::trunk(pairs), offload: offload.into(), mac_limit: None,
     };
     Datapath::new(DatapathConfig {
         router_mac: ROUTER,
@@ -422,7 +422,7 @@ fn dp_vxlan() -> Datapath {
         ifname: "vx".into(),
         kind: "vxlan".into(),
         role: Role::Vtep { remote: PEER, vnis: vec![(5001, A)] },
-        offload: false,
+        offload: false.into(),
         mac_limit: None,
     };
     Datapath::new(DatapathConfig {
@@ -755,4 +755,56 @@ fn vxlan_peer_state_is_what_is_known() {
     d.vxlan_batch(Instant::from_secs(6), PEER, &arp, arp.len(), &mut b, &mut Wire::default());
     assert_eq!(state(&d, 6).state, "up");
     assert_eq!(state(&d, 6 + 61).state, "unknown");
+}
+
+/// A guest's USO super-datagram (3 x 1000 bytes) to a port that negotiated checksum and TSO but
+/// not USO is cut into three datagrams, each complete; to a port that takes USO it crosses
+/// whole; in the other direction the TSO-only port's own TCP super-frames still cross whole.
+#[test]
+fn a_uso_frame_is_segmented_for_a_port_without_uso() {
+    use crate::wire::vnet::Offloads;
+    let mut ports = vec![access("p0", A, true), access("p1", A, true), access("p2", A, true)];
+    ports[1].offload = Offloads::TSO;
+    let mut d = Datapath::new(DatapathConfig {
+        router_mac: ROUTER,
+        nets: vec![NetSpec { name: "a".into(), vlan: None }],
+        ports,
+        mac_aging: Duration::from_secs(300),
+        mac_table_size: 64,
+        security: Default::default(),
+        vxlan_mtu: 1450,
+        l3: Default::default(),
+    });
+    send(&mut d, 0, 1, &eth(MacAddr::BROADCAST, mac(2), &[0; 46]), VnetHdr::default());
+    send(&mut d, 0, 2, &eth(MacAddr::BROADCAST, mac(3), &[0; 46]), VnetHdr::default());
+    let uso = |dst: MacAddr| {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(mac(1).0, dst.0).ipv4([10, 1, 1, 1], [10, 1, 1, 2], 64).udp(5000, 6000).write(&mut f, &vec![9u8; 3000]).unwrap();
+        let l4 = (f.len() - 34) as u32;
+        let partial = crate::wire::checksum::fold(crate::wire::checksum::pseudo_v4([10, 1, 1, 1], [10, 1, 1, 2], 17, l4));
+        f[40..42].copy_from_slice(&partial.to_be_bytes());
+        let v = VnetHdr { needs_csum: true, gso: Gso::UdpL4, gso_size: 1000, hdr_len: 42, csum_start: 34, csum_offset: 6, ..Default::default() };
+        (f, v)
+    };
+    let (f, v) = uso(mac(2));
+    let s = send(&mut d, 1, 0, &f, v);
+    assert_eq!(s.0.len(), 3, "three datagrams for the port without USO");
+    for (p, vh, seg) in &s.0 {
+        assert_eq!(p.0, 1);
+        assert!(vh.is_none_or(|h| h.is_plain()), "{vh:?}");
+        let pkt = etherparse::SlicedPacket::from_ethernet(seg).unwrap();
+        let (Some(etherparse::NetSlice::Ipv4(ip)), Some(etherparse::TransportSlice::Udp(u))) = (&pkt.net, &pkt.transport) else { panic!() };
+        assert_eq!(u.payload().len(), 1000);
+        assert_eq!(u.checksum(), u.to_header().calc_checksum_ipv4(&ip.header().to_header(), u.payload()).unwrap());
+    }
+    assert_eq!(d.stats(PortId(1)).unwrap().tx_sw_segmented, 1);
+    let (f, v) = uso(mac(3));
+    let s = send(&mut d, 1, 0, &f, v);
+    assert_eq!(s.0.len(), 1, "whole for the USO port");
+    assert_eq!(s.0[0].1.map(|h| h.gso), Some(Gso::UdpL4));
+    // TCP super-frames to the TSO-only port still cross whole.
+    let t = tcp_super(20_000);
+    let tv = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: 1448, hdr_len: 54, csum_start: 34, csum_offset: 16, ..Default::default() };
+    let s = send(&mut d, 1, 0, &t, tv);
+    assert_eq!(s.0.len(), 1);
 }

@@ -25,11 +25,14 @@ pub enum Rx {
 }
 
 impl Device {
-    /// The device carries virtio_net_hdr metadata (offloads) both ways.
-    pub fn offload(&self) -> bool {
+    /// What the device's egress takes in virtio_net_hdr metadata: a tap what TUNSETOFFLOAD
+    /// accepted (USO only where the kernel has it), a packet socket with a vnet header what the
+    /// kernel parses from it (the same USO condition), one without nothing.
+    pub fn offload(&self) -> vnet::Offloads {
         match self {
-            Device::Tap(_) => true,
-            Device::Packet(p) => p.vnet,
+            Device::Tap(t) => vnet::Offloads { uso: t.uso, ..vnet::Offloads::TSO },
+            Device::Packet(p) if p.vnet => vnet::Offloads { uso: crate::sys::kernel_at_least(6, 2), ..vnet::Offloads::TSO },
+            Device::Packet(_) => vnet::Offloads::NONE,
         }
     }
 

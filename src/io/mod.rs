@@ -118,7 +118,7 @@ pub fn open_ports(c: &Config) -> Result<(Vec<Device>, DatapathConfig), RunError>
     let mut devs = Vec::new();
     for o in port_opens(c) {
         let dev = open_device(&o)?;
-        tracing::info!(port = %o.name, ifname = %o.ifname, kind = build::kind_name(o.kind), offload = dev.offload(), "port attached");
+        tracing::info!(port = %o.name, ifname = %o.ifname, kind = build::kind_name(o.kind), offload = ?dev.offload().names(), "port attached");
         devs.push(dev);
     }
     for (spec, dev) in dcfg.ports.iter_mut().zip(&devs) {
@@ -139,7 +139,7 @@ struct Slot {
     last_err: Option<i32>,
     /// The device cannot be reopened with offloads matching the datapath's port (it was
     /// offload-capable before): kept waiting rather than attached inconsistently.
-    offload: bool,
+    offload: crate::wire::vnet::Offloads,
 }
 
 impl Slot {
@@ -295,7 +295,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     // One seed from the kernel keys every random choice (NAT ports, DNS ids, TCP ISNs).
     let mut rng = crate::entropy::Csprng::new(crate::entropy::os_seed()?);
     dcfg.l3.seed = rng.child();
-    let offloads: Vec<bool> = dcfg.ports.iter().map(|p| p.offload).collect();
+    let offloads: Vec<crate::wire::vnet::Offloads> = dcfg.ports.iter().map(|p| p.offload).collect();
     let mut dp = Datapath::new(dcfg);
     let origin = std::time::Instant::now();
     let clock = || Instant::from_millis(origin.elapsed().as_millis() as u64);

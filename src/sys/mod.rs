@@ -31,3 +31,34 @@ pub(crate) fn ifreq(name: &str) -> io::Result<libc::ifreq> {
     }
     Ok(req)
 }
+
+/// Whether the running kernel's release is at least `major.minor` (uname(2)).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    // SAFETY: utsname is plain data; all-zero is valid, and uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer is to a live utsname.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return false;
+    }
+    let release: String = u.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8 as char).collect();
+    release_at_least(&release, major, minor)
+}
+
+fn release_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        use super::release_at_least as at;
+        assert!(at("6.18.44-fc-v1147", 6, 2));
+        assert!(at("6.2.0", 6, 2));
+        assert!(!at("6.1.0-18-amd64", 6, 2));
+        assert!(!at("5.19.1", 6, 2));
+        assert!(!at("", 6, 2));
+    }
+}

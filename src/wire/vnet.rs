@@ -40,6 +40,59 @@ pub enum Gso {
     UdpL4,
 }
 
+/// What a port's egress takes in the virtio_net_hdr of the frames written to it: whether it
+/// has a header at all, and which work it leaves to the receiver (a partial checksum, TCP
+/// segmentation over IPv4 or IPv6, UDP segmentation). A tap has what TUNSETOFFLOAD accepted;
+/// a packet socket with PACKET_VNET_HDR what the kernel's `virtio_net_hdr_to_skb` parses
+/// (USO from Linux 6.2, the same release as the tap's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offloads {
+    pub vnet: bool,
+    pub csum: bool,
+    pub tso4: bool,
+    pub tso6: bool,
+    pub uso: bool,
+}
+
+impl Offloads {
+    /// No header: frames must be complete and wire-sized.
+    pub const NONE: Offloads = Offloads { vnet: false, csum: false, tso4: false, tso6: false, uso: false };
+    /// Checksum and TCP segmentation, no USO (a kernel before 6.2).
+    pub const TSO: Offloads = Offloads { vnet: true, csum: true, tso4: true, tso6: true, uso: false };
+    pub const ALL: Offloads = Offloads { uso: true, ..Offloads::TSO };
+
+    /// Whether a frame with this metadata may be written as it is.
+    pub fn takes(&self, v: &VnetHdr) -> bool {
+        if v.is_plain() {
+            return true;
+        }
+        self.vnet
+            && (!v.needs_csum || self.csum)
+            && match v.gso {
+                Gso::None => true,
+                Gso::TcpV4 => self.tso4,
+                Gso::TcpV6 => self.tso6,
+                Gso::UdpL4 => self.uso,
+            }
+    }
+
+    /// For `show ports`: what the port takes, e.g. `csum,tso4,tso6`.
+    pub fn names(&self) -> Vec<&'static str> {
+        [(self.csum, "csum"), (self.tso4, "tso4"), (self.tso6, "tso6"), (self.uso, "uso")].into_iter().filter(|(on, _)| *on).map(|(_, n)| n).collect()
+    }
+}
+
+impl From<bool> for Offloads {
+    /// Every offload, or none (tests and benchmarks).
+    fn from(all: bool) -> Self {
+        if all {
+            Offloads::ALL
+        } else {
+            Offloads::NONE
+        }
+    }
+}
+
 /// Parsed offload metadata of one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct VnetHdr {
