@@ -9,10 +9,15 @@
 # security groups at work (db1 admits its database port from web's members only: the outside is
 # refused even through a port forward, and the drops are counted), iperf3 results, and the
 # control socket's tables. Cleans up everything it made.
-# Run as root:  sudo scripts/demo.sh
+# Run as root:  bash scripts/demo.sh  (another user: it re-runs itself with sudo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "scripts/demo.sh needs root (taps, namespaces)" >&2; exit 1; }
+# Root runs it as it is; another user through sudo, where there is one.
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null && exec sudo -E bash "$0" "$@"
+    echo "scripts/demo.sh needs root (taps, namespaces) (and there is no sudo here)" >&2
+    exit 1
+fi
 source scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 

@@ -4,7 +4,12 @@
 # offloads and 802.1Q trunks). Needs root and /dev/net/tun; installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "scripts/test.sh needs root (taps, namespaces)" >&2; exit 1; }
+# Root runs it as it is; another user through sudo, where there is one.
+if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null && exec sudo -E bash "$0" "$@"
+    echo "scripts/test.sh needs root (taps, namespaces) (and there is no sudo here)" >&2
+    exit 1
+fi
 source scripts/deps.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 

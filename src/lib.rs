@@ -1,10 +1,13 @@
 //! vrouter: a userspace virtual switch/router appliance, one process per cloud account.
 //!
 //! Layout (DESIGN.md, "Architecture"): `wire` (bytes only), `switch` (L2 stages), `router`
-//! (ARP, routing, ICMP), `conntrack`, `nat`, `filter` (firewall and egress classifiers),
-//! `offload` (software GSO/checksum), `datapath` (the pure pipeline), `build` (config ->
-//! datapath tables, pure), `io` + `sys` (fds, poll loop, ioctls), `control` (socket API),
-//! `config` (schema and validation).
+//! (ARP, routing, ICMP, NAT decisions, the services' glue), `conntrack`, `nat`, `filter`
+//! (firewall and egress classifiers, security groups), `lb` (load balancer and health checks),
+//! `dhcp` and `dns` (the sans-IO servers), `offload` (software GSO/checksum), `gro` (receive
+//! coalescing), `entropy` (the seeded CSPRNG), `datapath` (the pure pipeline), `build` (config
+//! -> datapath tables, pure), `buf` (packet buffers with headroom), `time` (the core's clock
+//! type), `io` + `sys` (fds, poll loop, lease log, ioctls), `control` (socket API), `config`
+//! (schema and validation), `fuzzing` (the fuzz targets' entry points, also smoke-run in tests).
 
 pub mod buf;
 pub mod build;

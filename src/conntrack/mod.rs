@@ -4,8 +4,9 @@
 //! A packet matching a flow's `orig` key is rewritten to `reverse(reply)`, one matching `reply`
 //! to `reverse(orig)`: the NAT decision is implied by the two keys, so the per-packet path is one
 //! hash lookup and a few field writes ("decide once per flow, then replay", DESIGN.md). Each flow
-//! also stores where each direction leaves (interface and next hop) and the config epoch it was
-//! decided under.
+//! also stores where each direction leaves (interface and next hop). It does not record the
+//! rules it was decided under: the rules never change while vrouter runs (a new config means a
+//! restart), so a flow keeps its decision for its life.
 //!
 //! The index is a SwissTable of 4-byte slot numbers (flow index and direction): the keys live
 //! in the flows themselves, as Linux keeps its tuples inside `nf_conn`, so a million flows

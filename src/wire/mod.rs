@@ -1,9 +1,14 @@
 //! Wire formats: bytes in, typed views out, and nothing else.
 //!
-//! Every type here follows the smoltcp pattern: a `Packet<T: AsRef<[u8]>>`-style view whose
-//! `new_checked` constructor is the only way untrusted bytes become a view, a `field` module with
-//! the byte ranges, and (where the header has more than one field worth naming) a `Repr` with
-//! `parse` / `emit`. Nothing in this module knows about ports, networks, time or I/O.
+//! The headers with views follow the smoltcp pattern: a `Packet<T: AsRef<[u8]>>`-style view
+//! whose `new_checked` constructor is the only way untrusted bytes become a view, and a `field`
+//! module with the byte ranges. That is Ethernet (`EthernetFrame`), 802.1Q (`VlanFrame`), ARP
+//! (`ArpPacket`, with an `ArpRepr` to `parse` / `emit`), IPv4 (`Ipv4Packet`, no `Repr` yet:
+//! `emit_header` writes one) and VXLAN (`VxlanPacket`). virtio_net_hdr is a plain `VnetHdr`
+//! with `parse` / `emit`. TCP, UDP and ICMP have no types yet: the router, NAT and offload code
+//! read them at checked offsets (`ipv4::l4_ports`, `ipv4::l4_checksum_offset`, the `icmp`
+//! constants); typed views for them come with the one-parse-per-frame work. Nothing in this
+//! module knows about ports, networks, time or I/O.
 
 pub mod arp;
 pub mod checksum;
