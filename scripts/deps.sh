@@ -23,6 +23,9 @@ have dnsperf || need+=(dnsperf)         # DNS queries per second in scripts/benc
 have haproxy || need+=(haproxy)         # the load-balancer baseline in scripts/lib/bench-lb.sh (the CloudStack VR's LB)
 have wrk || need+=(wrk)                 # HTTP connections per second in scripts/lib/bench-lb.sh
 have nginx || need+=(nginx)             # the LB benchmark's backends (one worker each; busybox httpd forks per connection)
+have prometheus || need+=(prometheus)   # a real Prometheus scrapes the metrics endpoint in tests/observe.rs
+have tmux || need+=(tmux)               # drives `ctl top` in a terminal in tests
+have systemd-analyze || need+=(systemd) # `systemd-analyze verify` on conf/vrouter@.service
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

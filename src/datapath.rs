@@ -418,6 +418,12 @@ impl Datapath {
         self.drain_outbox(now, tx);
     }
 
+    /// Health: the public gateway and what is known of it; asks for it by ARP when the table
+    /// has nothing fresh (the request leaves with the next `poll`).
+    pub fn health_probe(&mut self, now: Instant) -> Option<(std::net::Ipv4Addr, crate::router::neigh::NeighState)> {
+        self.router.probe_public_gateway(now)
+    }
+
     /// The router, for snapshots (conntrack pages, counters).
     pub fn router(&self) -> &Router {
         &self.router

@@ -48,6 +48,12 @@ enum CtlCmd {
     },
     /// Re-read the config file and apply the difference.
     Reload,
+    /// Run the health checks; exit 0 healthy, 1 degraded, 2 failing.
+    Health {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a pcap of a port's traffic.
     Capture {
         port: String,
@@ -146,6 +152,21 @@ fn real_main() -> Result<ExitCode> {
                     } else {
                         print!("{}", render(t, &data));
                     }
+                }
+                CtlCmd::Health { json } => {
+                    let data = control::request(&socket, &Request::Health)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&data)?);
+                    } else {
+                        let rows = data["checks"].as_array().cloned().unwrap_or_default();
+                        print!("{}", table(&rows, &["check", "status", "detail"]));
+                        println!("overall: {}", cell(&data["status"]));
+                    }
+                    return Ok(ExitCode::from(match data["status"].as_str() {
+                        Some("ok") => 0,
+                        Some("degraded") => 1,
+                        _ => 2,
+                    }));
                 }
                 CtlCmd::Reload => {
                     control::request(&socket, &Request::Reload)?;

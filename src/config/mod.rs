@@ -52,6 +52,8 @@ pub struct Validated {
     pub config: Config,
     pub path: PathBuf,
     pub warnings: Vec<Diagnostic>,
+    /// A hash of the text it was read from (is the file on disk still the running config?).
+    pub hash: String,
 }
 
 /// Reads and validates the config at `path`.
@@ -95,7 +97,7 @@ pub fn parse(src: &str, path: &Path) -> Result<Validated, ConfigError> {
         return Err(ConfigError::Invalid(errors));
     }
     let warnings = out.warnings.into_iter().map(to_diag).collect();
-    Ok(Validated { config, path: path.to_path_buf(), warnings })
+    Ok(Validated { config, path: path.to_path_buf(), warnings, hash: crate::control::telemetry::fnv64(src.as_bytes()) })
 }
 
 impl Config {

@@ -57,6 +57,10 @@ pub struct Router {
     /// default 2000; 0 = always sleep in epoll). Trades idle-CPU for latency and throughput.
     #[serde(default = "defaults::busy_poll_us")]
     pub busy_poll_us: u64,
+    /// `ctl health` calls a DHCP pool or the flow table degraded at this percentage of its
+    /// size (default 90).
+    #[serde(default = "defaults::health_full_percent")]
+    pub health_full_percent: u8,
 }
 
 pub mod defaults {
@@ -68,6 +72,9 @@ pub mod defaults {
     }
     pub fn mac_limit_per_port() -> usize {
         16
+    }
+    pub fn health_full_percent() -> u8 {
+        90
     }
     pub fn busy_poll_us() -> u64 {
         2000

@@ -23,12 +23,6 @@ impl Report {
     fn err(&mut self, p: KeyPath, m: impl Into<String>) {
         self.errors.push((p, m.into()));
     }
-    fn not_built(&mut self, p: KeyPath, feature: &str) {
-        self.warnings.push((
-            p,
-            format!("has no effect yet (not built in this version: {feature})"),
-        ));
-    }
 }
 
 /// Remembers the first place each value was seen and reports later duplicates.
@@ -100,8 +94,8 @@ pub fn check(c: &Config, r: &mut Report) {
     if c.router.busy_poll_us > 100_000 {
         r.err(kp!("router", "busy_poll_us"), "must be at most 100000 (0.1 s)");
     }
-    if c.router.metrics_listen.is_some() {
-        r.not_built(kp!("router", "metrics_listen"), "the Prometheus endpoint");
+    if !(1..=100).contains(&c.router.health_full_percent) {
+        r.err(kp!("router", "health_full_percent"), "must be 1 to 100");
     }
 
     // Port and network ids are 16-bit in the datapath; keep far below that.

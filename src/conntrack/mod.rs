@@ -231,6 +231,9 @@ pub struct Conntrack {
     pub stats: CtStats,
     /// Tags of counted flows that closed or ended since the owner last looked.
     pub released: Vec<u32>,
+    /// Live flows whose source was translated, by the address and protocol they were given
+    /// (NAT ports in use): a handful of entries (public IPs and gateways).
+    translated: std::collections::HashMap<(Ipv4Addr, u8), u32>,
 }
 
 fn slot(idx: u32, dir: Dir) -> u32 {
@@ -254,6 +257,7 @@ impl Conntrack {
             timeouts,
             stats: CtStats::default(),
             released: Vec::new(),
+            translated: std::collections::HashMap::new(),
         }
     }
 
@@ -369,6 +373,9 @@ impl Conntrack {
         f.expires = now.millis() + self.timeouts.for_state(f.state).as_millis() as u64;
         self.index_insert(orig, slot(idx, Dir::Orig));
         self.index_insert(reply, slot(idx, Dir::Reply));
+        if reply.dst != orig.src {
+            *self.translated.entry((reply.dst, orig.proto)).or_insert(0) += 1;
+        }
         self.live += 1;
         self.stats.created += 1;
         Ok(idx)
@@ -412,8 +419,23 @@ impl Conntrack {
         for (k, d) in [(o, Dir::Orig), (r, Dir::Reply)] {
             self.index_remove(&k, slot(idx, d));
         }
+        if r.dst != o.src {
+            if let Some(n) = self.translated.get_mut(&(r.dst, o.proto)) {
+                *n -= 1;
+                if *n == 0 {
+                    self.translated.remove(&(r.dst, o.proto));
+                }
+            }
+        }
         self.free.push(idx);
         self.live -= 1;
+    }
+
+    /// Live source-translated flows by translated address and protocol (NAT ports in use).
+    pub fn translated(&self) -> Vec<(Ipv4Addr, u8, u32)> {
+        let mut v: Vec<_> = self.translated.iter().map(|(&(a, p), &n)| (a, p, n)).collect();
+        v.sort_unstable();
+        v
     }
 
     /// Looks at the next slice of the table and removes expired flows. Called from timer work;
@@ -636,6 +658,28 @@ mod tests {
         assert_eq!(ct2.insert(T0, o, snat(o, 9), eg()), Err(InsertError::Full));
         assert_eq!(ct2.stats.refused, 1);
         assert_eq!(ct2.stats.collisions, 0);
+    }
+
+    #[test]
+    fn translated_flows_are_counted_by_address_and_protocol() {
+        let mut ct = Conntrack::new(64, Timeouts::default());
+        let pub_ip = Ipv4Addr::new(203, 0, 113, 10);
+        let a = key(1000, 80, proto::TCP);
+        let b = key(1001, 53, proto::UDP);
+        let ia = ct.insert(T0, a, snat(a, 2000), eg()).unwrap();
+        ct.insert(T0, b, snat(b, 2001), eg()).unwrap();
+        // Not translated: the reply goes back to the original source.
+        let c = key(1002, 53, proto::UDP);
+        ct.insert(T0, c, c.reverse(), eg()).unwrap();
+        assert_eq!(ct.translated(), vec![(pub_ip, proto::TCP, 1), (pub_ip, proto::UDP, 1)]);
+        ct.remove(ia);
+        assert_eq!(ct.translated(), vec![(pub_ip, proto::UDP, 1)]);
+        // Expiry goes through the same path.
+        ct.sweep(T0 + Duration::from_secs(3600));
+        for _ in 0..200 {
+            ct.sweep(T0 + Duration::from_secs(3600));
+        }
+        assert!(ct.translated().is_empty(), "{:?}", ct.translated());
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! a crossbeam channel to the datapath thread, which answers between batches. Bad requests get
 //! an error response; nothing a client sends can stop the datapath.
 
+pub mod health;
+pub mod metrics;
+pub mod telemetry;
+
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,6 +40,8 @@ pub enum Request {
     },
     Reload,
     Capture { port: String, count: Option<u64> },
+    /// The health checks (`ctl health`).
+    Health,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,10 +94,13 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the socket and serves it from a background thread. `wake` is called after each
 /// forwarded request so the poll loop notices.
+/// `heartbeat` holds the unix time (ms) of the datapath loop's last turn: a health request the
+/// loop does not answer in time is answered here, as failing, with how long the loop stalled.
 pub fn serve(
     path: &Path,
     tx: Sender<Envelope>,
     wake: impl Fn() + Send + Sync + 'static,
+    heartbeat: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<(), ControlError> {
     let io = |source| ControlError::Io { path: path.to_path_buf(), source };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -136,9 +145,9 @@ pub fn serve(
                     let _ = (&s).write_all(b"{\"ok\":false,\"error\":\"too many control clients\"}\n");
                     continue;
                 }
-                let (tx, wake, done) = (tx.clone(), wake.clone(), busy.clone());
+                let (tx, wake, done, beat) = (tx.clone(), wake.clone(), busy.clone(), heartbeat.clone());
                 let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
-                    if let Err(e) = handle(s, &tx, &*wake) {
+                    if let Err(e) = handle(s, &tx, &*wake, &beat) {
                         tracing::debug!("control connection: {e}");
                     }
                     done.fetch_sub(1, Ordering::SeqCst);
@@ -152,7 +161,18 @@ pub fn serve(
     Ok(())
 }
 
-fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn()) -> std::io::Result<()> {
+/// How long a health request waits for the datapath loop before calling it stalled.
+const HEALTH_WAIT: Duration = Duration::from_secs(2);
+
+/// The answer to a health request the loop did not give: failing, the loop stalled.
+fn stalled(beat: &std::sync::atomic::AtomicU64) -> Response {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let ms = now.saturating_sub(beat.load(Ordering::Relaxed));
+    let c = health::Check { check: "datapath", status: health::Status::Failing, detail: format!("loop has not turned for {ms} ms (no answer)") };
+    Response::ok(serde_json::json!({"status": health::Status::Failing, "checks": [c]}))
+}
+
+fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::sync::atomic::AtomicU64) -> std::io::Result<()> {
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     let mut line = Vec::new();
@@ -160,12 +180,23 @@ fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn()) -> std::io::Res
     let resp = match serde_json::from_slice::<Request>(line.trim_ascii()) {
         Err(e) => Response::err(format!("bad request: {e}")),
         Ok(request) => {
+            let health = request == Request::Health;
             let (rtx, rrx) = crossbeam_channel::bounded(1);
-            if tx.send(Envelope { request, reply: rtx }).is_err() {
-                Response::err("vrouter is shutting down")
+            // A full inbox is a stalled loop too: never block on it.
+            if let Err(e) = tx.try_send(Envelope { request, reply: rtx }) {
+                match e {
+                    crossbeam_channel::TrySendError::Disconnected(_) => Response::err("vrouter is shutting down"),
+                    crossbeam_channel::TrySendError::Full(_) if health => stalled(beat),
+                    crossbeam_channel::TrySendError::Full(_) => Response::err("datapath busy: too many requests waiting"),
+                }
             } else {
                 wake();
-                rrx.recv_timeout(TIMEOUT).unwrap_or_else(|_| Response::err("datapath did not answer in time"))
+                let wait = if health { HEALTH_WAIT } else { TIMEOUT };
+                match rrx.recv_timeout(wait) {
+                    Ok(r) => r,
+                    Err(_) if health => stalled(beat),
+                    Err(_) => Response::err("datapath did not answer in time"),
+                }
             }
         }
     };

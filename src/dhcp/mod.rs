@@ -135,6 +135,14 @@ pub struct LogLine {
     pub live: bool,
 }
 
+/// A served network's lease use (`pool_usage`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolUsage {
+    pub network: String,
+    pub bound: u64,
+    pub size: u64,
+}
+
 /// What the server wants done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -1001,6 +1009,20 @@ impl DhcpServer {
 
     pub fn counters(&self) -> DhcpCounters {
         self.counters
+    }
+
+    /// Per served network: its name, the leases bound now, and how many addresses it may hand
+    /// out (the dynamic pool without the gateway and reserved addresses, plus the reservations).
+    pub fn pool_usage(&self) -> Vec<PoolUsage> {
+        self.nets
+            .iter()
+            .flatten()
+            .map(|ns| {
+                let bound = ns.recs.values().filter(|r| r.lease.state == LeaseState::Bound && r.lease.expires > self.now).count() as u64;
+                let pool = ns.pool.map_or(0, |(lo, hi)| (lo..=hi).filter(|&a| ns.host_ok(Ipv4Addr::from(a)) && !ns.res_by_ip.contains_key(&a)).count() as u64);
+                PoolUsage { network: ns.cfg.name.clone(), bound, size: pool + ns.res_by_ip.len() as u64 }
+            })
+            .collect()
     }
 }
 

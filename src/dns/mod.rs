@@ -173,7 +173,15 @@ pub struct DnsCounters {
     pub cache_entries: u64,
     /// Gauge: upstream queries in flight now.
     pub pending: u64,
+    /// Upstream answers by how long they took: counts per bucket of [`LATENCY_BUCKETS_MS`]
+    /// (each counts answers up to its bound and above the previous one; slower ones are only in
+    /// `upstream_answers`), and the sum of all answers' times in milliseconds.
+    pub upstream_latency: [u64; LATENCY_BUCKETS_MS.len()],
+    pub upstream_latency_sum_ms: u64,
 }
+
+/// Upper bounds (ms) of the upstream latency buckets.
+pub const LATENCY_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
 
 /// A question as the cache and the pending table key it: lower-case fqdn, type, class.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -220,7 +228,7 @@ struct Pending {
     waiters: Vec<Waiter>,
     /// (index into `upstreams`, id) of each attempt so far, oldest first. A late answer to an
     /// earlier attempt is still accepted.
-    attempts: Vec<(usize, u16)>,
+    attempts: Vec<(usize, u16, Instant)>,
     timer: (Instant, u64),
 }
 
@@ -277,6 +285,9 @@ pub struct DnsServer {
     /// Query ids: unpredictable (an off-path forger must guess them), keyed by `reseed`.
     rng: crate::entropy::Csprng,
     counters: DnsCounters,
+    /// When an upstream last answered, and when an attempt last timed out (health).
+    last_answer: Option<Instant>,
+    last_timeout: Option<Instant>,
 }
 
 impl DnsServer {
@@ -300,6 +311,8 @@ impl DnsServer {
             preferred: 0,
             rng,
             counters: DnsCounters::default(),
+            last_answer: None,
+            last_timeout: None,
         }
     }
 
@@ -444,7 +457,7 @@ impl DnsServer {
         let Some(p) = self.pending.get_mut(key) else { return false };
         self.timers.remove(&p.timer);
         p.timer = timer;
-        p.attempts.push((idx, id));
+        p.attempts.push((idx, id, now));
         self.timers.insert(timer, key.clone());
         self.ids.insert(id, key.clone());
         self.counters.forwarded += 1;
@@ -468,6 +481,15 @@ impl DnsServer {
         self.rng.u64()
     }
 
+    pub fn has_upstreams(&self) -> bool {
+        !self.cfg.upstreams.is_empty()
+    }
+
+    /// When an upstream last answered and when an attempt last timed out (`None`: never).
+    pub fn upstream_health(&self) -> (Option<Instant>, Option<Instant>) {
+        (self.last_answer, self.last_timeout)
+    }
+
     /// Keys the query ids with `seed` (from the router's seed, itself from the kernel).
     pub fn reseed(&mut self, seed: crate::entropy::Seed) {
         self.rng = crate::entropy::Csprng::new(seed);
@@ -477,7 +499,7 @@ impl DnsServer {
     fn take_pending(&mut self, key: &QKey) -> Option<Pending> {
         let p = self.pending.remove(key)?;
         self.timers.remove(&p.timer);
-        for (_, id) in &p.attempts {
+        for (_, id, _) in &p.attempts {
             self.ids.remove(id);
         }
         Some(p)
@@ -507,6 +529,15 @@ impl DnsServer {
             return;
         };
         self.counters.upstream_answers += 1;
+        self.last_answer = Some(now);
+        let sent = self.pending.get(&key).and_then(|p| p.attempts.iter().find(|a| a.1 == RawHeader::parse(payload).map_or(0, |h| h.id)).map(|a| a.2));
+        if let Some(sent) = sent {
+            let ms = now.since(sent).as_millis() as u64;
+            self.counters.upstream_latency_sum_ms += ms;
+            if let Some(b) = LATENCY_BUCKETS_MS.iter().position(|&b| ms <= b) {
+                self.counters.upstream_latency[b] += 1;
+            }
+        }
         let rcode = msg.metadata.response_code;
         if matches!(rcode, ResponseCode::ServFail | ResponseCode::Refused | ResponseCode::NotImp | ResponseCode::FormErr)
             && self.send_attempt(now, &key, out)
@@ -538,7 +569,7 @@ impl DnsServer {
         }
         let key = self.ids.get(&h.id)?;
         let p = self.pending.get(key)?;
-        if !p.attempts.iter().any(|&(i, id)| id == h.id && self.cfg.upstreams.get(i) == Some(&from)) {
+        if !p.attempts.iter().any(|&(i, id, _)| id == h.id && self.cfg.upstreams.get(i) == Some(&from)) {
             return None;
         }
         let msg = Message::from_vec(payload).ok()?;
@@ -554,6 +585,7 @@ impl DnsServer {
             }
             let Some(key) = self.timers.remove(&t) else { break };
             self.counters.upstream_timeouts += 1;
+            self.last_timeout = Some(now);
             if !self.send_attempt(now, &key, out) {
                 self.finish_failed(&key, out);
             }

@@ -5,11 +5,13 @@
 
 pub mod device;
 pub mod latency;
+mod observe;
 pub mod store;
 
 use crate::buf::BufPool;
 use crate::config::schema::{Config, IfKind};
 use crate::config::Validated;
+use crate::control::telemetry::Published;
 use crate::control::{self, Envelope, Request, Response, Table};
 use crate::build;
 use crate::datapath::{Datapath, DatapathConfig, Partial, Transmit};
@@ -58,6 +60,9 @@ pub enum RunError {
     /// The poll loop failed (epoll, signal pipe).
     #[error("poll loop: {0}")]
     Poll(#[from] io::Error),
+    /// `[router] metrics_listen` could not be bound.
+    #[error("metrics_listen {addr}")]
+    Metrics { addr: std::net::SocketAddr, source: io::Error },
     /// The VXLAN sockets could not be opened (is `[vxlan] local` an address of this host?).
     #[error("vxlan: cannot bind {addr}")]
     Vxlan { addr: std::net::SocketAddrV4, source: io::Error },
@@ -365,9 +370,33 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let (ctl_tx, inbox) = crossbeam_channel::bounded::<Envelope>(64);
     let sock = c.control_socket();
     let w = waker.clone();
-    control::serve(&sock, ctl_tx, move || {
-        let _ = w.wake();
-    })?;
+    let heartbeat: observe::Heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(observe::unix_ms()));
+    control::serve(
+        &sock,
+        ctl_tx,
+        move || {
+            let _ = w.wake();
+        },
+        heartbeat.clone(),
+    )?;
+    let cfg_state = observe::ConfigState {
+        path: v.path.clone(),
+        hash: v.hash.clone(),
+        loaded_unix: unix,
+        reloads: 0,
+        full_percent: c.router.health_full_percent,
+    };
+    // The metrics endpoint reads what the loop publishes once a second.
+    let published: Option<Published> = match c.router.metrics_listen {
+        Some(addr) => {
+            let p: Published = Arc::new(std::sync::Mutex::new(Arc::new(crate::control::telemetry::Telemetry::default())));
+            let bound = crate::control::metrics::serve(addr, p.clone()).map_err(|source| RunError::Metrics { addr, source })?;
+            tracing::info!(%bound, "metrics endpoint up");
+            Some(p)
+        }
+        None => None,
+    };
+    let mut next_publish = std::time::Instant::now();
     // The lease writer thread: group commit, then a wake-up with the highest durable seq.
     let leases = match lease_log {
         Some((log, live)) => {
@@ -405,6 +434,16 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let mut last_frame = std::time::Instant::now();
     while !shutdown {
         let now = clock();
+        heartbeat.store(observe::unix_ms(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = &published {
+            if std::time::Instant::now() >= next_publish {
+                next_publish = std::time::Instant::now() + Duration::from_secs(1);
+                let t = observe::telemetry(&mut dp, &slots, now, &cfg_state, &heartbeat, &lat, &c.router.name, unix, c.router.mac_table_size);
+                if let Ok(mut g) = p.lock() {
+                    *g = Arc::new(t);
+                }
+            }
+        }
         let spinning = busy_poll > Duration::ZERO && last_frame.elapsed() < busy_poll;
         let timeout = if spinning || ready.iter().any(|r| *r) {
             Duration::ZERO
@@ -586,7 +625,12 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             }
         }
         while let Ok(env) = inbox.try_recv() {
-            let resp = answer(&dp, &slots, &lat, &env.request, now, origin.elapsed());
+            let resp = if env.request == Request::Health {
+                let checks = control::health::evaluate(&observe::health_input(&mut dp, &slots, now, &cfg_state, &heartbeat));
+                Response::ok(serde_json::json!({"status": control::health::overall(&checks), "checks": checks}))
+            } else {
+                answer(&dp, &slots, &lat, &env.request, now, origin.elapsed())
+            };
             let _ = env.reply.send(resp);
         }
     }
@@ -661,5 +705,7 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
         }
         Request::Reload => Response::err("reload is not built in this version; restart vrouter to apply a new config"),
         Request::Capture { .. } => Response::err("capture is not built in this version"),
+        // Answered by the loop itself (it probes the gateway).
+        Request::Health => Response::err("health is answered by the loop"),
     }
 }

@@ -314,6 +314,15 @@ impl Router {
         r
     }
 
+    /// Health: the public gateway and what the neighbour table knows of it. Asks for it the
+    /// way forwarding would (a first request, or a unicast probe of a stale entry), so an idle
+    /// router still learns whether its gateway answers.
+    pub fn probe_public_gateway(&mut self, now: Instant) -> Option<(Ipv4Addr, neigh::NeighState)> {
+        let gw = self.cfg.public.as_ref()?.gateway;
+        let _ = self.resolve(now, Iface::Public, gw);
+        Some((gw, self.neigh.state_of(now, Iface::Public, gw)))
+    }
+
     /// The network's gateway address (what no guest may claim).
     pub fn gateway(&self, n: NetId) -> Option<Ipv4Addr> {
         self.cfg.nets.get(n.0 as usize)?.gateway

@@ -56,6 +56,19 @@ struct Entry {
     queue: Vec<Queued>,
 }
 
+/// What the table knows of a neighbour, for health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeighState {
+    /// It answered ARP this many seconds ago.
+    Reachable { confirmed_secs: u64 },
+    /// Asked, no answer yet.
+    Resolving,
+    /// Asked and never answered (given up until a retry).
+    Failed,
+    /// Never asked.
+    Unknown,
+}
+
 /// What a lookup found.
 pub enum Resolve {
     Mac(MacAddr),
@@ -133,6 +146,16 @@ impl Neighbours {
         self.next_timer = self.next_timer.min(now + RETRY_EVERY);
         work.requests.push((iface, ip, None));
         Resolve::Pending
+    }
+
+    /// What is known of `ip` on `iface`, without starting anything.
+    pub fn state_of(&self, now: Instant, iface: Iface, ip: Ipv4Addr) -> NeighState {
+        match self.map.get(&(iface, ip)).map(|e| &e.state) {
+            Some(State::Reachable { confirmed, .. }) => NeighState::Reachable { confirmed_secs: now.since(*confirmed).as_secs() },
+            Some(State::Incomplete { .. }) => NeighState::Resolving,
+            Some(State::Failed { .. }) => NeighState::Failed,
+            None => NeighState::Unknown,
+        }
     }
 
     /// Queues a frame for an entry that is resolving. False if there is no room.

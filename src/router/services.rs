@@ -250,6 +250,29 @@ impl Router {
         }
     }
 
+    /// DHCP counters; `None` without DHCP service.
+    pub fn dhcp_counters(&self) -> Option<dhcp::DhcpCounters> {
+        self.svc.dhcp.as_ref().map(|d| d.counters())
+    }
+
+    /// Lease use per served network.
+    pub fn dhcp_pools(&self) -> Vec<dhcp::PoolUsage> {
+        self.svc.dhcp.as_ref().map(|d| d.pool_usage()).unwrap_or_default()
+    }
+
+    /// Whether any network is served by DHCP (so there is a lease log).
+    pub fn serves_any_dhcp(&self) -> bool {
+        self.svc.dhcp.is_some()
+    }
+
+    /// DNS forwarding's health: whether upstreams are configured, when one last answered and
+    /// when an attempt last timed out. `None` without DNS service.
+    pub fn dns_upstream_health(&self) -> Option<(bool, Option<Instant>, Option<Instant>)> {
+        let d = self.svc.dns.as_ref()?;
+        let (a, t) = d.upstream_health();
+        Some((d.has_upstreams(), a, t))
+    }
+
     /// Leases and DHCP counters for `ctl show leases`; `None` without DHCP service.
     pub fn leases(&self) -> Option<(Vec<dhcp::Lease>, dhcp::DhcpCounters)> {
         let d = self.svc.dhcp.as_ref()?;
