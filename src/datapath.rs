@@ -118,6 +118,18 @@ pub struct PortRow {
     pub role: RoleRow,
 }
 
+/// Dropped frames held for capture between two collections by the I/O edge.
+const DROPPED_CAP: usize = 1024;
+
+/// A frame dropped on a watched port, as it arrived, with the reason.
+#[derive(Debug, Clone)]
+pub struct DroppedFrame {
+    pub port: PortId,
+    pub reason: DropReason,
+    pub vnet: VnetHdr,
+    pub frame: Vec<u8>,
+}
+
 /// A peer heard from within this long, with no failed send since, is up.
 const PEER_QUIET: Duration = Duration::from_secs(60);
 
@@ -288,6 +300,11 @@ pub struct Datapath {
     vx_stats: VxlanStats,
     /// What is known of each VXLAN peer's reachability, by port (default for other ports).
     peer_health: Vec<PeerHealth>,
+    /// Ports whose dropped frames are captured (`ctl capture --drops`), the frames waiting
+    /// for the I/O edge, and those that did not fit.
+    drop_watch: Vec<PortId>,
+    dropped: Vec<DroppedFrame>,
+    dropped_lost: u64,
     /// Encapsulated segments of one super-frame, sent in batches, and their lengths.
     vx_batch: Box<[u8]>,
     vx_lens: Vec<usize>,
@@ -353,6 +370,9 @@ impl Datapath {
             vteps,
             vx_stats: VxlanStats::default(),
             peer_health: vec![PeerHealth::default(); cfg.ports.len()],
+            drop_watch: Vec::new(),
+            dropped: Vec::new(),
+            dropped_lost: 0,
             vx_batch: vec![0u8; VX_BATCH].into_boxed_slice(),
             vx_lens: Vec::new(),
             vxlan_mtu: cfg.vxlan_mtu,
@@ -368,6 +388,11 @@ impl Datapath {
             router: Router::new(cfg.router_mac, cfg.l3),
             public_port,
         }
+    }
+
+    /// The port named `name` (ports, uplinks, the public port, `vxlan-<address>` peers).
+    pub fn port_id(&self, name: &str) -> Option<PortId> {
+        self.ports.iter().position(|p| p.name == name).map(|i| PortId(i as u16))
     }
 
     pub fn port_name(&self, p: PortId) -> &str {
@@ -480,6 +505,45 @@ impl Datapath {
 
     /// Runs one received frame through the pipeline.
     pub fn process(&mut self, now: Instant, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+        if self.drop_watch.is_empty() {
+            return self.process_one(now, in_port, buf, tx);
+        }
+        let seen = self.watch_before(buf.vnet, buf.frame());
+        self.process_one(now, in_port, buf, tx);
+        self.watch_after(seen);
+    }
+
+    /// Capture of dropped frames: which ports to watch (empty: none, and no cost).
+    pub fn watch_drops(&mut self, ports: Vec<PortId>) {
+        self.drop_watch = ports;
+        self.drop_watch.retain(|p| (p.0 as usize) < self.stats.len());
+    }
+
+    /// The frames dropped on watched ports since the last call, and how many did not fit.
+    pub fn take_dropped(&mut self) -> (Vec<DroppedFrame>, u64) {
+        (std::mem::take(&mut self.dropped), std::mem::take(&mut self.dropped_lost))
+    }
+
+    /// The watched ports' drop counters and a copy of the frame, before it is processed (the
+    /// pipeline rewrites frames in place).
+    fn watch_before(&self, vnet: VnetHdr, frame: &[u8]) -> (Vec<[u64; DropReason::COUNT]>, VnetHdr, Vec<u8>) {
+        (self.drop_watch.iter().map(|p| self.stats[p.0 as usize].drops).collect(), vnet, frame.to_vec())
+    }
+
+    /// Records the frame against each watched port whose drop counters moved, with the reason.
+    fn watch_after(&mut self, (before, vnet, frame): (Vec<[u64; DropReason::COUNT]>, VnetHdr, Vec<u8>)) {
+        for (p, b) in self.drop_watch.iter().zip(before) {
+            let now = &self.stats[p.0 as usize].drops;
+            let Some(r) = DropReason::ALL.iter().find(|&&r| now[r as usize] > b[r as usize]) else { continue };
+            if self.dropped.len() >= DROPPED_CAP {
+                self.dropped_lost += 1;
+                continue;
+            }
+            self.dropped.push(DroppedFrame { port: *p, reason: *r, vnet, frame: frame.clone() });
+        }
+    }
+
+    fn process_one(&mut self, now: Instant, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
         let pi = in_port.0 as usize;
         let Some(st) = self.stats.get_mut(pi) else { return };
         st.rx_frames += 1;
@@ -554,6 +618,17 @@ impl Datapath {
     /// `udp_gso`: the datagram is a local sender's whole tunnelled UDP super-datagram whose
     /// inner segments are this many bytes.
     fn vxlan_one(&mut self, now: Instant, from: std::net::Ipv4Addr, buf: &mut PacketBuf, tx: &mut dyn Transmit, udp_gso: Option<usize>) {
+        if self.drop_watch.is_empty() {
+            return self.vxlan_one_inner(now, from, buf, tx, udp_gso);
+        }
+        // The inner frame, as a capture of the peer's port shows it.
+        let inner = buf.frame().get(crate::wire::vxlan::HEADER_LEN..).unwrap_or_default().to_vec();
+        let seen = self.watch_before(VnetHdr::default(), &[]);
+        self.vxlan_one_inner(now, from, buf, tx, udp_gso);
+        self.watch_after((seen.0, seen.1, inner));
+    }
+
+    fn vxlan_one_inner(&mut self, now: Instant, from: std::net::Ipv4Addr, buf: &mut PacketBuf, tx: &mut dyn Transmit, udp_gso: Option<usize>) {
         let Some(&port) = self.vteps.get(&from) else {
             self.vx_stats.unknown_peer += 1;
             return;

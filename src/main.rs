@@ -54,14 +54,27 @@ enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Write a pcap of a port's traffic.
+    /// Capture a port's frames as pcapng (several ports: comma-separated), until COUNT frames
+    /// or interrupted; `-w -` (the default when stdout is not a terminal) streams to stdout.
     Capture {
         port: String,
         #[arg(short = 'w', long)]
-        write: PathBuf,
+        write: Option<PathBuf>,
         #[arg(short = 'c', long)]
         count: Option<u64>,
+        #[arg(long, value_enum, default_value = "both")]
+        direction: CaptureDir,
+        /// Also the frames the pipeline dropped on the port, their reason in a pcapng comment.
+        #[arg(long)]
+        drops: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CaptureDir {
+    In,
+    Out,
+    Both,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -172,9 +185,31 @@ fn real_main() -> Result<ExitCode> {
                     control::request(&socket, &Request::Reload)?;
                     println!("reloaded");
                 }
-                CtlCmd::Capture { port, write, count } => {
-                    let data = control::request(&socket, &Request::Capture { port, count })?;
-                    println!("{}: {data}", write.display());
+                CtlCmd::Capture { port, write, count, direction, drops } => {
+                    use std::io::IsTerminal;
+                    let direction = match direction {
+                        CaptureDir::In => control::capture::Direction::In,
+                        CaptureDir::Out => control::capture::Direction::Out,
+                        CaptureDir::Both => control::capture::Direction::Both,
+                    };
+                    let to_stdout = write.as_ref().is_none_or(|w| w.as_os_str() == "-");
+                    if to_stdout && std::io::stdout().is_terminal() {
+                        bail!("pcapng is binary: give -w FILE, or pipe it (-w - | tcpdump -r -)");
+                    }
+                    let (mut r, _) = control::open_stream(&socket, &Request::Capture { port, count, direction, drops })?;
+                    let sum = match &write {
+                        Some(w) if w.as_os_str() != "-" => {
+                            let mut f = std::io::BufWriter::new(std::fs::File::create(w).with_context(|| w.display().to_string())?);
+                            control::capture::receive(&mut r, &mut f)
+                        }
+                        _ => control::capture::receive(&mut r, &mut std::io::stdout().lock()),
+                    };
+                    match sum {
+                        Ok(s) => eprintln!("{} frame(s) captured, {} lost (the reader was too slow)", s.captured, s.lost),
+                        // The reader of a pipe went away (tcpdump -c): a normal end.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                        Err(e) => bail!("capture: {e}"),
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -73,11 +73,7 @@ fn check(check: &'static str, status: Status, detail: impl Into<String>) -> Chec
 }
 
 fn pct(used: u64, size: u64) -> u64 {
-    if size == 0 {
-        0
-    } else {
-        used.saturating_mul(100) / size
-    }
+    used.saturating_mul(100).checked_div(size).unwrap_or(0)
 }
 
 /// Judges every check.

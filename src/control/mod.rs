@@ -3,7 +3,9 @@
 //! a crossbeam channel to the datapath thread, which answers between batches. Bad requests get
 //! an error response; nothing a client sends can stop the datapath.
 
+pub mod capture;
 pub mod health;
+pub mod pcapng;
 pub mod metrics;
 pub mod telemetry;
 
@@ -39,7 +41,16 @@ pub enum Request {
         offset: Option<usize>,
     },
     Reload,
-    Capture { port: String, count: Option<u64> },
+    /// Stream a pcapng capture of `port` (several: comma-separated) until `count` frames.
+    Capture {
+        port: String,
+        count: Option<u64>,
+        #[serde(default)]
+        direction: capture::Direction,
+        /// Also frames the pipeline dropped on the port, with the reason.
+        #[serde(default)]
+        drops: bool,
+    },
     /// The health checks (`ctl health`).
     Health,
 }
@@ -62,10 +73,12 @@ impl Response {
     }
 }
 
-/// A request on its way to the datapath, with where to send the answer.
+/// A request on its way to the datapath, with where to send the answer (and for a capture,
+/// where to send the frames).
 pub struct Envelope {
     pub request: Request,
     pub reply: Sender<Response>,
+    pub capture: Option<capture::Link>,
 }
 
 /// Errors of the control socket, server or client side.
@@ -177,13 +190,18 @@ fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::syn
     s.set_write_timeout(Some(TIMEOUT))?;
     let mut line = Vec::new();
     BufReader::new((&s).take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
+    let mut cap = None;
     let resp = match serde_json::from_slice::<Request>(line.trim_ascii()) {
         Err(e) => Response::err(format!("bad request: {e}")),
         Ok(request) => {
             let health = request == Request::Health;
+            if let Request::Capture { port, count, .. } = &request {
+                cap = Some((port.split(',').map(String::from).collect::<Vec<_>>(), *count, capture::Link::new()));
+            }
+            let link = cap.as_ref().map(|(_, _, (l, _))| l.clone());
             let (rtx, rrx) = crossbeam_channel::bounded(1);
             // A full inbox is a stalled loop too: never block on it.
-            if let Err(e) = tx.try_send(Envelope { request, reply: rtx }) {
+            if let Err(e) = tx.try_send(Envelope { request, reply: rtx, capture: link }) {
                 match e {
                     crossbeam_channel::TrySendError::Disconnected(_) => Response::err("vrouter is shutting down"),
                     crossbeam_channel::TrySendError::Full(_) if health => stalled(beat),
@@ -202,7 +220,33 @@ fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::syn
     };
     let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| r#"{"ok":false}"#.into());
     out.push('\n');
-    (&s).write_all(out.as_bytes())
+    (&s).write_all(out.as_bytes())?;
+    match cap {
+        Some((ports, count, (link, rx))) if resp.ok => {
+            let sum = capture::stream(s, &ports, count, rx, &link)?;
+            tracing::info!(ports = %ports.join(","), captured = sum.captured, lost = sum.lost, "capture ended");
+        }
+        Some((_, _, (link, _))) => link.closed.store(true, Ordering::Relaxed),
+        None => {}
+    }
+    Ok(())
+}
+
+/// Sends a streaming request (a capture) and returns the connection after its response line.
+pub fn open_stream(path: &Path, req: &Request) -> Result<(BufReader<UnixStream>, Value), ControlError> {
+    let io = |source| ControlError::Io { path: path.to_path_buf(), source };
+    let s = UnixStream::connect(path).map_err(io)?;
+    let mut line = serde_json::to_string(req).map_err(|e| ControlError::Protocol { path: path.into(), msg: e.to_string() })?;
+    line.push('\n');
+    (&s).write_all(line.as_bytes()).map_err(io)?;
+    let mut r = BufReader::new(s);
+    let mut resp = String::new();
+    r.read_line(&mut resp).map_err(io)?;
+    let resp: Response = serde_json::from_str(resp.trim()).map_err(|e| ControlError::Protocol { path: path.into(), msg: e.to_string() })?;
+    if !resp.ok {
+        return Err(ControlError::Refused(resp.error.unwrap_or_else(|| "request failed".into())));
+    }
+    Ok((r, resp.data.unwrap_or(Value::Null)))
 }
 
 

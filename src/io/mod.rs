@@ -11,6 +11,7 @@ pub mod store;
 use crate::buf::BufPool;
 use crate::config::schema::{Config, IfKind};
 use crate::config::Validated;
+use crate::control::pcapng::Dir;
 use crate::control::telemetry::Published;
 use crate::control::{self, Envelope, Request, Response, Table};
 use crate::build;
@@ -161,6 +162,8 @@ struct IoTx<'a> {
     slots: &'a [Slot],
     write_ns: &'a mut hdrhistogram::Histogram<u64>,
     vx: Option<&'a VxIo>,
+    /// Capture sessions: the egress seam records what left.
+    hub: &'a crate::control::capture::Hub,
 }
 
 /// VXLAN at the I/O edge: the socket datagrams arrive on (the configured port), the sockets
@@ -189,6 +192,9 @@ impl VxIo {
 impl Transmit for IoTx<'_> {
     fn transmit(&mut self, port: PortId, vnet: Option<&VnetHdr>, frame: &[u8]) -> Result<(), DropReason> {
         let d = self.slots.get(port.0 as usize).ok_or(DropReason::TxError)?.dev.as_ref().ok_or(DropReason::PortDown)?;
+        if self.hub.any() {
+            self.hub.record(port, Dir::Out, vnet, frame);
+        }
         let t = std::time::Instant::now();
         let r = d.send(vnet, frame).map_err(|e| match e.raw_os_error() {
             Some(libc::EIO | libc::ENETDOWN | libc::ENXIO | libc::EBADFD | libc::ENODEV) => DropReason::PortDown,
@@ -204,6 +210,12 @@ impl Transmit for IoTx<'_> {
         let vx = self.vx.ok_or(none)?;
         let to = *(port.0 as usize).checked_sub(vx.first_port).and_then(|i| vx.peers.get(i)).ok_or(none)?;
         let sock = &vx.tx[entropy as usize % vx.tx.len()];
+        if self.hub.any() {
+            // The peer's port shows the inner frames.
+            for d in payload.chunks(seg.unwrap_or(payload.len()).max(1)) {
+                self.hub.record(port, Dir::Out, None, d.get(crate::wire::vxlan::HEADER_LEN..).unwrap_or_default());
+            }
+        }
         let t = std::time::Instant::now();
         let r = match seg {
             Some(seg) => sock.send_batch(payload, seg, to),
@@ -397,6 +409,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         None => None,
     };
     let mut next_publish = std::time::Instant::now();
+    let mut hub = crate::control::capture::Hub::default();
     // The lease writer thread: group commit, then a wake-up with the highest durable seq.
     let leases = match lease_log {
         Some((log, live)) => {
@@ -496,8 +509,11 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                 n += 1;
                 match dev.recv(&mut buf) {
                     Ok(Rx::Frame) => {
+                        if hub.any() {
+                            hub.record(port, Dir::In, slots[i].offload.vnet.then_some(&buf.vnet), buf.frame());
+                        }
                         let t = std::time::Instant::now();
-                        let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, vx: vx.as_ref() };
+                        let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, vx: vx.as_ref(), hub: &hub };
                         dp.process(now, port, &mut buf, &mut tx);
                         lat.frame.saturating_record(t.elapsed().as_nanos() as u64);
                         got = true;
@@ -547,7 +563,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         }
         if let (Some(v), true) = (&vx, vx_ready) {
             vx_ready = false;
-            let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, vx: vx.as_ref() };
+            let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, vx: vx.as_ref(), hub: &hub };
             let mut n = 0;
             loop {
                 if n >= BUDGET {
@@ -567,6 +583,14 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                         // With GRO one message may hold several datagrams of `seg` bytes;
                         // segments are coalesced across the whole call.
                         let d: usize = vx_batch.iter().filter(|(r, _)| !r.truncated).map(|(r, _)| r.len.div_ceil(r.seg.unwrap_or(r.len).max(1)).max(1)).sum();
+                        if hub.any() {
+                            for (r, b) in vx_batch.iter().filter(|(r, _)| !r.truncated) {
+                                let Some(i) = v.peers.iter().position(|p| p.ip() == r.from.ip()) else { continue };
+                                for d in b.chunks(r.seg.unwrap_or(r.len).max(1)) {
+                                    hub.record(PortId((v.first_port + i) as u16), Dir::In, None, d.get(crate::wire::vxlan::HEADER_LEN..).unwrap_or_default());
+                                }
+                            }
+                        }
                         let msgs = vx_batch.iter().filter(|(r, _)| !r.truncated);
                         let t = std::time::Instant::now();
                         dp.vxlan_messages(now, msgs.map(|(r, b)| (*r.from.ip(), b, r.seg.unwrap_or(r.len))), &mut buf, &mut tx);
@@ -585,7 +609,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             last_frame = std::time::Instant::now();
         }
         {
-            let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, vx: vx.as_ref() };
+            let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, vx: vx.as_ref(), hub: &hub };
             for (sock, ready) in dns_socks.iter().zip(dns_ready.iter_mut()).filter(|(_, r)| **r) {
                 *ready = false;
                 for _ in 0..BUDGET {
@@ -611,6 +635,15 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             }
             dp.poll(now, &mut tx);
         }
+        if hub.any() {
+            let (dropped, _) = dp.take_dropped();
+            for d in &dropped {
+                hub.record_drop(d);
+            }
+            if hub.prune() {
+                dp.watch_drops(hub.drop_ports());
+            }
+        }
         let persist = dp.router_mut().take_persist();
         if !persist.is_empty() {
             if let Some((to_disk, _)) = &leases {
@@ -625,7 +658,17 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             }
         }
         while let Ok(env) = inbox.try_recv() {
-            let resp = if env.request == Request::Health {
+            let resp = if let (Request::Capture { port, direction, drops, .. }, Some(link)) = (&env.request, &env.capture) {
+                let ids: Result<Vec<PortId>, String> = port.split(',').map(|n| dp.port_id(n).ok_or_else(|| format!("no port named {n:?}"))).collect();
+                match ids {
+                    Ok(ids) => {
+                        hub.add(ids.clone(), *direction, *drops, link.clone());
+                        dp.watch_drops(hub.drop_ports());
+                        Response::ok(serde_json::json!({"ports": ids.iter().map(|p| dp.port_name(*p)).collect::<Vec<_>>()}))
+                    }
+                    Err(e) => Response::err(e),
+                }
+            } else if env.request == Request::Health {
                 let checks = control::health::evaluate(&observe::health_input(&mut dp, &slots, now, &cfg_state, &heartbeat));
                 Response::ok(serde_json::json!({"status": control::health::overall(&checks), "checks": checks}))
             } else {
@@ -704,7 +747,8 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
             Response::ok(s)
         }
         Request::Reload => Response::err("reload is not built in this version; restart vrouter to apply a new config"),
-        Request::Capture { .. } => Response::err("capture is not built in this version"),
+        // Answered by the loop itself (it registers the session).
+        Request::Capture { .. } => Response::err("capture is answered by the loop"),
         // Answered by the loop itself (it probes the gateway).
         Request::Health => Response::err("health is answered by the loop"),
     }
