@@ -138,17 +138,14 @@ const PEER_QUIET: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, Default)]
 struct PeerHealth {
     last_rx: Option<Instant>,
+    last_tx_ok: Option<Instant>,
     last_tx_error: Option<Instant>,
 }
 
 impl PeerHealth {
     fn row(&self, now: Instant) -> PeerRow {
         let ago = |t: Option<Instant>| t.map(|t| now.since(t).as_secs());
-        let failing = match (self.last_tx_error, self.last_rx) {
-            (Some(e), Some(r)) => e > r,
-            (Some(_), None) => true,
-            _ => false,
-        };
+        let failing = self.last_tx_error.is_some_and(|e| self.last_rx.is_none_or(|r| e > r) && self.last_tx_ok.is_none_or(|o| e > o));
         let heard = self.last_rx.is_some_and(|t| now.since(t) < PEER_QUIET);
         let state = if failing {
             "unreachable"
@@ -162,8 +159,9 @@ impl PeerHealth {
 }
 
 /// A VXLAN peer's state in `ctl show ports`: `up` (a datagram arrived within the last minute
-/// and no send failed since), `unreachable` (the last failed send is newer than anything heard
-/// from it), or `unknown` (nothing heard for a minute, nothing failed).
+/// and no send failed since), `unreachable` (a send failed for want of a route, EHOSTUNREACH
+/// and the like, after the last datagram heard and the last send that left), or `unknown`
+/// (nothing heard for a minute, nothing failed).
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerRow {
     pub state: &'static str,
@@ -942,8 +940,7 @@ impl Datapath {
         }
         if let Role::Vtep { vnis, .. } = &self.ports[pi].role {
             let vni = net.and_then(|n| vnis.iter().find(|(_, m)| *m == n)).map(|(v, _)| *v);
-            let tx_errors = |s: &PortStats| s.dropped(DropReason::PortDown) + s.dropped(DropReason::TxError);
-            let before = tx_errors(&self.stats[pi]);
+            let (errors_before, sent_before) = (self.stats[pi].dropped(DropReason::PortDown), self.stats[pi].tx_frames);
             let r = match vni {
                 Some(vni) => self.output_vxlan(port, vni, buf, tx),
                 None => Err(DropReason::UnknownVni),
@@ -951,11 +948,13 @@ impl Datapath {
             if let Err(r) = r {
                 self.stats[pi].drop(r);
             }
-            // Unreachable (EHOSTUNREACH, ENETUNREACH) or refused sends say something about the
-            // peer; a full queue does not.
+            // An unreachable peer (EHOSTUNREACH, ENETUNREACH, ENETDOWN) says something about it;
+            // a full queue or a local refusal does not. A send that leaves says the route is back.
             if let Some(h) = self.peer_health.get_mut(pi) {
-                if tx_errors(&self.stats[pi]) > before {
+                if self.stats[pi].dropped(DropReason::PortDown) > errors_before {
                     h.last_tx_error = Some(now);
+                } else if self.stats[pi].tx_frames > sent_before {
+                    h.last_tx_ok = Some(now);
                 }
             }
             return;

@@ -203,6 +203,8 @@ pub struct DhcpCounters {
     pub ignored_store_failing: u64,
     /// Renewals answered from the lease on disk while the log could not be written.
     pub renewals_from_disk: u64,
+    /// ACKs not sent because their record reached the disk too late or was superseded.
+    pub acks_stale: u64,
 }
 
 impl DhcpCounters {
@@ -366,7 +368,7 @@ impl NetState {
     fn put(&mut self, mut rec: Rec) -> Option<Rec> {
         let a = u32::from(rec.lease.ip);
         let old = self.remove(a);
-        if let Some(o) = old.as_ref().filter(|o| o.lease.mac == rec.lease.mac && rec.lease.state != LeaseState::Declined) {
+        if let Some(o) = old.as_ref().filter(|o| o.lease.state == LeaseState::Bound && o.lease.mac == rec.lease.mac && rec.lease.state != LeaseState::Declined) {
             rec.durable = rec.durable.max(o.durable);
         }
         if rec.lease.state != LeaseState::Declined {
@@ -450,7 +452,13 @@ struct Held {
     ip: Ipv4Addr,
     mac: MacAddr,
     expires: u64,
+    /// When the REQUEST came (unix seconds).
+    at: u64,
 }
+
+/// A held ACK whose record reached the disk later than this after its REQUEST is not sent:
+/// it would tell the client a lease longer than the disk's (the client has retried anyway).
+const ACK_STALE_SECS: u64 = 5;
 
 /// Forgets an OFFER's claim on its port's quota.
 fn drop_offer(offers: &mut HashMap<u16, u32>, rec: &Rec) {
@@ -513,6 +521,7 @@ impl DhcpServer {
                         for a in ns.client_addrs(l.mac, l.client_id.as_deref()) {
                             if let Some(r) = ns.recs.get_mut(&a) {
                                 r.lease.state = LeaseState::Released;
+                                r.durable = 0;
                             }
                         }
                     }
@@ -731,6 +740,7 @@ impl DhcpServer {
                     if r.lease.state == LeaseState::Offered {
                         drop_offer(&mut self.offers, r);
                         r.lease.state = LeaseState::Released;
+                        r.durable = 0;
                     }
                 }
             }
@@ -778,6 +788,7 @@ impl DhcpServer {
                     freed.push(r.lease.ip);
                 }
                 r.lease.state = LeaseState::Released;
+                r.durable = 0;
             }
         }
         let lease = Lease {
@@ -797,7 +808,7 @@ impl DhcpServer {
             out.push(Action::Persist { seq, record: LeaseRecord::Free { net, ip } });
         }
         let seq = self.next_seq();
-        let held = Held { seq, ack, net, ip, mac, expires: lease.expires };
+        let held = Held { seq, ack, net, ip, mac, expires: lease.expires, at: now };
         out.push(Action::Persist { seq, record: LeaseRecord::Bind(lease) });
         self.held.push_back(held);
         Ok(())
@@ -873,10 +884,18 @@ impl DhcpServer {
             if h.seq < first {
                 continue;
             }
+            let mut live = false;
             if let Some(r) = self.nets.get_mut(h.net).and_then(|n| n.as_mut()).and_then(|ns| ns.recs.get_mut(&u32::from(h.ip))) {
                 if r.lease.mac == h.mac && r.lease.state == LeaseState::Bound {
                     r.durable = r.durable.max(h.expires);
+                    live = r.lease.expires == h.expires;
                 }
+            }
+            // Sent only while it still says what the disk says: the lease it announces is the
+            // one on record, and not so late that its lease time overstates the record's.
+            if !live || self.now > h.at.saturating_add(ACK_STALE_SECS) {
+                self.counters.acks_stale += 1;
+                continue;
             }
             out.push(h.ack);
             self.counters.acks += 1;
@@ -945,6 +964,7 @@ impl DhcpServer {
                     LeaseState::Offered => {
                         drop_offer(&mut self.offers, r);
                         r.lease.state = LeaseState::Released;
+                        r.durable = 0;
                     }
                     LeaseState::Declined => gone.push(a),
                     LeaseState::Released => {}

@@ -1174,3 +1174,36 @@ fn leases_follow_their_network_by_name_when_networks_are_reordered() {
     assert_eq!(s2.lease_of(0, m), None);
     assert_eq!(s2.leases().len(), 1);
 }
+
+#[test]
+fn an_ack_that_reaches_the_disk_late_or_superseded_is_not_sent() {
+    let mut h = H::web();
+    let m = mac(1);
+    let (o, _) = h.exchange(m, &discover(m));
+    let ip = o[0].msg.yiaddr();
+    let (r, out) = h.send(m, &select(m, ip));
+    r.unwrap();
+    let s1 = first_seq(&out);
+    // The disk took 10 s: the client was told nothing, and is not told a lease longer than the
+    // record now.
+    h.now += 10;
+    h.s.expire(h.now, &mut Vec::new());
+    let mut rel = Vec::new();
+    h.s.committed(s1, s1, &mut rel);
+    assert!(split(rel).0.is_empty());
+    assert_eq!(h.s.counters().acks_stale, 1);
+    // Its retry is acknowledged at once; the record is on disk, so a renewal while the log
+    // fails is answered from it.
+    let (acks, _) = h.exchange(m, &renew(m, ip));
+    assert_eq!(acks[0].mtype(), MessageType::Ack);
+    // A REQUEST superseded by the next one before either reached the disk: only the newer ACK.
+    h.now += 1;
+    let (_, o1) = h.send(m, &renew(m, ip));
+    h.now += 1;
+    let (_, o2) = h.send(m, &renew(m, ip));
+    let (a, b) = (first_seq(&o1), first_seq(&o2));
+    let mut rel = Vec::new();
+    h.s.committed(a, b, &mut rel);
+    let (acks, _, _) = split(rel);
+    assert_eq!(acks.len(), 1, "the older ACK announced a lease the record no longer has");
+}

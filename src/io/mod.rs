@@ -330,7 +330,11 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         let n = dp.router_mut().restore_leases(clock(), &lines);
         // Compact: only the live leases, written atomically (and by network name).
         let live = dp.router().lease_records();
-        log.rewrite(live.iter().map(|l| l.line.as_str()))?;
+        // A full or failing disk must not keep the router from starting: the old log stays
+        // (replayed above) and the writer reports the failure when it first cannot append.
+        if let Err(e) = log.rewrite(live.iter().map(|l| l.line.as_str())) {
+            tracing::error!("lease log compaction at start failed, keeping the log as it is: {e}");
+        }
         tracing::info!(path = %log.path().display(), records = n, "DHCP leases restored");
         Some((log, live))
     } else {

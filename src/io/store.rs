@@ -139,11 +139,14 @@ impl LeaseLog {
         wake: impl Fn() + Send + 'static,
     ) -> Result<(Batches, Receiver<StoreEvent>), StoreError> {
         let file = self.open_append().map_err(ctx(&self.path))?;
-        let good = file.metadata().map_err(ctx(&self.path))?.len();
+        // Appends start after the last whole line: a torn tail (a crash mid-write, when the
+        // start-up compaction could not run) must not have the next record glued onto it.
+        let good = whole_lines_len(&self.path).map_err(ctx(&self.path))?;
+        file.set_len(good).map_err(ctx(&self.path))?;
         let (tx, rx) = crossbeam_channel::unbounded::<Vec<LogLine>>();
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<StoreEvent>();
         let live = live.into_iter().map(|l| (l.key, l.line)).collect();
-        let mut w = Writer { log: self, file: Some(file), good, live, appended: 0, opts, failing: None };
+        let mut w = Writer { log: self, file: Some(file), good, live, appended: 0, opts, failing: None, dir_unsynced: false };
         let path = w.log.path.clone();
         std::thread::Builder::new()
             .name("lease-log".into())
@@ -174,6 +177,18 @@ struct Writer {
     opts: WriterOpts,
     /// The error writes fail with, while they do.
     failing: Option<String>,
+    /// A compaction failed after (maybe) renaming: the directory must be fsynced before any
+    /// record is reported durable, or a crash could bring the old log back without them.
+    dir_unsynced: bool,
+}
+
+/// The length of the file up to and including its last newline.
+fn whole_lines_len(path: &Path) -> io::Result<u64> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(b.iter().rposition(|&c| c == b'\n').map_or(0, |i| i as u64 + 1)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
 }
 
 impl Writer {
@@ -247,6 +262,12 @@ impl Writer {
 
     /// Appends the lines and fsyncs; on failure cuts the file back to its last durable length.
     fn append(&mut self, lines: &[LogLine]) -> io::Result<()> {
+        if self.dir_unsynced {
+            if let Some(dir) = self.log.path.parent() {
+                File::open(dir).and_then(|d| d.sync_all())?;
+            }
+            self.dir_unsynced = false;
+        }
         let mut text = String::new();
         for l in lines {
             text.push_str(&l.line);
@@ -302,8 +323,9 @@ impl Writer {
                 // Failing after the rename (the directory's fsync) leaves the new log in place:
                 // reopen by name either way; both files end on a durable whole line.
                 self.file = None;
-                if let Ok(m) = std::fs::metadata(&self.log.path) {
-                    self.good = m.len();
+                self.dir_unsynced = true;
+                if let Ok(n) = whole_lines_len(&self.log.path) {
+                    self.good = n;
                 }
                 tracing::warn!(path = %self.log.path.display(), "lease log compaction failed, appending to the log as it is: {e}");
                 None
@@ -360,7 +382,7 @@ mod tests {
         log.rewrite(["lease n 0 0"]).unwrap();
         let path = log.path().to_path_buf();
         let opts = WriterOpts { backoff: Duration::from_millis(5), max_backoff: Duration::from_millis(20), compact_after: 1 << 20 };
-        let mut w = Writer { log, file: None, good: 12, live: HashMap::new(), appended: 0, opts, failing: None };
+        let mut w = Writer { log, file: None, good: 12, live: HashMap::new(), appended: 0, opts, failing: None, dir_unsynced: false };
         // RLIMIT_FSIZE would kill the process with SIGXFSZ; a read-only handle fails the same
         // way as a full disk does for the writer: the write errs and nothing durable is lost.
         w.file = Some(File::open(&path).unwrap());
@@ -419,6 +441,20 @@ mod tests {
         }
         assert!(!lines.iter().any(|l| l.contains("n 9")), "{lines:?}");
         assert!(!dir.join("leases.log.tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A log with a torn last line (the start-up compaction could not run) gets new records on
+    /// a line of their own.
+    #[test]
+    fn appends_never_glue_onto_a_torn_tail() {
+        let dir = dir("torn");
+        let log = LeaseLog::new(&dir).unwrap();
+        std::fs::write(log.path(), "lease n 1 1\nlease n 2").unwrap();
+        let (tx, ev) = LeaseLog::new(&dir).unwrap().spawn_writer(Vec::new(), WriterOpts::default(), || {}).unwrap();
+        tx.send(vec![line(5, "n 5", true)]).unwrap();
+        assert_eq!(ev.recv_timeout(Duration::from_secs(5)).unwrap(), StoreEvent::Durable { first: 5, last: 5 });
+        assert_eq!(log.read().unwrap(), vec!["lease n 1 1", "lease n 5 5"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -68,6 +68,7 @@ impl Offloads {
         }
         self.vnet
             && (!v.needs_csum || self.csum)
+            && (v.gso == Gso::None || self.csum)
             && match v.gso {
                 Gso::None => true,
                 Gso::TcpV4 => self.tso4,
