@@ -11,8 +11,17 @@ use vrouter::control::{self, Request, Table};
 #[derive(Parser)]
 #[command(name = "vrouter", version, about = "Userspace virtual switch/router: one process per cloud account")]
 struct Cli {
+    /// Log lines as text (default) or as JSON objects, one per line.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -29,8 +38,9 @@ enum Cmd {
     },
     /// Talk to a running vrouter over its control socket.
     Ctl {
-        /// Control socket (default: the only socket in /run/vrouter).
-        #[arg(short, long)]
+        /// Control socket (default: the only socket in /run/vrouter); before or after the
+        /// subcommand.
+        #[arg(short, long, global = true)]
         socket: Option<PathBuf>,
         #[command(subcommand)]
         cmd: CtlCmd,
@@ -48,6 +58,13 @@ enum CtlCmd {
     },
     /// Re-read the config file and apply the difference.
     Reload,
+    /// A live view: per-port packets/s and bit/s both ways, drops/s by reason, flows, leases
+    /// and load-balancer backends, refreshed every second; q quits.
+    Top {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
     /// Run the health checks; exit 0 healthy, 1 degraded, 2 failing.
     Health {
         /// Print JSON instead of a table.
@@ -88,10 +105,15 @@ enum ShowTable {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     let filter = std::env::var("VROUTER_LOG").ok().and_then(|s| s.parse().ok()).unwrap_or(tracing::Level::INFO);
     use std::io::IsTerminal;
-    tracing_subscriber::fmt().with_max_level(filter).with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).with_target(false).init();
-    match real_main() {
+    let fmt = tracing_subscriber::fmt().with_max_level(filter).with_writer(std::io::stderr).with_target(false);
+    match cli.log_format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    match real_main(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vrouter: {e:#}");
@@ -118,8 +140,7 @@ fn load_or_report(path: &Path) -> Result<Option<config::Validated>> {
     }
 }
 
-fn real_main() -> Result<ExitCode> {
-    let cli = Cli::parse();
+fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Check { config } => {
             let Some(v) = load_or_report(&config)? else { return Ok(ExitCode::FAILURE) };
@@ -166,6 +187,7 @@ fn real_main() -> Result<ExitCode> {
                         print!("{}", render(t, &data));
                     }
                 }
+                CtlCmd::Top { interval } => top(&socket, interval)?,
                 CtlCmd::Health { json } => {
                     let data = control::request(&socket, &Request::Health)?;
                     if json {
@@ -217,6 +239,78 @@ fn real_main() -> Result<ExitCode> {
     }
 }
 
+/// The terminal in raw mode (keys arrive one by one, unechoed) until dropped.
+struct RawTerminal(Option<libc::termios>);
+
+impl RawTerminal {
+    fn new() -> RawTerminal {
+        // SAFETY: termios is plain data; tcgetattr fills it for fd 0 or fails (not a terminal).
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid pointer to our termios.
+        if unsafe { libc::tcgetattr(0, &mut t) } != 0 {
+            return RawTerminal(None);
+        }
+        let mut raw = t;
+        raw.c_lflag &= !(libc::ICANON | libc::ECHO);
+        raw.c_cc[libc::VMIN] = 0;
+        raw.c_cc[libc::VTIME] = 0;
+        // SAFETY: as above; TCSANOW applies it at once.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &raw) };
+        RawTerminal(Some(t))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            // SAFETY: restores the settings read in `new`.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, t) };
+        }
+    }
+}
+
+/// Waits up to `ms` for a key on stdin; true if it was `q` (or stdin closed).
+fn quit_key(ms: i32) -> bool {
+    let mut p = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd for the call.
+    if unsafe { libc::poll(&mut p, 1, ms) } <= 0 {
+        return false;
+    }
+    let mut b = [0u8; 16];
+    // SAFETY: reads into our buffer, at most its length.
+    let n = unsafe { libc::read(0, b.as_mut_ptr().cast(), b.len()) };
+    n == 0 || b[..n.max(0) as usize].iter().any(|&c| c == b'q' || c == b'Q' || c == 3)
+}
+
+/// `ctl top`: samples the router every `interval` seconds and redraws until q.
+fn top(socket: &Path, interval: f64) -> Result<()> {
+    use vrouter::control::top::{render, Sample};
+    let _raw = RawTerminal::new();
+    let clock = std::time::Instant::now();
+    let sample = || -> Result<Sample> {
+        let stats = control::request(socket, &Request::Show { table: Table::Stats, offset: None })?;
+        let leases = control::request(socket, &Request::Show { table: Table::Leases, offset: None }).ok();
+        let lb = control::request(socket, &Request::Show { table: Table::Lb, offset: None }).ok();
+        Ok(Sample::from_json(clock.elapsed().as_secs_f64(), &stats, leases.as_ref(), lb.as_ref()))
+    };
+    let title = socket.display().to_string();
+    let mut prev = sample()?;
+    let ms = (interval.clamp(0.1, 60.0) * 1000.0) as i32;
+    loop {
+        if quit_key(ms) {
+            break;
+        }
+        let cur = sample()?;
+        let screen = render(&title, &prev, &cur).replace('\n', "\r\n");
+        print!("\x1b[H\x1b[2J{screen}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        prev = cur;
+    }
+    println!();
+    Ok(())
+}
+
 /// Reads the conntrack table page by page (each page is bounded work for the datapath).
 fn fetch_pages(socket: &Path) -> Result<Value> {
     let mut flows = Vec::new();
@@ -243,10 +337,11 @@ fn default_socket() -> Result<PathBuf> {
     let socks: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "sock")).collect())
         .unwrap_or_default();
+    let list = socks.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     match socks.as_slice() {
         [one] => Ok(one.clone()),
-        [] => bail!("no control socket in {}; pass -s SOCKET", dir.display()),
-        _ => bail!("several control sockets in {}; pass -s SOCKET", dir.display()),
+        [] => bail!("no -s SOCKET given and no control socket in {} (is vrouter running? its config's control_socket says where)", dir.display()),
+        _ => bail!("no -s SOCKET given and several vrouters run: {list}; pass one with -s"),
     }
 }
 

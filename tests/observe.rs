@@ -151,3 +151,51 @@ fn health_follows_an_uplink_that_goes_and_comes_back() {
     let (code, h) = health(&lab);
     assert_eq!((code, check(&h, "config")["status"].as_str()), (1, Some("degraded")), "{h:#}");
 }
+
+/// A tmux server of the test's own (its own socket), killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        let mut a = vec!["tmux", "-L", self.0.as_str()];
+        a.extend_from_slice(args);
+        run(&a)
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+#[test]
+fn top_shows_a_ports_rate_under_iperf3() {
+    let mut lab = Lab::new("tp");
+    lab.vrouter(&base(&lab, free_port()));
+    let g1 = lab.guest("n1", &lab.name("g1"), "10.1.1.11/24");
+    let g2 = lab.guest("n2", &lab.name("g2"), "10.1.1.12/24");
+    assert!(lab.ping(&g1, "10.1.1.12", 5));
+    let tmux = Tmux(format!("vrouter-{}", lab.id));
+    let top = format!("{} ctl -s {} top --interval 0.5", bin(), lab.path("ctl.sock").display());
+    let o = tmux.cmd(&["new-session", "-d", "-s", "top", "-x", "160", "-y", "40", &top]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    lab.spawn_in(&g2, &["iperf3", "-s", "-1"], &lab.path("iperf-s.log"));
+    std::thread::sleep(Duration::from_millis(300));
+    lab.spawn_in(&g1, &["iperf3", "-c", "10.1.1.12", "-t", "8"], &lab.path("iperf-c.log"));
+    let mut screen = String::new();
+    let busy = (0..30).any(|_| {
+        std::thread::sleep(Duration::from_millis(300));
+        screen = String::from_utf8_lossy(&tmux.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned();
+        screen.lines().find(|l| l.starts_with("g1 ")).is_some_and(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            // RX bit/s from the iperf3 sender: megabits at least.
+            cols.get(2).is_some_and(|c| c.ends_with('M') || c.ends_with('G'))
+        })
+    });
+    assert!(busy, "no rate for g1 on the screen:\n{screen}");
+    assert!(screen.contains("flows:") && screen.contains("PORT"), "{screen}");
+    // q quits.
+    assert!(tmux.cmd(&["send-keys", "-t", "top", "q"]).status.success());
+    wait_for("top to quit", Duration::from_secs(5), || !tmux.cmd(&["has-session", "-t", "top"]).status.success());
+}

@@ -8,6 +8,7 @@ pub mod health;
 pub mod pcapng;
 pub mod metrics;
 pub mod telemetry;
+pub mod top;
 
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};

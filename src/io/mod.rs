@@ -435,6 +435,11 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     }
     let mut dns_ready = vec![false; dns_socks.len()];
     tracing::info!(router = %c.router.name, ports = slots.len(), socket = %sock.display(), dhcp = has_dhcp, dns = has_dns, "vrouter running");
+    // Under systemd (Type=notify): ready now; the watchdog is fed from the loop, so a stalled
+    // loop gets the service restarted.
+    let notifier = crate::sys::notify::Notifier::from_env();
+    notifier.notify(&format!("READY=1\nSTATUS=forwarding for {} ports\nMAINPID={}", slots.len(), std::process::id()));
+    let mut next_watchdog = std::time::Instant::now();
 
     let mut events = Events::with_capacity(256);
     let mut ready = vec![false; slots.len()];
@@ -452,6 +457,12 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     while !shutdown {
         let now = clock();
         heartbeat.store(observe::unix_ms(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(every) = notifier.watchdog_every() {
+            if std::time::Instant::now() >= next_watchdog {
+                notifier.notify("WATCHDOG=1");
+                next_watchdog = std::time::Instant::now() + every;
+            }
+        }
         if let Some(p) = &published {
             if std::time::Instant::now() >= next_publish {
                 next_publish = std::time::Instant::now() + Duration::from_secs(1);
@@ -681,6 +692,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             let _ = env.reply.send(resp);
         }
     }
+    notifier.notify("STOPPING=1");
     tracing::info!("shutting down");
     let _ = std::fs::remove_file(&sock);
     Ok(())

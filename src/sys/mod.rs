@@ -2,6 +2,7 @@
 //! sockets and interface ioctls. Every `unsafe` block states why it is sound.
 
 pub mod netif;
+pub mod notify;
 pub mod packet;
 pub mod rtnl;
 pub mod tap;
