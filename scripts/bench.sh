@@ -16,7 +16,9 @@
 # NO_SERVICES=1 skips the DHCP/DNS part; NO_LB=1 the load balancer part (scripts/lib/bench-lb.sh:
 # new connections/s with wrk and iperf3 through the VIP, vrouter beside haproxy); NO_VXLAN=1 the
 # VXLAN part (scripts/lib/bench-vxlan.sh: iperf3 guest to guest across VXLAN, two vrouters beside
-# two kernel vxlan devices with Linux bridges). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
+# two kernel vxlan devices with Linux bridges); NO_OBSERVE=1 the observability cost
+# (scripts/lib/bench-observe.sh: forwarding with metrics scraped every second and a capture on
+# another port, against neither). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
 # Then DHCP leases/s and DNS queries/s, vrouter beside dnsmasq (scripts/lib/bench-services.sh).
 # Add --micro to also run the criterion per-stage benchmarks (ns/frame): l2_forward, and
 # l3_nat when benches/l3_nat.rs exists.
@@ -308,6 +310,11 @@ fi
 # ---- VXLAN: guest to guest across an underlay, two vrouters and two kernel VTEPs ----
 if [ -z "${NO_VXLAN:-}" ]; then
     VR=$VR bash scripts/lib/bench-vxlan.sh
+fi
+
+# ---- Observability: forwarding with metrics scraped and a capture running, against neither ----
+if [ "$run_vr" = 1 ] && [ -z "${NO_OBSERVE:-}" ]; then
+    bash scripts/lib/bench-observe.sh
 fi
 
 if [ "${1:-}" = "--micro" ]; then
