@@ -26,6 +26,7 @@ have nginx || need+=(nginx)             # the LB benchmark's backends (one worke
 have prometheus || need+=(prometheus)   # a real Prometheus scrapes the metrics endpoint in tests/observe.rs
 have tmux || need+=(tmux)               # drives `ctl top` in a terminal in tests
 have systemd-analyze || need+=(systemd) # `systemd-analyze verify` on conf/vrouter@.service
+have cloud-init || need+=(cloud-init)   # its datasource code asks vrouter for metadata in tests/metadata.rs
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

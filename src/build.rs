@@ -350,3 +350,32 @@ pub fn services(c: &Config) -> (Option<crate::dhcp::DhcpServer>, Vec<bool>, Opti
     });
     (dhcp, served, dns)
 }
+
+/// Every guest port's metadata (what cloud-init is told), keyed by its port id (ports come
+/// first in the datapath's numbering, in config order).
+pub fn metadata(c: &Config) -> Vec<crate::router::meta::VmSpec> {
+    let net_id = |name: &str| c.networks.iter().position(|n| n.name == name).map(|i| NetId(i as u16));
+    c.ports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            Some(crate::router::meta::VmSpec {
+                port: crate::switch::PortId(i as u16),
+                net: net_id(&p.network)?,
+                mac: p.mac,
+                fixed_ip: p.ip,
+                vm: crate::metadata::Vm {
+                    port: p.name.clone(),
+                    network: p.network.clone(),
+                    instance_id: p.instance_id.clone().unwrap_or_else(|| p.name.clone()),
+                    hostname: p.hostname.clone(),
+                    public_keys: p.public_keys.clone(),
+                    user_data: p.user_data_bytes.clone(),
+                    extra: p.metadata.clone(),
+                    account: c.router.name.clone(),
+                    ..Default::default()
+                },
+            })
+        })
+        .collect()
+}

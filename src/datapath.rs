@@ -592,7 +592,9 @@ impl Datapath {
             return r;
         }
         if self.for_router(dst, buf) {
+            self.router.set_ingress(Some(in_port));
             let v = self.router.handle(now, Iface::Net(net), buf);
+            self.router.set_ingress(None);
             let r = self.l3_verdict(now, v, buf, tx);
             self.drain_outbox(now, tx);
             if v != Verdict::NotMine {

@@ -52,10 +52,14 @@ enum CtlCmd {
     /// Print a table.
     Show {
         table: ShowTable,
+        /// `show metadata PORT`: only that VM.
+        port: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Set a VM's one-time password (read from stdin) for CloudStack's password server.
+    SetPassword { port: String },
     /// Re-read the config file and apply the difference.
     Reload,
     /// A live view: per-port packets/s and bit/s both ways, drops/s by reason, flows, leases
@@ -102,6 +106,7 @@ enum ShowTable {
     Conntrack,
     Lb,
     Stats,
+    Metadata,
 }
 
 fn main() -> ExitCode {
@@ -167,7 +172,17 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 None => default_socket()?,
             };
             match cmd {
-                CtlCmd::Show { table, json } => {
+                CtlCmd::SetPassword { port } => {
+                    let mut pw = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut pw)?;
+                    let pw = pw.trim_end_matches(['\n', '\r']).to_string();
+                    if pw.is_empty() || pw.len() > 256 || pw.contains(['\n', '\r']) {
+                        bail!("the password (one line on stdin, at most 256 bytes) is empty or not one line");
+                    }
+                    control::request(&socket, &Request::SetPassword { port: port.clone(), password: pw })?;
+                    println!("password set for {port}: served once to the VM, then forgotten");
+                }
+                CtlCmd::Show { table, port, json } => {
                     let t = match table {
                         ShowTable::Ports => Table::Ports,
                         ShowTable::Fdb => Table::Fdb,
@@ -175,11 +190,23 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         ShowTable::Conntrack => Table::Conntrack,
                         ShowTable::Lb => Table::Lb,
                         ShowTable::Stats => Table::Stats,
+                        ShowTable::Metadata => Table::Metadata,
                     };
                     let data = if t == Table::Conntrack {
                         fetch_pages(&socket)?
                     } else {
                         control::request(&socket, &Request::Show { table: t, offset: None })?
+                    };
+                    let data = match (&port, t) {
+                        (Some(p), Table::Metadata) => {
+                            let mut d = data;
+                            if let Some(v) = d.get_mut("vms").and_then(Value::as_array_mut) {
+                                v.retain(|r| r["port"] == p.as_str());
+                            }
+                            d
+                        }
+                        (Some(_), _) => bail!("a PORT filter is for `show metadata` only"),
+                        (None, _) => data,
                     };
                     if json {
                         println!("{}", serde_json::to_string_pretty(&data)?);
@@ -410,6 +437,16 @@ fn render(t: Table, data: &Value) -> String {
                 p
             }).collect();
             out += &table(&rows, &["name", "rx_frames", "rx_bytes", "rx_gso_frames", "tx_frames", "tx_bytes", "tx_sw_segmented", "tx_coalesced", "mac_moves", "drops"]);
+            out
+        }
+        Table::Metadata => {
+            let rows: Vec<Value> = data["vms"].as_array().unwrap_or(&empty).iter().map(|r| {
+                let mut r = r.clone();
+                r["keys"] = r["public_keys"].as_array().map_or(0, |k| k.len()).into();
+                r
+            }).collect();
+            let mut out = table(&rows, &["port", "network", "ip", "instance_id", "hostname", "public_ip", "keys", "user_data_bytes", "password_pending"]);
+            out += &format!("counters: {}\n", data["counters"]);
             out
         }
         Table::Leases => {

@@ -72,7 +72,7 @@ pub fn parse(src: &str, path: &Path) -> Result<Validated, ConfigError> {
         key,
         message,
     };
-    let config: Config = match toml_edit::de::from_str(src) {
+    let mut config: Config = match toml_edit::de::from_str(src) {
         Ok(c) => c,
         Err(e) => {
             let line = e.span().map(|r| loc.line_of(r.start));
@@ -91,6 +91,20 @@ pub fn parse(src: &str, path: &Path) -> Result<Validated, ConfigError> {
     };
     let mut out = validate::Report::default();
     validate::check(&config, &mut out);
+    // User data: inline, or read from its file now (the file's size checked against the cap).
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let max = config.router.user_data_max;
+    for (i, pt) in config.ports.iter_mut().enumerate() {
+        pt.user_data_bytes = pt.user_data.as_ref().map(|u| u.as_bytes().to_vec());
+        if let Some(f) = &pt.user_data_file {
+            let at = crate::kp!("port", i, "user_data_file");
+            match std::fs::read(dir.join(f)) {
+                Ok(b) if b.len() > max => out.errors.push((at, format!("{}: {} bytes is over [router] user_data_max ({max})", f.display(), b.len()))),
+                Ok(b) => pt.user_data_bytes = Some(b),
+                Err(e) => out.errors.push((at, format!("{}: {e}", dir.join(f).display()))),
+            }
+        }
+    }
     let to_diag = |(p, m): (KeyPath, String)| diag(loc.line_of_path(&p), p.to_string(), m);
     let errors: Vec<Diagnostic> = out.errors.into_iter().map(to_diag).collect();
     if !errors.is_empty() {

@@ -61,6 +61,13 @@ pub struct Router {
     /// size (default 90).
     #[serde(default = "defaults::health_full_percent")]
     pub health_full_percent: u8,
+    /// Serve metadata, user data and passwords to guests (gateway:80 and :8080,
+    /// 169.254.169.254:80); default true.
+    #[serde(default = "defaults::yes")]
+    pub metadata: bool,
+    /// Largest user data accepted, in bytes (default 32768).
+    #[serde(default = "defaults::user_data_max")]
+    pub user_data_max: usize,
 }
 
 pub mod defaults {
@@ -72,6 +79,9 @@ pub mod defaults {
     }
     pub fn mac_limit_per_port() -> usize {
         16
+    }
+    pub fn user_data_max() -> usize {
+        32 * 1024
     }
     pub fn health_full_percent() -> u8 {
         90
@@ -132,6 +142,21 @@ pub struct Port {
     /// Extra source addresses the guest may use (a VRRP VIP inside guests); at most 8.
     #[serde(default)]
     pub allowed_addresses: Vec<Ipv4Addr>,
+    /// Metadata: the VM's instance id (default: the port's name).
+    pub instance_id: Option<String>,
+    /// Metadata: SSH public keys (`public-keys`).
+    #[serde(default)]
+    pub public_keys: Vec<String>,
+    /// Metadata: user data, inline...
+    pub user_data: Option<String>,
+    /// ... or read from this file at load (relative to the config file's directory).
+    pub user_data_file: Option<std::path::PathBuf>,
+    /// Metadata: further string keys (`service-offering`, `availability-zone`, ...).
+    #[serde(default)]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// The user data as loaded (inline or from `user_data_file`).
+    #[serde(skip)]
+    pub user_data_bytes: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

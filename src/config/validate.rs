@@ -246,6 +246,32 @@ pub fn check(c: &Config, r: &mut Report) {
                 r.err(p().key("hostname"), format!("{h:?} is not a valid DNS label"));
             }
         }
+        if pt.user_data.is_some() && pt.user_data_file.is_some() {
+            r.err(p().key("user_data_file"), "give `user_data` or `user_data_file`, not both");
+        }
+        if let Some(u) = &pt.user_data {
+            if u.len() > c.router.user_data_max {
+                r.err(p().key("user_data"), format!("{} bytes is over [router] user_data_max ({})", u.len(), c.router.user_data_max));
+            }
+        }
+        if let Some(id) = &pt.instance_id {
+            if id.is_empty() || id.len() > 128 || id.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                r.err(p().key("instance_id"), "must be 1 to 128 characters without spaces");
+            }
+        }
+        for (j, k) in pt.public_keys.iter().enumerate() {
+            if k.trim().is_empty() || k.contains(['\n', '\r']) || k.len() > 16 * 1024 {
+                r.err(p().key("public_keys").idx(j), "must be one non-empty line (an OpenSSH public key)");
+            }
+        }
+        for (k, v) in &pt.metadata {
+            if k.is_empty() || !k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
+                r.err(p().key("metadata").key(k), "metadata keys are letters, digits, - and _");
+            }
+            if v.len() > 4096 || v.contains(['\n', '\r']) {
+                r.err(p().key("metadata").key(k), "must be one line of at most 4096 bytes");
+            }
+        }
         for (j, g) in pt.security_groups.iter().enumerate() {
             if !sgs.contains_key(g.as_str()) {
                 r.err(p().key("security_groups").idx(j), format!("no [[security_group]] is named {g:?}"));

@@ -30,6 +30,7 @@ pub enum Table {
     Conntrack,
     Lb,
     Stats,
+    Metadata,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +55,8 @@ pub enum Request {
     },
     /// The health checks (`ctl health`).
     Health,
+    /// A one-time password for a VM (`ctl set-password`); held in memory, never logged.
+    SetPassword { port: String, password: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -323,6 +323,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     dp.router_mut().set_wall_base(unix);
     dp.router_mut().set_services(dhcp, dhcp_nets, dns);
+    dp.router_mut().set_metadata(crate::router::meta::MetaSvc::new(c.router.metadata, build::metadata(c), rng.child()));
     let lease_log = if has_dhcp {
         let dir = c.router.state_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(format!("/var/lib/vrouter/{}", c.router.name)));
         let log = store::LeaseLog::new(&dir)?;
@@ -683,6 +684,11 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                     }
                     Err(e) => Response::err(e),
                 }
+            } else if let Request::SetPassword { port, password } = &env.request {
+                match dp.port_id(port) {
+                    Some(p) if dp.router_mut().set_password(p, password.clone()) => Response::ok(serde_json::json!({"port": port})),
+                    _ => Response::err(format!("no guest port named {port:?}")),
+                }
             } else if env.request == Request::Health {
                 let checks = control::health::evaluate(&observe::health_input(&mut dp, &slots, now, &cfg_state, &heartbeat));
                 Response::ok(serde_json::json!({"status": control::health::overall(&checks), "checks": checks}))
@@ -765,7 +771,13 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
         Request::Reload => Response::err("reload is not built in this version; restart vrouter to apply a new config"),
         // Answered by the loop itself (it registers the session).
         Request::Capture { .. } => Response::err("capture is answered by the loop"),
-        // Answered by the loop itself (it probes the gateway).
-        Request::Health => Response::err("health is answered by the loop"),
+        // Answered by the loop itself (it probes the gateway, it sets state).
+        Request::Health | Request::SetPassword { .. } => Response::err("answered by the loop"),
+        Request::Show { table: Table::Metadata, .. } => match dp.router().metadata_counters() {
+            Some((counters, open)) => {
+                Response::ok(serde_json::json!({"vms": dp.router().metadata_rows(), "counters": counters, "connections": open}))
+            }
+            None => Response::err("metadata is not served ([router] metadata = false)"),
+        },
     }
 }

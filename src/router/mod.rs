@@ -18,8 +18,10 @@
 //! forwarded (a drop leaves the buffer as it came).
 
 mod balance;
+pub mod meta;
 pub mod neigh;
 pub mod services;
+mod tcp_meta;
 pub(crate) mod tcp_dns;
 
 use crate::buf::PacketBuf;
@@ -222,6 +224,10 @@ pub struct Router {
     svc: services::Services,
     pub lb: crate::lb::Balancer,
     hc: crate::lb::health::Checker,
+    /// Metadata, user data and passwords for the guests.
+    meta: meta::MetaSvc,
+    /// The port the frame being handled arrived on (the datapath says; who asks for metadata).
+    ingress: Option<crate::switch::PortId>,
 }
 
 
@@ -269,6 +275,8 @@ impl Router {
             icmp_refill: Instant::ZERO,
             ident: 1,
             svc: services::Services::new(rng.child()),
+            meta: meta::MetaSvc::new(false, Vec::new(), rng.child()),
+            ingress: None,
             rng,
             garp_sent: false,
             next_sweep: Instant::ZERO,
@@ -312,6 +320,11 @@ impl Router {
         let r = self.neigh.resolve(now, iface, ip, &mut w);
         self.run_work(now, w);
         r
+    }
+
+    /// The port the next frames arrive on (`None`: not from a guest port).
+    pub fn set_ingress(&mut self, p: Option<crate::switch::PortId>) {
+        self.ingress = p;
     }
 
     /// Health: the public gateway and what the neighbour table knows of it. Asks for it the
@@ -365,7 +378,7 @@ impl Router {
 
     /// When `poll` next has work.
     pub fn poll_at(&self) -> Instant {
-        self.neigh.poll_at().min(self.next_sweep).min(self.services_poll_at()).min(self.hc.poll_at())
+        self.neigh.poll_at().min(self.next_sweep).min(self.services_poll_at()).min(self.hc.poll_at()).min(self.meta.tcp.poll_at())
     }
 
     /// Timer work: ARP retries and failures, conntrack and fragment expiry, the gratuitous ARP
@@ -386,6 +399,9 @@ impl Router {
             self.next_sweep = now + Duration::from_millis(100);
         }
         self.services_poll(now);
+        if self.meta.tcp.poll_at() <= now {
+            self.meta_pump(now);
+        }
         self.release_backends();
         if self.hc.poll_at() <= now {
             self.run_checks(now);
@@ -772,6 +788,9 @@ impl Router {
     fn decide(&mut self, now: Instant, from: Iface, k: &Key) -> Decision {
         match from {
             Iface::Net(n) => {
+                if self.meta.enabled && meta::is_metadata_ip(from, k.dst) {
+                    return Decision::Local;
+                }
                 if self.public_ips.contains(&k.dst) || self.is_gateway(k.dst) {
                     if let Some(lb) = self.lb.find(k.dst, k.proto, k.dport) {
                         if !self.egress_allowed(n, k) {
@@ -903,6 +922,26 @@ impl Router {
         };
         let l4 = &buf.frame()[14 + hl..14 + tl];
         let dport = (l4.len() >= 4).then(|| be16(l4, 2));
+        // Metadata and passwords: the router's own TCP endpoint, for the port's own address only.
+        if let (Iface::Net(n), proto::TCP, Some(port)) = (from, protocol, dport) {
+            if self.is_meta(n, dst, port) {
+                let syn = l4.len() >= 14 && l4[13] & conntrack::tcp_flags::SYN != 0;
+                // A guest's TSO super-frame (a long request head) is cut into the segments the
+                // stack expects, each with its checksum complete.
+                let mut packets = Vec::new();
+                let mut scratch = vec![0u8; 65_536];
+                let frame = &buf.frame()[..14 + tl];
+                if crate::offload::finish(frame, &buf.vnet, &mut scratch, &mut |seg| packets.push(seg[14..].to_vec())).is_err() {
+                    return Verdict::Drop(DropReason::BadL4);
+                }
+                for packet in packets {
+                    if let Err(r) = self.meta_in(now, n, self.ingress, src, syn, packet) {
+                        return Verdict::Drop(r);
+                    }
+                }
+                return Verdict::Consumed;
+            }
+        }
         // DNS over TCP and health checks on the network's gateway: the router's own TCP endpoints.
         if let (Iface::Net(n), proto::TCP, Some(port)) = (from, protocol, dport) {
             let dns = port == 53 && self.serves_dns();

@@ -133,6 +133,9 @@ drop_reasons! {
     /// (not UDP, a checksum state that is not known, inconsistent lengths): delivered whole it
     /// would merge datagrams.
     VxlanBadSuperframe => "vxlan_bad_superframe",
+    /// A segment for the metadata or password service that is not the port's own (its source is
+    /// not the port's address), or a connection over the guest's share.
+    MetadataRefused => "metadata_refused",
 }
 
 /// Counters of one port. Owned by the datapath thread; snapshots are copied out.
