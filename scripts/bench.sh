@@ -18,7 +18,8 @@
 # VXLAN part (scripts/lib/bench-vxlan.sh: iperf3 guest to guest across VXLAN, two vrouters beside
 # two kernel vxlan devices with Linux bridges); NO_OBSERVE=1 the observability cost
 # (scripts/lib/bench-observe.sh: forwarding with metrics scraped every second and a capture on
-# another port, against neither). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
+# another port, against neither); NO_METADATA=1 the metadata requests/s beside nginx
+# (scripts/lib/bench-metadata.sh). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
 # Then DHCP leases/s and DNS queries/s, vrouter beside dnsmasq (scripts/lib/bench-services.sh).
 # Add --micro to also run the criterion per-stage benchmarks (ns/frame): l2_forward, and
 # l3_nat when benches/l3_nat.rs exists.
@@ -310,6 +311,11 @@ fi
 # ---- VXLAN: guest to guest across an underlay, two vrouters and two kernel VTEPs ----
 if [ -z "${NO_VXLAN:-}" ]; then
     VR=$VR bash scripts/lib/bench-vxlan.sh
+fi
+
+# ---- Metadata: requests/s from a guest, vrouter's service beside nginx ----
+if [ "$run_vr" = 1 ] && [ -z "${NO_METADATA:-}" ]; then
+    bash scripts/lib/bench-metadata.sh
 fi
 
 # ---- Observability: forwarding with metrics scraped and a capture running, against neither ----

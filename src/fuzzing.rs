@@ -238,6 +238,12 @@ pub fn wire(data: &[u8]) {
         let mut copy = data.to_vec();
         let _ = crate::nat::rewrite_icmp_error(&mut copy, to.src, to.dst, &from, &to);
     }
+    // A metadata request head (what a guest sends to port 80 / 8080).
+    if let Ok((req, _)) = crate::metadata::Request::parse(data) {
+        let vm = crate::metadata::Vm { public_keys: vec!["k".into()], user_data: Some(data.to_vec()), ..Default::default() };
+        let _ = crate::metadata::answer(&req, Some(&vm)).encode(req.method == "HEAD", req.keep_alive);
+        let _ = crate::metadata::password(&req, &mut Some("p".into()));
+    }
     if let Ok(h) = VnetHdr::parse(data) {
         let mut scratch = vec![0u8; crate::buf::BUF_SIZE];
         let _ = crate::offload::finish(data.get(10..).unwrap_or(&[]), &h, &mut scratch, &mut |_| {});

@@ -66,6 +66,10 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str, &'static str)> {
             26, "uplink[0].networks[0]", "has no `vlan`",
         ),
         ("security_needs_mac", BASE.replace("mac = \"52:54:00:12:34:01\"\n", ""), 15, "port[0].mac", "port_security"),
+        ("user_data_twice", format!("{BASE}user_data = \"x\"\nuser_data_file = \"x.yaml\"\n"), 23, "port[0].user_data_file", "not both"),
+        ("user_data_missing", format!("{BASE}user_data_file = \"no-such.yaml\"\n"), 22, "port[0].user_data_file", "No such file"),
+        ("user_data_too_big", format!("{}user_data = \"{}\"\n", BASE.replace("name = \"t\"", "name = \"t\"\nuser_data_max = 4"), "x".repeat(5)), 23, "port[0].user_data", "over [router] user_data_max"),
+        ("bad_public_key", format!("{BASE}public_keys = [\"\"]\n"), 22, "port[0].public_keys[0]", "one non-empty line"),
     ]
 }
 

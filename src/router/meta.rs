@@ -95,7 +95,7 @@ impl Router {
         }
         let Some(net) = self.cfg.nets.get(n.0 as usize) else { return Err(DropReason::NoL3) };
         let (Some(gw), prefix, mtu) = (net.gateway, net.cidr.prefix, net.mtu as usize) else { return Err(DropReason::NoL3) };
-        if !self.meta.tcp.input(now, n, gw, prefix, mtu, src, syn, packet) {
+        if !self.meta.tcp.input(now, n, (gw, prefix, mtu), src, syn, packet) {
             self.meta.counters.refused_busy += 1;
             return Err(DropReason::MetadataRefused);
         }

@@ -75,7 +75,9 @@ impl TcpMeta {
 
     /// A TCP segment (IPv4 packet, checksums complete) for the services on network `net`.
     /// False if refused: a new connection from an address that already holds [`PER_CLIENT`].
-    pub(super) fn input(&mut self, now: Instant, net: NetId, gateway: Ipv4Addr, prefix: u8, mtu: usize, src: Ipv4Addr, syn: bool, packet: Vec<u8>) -> bool {
+    /// `link`: the network's gateway address, prefix length and MTU.
+    pub(super) fn input(&mut self, now: Instant, net: NetId, link: (Ipv4Addr, u8, usize), src: Ipv4Addr, syn: bool, packet: Vec<u8>) -> bool {
+        let (gateway, prefix, mtu) = link;
         let rng = &mut self.rng;
         let t = self.nets.entry(net).or_insert_with(|| {
             let mut dev = Queue { mtu, ..Default::default() };
