@@ -31,7 +31,9 @@ work=$(mktemp -d /tmp/vrouter-demo.XXXXXX)
 sock=$work/demo.sock
 ns_of() { echo "vd$id-$1"; }
 if_of() { echo "v$id-$1"; }
-sed -e "s#vrd-\\([a-z0-9]*\\)#v$id-\\1#" -e "s#/run/vrouter/demo.sock#$sock#" -e "s#/var/lib/vrouter/demo#$work/state#" conf/demo.toml >"$work/demo.toml"
+metrics_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+sed -e "s#vrd-\\([a-z0-9]*\\)#v$id-\\1#" -e "s#/run/vrouter/demo.sock#$sock#" -e "s#/var/lib/vrouter/demo#$work/state#" \
+    -e "s#127.0.0.1:9464#127.0.0.1:$metrics_port#" conf/demo.toml >"$work/demo.toml"
 vr_pid=""
 cleanup() {
     set +e
@@ -375,6 +377,33 @@ iperf() { # client-guest server-guest target label
 }
 iperf web1 web2 10.1.1.12 "web1 -> web2, same network"
 iperf web1 out 198.51.100.5 "web1 -> outside through source NAT"
+
+echo "== metadata: web1 asks 169.254.169.254 (and the gateway) what cloud-init asks"
+ns1=$(ns_of web1)
+for k in instance-id local-hostname local-ipv4 public-ipv4 service-offering public-keys; do
+    printf '   %-18s %s\n' "$k" "$(ip netns exec "$ns1" curl -s --max-time 3 "http://169.254.169.254/latest/meta-data/$k")"
+done
+echo "   user-data: $(ip netns exec "$ns1" curl -s --max-time 3 http://10.1.1.1/latest/user-data | tr '\n' ' ')"
+echo "== password server: the operator sets one (stdin), web1 gets it once, then saved_password"
+echo 'Demo-Pass-42' | $VR ctl -s "$sock" set-password web1
+for _ in 1 2; do
+    echo "   send_my_password -> $(ip netns exec "$ns1" curl -s --max-time 3 -H 'DomU_Request: send_my_password' http://10.1.1.1:8080/)"
+    ip netns exec "$ns1" curl -s --max-time 3 -H 'DomU_Request: saved_password' http://10.1.1.1:8080/ >/dev/null
+done
+[ "$(ip netns exec "$(ns_of db1)" curl -s --max-time 3 http://169.254.169.254/latest/meta-data/instance-id)" = db1 ] || fail "db1's own metadata"
+echo "== vrouter ctl show metadata"
+$VR ctl -s "$sock" show metadata
+
+echo "== vrouter ctl capture web1 -c 4 -w - | tcpdump -r -   (while web1 pings web2)"
+( sleep 0.5; ip netns exec "$ns1" ping -c 2 -i 0.2 10.1.1.12 >/dev/null ) &
+$VR ctl -s "$sock" capture web1 -c 4 -w - | tcpdump -r - -n -e 2>/dev/null | sed 's/^/   /'
+wait
+
+echo "== vrouter ctl health (exit 0 healthy, 1 degraded, 2 failing)"
+$VR ctl -s "$sock" health || true
+echo "== Prometheus metrics at 127.0.0.1:$metrics_port/metrics (a few of them)"
+curl -s --max-time 3 "http://127.0.0.1:$metrics_port/metrics" |
+    grep -E '^vrouter_(port_receive_packets_total\{port="web1"|dhcp_leases_bound|nat_ports_in_use|lb_backend_up|health)' | head -12 | sed 's/^/   /'
 
 echo "== vrouter ctl show ports"
 $VR ctl -s "$sock" show ports
