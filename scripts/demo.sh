@@ -394,10 +394,12 @@ done
 echo "== vrouter ctl show metadata"
 $VR ctl -s "$sock" show metadata
 
-echo "== vrouter ctl capture web1 -c 4 -w - | tcpdump -r -   (while web1 pings web2)"
-( sleep 0.5; ip netns exec "$ns1" ping -c 2 -i 0.2 10.1.1.12 >/dev/null ) &
-$VR ctl -s "$sock" capture web1 -c 4 -w - | tcpdump -r - -n -e 2>/dev/null | sed 's/^/   /'
-wait
+echo "== vrouter ctl capture web1 --direction in -c 6 -w - | tcpdump -r -   (web1 pings web2; the LB's"
+echo "   health checks to web1 show up too)"
+( sleep 0.5; ip netns exec "$ns1" ping -c 6 -i 0.2 10.1.1.12 >/dev/null ) &
+pinger=$!
+$VR ctl -s "$sock" capture web1 --direction in -c 6 -w - | tcpdump -r - -n -e 2>/dev/null | sed 's/^/   /'
+wait "$pinger"
 
 echo "== vrouter ctl health (exit 0 healthy, 1 degraded, 2 failing)"
 $VR ctl -s "$sock" health || true

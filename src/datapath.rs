@@ -479,7 +479,14 @@ impl Datapath {
         // capacity) goes back for the next ones.
         let mut out = std::mem::take(&mut self.router.outbox);
         for mut o in out.drain(..) {
-            self.egress_routed(now, o.iface, &mut o.buf, tx);
+            match (o.port, o.iface) {
+                // Only to a port of that very network.
+                (Some(p), Iface::Net(n)) if matches!(self.ports.get(p.0 as usize).map(|s| &s.role), Some(Role::Access { net, .. }) if *net == n) => {
+                    self.output(now, p, Some(n), &mut o.buf, tx);
+                }
+                (Some(_), _) => {}
+                (None, iface) => self.egress_routed(now, iface, &mut o.buf, tx),
+            }
             self.router.recycle(o.buf);
         }
         self.router.outbox = out;

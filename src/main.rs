@@ -254,7 +254,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         _ => control::capture::receive(&mut r, &mut std::io::stdout().lock()),
                     };
                     match sum {
-                        Ok(s) => eprintln!("{} frame(s) captured, {} lost (the reader was too slow)", s.captured, s.lost),
+                        Ok(s) if s.lost > 0 => eprintln!("{} frame(s) captured, {} lost (the queue was full: the reader is too slow)", s.captured, s.lost),
+                        Ok(s) => eprintln!("{} frame(s) captured, 0 lost", s.captured),
                         // The reader of a pipe went away (tcpdump -c): a normal end.
                         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
                         Err(e) => bail!("capture: {e}"),
@@ -278,7 +279,8 @@ impl RawTerminal {
             return RawTerminal(None);
         }
         let mut raw = t;
-        raw.c_lflag &= !(libc::ICANON | libc::ECHO);
+        // ISIG off too: Ctrl-C arrives as a key (and quits), so Drop restores the terminal.
+        raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ISIG);
         raw.c_cc[libc::VMIN] = 0;
         raw.c_cc[libc::VTIME] = 0;
         // SAFETY: as above; TCSANOW applies it at once.

@@ -40,8 +40,18 @@ fn tcpdump(file: &std::path::Path) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Waits for a child and returns (success, stdout, stderr).
-fn finish(c: std::process::Child) -> (bool, Vec<u8>, String) {
+/// Waits (at most 30 s: a capture short of its count would wait forever) for a child and
+/// returns (success, stdout, stderr).
+fn finish(mut c: std::process::Child) -> (bool, Vec<u8>, String) {
+    let t = std::time::Instant::now();
+    while matches!(c.try_wait(), Ok(None)) {
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = c.kill();
+            let o = c.wait_with_output().unwrap();
+            panic!("capture did not end: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let o = c.wait_with_output().unwrap();
     (o.status.success(), o.stdout, String::from_utf8_lossy(&o.stderr).into_owned())
 }
@@ -53,7 +63,7 @@ fn a_ping_captured_to_a_file_and_to_tcpdump() {
     let file = lab.path("g1.pcapng");
     let c = capture(&lab, &["g1", "-c", "8", "-w", file.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(300));
-    let o = lab.exec(&g1, &["ping", "-c", "6", "-i", "0.2", "10.1.1.12"]);
+    let o = lab.exec(&g1, &["ping", "-c", "8", "-i", "0.2", "10.1.1.12"]);
     assert!(o.status.success());
     let (ok, _, err) = finish(c);
     assert!(ok, "{err}");
@@ -70,7 +80,7 @@ fn a_ping_captured_to_a_file_and_to_tcpdump() {
     let pipe = format!("{} ctl -s {} capture g1 --direction out -c 3 -w - | tcpdump -r - -n -e", bin(), sock.display());
     let sh = Command::new("sh").args(["-c", &pipe]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert!(lab.exec(&g1, &["ping", "-c", "5", "-i", "0.2", "10.1.1.12"]).status.success());
+    assert!(lab.exec(&g1, &["ping", "-c", "6", "-i", "0.2", "10.1.1.12"]).status.success());
     let (ok, out, err) = finish(sh);
     let out = String::from_utf8_lossy(&out);
     assert!(ok, "{err}");
@@ -90,7 +100,7 @@ fn dropped_frames_come_with_their_reason() {
     ok(&["ip", "-n", &g1, "addr", "add", "10.1.1.99/24", "dev", &ifname]);
     let _ = lab.exec(&g1, &["ping", "-c", "3", "-i", "0.3", "-W", "1", "-I", "10.1.1.99", "10.1.1.12"]);
     // And some that pass.
-    let _ = lab.exec(&g1, &["ping", "-c", "3", "-i", "0.2", "10.1.1.12"]);
+    let _ = lab.exec(&g1, &["ping", "-c", "6", "-i", "0.2", "10.1.1.12"]);
     let (ok, _, err) = finish(c);
     assert!(ok, "{err}");
     let text = tcpdump(&file);

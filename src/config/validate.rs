@@ -94,6 +94,10 @@ pub fn check(c: &Config, r: &mut Report) {
     if c.router.busy_poll_us > 100_000 {
         r.err(kp!("router", "busy_poll_us"), "must be at most 100000 (0.1 s)");
     }
+    // Every answer of the metadata service must fit its connection's send buffer.
+    if c.router.user_data_max > 60 * 1024 {
+        r.err(kp!("router", "user_data_max"), "at most 61440 bytes (one answer must fit the service's send buffer)");
+    }
     if !(1..=100).contains(&c.router.health_full_percent) {
         r.err(kp!("router", "health_full_percent"), "must be 1 to 100");
     }
@@ -263,6 +267,12 @@ pub fn check(c: &Config, r: &mut Report) {
             if k.trim().is_empty() || k.contains(['\n', '\r']) || k.len() > 16 * 1024 {
                 r.err(p().key("public_keys").idx(j), "must be one non-empty line (an OpenSSH public key)");
             }
+        }
+        if pt.public_keys.iter().map(String::len).sum::<usize>() > 32 * 1024 {
+            r.err(p().key("public_keys"), "at most 32 KiB of keys in all");
+        }
+        if pt.metadata.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > 16 * 1024 {
+            r.err(p().key("metadata"), "at most 16 KiB of metadata in all");
         }
         for (k, v) in &pt.metadata {
             if k.is_empty() || !k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {

@@ -24,8 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Frames queued for one session before new ones are counted as lost.
+/// Frames queued for one session before new ones are counted as lost...
 pub const QUEUE: usize = 4096;
+/// ... and bytes (super-frames are up to 64 KiB each).
+pub const QUEUE_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -53,12 +55,15 @@ pub struct Link {
     pub tx: Sender<Captured>,
     pub lost: Arc<AtomicU64>,
     pub closed: Arc<AtomicBool>,
+    /// Bytes queued and not written yet.
+    pub queued: Arc<AtomicU64>,
 }
 
 impl Link {
     pub fn new() -> (Link, Receiver<Captured>) {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-        (Link { tx, lost: Arc::new(AtomicU64::new(0)), closed: Arc::new(AtomicBool::new(false)) }, rx)
+        let z = || Arc::new(AtomicU64::new(0));
+        (Link { tx, lost: z(), closed: Arc::new(AtomicBool::new(false)), queued: z() }, rx)
     }
 }
 
@@ -166,8 +171,12 @@ impl Hub {
                 continue;
             }
             let Some(i) = s.ports.iter().position(|p| *p == port) else { continue };
-            if s.link.tx.try_send(make(i as u32)).is_err() {
+            let c = make(i as u32);
+            let n = c.frame.len() as u64;
+            if s.link.queued.load(Ordering::Relaxed) + n > QUEUE_BYTES as u64 || s.link.tx.try_send(c).is_err() {
                 s.link.lost.fetch_add(1, Ordering::Relaxed);
+            } else {
+                s.link.queued.fetch_add(n, Ordering::Relaxed);
             }
         }
     }
@@ -180,6 +189,15 @@ impl Hub {
         let ts = now_us();
         let comment = vnet.and_then(vnet_comment);
         self.deliver(port, Some(dir), &|iface| Captured { iface, ts_us: ts, dir, frame: frame.to_vec(), comment: comment.clone() });
+    }
+
+    /// Dropped frames the datapath could not keep for capture: lost to every drops session.
+    pub fn missed_drops(&self, n: u64) {
+        if n > 0 {
+            for s in self.sessions.iter().filter(|s| s.drops) {
+                s.link.lost.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 
     /// A frame the pipeline dropped on a watched port.
@@ -231,6 +249,7 @@ pub fn stream(mut s: UnixStream, ports: &[String], count: Option<u64>, rx: Recei
         while count.is_none_or(|c| n < c) {
             match rx.recv_timeout(Duration::from_millis(500)) {
                 Ok(c) => {
+                    link.queued.fetch_sub(c.frame.len() as u64, Ordering::Relaxed);
                     chunk(&mut s, &pcapng::packet(c.iface, c.ts_us, &c.frame, c.dir, c.comment.as_deref()))?;
                     n += 1;
                 }
@@ -249,8 +268,9 @@ pub fn stream(mut s: UnixStream, ports: &[String], count: Option<u64>, rx: Recei
     let n = r?;
     let lost = link.lost.load(Ordering::Relaxed);
     let mut tail = Vec::new();
+    // Losses are the session's, not per port: all on the first interface.
     for i in 0..ports.len() {
-        tail.extend(pcapng::statistics(i as u32, now_us(), lost));
+        tail.extend(pcapng::statistics(i as u32, now_us(), if i == 0 { lost } else { 0 }));
     }
     chunk(&mut s, &tail)?;
     s.write_all(&0u32.to_be_bytes())?;

@@ -34,11 +34,17 @@ pub fn serve(addr: SocketAddr, published: Published) -> io::Result<SocketAddr> {
 
 /// Reads one request head and answers it.
 fn answer(mut s: TcpStream, body: &dyn Fn() -> String) -> io::Result<()> {
-    s.set_read_timeout(Some(TIMEOUT))?;
+    // One deadline for the whole head: a client trickling bytes cannot hold the endpoint.
+    let deadline = std::time::Instant::now() + TIMEOUT;
     s.set_write_timeout(Some(TIMEOUT))?;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        s.set_read_timeout(Some(left))?;
         let n = s.read(&mut buf)?;
         if n == 0 {
             return Ok(());

@@ -255,6 +255,9 @@ struct NetState {
     cfg: DhcpNet,
     /// The pool clamped to the network, as u32 bounds.
     pool: Option<(u32, u32)>,
+    /// Addresses of the pool that may be handed out (no gateway, network or broadcast), counted
+    /// once; reserved addresses inside it are subtracted when asked.
+    pool_hosts: u64,
     /// MAC -> (reserved address, hostname).
     res_by_mac: HashMap<MacAddr, (Ipv4Addr, Option<String>)>,
     /// Reserved address -> MAC.
@@ -275,9 +278,19 @@ impl NetState {
             let (lo, hi) = (u32::from(a).max(net), u32::from(b).min(bcast));
             (lo <= hi).then_some((lo, hi))
         });
+        let gw = u32::from(cfg.gateway);
+        let pool_hosts = pool.map_or(0, |(lo, hi)| {
+            let (lo, hi) = if cfg.cidr.prefix <= 30 { (lo.max(net + 1), hi.min(bcast.saturating_sub(1))) } else { (lo, hi) };
+            if lo > hi {
+                0
+            } else {
+                (hi - lo) as u64 + 1 - u64::from((lo..=hi).contains(&gw))
+            }
+        });
         NetState {
             cfg,
             pool,
+            pool_hosts,
             res_by_mac: HashMap::new(),
             res_by_ip: HashMap::new(),
             recs: BTreeMap::new(),
@@ -1039,8 +1052,8 @@ impl DhcpServer {
             .flatten()
             .map(|ns| {
                 let bound = ns.recs.values().filter(|r| r.lease.state == LeaseState::Bound && r.lease.expires > self.now).count() as u64;
-                let pool = ns.pool.map_or(0, |(lo, hi)| (lo..=hi).filter(|&a| ns.host_ok(Ipv4Addr::from(a)) && !ns.res_by_ip.contains_key(&a)).count() as u64);
-                PoolUsage { network: ns.cfg.name.clone(), bound, size: pool + ns.res_by_ip.len() as u64 }
+                let reserved_in_pool = ns.pool.map_or(0, |(lo, hi)| ns.res_by_ip.keys().filter(|a| (lo..=hi).contains(*a)).count() as u64);
+                PoolUsage { network: ns.cfg.name.clone(), bound, size: ns.pool_hosts.saturating_sub(reserved_in_pool) + ns.res_by_ip.len() as u64 }
             })
             .collect()
     }

@@ -1207,3 +1207,17 @@ fn an_ack_that_reaches_the_disk_late_or_superseded_is_not_sent() {
     let (acks, _, _) = split(rel);
     assert_eq!(acks.len(), 1, "the older ACK announced a lease the record no longer has");
 }
+
+#[test]
+fn pool_usage_counts_what_may_be_handed_out() {
+    // A reservation inside the pool is counted once; the gateway never.
+    let r = Reservation { net: 0, mac: mac(9), ip: a("10.1.1.150"), hostname: None };
+    let wide = DhcpNet { range: Some((a("10.1.1.0"), a("10.1.1.255"))), ..web() };
+    let mut h = H::new(DhcpServer::new(vec![Some(wide)], vec![r]));
+    let u = h.s.pool_usage();
+    assert_eq!((u[0].bound, u[0].size), (0, 253), "254 hosts without the gateway");
+    h.dora(mac(1));
+    assert_eq!(h.s.pool_usage()[0].bound, 1);
+    let h2 = H::web();
+    assert_eq!(h2.s.pool_usage()[0].size, 100);
+}

@@ -402,6 +402,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         loaded_unix: unix,
         reloads: 0,
         full_percent: c.router.health_full_percent,
+        seen: std::cell::Cell::new(None),
     };
     // The metrics endpoint reads what the loop publishes once a second.
     let published: Option<Published> = match c.router.metrics_listen {
@@ -652,10 +653,11 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             dp.poll(now, &mut tx);
         }
         if hub.any() {
-            let (dropped, _) = dp.take_dropped();
+            let (dropped, missed) = dp.take_dropped();
             for d in &dropped {
                 hub.record_drop(d);
             }
+            hub.missed_drops(missed);
             if hub.prune() {
                 dp.watch_drops(hub.drop_ports());
             }

@@ -27,12 +27,25 @@ pub struct ConfigState {
     pub loaded_unix: u64,
     pub reloads: u64,
     pub full_percent: u8,
+    /// The file's modification time and length when last hashed, and the verdict: the file is
+    /// read again only when they change (one stat a second on the loop, not a read).
+    pub seen: std::cell::Cell<Option<(std::time::SystemTime, u64, bool)>>,
 }
 
 impl ConfigState {
     /// Whether the file on disk is still the running config.
     fn same_on_disk(&self) -> Result<bool, String> {
-        std::fs::read(&self.path).map(|b| telemetry::fnv64(&b) == self.hash).map_err(|e| format!("{}: {e}", self.path.display()))
+        let err = |e: std::io::Error| format!("{}: {e}", self.path.display());
+        let m = std::fs::metadata(&self.path).map_err(err)?;
+        let stamp = (m.modified().map_err(err)?, m.len());
+        if let Some((t, l, same)) = self.seen.get() {
+            if (t, l) == stamp {
+                return Ok(same);
+            }
+        }
+        let same = std::fs::read(&self.path).map(|b| telemetry::fnv64(&b) == self.hash).map_err(err)?;
+        self.seen.set(Some((stamp.0, stamp.1, same)));
+        Ok(same)
     }
 }
 

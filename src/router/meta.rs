@@ -2,7 +2,7 @@
 //! address must be the source), what that VM is told, and the pump between the TCP endpoint
 //! (`tcp_meta`) and the pure answers (`crate::metadata`).
 
-use super::tcp_meta::{MetaRequest, TcpMeta};
+use super::tcp_meta::{MetaPacket, MetaRequest, Owner, TcpMeta};
 use super::{Iface, Router};
 use crate::metadata::{self, Vm};
 use crate::switch::stats::DropReason;
@@ -78,24 +78,37 @@ impl Router {
         v.fixed_ip.or_else(|| self.lease_of(n, v.mac?))
     }
 
-    /// The VM on network `n` whose address is `ip`, with what it is told filled in.
-    fn vm_at(&self, n: NetId, ip: Ipv4Addr) -> Option<(PortId, Vm)> {
-        let (p, spec) = self.meta.vms.iter().find(|(p, v)| v.net == n && self.own_address(n, **p) == Some(ip))?;
+    /// What port `p` on network `n` is told, if `ip` is still its own address.
+    fn vm_for(&self, n: NetId, p: PortId, ip: Ipv4Addr) -> Option<Vm> {
+        let spec = self.meta.vms.get(&p).filter(|v| v.net == n)?;
+        if self.own_address(n, p) != Some(ip) {
+            return None;
+        }
         let mut vm = spec.vm.clone();
         vm.ip = Some(ip);
         vm.public_ip = self.static_by_private.get(&ip).copied().or(self.cfg.public.as_ref().map(|p| p.source_nat_ip));
-        Some((*p, vm))
+        Some(vm)
     }
 
-    /// A TCP segment for the metadata services from port `p` (the ingress) on network `n`.
-    pub(super) fn meta_in(&mut self, now: Instant, n: NetId, p: Option<PortId>, src: Ipv4Addr, syn: bool, packet: Vec<u8>) -> Result<(), DropReason> {
-        if p.and_then(|p| self.own_address(n, p)) != Some(src) {
+    /// Whether a metadata segment from port `p` with source `src` may be taken (before any
+    /// copy or allocation): the source must be that port's own address.
+    pub(super) fn meta_allowed(&mut self, n: NetId, p: Option<PortId>, src: Ipv4Addr) -> bool {
+        let ok = p.and_then(|p| self.own_address(n, p)) == Some(src);
+        if !ok {
             self.meta.counters.refused_spoofed += 1;
-            return Err(DropReason::MetadataRefused);
         }
+        ok
+    }
+
+    /// A TCP segment for the metadata services from port `p` (the ingress, already checked by
+    /// `meta_allowed`) on network `n`, sent from `eth_src`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn meta_in(&mut self, now: Instant, n: NetId, p: PortId, eth_src: MacAddr, src: (Ipv4Addr, u16), local_port: u16, syn: bool, packet: Vec<u8>) -> Result<(), DropReason> {
         let Some(net) = self.cfg.nets.get(n.0 as usize) else { return Err(DropReason::NoL3) };
         let (Some(gw), prefix, mtu) = (net.gateway, net.cidr.prefix, net.mtu as usize) else { return Err(DropReason::NoL3) };
-        if !self.meta.tcp.input(now, n, (gw, prefix, mtu), src, syn, packet) {
+        // Answers go to the port's own MAC (the configured one; else the one the SYN came from).
+        let mac = self.meta.vms.get(&p).and_then(|v| v.mac).unwrap_or(eth_src);
+        if !self.meta.tcp.input(now, n, (gw, prefix, mtu), src, local_port, syn, Owner { port: p, mac }, packet) {
             self.meta.counters.refused_busy += 1;
             return Err(DropReason::MetadataRefused);
         }
@@ -108,10 +121,14 @@ impl Router {
     pub(super) fn meta_pump(&mut self, now: Instant) {
         for _ in 0..4 {
             let mut reqs: Vec<MetaRequest> = Vec::new();
-            let mut packets = Vec::new();
+            let mut packets: Vec<MetaPacket> = Vec::new();
             self.meta.tcp.run(now, &mut reqs, &mut self.meta.counters.bad_requests, &mut packets);
-            for (n, pk) in packets {
-                self.emit_ip(now, n, &pk);
+            for pk in packets {
+                // Straight to the asking port's MAC through that port; a segment without an
+                // owner (an RST for a refused address) goes nowhere.
+                if let Some(o) = pk.owner {
+                    self.emit_to_port(pk.net, o.port, o.mac, &pk.packet);
+                }
             }
             if reqs.is_empty() {
                 break;
@@ -120,7 +137,7 @@ impl Router {
                 let (resp, keep, head_only) = match metadata::Request::parse(&r.head) {
                     Ok((req, _)) => {
                         self.meta.counters.requests += 1;
-                        let vm = self.vm_at(r.net, r.remote);
+                        let vm = r.owner.and_then(|o| self.vm_for(r.net, o.port, r.remote).map(|v| (o.port, v)));
                         let resp = if r.local_port == metadata::PASSWORD_PORT {
                             match vm.as_ref() {
                                 Some((p, _)) => {
@@ -168,7 +185,7 @@ impl Router {
             .vms
             .values()
             .map(|s| {
-                let vm = self.own_address(s.net, s.port).and_then(|ip| self.vm_at(s.net, ip)).map(|(_, v)| v).unwrap_or_else(|| s.vm.clone());
+                let vm = self.own_address(s.net, s.port).and_then(|ip| self.vm_for(s.net, s.port, ip)).unwrap_or_else(|| s.vm.clone());
                 MetaRow { user_data_bytes: vm.user_data.as_ref().map_or(0, Vec::len), password_pending: self.meta.passwords.contains_key(&s.port), vm }
             })
             .collect();

@@ -135,6 +135,9 @@ pub enum Verdict {
 pub struct Out {
     pub iface: Iface,
     pub buf: PacketBuf,
+    /// Leave through exactly this port (a guest's own), whatever the MAC table says: the
+    /// metadata service answers only the port that asked.
+    pub port: Option<crate::switch::PortId>,
 }
 
 /// Router counters (a typed snapshot for `show stats`).
@@ -308,7 +311,7 @@ impl Router {
         f[0..6].copy_from_slice(&dst.0);
         f[6..12].copy_from_slice(&self.mac.0);
         f[12..14].copy_from_slice(&ethertype.to_be_bytes());
-        self.outbox.push(Out { iface, buf: b });
+        self.outbox.push(Out { iface, buf: b, port: None });
         let n = self.outbox.len() - 1;
         &mut self.outbox[n].buf.frame_mut()[14..]
     }
@@ -425,7 +428,7 @@ impl Router {
                 let _ = self.fragment_out(iface, &mut b, tl);
                 self.recycle(b);
             } else {
-                self.outbox.push(Out { iface, buf: b });
+                self.outbox.push(Out { iface, buf: b, port: None });
             }
         }
         for (_iface, q) in w.failed {
@@ -738,7 +741,7 @@ impl Router {
             if let Ok(mut p) = Ipv4Packet::new_checked(&mut fr[14..]) {
                 p.fill_checksum();
             }
-            self.outbox.push(Out { iface, buf: frag });
+            self.outbox.push(Out { iface, buf: frag, port: None });
             off += n;
         }
         self.stats.forwarded += 1;
@@ -926,16 +929,28 @@ impl Router {
         if let (Iface::Net(n), proto::TCP, Some(port)) = (from, protocol, dport) {
             if self.is_meta(n, dst, port) {
                 let syn = l4.len() >= 14 && l4[13] & conntrack::tcp_flags::SYN != 0;
+                let sport = be16(l4, 0);
+                let (Some(p), true) = (self.ingress, self.meta_allowed(n, self.ingress, src)) else {
+                    return Verdict::Drop(DropReason::MetadataRefused);
+                };
                 // A guest's TSO super-frame (a long request head) is cut into the segments the
-                // stack expects, each with its checksum complete.
+                // stack expects; any other frame only has its checksum completed.
                 let mut packets = Vec::new();
-                let mut scratch = vec![0u8; 65_536];
-                let frame = &buf.frame()[..14 + tl];
-                if crate::offload::finish(frame, &buf.vnet, &mut scratch, &mut |seg| packets.push(seg[14..].to_vec())).is_err() {
-                    return Verdict::Drop(DropReason::BadL4);
+                if buf.vnet.gso == Gso::None {
+                    let mut v = buf.vnet;
+                    if crate::offload::complete_checksum(buf.frame_mut(), &mut v).is_err() {
+                        return Verdict::Drop(DropReason::BadL4);
+                    }
+                    packets.push(buf.frame()[14..14 + tl].to_vec());
+                } else {
+                    let mut scratch = vec![0u8; crate::buf::MAX_FRAME];
+                    let frame = &buf.frame()[..14 + tl];
+                    if crate::offload::finish(frame, &buf.vnet, &mut scratch, &mut |seg| packets.push(seg[14..].to_vec())).is_err() {
+                        return Verdict::Drop(DropReason::BadL4);
+                    }
                 }
                 for packet in packets {
-                    if let Err(r) = self.meta_in(now, n, self.ingress, src, syn, packet) {
+                    if let Err(r) = self.meta_in(now, n, p, eth_src, (src, sport), port, syn, packet) {
                         return Verdict::Drop(r);
                     }
                 }
@@ -994,7 +1009,7 @@ impl Router {
                 m[0] = icmp::ECHO_REPLY;
                 m[2..4].copy_from_slice(&c.to_be_bytes());
             }
-            self.outbox.push(Out { iface: from, buf: b });
+            self.outbox.push(Out { iface: from, buf: b, port: None });
             self.stats.echo_replies += 1;
             return Verdict::Consumed;
         }

@@ -393,6 +393,15 @@ impl Router {
         }
     }
 
+    /// An IP packet for exactly port `port` (MAC `mac`) on network `n`, not switched by the MAC
+    /// table nor addressed by ARP.
+    pub(super) fn emit_to_port(&mut self, n: NetId, port: crate::switch::PortId, mac: MacAddr, packet: &[u8]) {
+        self.new_frame(Iface::Net(n), mac, ethertype::IPV4, packet.len()).copy_from_slice(packet);
+        if let Some(o) = self.outbox.last_mut() {
+            o.port = Some(port);
+        }
+    }
+
     /// An IP packet from the router's TCP stacks (DNS, health checks) to a guest on `n`: to its
     /// MAC, or queued while ARP resolves it.
     pub(super) fn emit_ip(&mut self, now: Instant, n: NetId, packet: &[u8]) {
