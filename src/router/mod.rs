@@ -170,6 +170,9 @@ const ICMP_QUOTE: usize = 576 - 20 - 8;
 /// Non-first fragments follow the first one's translation for this long.
 const FRAG_TIMEOUT: Duration = Duration::from_secs(30);
 const FRAG_CAP: usize = 4096;
+/// Datagrams one source may have in the fragment table: one guest sending first fragments
+/// cannot take it from the others.
+const FRAG_PER_SOURCE: u32 = 512;
 /// Ephemeral range for source NAT ports.
 const NAT_PORT_LO: u16 = 1024;
 /// Candidate ports tried before a new flow is refused for want of one: enough to find one of
@@ -213,6 +216,8 @@ pub struct Router {
     pub ct: Conntrack,
     pub neigh: Neighbours,
     frags: HashMap<(Ipv4Addr, Ipv4Addr, u8, u16), FragFlow, foldhash::fast::RandomState>,
+    /// Entries of `frags` by source.
+    frags_by_src: HashMap<Ipv4Addr, u32, foldhash::fast::RandomState>,
     /// Frames made by the router, waiting for egress.
     pub outbox: Vec<Out>,
     pool: Vec<PacketBuf>,
@@ -272,6 +277,7 @@ impl Router {
             ct: Conntrack::new(cfg.conntrack_max, cfg.timeouts),
             neigh: Neighbours::new(cfg.neigh_cap),
             frags: HashMap::with_capacity_and_hasher(64, Default::default()),
+            frags_by_src: HashMap::with_capacity_and_hasher(16, Default::default()),
             outbox: Vec::new(),
             pool: Vec::new(),
             icmp_tokens: ICMP_BURST,
@@ -323,6 +329,18 @@ impl Router {
         let r = self.neigh.resolve(now, iface, ip, &mut w);
         self.run_work(now, w);
         r
+    }
+
+    /// Forgets expired fragment flows (and recounts them by source).
+    fn expire_frags(&mut self, now: Instant) {
+        let before = self.frags.len();
+        self.frags.retain(|_, f| f.expires > now);
+        if self.frags.len() != before {
+            self.frags_by_src.clear();
+            for (k, _) in self.frags.iter() {
+                *self.frags_by_src.entry(k.0).or_insert(0) += 1;
+            }
+        }
     }
 
     /// The port the next frames arrive on (`None`: not from a guest port).
@@ -398,7 +416,7 @@ impl Router {
         self.run_work(now, w);
         if now >= self.next_sweep {
             self.ct.sweep(now);
-            self.frags.retain(|_, f| f.expires > now);
+            self.expire_frags(now);
             self.next_sweep = now + Duration::from_millis(100);
         }
         self.services_poll(now);
@@ -578,10 +596,17 @@ impl Router {
         self.ct.update(now, idx, dir, tcp, tl);
         if mf {
             if self.frags.len() >= FRAG_CAP {
-                self.frags.retain(|_, f| f.expires > now);
+                self.expire_frags(now);
             }
-            if self.frags.len() < FRAG_CAP {
-                self.frags.insert((src, dst, protocol, ident), FragFlow { new_src: target.src, new_dst: target.dst, egress, expires: now + FRAG_TIMEOUT });
+            let key = (src, dst, protocol, ident);
+            let mine = self.frags_by_src.get(&src).copied().unwrap_or(0);
+            let fresh = !self.frags.contains_key(&key);
+            // Over its share, a source's later fragments find no flow (frag_no_flow).
+            if self.frags.len() < FRAG_CAP && (!fresh || mine < FRAG_PER_SOURCE) {
+                self.frags.insert(key, FragFlow { new_src: target.src, new_dst: target.dst, egress, expires: now + FRAG_TIMEOUT });
+                if fresh {
+                    *self.frags_by_src.entry(src).or_insert(0) += 1;
+                }
             }
         }
         // The next hop is resolved before the rewrite, so a frame that has to wait keeps what

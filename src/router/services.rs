@@ -20,8 +20,11 @@ use crate::wire::ipv4::{self, proto};
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
-/// DNS clients waiting for an answer, at most.
+/// DNS clients waiting for an answer, at most...
 const DNS_CLIENTS: usize = 4096;
+/// ... and from one guest address: a guest asking for many slow names cannot take the
+/// resolver (nor the DNS core's `MAX_PENDING` upstream questions) from the others.
+pub(super) const DNS_PER_SOURCE: u32 = 128;
 
 /// Where a DNS answer goes back to.
 #[derive(Clone, Copy)]
@@ -60,6 +63,8 @@ pub struct Services {
     dns_seed: crate::entropy::Seed,
     /// Why the lease log cannot be written (the writer says), if it cannot.
     store_error: Option<String>,
+    /// UDP DNS clients waiting, by guest address.
+    dns_by_src: HashMap<Ipv4Addr, u32>,
 }
 
 impl Services {
@@ -80,6 +85,7 @@ impl Services {
             next_expire: Instant::ZERO,
             dns_seed: rng.child(),
             store_error: None,
+            dns_by_src: HashMap::new(),
         }
     }
 }
@@ -305,13 +311,14 @@ impl Router {
         if self.svc.udp_pending.contains(&(net, ip, port, dns_id)) {
             return Ok(());
         }
-        if self.svc.dns_clients.len() >= DNS_CLIENTS {
+        if self.svc.dns_clients.len() >= DNS_CLIENTS || self.svc.dns_by_src.get(&ip).is_some_and(|n| *n >= DNS_PER_SOURCE) {
             return Err(DropReason::DnsBusy);
         }
         self.svc.next_client += 1;
         let id = self.svc.next_client;
         // Registered first: the answer may come at once (local names, the cache).
         self.svc.dns_clients.insert(id, DnsClient::Udp { net, mac, ip, port, server, dns_id });
+        *self.svc.dns_by_src.entry(ip).or_insert(0) += 1;
         self.svc.udp_pending.insert((net, ip, port, dns_id));
         let (r, tcp) = self.with_dns(|d, out| d.query(now, dns::Client { id }, dns::Transport::Udp, payload, out)).ok_or(DropReason::NoL3)?;
         if r.is_err() {
@@ -327,6 +334,12 @@ impl Router {
         let c = self.svc.dns_clients.remove(&id)?;
         if let DnsClient::Udp { net, ip, port, dns_id, .. } = c {
             self.svc.udp_pending.remove(&(net, ip, port, dns_id));
+            if let Some(n) = self.svc.dns_by_src.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.svc.dns_by_src.remove(&ip);
+                }
+            }
         }
         Some(c)
     }

@@ -480,3 +480,59 @@ fn a_dns_retransmission_waits_for_the_same_answer() {
     assert_eq!(replies.len(), 1, "one answer for the query and its retransmission");
     assert_eq!(&replies[0].1[42..44], &[0x12, 0x34]);
 }
+
+/// One guest filling the fragment table with first fragments keeps only its share: another
+/// guest's fragmented datagram still gets through whole.
+#[test]
+fn one_source_cannot_take_the_fragment_table() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    let frag = |src: &str, id: u16, offset: u16, more: bool| {
+        let mut f = udp(G1, src, 5000, "198.51.100.5", 9, &[1u8; 32]);
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        f[20..22].copy_from_slice(&((offset / 8) | if more { 0x2000 } else { 0 }).to_be_bytes());
+        Ipv4Packet::new_checked(&mut f[14..]).unwrap().fill_checksum();
+        b(&f)
+    };
+    for id in 0..600u16 {
+        assert_eq!(r.handle(T0, WEB, &mut frag("10.1.1.11", id, 0, true)), Verdict::Forward(Iface::Public));
+    }
+    // Its first 512 datagrams are followed; past its share, later fragments find no flow.
+    assert_eq!(r.handle(T0, WEB, &mut frag("10.1.1.11", 10, 40, false)), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(T0, WEB, &mut frag("10.1.1.11", 590, 40, false)), Verdict::Drop(DropReason::FragNoFlow));
+    // Another guest is unaffected.
+    assert_eq!(r.handle(T0, WEB, &mut frag("10.1.1.13", 7, 0, true)), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(T0, WEB, &mut frag("10.1.1.13", 7, 40, false)), Verdict::Forward(Iface::Public));
+    // Expiry gives the share back.
+    r.poll(T0 + Duration::from_secs(31));
+    assert_eq!(r.handle(T0 + Duration::from_secs(31), WEB, &mut frag("10.1.1.11", 700, 0, true)), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(T0 + Duration::from_secs(31), WEB, &mut frag("10.1.1.11", 700, 40, false)), Verdict::Forward(Iface::Public));
+}
+
+/// One guest asking for many slow names holds at most its share of the resolver's clients.
+#[test]
+fn one_source_cannot_take_the_resolver() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    let upstream: std::net::SocketAddr = "127.0.0.1:5353".parse().unwrap();
+    let dns = crate::dns::DnsServer::new(crate::dns::DnsConfig { upstreams: vec![upstream], ..Default::default() });
+    r.set_services(None, vec![false, false], Some(dns));
+    let query = |id: u16, name: &str| {
+        let mut q = vec![(id >> 8) as u8, id as u8, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        q
+    };
+    let n = services::DNS_PER_SOURCE as u16;
+    for i in 0..n {
+        let mut f = b(&udp(G1, "10.1.1.11", 40000, "10.1.1.1", 53, &query(i, &format!("n{i}.example"))));
+        assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Consumed, "query {i}");
+    }
+    let mut f = b(&udp(G1, "10.1.1.11", 40000, "10.1.1.1", 53, &query(n, "one-more.example")));
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Drop(DropReason::DnsBusy));
+    let mut f = b(&udp(G2, "10.1.1.13", 40001, "10.1.1.1", 53, &query(1, "other.example")));
+    assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Consumed, "another guest is still served");
+}
