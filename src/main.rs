@@ -58,6 +58,15 @@ enum CtlCmd {
         #[arg(long)]
         json: bool,
     },
+    /// What applying FILE (or `-`: stdin) would add, change and remove, by name; nothing is
+    /// applied.
+    Diff {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Set a VM's one-time password (read from stdin) for CloudStack's password server.
     SetPassword { port: String },
     /// Re-read the config file and apply the difference.
@@ -172,6 +181,33 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 None => default_socket()?,
             };
             match cmd {
+                CtlCmd::Diff { file, json } => {
+                    let (config, path) = if file.as_os_str() == "-" {
+                        let mut s = String::new();
+                        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s)?;
+                        (s, "(stdin)".to_string())
+                    } else {
+                        (std::fs::read_to_string(&file).with_context(|| file.display().to_string())?, file.display().to_string())
+                    };
+                    let data = match control::request(&socket, &Request::Diff { config, path }) {
+                        Ok(d) => d,
+                        Err(control::ControlError::Refused(msg)) => {
+                            eprintln!("{msg}");
+                            return Ok(ExitCode::FAILURE);
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&data)?);
+                    } else {
+                        let rows = data["changes"].as_array().cloned().unwrap_or_default();
+                        if rows.is_empty() {
+                            println!("no changes");
+                        } else {
+                            print!("{}", table(&rows, &["op", "kind", "id"]));
+                        }
+                    }
+                }
                 CtlCmd::SetPassword { port } => {
                     let mut pw = String::new();
                     std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut pw)?;

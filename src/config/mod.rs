@@ -6,6 +6,7 @@
 //! unique names, MACs, IPs, ifnames, VLAN ids and VNIs, resolvable references, and addresses
 //! inside their networks, so the datapath builder can index without checking again.
 
+pub mod diff;
 pub mod locate;
 pub mod schema;
 pub mod types;

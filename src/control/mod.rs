@@ -57,6 +57,8 @@ pub enum Request {
     Health,
     /// A one-time password for a VM (`ctl set-password`); held in memory, never logged.
     SetPassword { port: String, password: String },
+    /// What applying this config text (from `path`, for messages) would change (`ctl diff`).
+    Diff { config: String, path: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,7 +107,8 @@ pub enum ControlError {
     Refused(String),
 }
 
-const MAX_REQUEST: u64 = 64 * 1024;
+/// A request is one line: a whole config (`ctl diff`) may come in it.
+const MAX_REQUEST: u64 = 4 * 1024 * 1024;
 const MAX_CLIENTS: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
