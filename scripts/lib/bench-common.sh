@@ -8,6 +8,19 @@ case "$BENCH_ONLY" in
     vrouter) run_vr=1 run_k=0 ;;
     *) echo "BENCH_ONLY must be empty, kernel or vrouter (got '$BENCH_ONLY')" >&2; exit 1 ;;
 esac
+need_root() { # "$@" of the script -> returns as root: re-runs the script through sudo for
+    # another user (where there is sudo), or says it cannot
+    [ "$(id -u)" = 0 ] && return 0
+    command -v sudo >/dev/null && exec sudo -E bash "$0" "$@"
+    echo "$0 needs root (and there is no sudo here)" >&2
+    exit 1
+}
+release_build() { # builds vrouter (release) with the machine's toolchain; sets VR
+    source scripts/deps.sh
+    export PATH="$HOME/.cargo/bin:$PATH"
+    VR=$PWD/target/release/vrouter
+    cargo build --release --locked -q
+}
 median() { # values ("-" when none), printed with MEDIAN_FMT (default %.2f)
     [ $# -gt 0 ] || { echo -; return; }
     python3 -c 'import sys,statistics; print(sys.argv[1] % statistics.median(float(x) for x in sys.argv[2:]))' "${MEDIAN_FMT:-%.2f}" "$@"

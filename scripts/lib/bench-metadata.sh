@@ -7,18 +7,11 @@
 # Numbers go in notes, never in tests.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null && exec sudo -E bash "$0" "$@"
-    echo "scripts/lib/bench-metadata.sh needs root (and there is no sudo here)" >&2
-    exit 1
-fi
 source scripts/lib/bench-common.sh
-source scripts/deps.sh
-export PATH="$HOME/.cargo/bin:$PATH"
+need_root "$@"
+release_build
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
-VR=$PWD/target/release/vrouter
-cargo build --release --locked -q
 
 id=$$
 work=$(mktemp -d /tmp/vrouter-bench-md.XXXXXX)

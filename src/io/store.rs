@@ -405,7 +405,7 @@ mod tests {
         let opts = WriterOpts { compact_after: 50, ..WriterOpts::default() };
         let (tx, ev) = LeaseLog::new(&dir).unwrap().spawn_writer(vec![line(0, "n 9", true)], opts, || {}).unwrap();
         let mut seq = 0;
-        let mut compactions = 0;
+        let mut compacted = 0;
         for round in 0..40u64 {
             let mut b = Vec::new();
             for k in 0..5 {
@@ -422,7 +422,7 @@ mod tests {
                 match ev.recv_timeout(Duration::from_secs(5)).unwrap() {
                     StoreEvent::Durable { last, .. } if last == seq => break,
                     StoreEvent::Compacted(n) => {
-                        compactions += 1;
+                        compacted += 1;
                         assert!(n <= 6);
                     }
                     _ => {}
@@ -432,7 +432,7 @@ mod tests {
             assert!(lines.len() <= 60, "round {round}: {} lines", lines.len());
         }
         drop(tx);
-        assert!(compactions >= 2, "{compactions}");
+        assert!(compacted >= 2, "compacted {compacted} times");
         // Every address's latest line is there, and the released one is gone.
         let lines = log.read().unwrap();
         for k in 0..5 {

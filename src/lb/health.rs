@@ -16,9 +16,9 @@ use super::{BackendSpec, CheckKind, CheckSpec};
 use crate::router::tcp_dns::{ts, Queue};
 use crate::switch::NetId;
 use crate::time::Instant;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{HardwareAddress, IpCidr};
+use smoltcp::wire::IpCidr;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
@@ -69,14 +69,8 @@ impl Checker {
         for (i, (tag, b, check)) in targets.into_iter().enumerate() {
             let Some((gw, prefix, mtu)) = gateway(b.net) else { continue };
             let st = nets.entry(b.net).or_insert_with(|| {
-                let mut dev = Queue { mtu, ..Default::default() };
-                let mut cfg = Config::new(HardwareAddress::Ip);
                 // smoltcp draws initial sequence numbers and ephemeral ports from this seed.
-                cfg.random_seed = seed ^ u64::from(u32::from(gw));
-                let mut iface = Interface::new(cfg, &mut dev, ts(now));
-                iface.update_ip_addrs(|a| {
-                    let _ = a.push(IpCidr::new(gw.into(), prefix));
-                });
+                let (iface, dev) = crate::router::tcp_dns::stack(now, mtu, seed ^ u64::from(u32::from(gw)), &[IpCidr::new(gw.into(), prefix)]);
                 NetStack { iface, sockets: SocketSet::new(Vec::new()), dev }
             });
             // The send buffer holds a whole request (a path is at most 1024 bytes), so it is

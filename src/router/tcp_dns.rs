@@ -114,18 +114,27 @@ pub(crate) fn ts(now: Instant) -> smoltcp::time::Instant {
     smoltcp::time::Instant::from_millis(now.millis() as i64)
 }
 
+/// One of the router's own TCP stacks: a smoltcp interface (IP medium, `mtu`) holding
+/// `addrs`, keyed by `seed` (initial sequence numbers, ephemeral ports), and its device queue.
+pub(crate) fn stack(now: Instant, mtu: usize, seed: u64, addrs: &[IpCidr]) -> (Interface, Queue) {
+    let mut dev = Queue { mtu, ..Default::default() };
+    let mut cfg = Config::new(HardwareAddress::Ip);
+    cfg.random_seed = seed;
+    let mut iface = Interface::new(cfg, &mut dev, ts(now));
+    iface.update_ip_addrs(|a| {
+        for c in addrs {
+            let _ = a.push(*c);
+        }
+    });
+    (iface, dev)
+}
+
 impl TcpDns {
     /// A TCP segment (the IPv4 packet, checksums complete) for `gateway`:53 on network `net`.
     pub(super) fn input(&mut self, now: Instant, net: NetId, gateway: Ipv4Addr, prefix: u8, mtu: usize, packet: Vec<u8>) {
         let rng = &mut self.rng;
         let t = self.nets.entry(net).or_insert_with(|| {
-            let mut dev = Queue { mtu, ..Default::default() };
-            let mut cfg = Config::new(HardwareAddress::Ip);
-            cfg.random_seed = rng.u64();
-            let mut iface = Interface::new(cfg, &mut dev, ts(now));
-            iface.update_ip_addrs(|a| {
-                let _ = a.push(IpCidr::new(gateway.into(), prefix));
-            });
+            let (iface, dev) = stack(now, mtu, rng.u64(), &[IpCidr::new(gateway.into(), prefix)]);
             let mut sockets = SocketSet::new(Vec::new());
             let mut conns = HashMap::new();
             for _ in 0..SOCKETS {

@@ -20,9 +20,9 @@ use crate::metadata::{METADATA_IP, PASSWORD_PORT};
 use crate::switch::{NetId, PortId};
 use crate::time::Instant;
 use crate::wire::ethernet::MacAddr;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{HardwareAddress, IpCidr};
+use smoltcp::wire::IpCidr;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
@@ -126,14 +126,8 @@ impl TcpMeta {
         let (gateway, prefix, mtu) = link;
         let rng = &mut self.rng;
         let t = self.nets.entry(net).or_insert_with(|| {
-            let mut dev = Queue { mtu, ..Default::default() };
-            let mut cfg = Config::new(HardwareAddress::Ip);
-            cfg.random_seed = rng.u64();
-            let mut iface = Interface::new(cfg, &mut dev, ts(now));
-            iface.update_ip_addrs(|a| {
-                let _ = a.push(IpCidr::new(gateway.into(), prefix));
-                let _ = a.push(IpCidr::new(METADATA_IP.into(), 32));
-            });
+            let addrs = [IpCidr::new(gateway.into(), prefix), IpCidr::new(METADATA_IP.into(), 32)];
+            let (iface, dev) = super::tcp_dns::stack(now, mtu, rng.u64(), &addrs);
             let mut sockets = SocketSet::new(Vec::new());
             let mut conns = HashMap::new();
             for (port, n) in [(80u16, SOCKETS_80), (PASSWORD_PORT, SOCKETS_8080)] {
