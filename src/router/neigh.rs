@@ -2,8 +2,8 @@
 //! waiting for resolution, and a cap. Sans-IO: it says which ARP requests to send and which
 //! queued frames became sendable or must be given up; the router builds and sends them.
 //!
-//! Invariants: at most `cap` entries; at most [`QUEUE_PER_NEIGH`] frames per entry and
-//! [`QUEUE_TOTAL`] over the table; an incomplete entry is retried [`RETRIES`] times one second
+//! Invariants: at most `cap` entries; at most [`QUEUE_PER_NEIGH`] frames per entry,
+//! [`QUEUE_PER_SOURCE`] from one sender and [`QUEUE_TOTAL`] over the table; an incomplete entry is retried [`RETRIES`] times one second
 //! apart, then fails for [`FAIL_HOLD`] (its frames are returned to be answered with host
 //! unreachable).
 
@@ -17,6 +17,9 @@ use std::time::Duration;
 
 pub const QUEUE_PER_NEIGH: usize = 16;
 pub const QUEUE_TOTAL: usize = 256;
+/// Frames of one sender (its IPv4 source) queued over the table: a guest sending to many
+/// silent addresses cannot fill the queue for the others.
+pub const QUEUE_PER_SOURCE: u16 = 64;
 pub const RETRIES: u8 = 3;
 pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 pub const FAIL_HOLD: Duration = Duration::from_secs(3);
@@ -93,12 +96,31 @@ pub struct Neighbours {
     map: HashMap<(Iface, Ipv4Addr), Entry, foldhash::fast::RandomState>,
     cap: usize,
     queued: usize,
+    /// Frames queued per sender.
+    by_src: HashMap<Ipv4Addr, u16>,
     next_timer: Instant,
+}
+
+/// The IPv4 source of a queued frame.
+fn source(q: &Queued) -> Option<Ipv4Addr> {
+    crate::wire::ipv4::Ipv4Packet::new_checked(q.frame.get(14..)?).ok().map(|p| p.src())
+}
+
+/// A queued frame leaves the table (sent or given up): its sender's count goes down.
+fn release(by_src: &mut HashMap<Ipv4Addr, u16>, q: &Queued) {
+    if let Some(s) = source(q) {
+        if let Some(n) = by_src.get_mut(&s) {
+            *n -= 1;
+            if *n == 0 {
+                by_src.remove(&s);
+            }
+        }
+    }
 }
 
 impl Neighbours {
     pub fn new(cap: usize) -> Self {
-        Neighbours { map: HashMap::with_capacity_and_hasher(64, Default::default()), cap, queued: 0, next_timer: Instant(u64::MAX) }
+        Neighbours { map: HashMap::with_capacity_and_hasher(64, Default::default()), cap, queued: 0, by_src: HashMap::new(), next_timer: Instant(u64::MAX) }
     }
 
     pub fn len(&self) -> usize {
@@ -163,10 +185,17 @@ impl Neighbours {
         if self.queued >= QUEUE_TOTAL {
             return false;
         }
+        let src = source(&q);
+        if src.and_then(|s| self.by_src.get(&s)).is_some_and(|n| *n >= QUEUE_PER_SOURCE) {
+            return false;
+        }
         match self.map.get_mut(&(iface, ip)) {
             Some(e) if matches!(e.state, State::Incomplete { .. }) && e.queue.len() < QUEUE_PER_NEIGH => {
                 e.queue.push(q);
                 self.queued += 1;
+                if let Some(s) = src {
+                    *self.by_src.entry(s).or_insert(0) += 1;
+                }
                 true
             }
             _ => false,
@@ -183,6 +212,7 @@ impl Neighbours {
         e.state = State::Reachable { mac, confirmed: now, probed: now, probes: 0 };
         self.queued -= e.queue.len();
         for q in e.queue.drain(..) {
+            release(&mut self.by_src, &q);
             work.ready.push((iface, mac, q));
         }
     }
@@ -209,6 +239,7 @@ impl Neighbours {
                         e.state = State::Failed { until: now + FAIL_HOLD };
                         drained += e.queue.len();
                         for q in e.queue.drain(..) {
+                            release(&mut self.by_src, &q);
                             work.failed.push((*iface, q));
                         }
                         continue;
@@ -298,5 +329,42 @@ mod tests {
         }
         assert!(matches!(n.resolve(t, i, Ipv4Addr::new(203, 0, 113, 9), &mut w), Resolve::Failed));
         assert_eq!(n.len(), 2);
+    }
+
+    /// One sender queueing for many silent neighbours holds at most its share; another
+    /// sender still queues; the share comes back when the frames leave.
+    #[test]
+    fn one_sender_cannot_fill_the_queue() {
+        let frame_from = |src: [u8; 4]| {
+            let mut f = vec![0u8; 14 + 20];
+            f[12..14].copy_from_slice(&[8, 0]);
+            f[14] = 0x45;
+            f[16..18].copy_from_slice(&20u16.to_be_bytes());
+            f[26..30].copy_from_slice(&src);
+            Queued { frame: f, vnet: VnetHdr::default(), origin: None }
+        };
+        let mut n = Neighbours::new(4096);
+        let i = Iface::Net(NetId(0));
+        let mut w = Work::default();
+        let t = Instant(1_000);
+        let mut taken = 0;
+        for k in 0..32u8 {
+            let ip = Ipv4Addr::new(10, 9, 0, k);
+            let _ = n.resolve(t, i, ip, &mut w);
+            for _ in 0..QUEUE_PER_NEIGH {
+                taken += usize::from(n.enqueue(i, ip, frame_from([10, 1, 1, 11])));
+            }
+        }
+        assert_eq!(taken, QUEUE_PER_SOURCE as usize);
+        let other = Ipv4Addr::new(10, 9, 1, 1);
+        let _ = n.resolve(t, i, other, &mut w);
+        assert!(n.enqueue(i, other, frame_from([10, 1, 1, 12])), "another sender still queues");
+        // The first sender's frames fail (no answer): its share is free again.
+        for s in 1..=4u64 {
+            n.poll(Instant(1_000 + s * 1_000), &mut w);
+        }
+        let again = Ipv4Addr::new(10, 9, 2, 1);
+        let _ = n.resolve(Instant(10_000), i, again, &mut w);
+        assert!(n.enqueue(i, again, frame_from([10, 1, 1, 11])));
     }
 }
