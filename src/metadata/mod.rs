@@ -66,7 +66,15 @@ pub enum HeadError {
 impl Request {
     /// The head at the start of `b` (up to the blank line) and its length.
     pub fn parse(b: &[u8]) -> Result<(Request, usize), HeadError> {
-        let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else {
+        // A request line starts with a method token and a space: anything else is refused
+        // before the search for the head's end.
+        let method = b.iter().take(17).take_while(|c| c.is_ascii_uppercase()).count();
+        match b.get(method) {
+            None if method < 17 => return Err(HeadError::Incomplete),
+            Some(b' ') if method > 0 => {}
+            _ => return Err(HeadError::Malformed),
+        }
+        let Some(end) = b.windows(4).take(MAX_HEAD + 1).position(|w| w == b"\r\n\r\n") else {
             return Err(if b.len() > MAX_HEAD { HeadError::TooLarge } else { HeadError::Incomplete });
         };
         if end + 4 > MAX_HEAD {
@@ -292,7 +300,7 @@ mod tests {
         let (r, _) = Request::parse(b"GET / HTTP/1.1\r\nconnection: close\r\nDomU_Request: send_my_password\r\n\r\n").unwrap();
         assert_eq!((r.keep_alive, r.domu.as_deref()), (false, Some("send_my_password")));
         assert_eq!(Request::parse(b"GET / HTTP/1.1\r\n"), Err(HeadError::Incomplete));
-        assert_eq!(Request::parse(&vec![b'a'; MAX_HEAD + 1]), Err(HeadError::TooLarge));
+        assert_eq!(Request::parse(&[&b"GET /"[..], &vec![b'a'; MAX_HEAD]].concat()), Err(HeadError::TooLarge));
         for bad in [&b"GET\r\n\r\n"[..], b"GET x HTTP/1.1\r\n\r\n", b"GET / SPDY\r\n\r\n", b"GET / HTTP/1.1\r\nnocolon\r\n\r\n", b"\xff / HTTP/1.1\r\n\r\n"] {
             assert_eq!(Request::parse(bad), Err(HeadError::Malformed), "{bad:?}");
         }
