@@ -56,6 +56,8 @@ pub struct Telemetry {
     pub dns: Option<DnsCounters>,
     pub lb: Vec<LbRow>,
     pub frame_latency: Histogram,
+    /// One write (or writev) syscall to a port.
+    pub write_latency: Histogram,
     pub config: ConfigInfo,
     pub health: Vec<Check>,
 }
@@ -257,6 +259,7 @@ impl Telemetry {
         o.counter("vrouter_lb_backend_connections", "Connections given to the backend.", None, total)?;
         o.counter("vrouter_lb_backend_health_checks", "Health checks by result.", None, checks)?;
         o.histogram("vrouter_frame_processing", "Time from reading a frame to having written all its copies.", &self.frame_latency)?;
+        o.histogram("vrouter_port_write", "Time of one write syscall to a port.", &self.write_latency)?;
         o.gauge("vrouter_config_info", "The running config's hash (the value is 1).", None, vec![(vec![("hash", self.config.hash.clone())], 1)])?;
         o.gauge("vrouter_config_load_time", "When the running config was loaded, unix time.", Some(Unit::Seconds), g1(self.config.loaded_unix as i64))?;
         o.counter("vrouter_config_reloads", "Configs applied while running.", None, one(self.config.reloads))?;

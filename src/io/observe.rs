@@ -111,6 +111,7 @@ pub(super) fn telemetry(dp: &mut Datapath, slots: &[Slot], now: Instant, cfg: &C
         dns: r.dns_counters(),
         lb: r.lb_rows(),
         frame_latency: telemetry::from_hdr(&lat.frame),
+        write_latency: telemetry::from_hdr(&lat.write),
         config: ConfigInfo { hash: cfg.hash.clone(), loaded_unix: cfg.loaded_unix, reloads: cfg.reloads },
         health,
     }
