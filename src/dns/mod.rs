@@ -530,7 +530,8 @@ impl DnsServer {
         };
         self.counters.upstream_answers += 1;
         self.last_answer = Some(now);
-        let sent = self.pending.get(&key).and_then(|p| p.attempts.iter().find(|a| a.1 == RawHeader::parse(payload).map_or(0, |h| h.id)).map(|a| a.2));
+        let id = msg.metadata.id;
+        let sent = self.pending.get(&key).and_then(|p| p.attempts.iter().find(|a| a.1 == id).map(|a| a.2));
         if let Some(sent) = sent {
             let ms = now.since(sent).as_millis() as u64;
             self.counters.upstream_latency_sum_ms += ms;

@@ -96,15 +96,15 @@ pub(super) fn health_input(dp: &mut Datapath, slots: &[Slot], now: Instant, cfg:
 /// The snapshot for the metrics endpoint.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn telemetry(dp: &mut Datapath, slots: &[Slot], now: Instant, cfg: &ConfigState, beat: &Heartbeat, lat: &Latency, router: &str, start_unix: u64, fdb_limit: usize) -> Telemetry {
-    let health = health::evaluate(&health_input(dp, slots, now, cfg, beat));
-    let ports = port_states(dp, slots, now);
+    let input = health_input(dp, slots, now, cfg, beat);
+    let health = health::evaluate(&input);
     let r = dp.router();
     Telemetry {
         router: router.to_string(),
         start_unix,
         stats: Some(dp.show_stats()),
         ports: dp.show_ports(now),
-        port_states: ports.into_iter().map(|p| p.state).collect(),
+        port_states: input.ports.into_iter().map(|p| p.state).collect(),
         fdb_limit,
         nat: r.ct.translated(),
         dhcp: r.dhcp_counters().map(|c| (c, r.dhcp_pools())),
