@@ -2,8 +2,12 @@
 //! classifiers, defaults are filled in. Opening devices is the I/O edge's business (`io`), which
 //! only adds what the devices can do (offload capability) to what this builds.
 //!
-//! Ports are numbered guest ports first (config order), then uplinks, then the public port;
-//! networks in config order.
+//! Ports and networks are numbered by [`Numbering`]: each name keeps its slot for as long as it
+//! is configured, across reloads, so state keyed by a slot (learned MACs, flows, leases in
+//! memory, counters) still means the same port or network after a change that does not name it.
+//! A slot freed by a removal is vacant (a port in no network, a network with no address) and
+//! taken again only by a later addition, with its generation bumped. At start the order is the
+//! config's: guest ports, uplinks, the public port, VXLAN peers; networks in file order.
 
 use crate::config::schema::{Action, Config, IfKind, L4Proto};
 use crate::conntrack::Timeouts;
@@ -15,6 +19,60 @@ use crate::wire::ethernet::MacAddr;
 use crate::wire::ipv4::proto;
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// The slots of ports and networks (see the module doc). Index = `PortId` / `NetId`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Numbering {
+    /// Each port slot's name (`None`: vacant) and generation (bumped each time it is taken).
+    pub ports: Vec<(Option<String>, u32)>,
+    pub nets: Vec<(Option<String>, u32)>,
+}
+
+/// Every port a config defines, by name, in the start-up order.
+pub fn port_names(c: &Config) -> Vec<String> {
+    let mut v: Vec<String> = c.ports.iter().filter(|p| c.networks.iter().any(|n| n.name == p.network)).map(|p| p.name.clone()).collect();
+    v.extend(c.uplinks.iter().map(|u| u.name.clone()));
+    if c.public.is_some() {
+        v.push(PUBLIC_PORT.into());
+    }
+    if let Some(vx) = &c.vxlan {
+        v.extend(vx.peer.iter().map(|p| vtep_name(p.remote)));
+    }
+    v
+}
+
+fn assign(prev: &[(Option<String>, u32)], names: &[String]) -> Vec<(Option<String>, u32)> {
+    let want: std::collections::HashSet<&str> = names.iter().map(|s| s.as_str()).collect();
+    let mut slots: Vec<(Option<String>, u32)> =
+        prev.iter().map(|(n, g)| (n.clone().filter(|n| want.contains(n.as_str())), *g)).collect();
+    let have: std::collections::HashSet<String> = slots.iter().filter_map(|(n, _)| n.clone()).collect();
+    let mut free = slots.iter().enumerate().filter(|(_, (n, _))| n.is_none()).map(|(i, _)| i).collect::<Vec<_>>().into_iter();
+    for n in names.iter().filter(|n| !have.contains(*n)) {
+        match free.next() {
+            Some(i) => slots[i] = (Some(n.clone()), slots[i].1 + 1),
+            None => slots.push((Some(n.clone()), 0)),
+        }
+    }
+    slots
+}
+
+impl Numbering {
+    /// The slots for `c`: names in `prev` keep theirs, new names take free slots (or new ones).
+    pub fn assign(prev: Option<&Numbering>, c: &Config) -> Numbering {
+        let empty = Numbering::default();
+        let prev = prev.unwrap_or(&empty);
+        let nets: Vec<String> = c.networks.iter().map(|n| n.name.clone()).collect();
+        Numbering { ports: assign(&prev.ports, &port_names(c)), nets: assign(&prev.nets, &nets) }
+    }
+
+    pub fn port(&self, name: &str) -> Option<crate::switch::PortId> {
+        self.ports.iter().position(|(n, _)| n.as_deref() == Some(name)).map(|i| crate::switch::PortId(i as u16))
+    }
+
+    pub fn net(&self, name: &str) -> Option<NetId> {
+        self.nets.iter().position(|(n, _)| n.as_deref() == Some(name)).map(|i| NetId(i as u16))
+    }
+}
 
 /// The name the public port has in `ctl show ports` and stats.
 pub const PUBLIC_PORT: &str = "public";
@@ -50,94 +108,115 @@ pub fn kind_name(k: IfKind) -> &'static str {
     }
 }
 
-/// Builds the datapath's tables from a validated config. Every port starts without offload
-/// capability; the I/O edge sets it from the opened device.
-pub fn datapath_config(c: &Config) -> DatapathConfig {
-    let net_id = |name: &str| c.networks.iter().position(|n| n.name == name).map(|i| NetId(i as u16));
-    let mut ports = Vec::new();
+/// Builds the datapath's tables from a validated config, in `ids`' slots (vacant slots get
+/// vacant entries). Every port starts without offload capability; the I/O edge sets it from
+/// the opened device.
+pub fn datapath_config(c: &Config, ids: &Numbering) -> DatapathConfig {
+    let net_id = |name: &str| ids.net(name);
+    let mut ports: Vec<PortSpec> = ids.ports.iter().map(|_| PortSpec::vacant()).collect();
+    let mut put = |name: &str, spec: PortSpec| {
+        if let Some(p) = ids.port(name) {
+            ports[p.0 as usize] = spec;
+        }
+    };
     for p in &c.ports {
         let Some(net) = net_id(&p.network) else { continue };
         let security = match (p.port_security, p.mac) {
             (true, Some(mac)) => Some(Security { mac, ip: p.ip, allowed: crate::switch::Allowed::new(&p.allowed_addresses) }),
             _ => None,
         };
-        ports.push(PortSpec {
-            name: p.name.clone(),
-            ifname: p.ifname.clone(),
-            kind: kind_name(p.kind).into(),
-            role: Role::Access { net, security },
-            offload: crate::wire::vnet::Offloads::NONE,
-            mac_limit: Some(if security.is_some() { 1 } else { c.router.mac_limit_per_port }),
-        });
+        put(
+            &p.name,
+            PortSpec {
+                name: p.name.clone(),
+                ifname: p.ifname.clone(),
+                kind: kind_name(p.kind).into(),
+                role: Role::Access { net, security },
+                offload: crate::wire::vnet::Offloads::NONE,
+                mac_limit: Some(if security.is_some() { 1 } else { c.router.mac_limit_per_port }),
+            },
+        );
     }
+    let net_of = |name: &String| c.networks.iter().find(|n| &n.name == name);
     for u in &c.uplinks {
-        let pairs: Vec<(u16, NetId)> =
-            u.networks.iter().filter_map(|n| net_id(n).and_then(|id| Some((c.networks[id.0 as usize].vlan?, id)))).collect();
-        ports.push(PortSpec {
-            name: u.name.clone(),
-            ifname: u.ifname.clone(),
-            kind: kind_name(u.kind).into(),
-            role: Role::trunk(&pairs),
-            offload: crate::wire::vnet::Offloads::NONE,
-            mac_limit: None,
-        });
+        let pairs: Vec<(u16, NetId)> = u.networks.iter().filter_map(|n| Some((net_of(n)?.vlan?, net_id(n)?))).collect();
+        put(
+            &u.name,
+            PortSpec {
+                name: u.name.clone(),
+                ifname: u.ifname.clone(),
+                kind: kind_name(u.kind).into(),
+                role: Role::trunk(&pairs),
+                offload: crate::wire::vnet::Offloads::NONE,
+                mac_limit: None,
+            },
+        );
     }
     if let Some(pb) = &c.public {
-        ports.push(PortSpec {
-            name: PUBLIC_PORT.into(),
-            ifname: pb.ifname.clone(),
-            kind: kind_name(pb.kind).into(),
-            role: Role::Public,
-            offload: crate::wire::vnet::Offloads::NONE,
-            mac_limit: Some(0),
-        });
+        put(
+            PUBLIC_PORT,
+            PortSpec {
+                name: PUBLIC_PORT.into(),
+                ifname: pb.ifname.clone(),
+                kind: kind_name(pb.kind).into(),
+                role: Role::Public,
+                offload: crate::wire::vnet::Offloads::NONE,
+                mac_limit: Some(0),
+            },
+        );
     }
-    // VXLAN peers last: one port each, carrying its VNIs (all networks with a vni if unsaid).
+    // One port per VXLAN peer, carrying its VNIs (all networks with a vni if unsaid).
     if let Some(vx) = &c.vxlan {
         for peer in &vx.peer {
             let vnis: Vec<(u32, NetId)> = c
                 .networks
                 .iter()
-                .enumerate()
-                .filter_map(|(i, n)| Some((n.vni?, NetId(i as u16))))
+                .filter_map(|n| Some((n.vni?, net_id(&n.name)?)))
                 .filter(|(vni, _)| peer.vnis.as_ref().is_none_or(|v| v.contains(vni)))
                 .collect();
-            ports.push(PortSpec {
-                name: vtep_name(peer.remote),
-                ifname: peer.remote.to_string(),
-                kind: "vxlan".into(),
-                role: Role::Vtep { remote: peer.remote, vnis },
-                offload: crate::wire::vnet::Offloads::NONE,
-                mac_limit: None,
-            });
+            put(
+                &vtep_name(peer.remote),
+                PortSpec {
+                    name: vtep_name(peer.remote),
+                    ifname: peer.remote.to_string(),
+                    kind: "vxlan".into(),
+                    role: Role::Vtep { remote: peer.remote, vnis },
+                    offload: crate::wire::vnet::Offloads::NONE,
+                    mac_limit: None,
+                },
+            );
         }
     }
-    let nets = c.networks.iter().map(|n| NetSpec { name: n.name.clone(), vlan: n.vlan }).collect();
+    let nets = ids
+        .nets
+        .iter()
+        .map(|(name, _)| match name.as_deref().and_then(|name| c.networks.iter().find(|n| n.name == name)) {
+            Some(n) => NetSpec { name: n.name.clone(), vlan: n.vlan },
+            None => NetSpec { name: String::new(), vlan: None },
+        })
+        .collect();
     DatapathConfig {
         router_mac: router_mac(c),
         nets,
         ports,
         mac_aging: Duration::from_secs(c.router.mac_aging_secs),
         mac_table_size: c.router.mac_table_size,
-        security: security_groups(c),
+        security: security_groups(c, ids),
         vxlan_mtu: c.vxlan.as_ref().map_or(1450, |v| v.mtu.unwrap_or(1500) as usize - 50),
-        l3: l3_config(c),
+        l3: l3_config(c, ids),
     }
 }
 
 /// Each guest port's security groups: their rules merged by direction (a rule's value is the
 /// `remote_group` it names, as a group index), and what makes the port a member of its groups.
-/// Port ids follow `datapath_config`'s numbering (guest ports first, in config order).
-pub fn security_groups(c: &Config) -> crate::filter::sg::SgConfig {
+/// Port ids are `ids`' slots.
+pub fn security_groups(c: &Config, ids: &Numbering) -> crate::filter::sg::SgConfig {
     use crate::config::schema::Direction;
     use crate::filter::sg::{PortGroups, SgConfig};
     let gid = |name: &str| c.security_group.iter().position(|g| g.name == name).map(|i| i as u16);
     let mut ports = Vec::new();
-    let mut id = 0u16;
     for p in &c.ports {
-        let Some(net) = c.networks.iter().position(|n| n.name == p.network) else { continue };
-        let port = crate::switch::PortId(id);
-        id += 1;
+        let (Some(net), Some(port)) = (ids.net(&p.network), ids.port(&p.name)) else { continue };
         if p.security_groups.is_empty() {
             continue;
         }
@@ -153,7 +232,7 @@ pub fn security_groups(c: &Config) -> crate::filter::sg::SgConfig {
             }
         }
         let addrs = p.ip.into_iter().chain(p.allowed_addresses.iter().copied()).collect();
-        ports.push(PortGroups { port, net: NetId(net as u16), mac: p.mac, addrs, groups, ingress, egress });
+        ports.push(PortGroups { port, net, mac: p.mac, addrs, groups, ingress, egress });
     }
     SgConfig { ports, timeouts: timeouts(c) }
 }
@@ -167,11 +246,12 @@ fn l4(p: L4Proto) -> u8 {
 
 /// The router's tables: networks with their egress classifiers, the public side, NAT rules,
 /// the firewall per public IP, conntrack limits.
-pub fn l3_config(c: &Config) -> L3Config {
-    let nets = c
-        .networks
+pub fn l3_config(c: &Config, ids: &Numbering) -> L3Config {
+    let nets = ids
+        .nets
         .iter()
-        .map(|n| {
+        .map(|(name, _)| {
+            let Some(n) = name.as_deref().and_then(|name| c.networks.iter().find(|n| n.name == name)) else { return NetL3::vacant() };
             let rules = c
                 .egress
                 .iter()
@@ -221,7 +301,7 @@ pub fn l3_config(c: &Config) -> L3Config {
         conntrack_max: ct.and_then(|t| t.max_flows).unwrap_or(262_144),
         timeouts,
         neigh_cap: 4096,
-        lbs: load_balancers(c),
+        lbs: load_balancers(c, ids),
         // The I/O edge keys it from the kernel before the router is built.
         seed: [0; 32],
     }
@@ -229,7 +309,7 @@ pub fn l3_config(c: &Config) -> L3Config {
 
 /// Load balancers: backends placed on their networks, health checks with their defaults
 /// (haproxy's: every 2 s, rise 2, fall 3; a timeout of half the interval).
-pub fn load_balancers(c: &Config) -> Vec<crate::lb::LbSpec> {
+pub fn load_balancers(c: &Config, ids: &Numbering) -> Vec<crate::lb::LbSpec> {
     use crate::config::schema::CheckKind as K;
     use crate::lb::{BackendSpec, CheckKind, CheckSpec, LbSpec};
     c.load_balancer
@@ -244,8 +324,8 @@ pub fn load_balancers(c: &Config) -> Vec<crate::lb::LbSpec> {
                 .backends
                 .iter()
                 .filter_map(|b| {
-                    let net = c.networks.iter().position(|n| n.cidr.contains(b.ip))?;
-                    Some(BackendSpec { ip: b.ip, port: b.port, weight: b.weight.unwrap_or(1), net: NetId(net as u16) })
+                    let net = ids.net(&c.networks.iter().find(|n| n.cidr.contains(b.ip))?.name)?;
+                    Some(BackendSpec { ip: b.ip, port: b.port, weight: b.weight.unwrap_or(1), net })
                 })
                 .collect(),
             check: lb.health_check.as_ref().and_then(|h| {
@@ -289,27 +369,48 @@ pub fn timeouts(c: &Config) -> Timeouts {
 /// CloudStack's VR a day).
 pub const DEFAULT_LEASE_SECS: u32 = 86_400;
 
+/// What the account's DHCP and DNS servers are to serve (the servers are made from it at
+/// start, and reconfigured with it on a reload).
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// DHCP settings by network slot (`None`: not served), and the reservations; `None` when
+    /// no network is served.
+    pub dhcp: Option<(Vec<Option<crate::dhcp::DhcpNet>>, Vec<crate::dhcp::Reservation>)>,
+    /// Whether each network slot is served by DHCP.
+    pub served: Vec<bool>,
+    pub dns: Option<crate::dns::DnsConfig>,
+}
+
+impl ServiceSpec {
+    /// The servers, new.
+    pub fn servers(&self) -> (Option<crate::dhcp::DhcpServer>, Vec<bool>, Option<crate::dns::DnsServer>) {
+        let dhcp = self.dhcp.clone().map(|(n, r)| crate::dhcp::DhcpServer::new(n, r));
+        (dhcp, self.served.clone(), self.dns.clone().map(crate::dns::DnsServer::new))
+    }
+}
+
 /// The DHCP and DNS servers for the account, and which networks DHCP serves. DHCP serves a
 /// network that has a gateway and either a `dhcp_range` or reservations (ports with `mac` and
 /// `ip`); DNS runs when any network has a gateway and the account has a `[dns]` section or a
 /// network `domain`.
-pub fn services(c: &Config) -> (Option<crate::dhcp::DhcpServer>, Vec<bool>, Option<crate::dns::DnsServer>) {
-    use crate::dhcp::{DhcpNet, DhcpServer, Reservation};
-    let routed: Vec<(usize, &crate::config::schema::Network)> = c.networks.iter().enumerate().filter(|(_, n)| n.gateway.is_some()).collect();
+pub fn services(c: &Config, ids: &Numbering) -> ServiceSpec {
+    use crate::dhcp::{DhcpNet, Reservation};
+    let routed: Vec<&crate::config::schema::Network> = c.networks.iter().filter(|n| n.gateway.is_some()).collect();
     let reservations: Vec<Reservation> = c
         .ports
         .iter()
         .filter_map(|p| {
-            let net = c.networks.iter().position(|n| n.name == p.network)?;
+            let net = ids.net(&p.network)?.0 as usize;
             Some(Reservation { net, mac: p.mac?, ip: p.ip?, hostname: p.hostname.clone() })
         })
         .collect();
-    let mut served = vec![false; c.networks.len()];
-    let nets: Vec<Option<DhcpNet>> = c
-        .networks
+    let mut served = vec![false; ids.nets.len()];
+    let nets: Vec<Option<DhcpNet>> = ids
+        .nets
         .iter()
         .enumerate()
-        .map(|(i, n)| {
+        .map(|(i, (name, _))| {
+            let n = name.as_deref().and_then(|name| c.networks.iter().find(|n| n.name == name))?;
             let gateway = n.gateway?;
             if n.dhcp_range.is_none() && !reservations.iter().any(|r| r.net == i) {
                 return None;
@@ -319,7 +420,7 @@ pub fn services(c: &Config) -> (Option<crate::dhcp::DhcpServer>, Vec<bool>, Opti
             // since a client that takes option 121 ignores option 3.
             let routes = if routed.len() > 1 {
                 let mut r: Vec<(crate::config::types::Ipv4Net, std::net::Ipv4Addr)> =
-                    routed.iter().filter(|(j, _)| *j != i).map(|(_, o)| (o.cidr, gateway)).collect();
+                    routed.iter().filter(|o| o.name != n.name).map(|o| (o.cidr, gateway)).collect();
                 r.push((crate::config::types::Ipv4Net { addr: std::net::Ipv4Addr::UNSPECIFIED, prefix: 0 }, gateway));
                 r
             } else {
@@ -337,31 +438,26 @@ pub fn services(c: &Config) -> (Option<crate::dhcp::DhcpServer>, Vec<bool>, Opti
             })
         })
         .collect();
-    let dhcp = served.iter().any(|s| *s).then(|| DhcpServer::new(nets, reservations));
+    let dhcp = served.iter().any(|s| *s).then_some((nets, reservations));
     let want_dns = !routed.is_empty() && (c.dns.is_some() || c.networks.iter().any(|n| n.domain.is_some()));
-    let dns = want_dns.then(|| {
-        crate::dns::DnsServer::new(crate::dns::DnsConfig {
-            domains: c.networks.iter().filter_map(|n| n.domain.clone()).collect(),
-            nets: c.networks.iter().map(|n| n.cidr).collect(),
-            upstreams: c.dns.as_ref().map(|d| d.upstreams.clone()).unwrap_or_default(),
-            cache_entries: c.dns.as_ref().and_then(|d| d.cache_entries).unwrap_or(10_000),
-            upstream_timeout_ms: 2000,
-        })
+    let dns = want_dns.then(|| crate::dns::DnsConfig {
+        domains: c.networks.iter().filter_map(|n| n.domain.clone()).collect(),
+        nets: c.networks.iter().map(|n| n.cidr).collect(),
+        upstreams: c.dns.as_ref().map(|d| d.upstreams.clone()).unwrap_or_default(),
+        cache_entries: c.dns.as_ref().and_then(|d| d.cache_entries).unwrap_or(10_000),
+        upstream_timeout_ms: 2000,
     });
-    (dhcp, served, dns)
+    ServiceSpec { dhcp, served, dns }
 }
 
-/// Every guest port's metadata (what cloud-init is told), keyed by its port id (ports come
-/// first in the datapath's numbering, in config order).
-pub fn metadata(c: &Config) -> Vec<crate::router::meta::VmSpec> {
-    let net_id = |name: &str| c.networks.iter().position(|n| n.name == name).map(|i| NetId(i as u16));
+/// Every guest port's metadata (what cloud-init is told), keyed by its port slot.
+pub fn metadata(c: &Config, ids: &Numbering) -> Vec<crate::router::meta::VmSpec> {
     c.ports
         .iter()
-        .enumerate()
-        .filter_map(|(i, p)| {
+        .filter_map(|p| {
             Some(crate::router::meta::VmSpec {
-                port: crate::switch::PortId(i as u16),
-                net: net_id(&p.network)?,
+                port: ids.port(&p.name)?,
+                net: ids.net(&p.network)?,
                 mac: p.mac,
                 fixed_ip: p.ip,
                 vm: crate::metadata::Vm {

@@ -60,7 +60,7 @@ fn wire_frames(len: usize, v: &VnetHdr) -> u64 {
 }
 
 /// One port as the datapath sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PortSpec {
     pub name: String,
     pub ifname: String,
@@ -74,7 +74,21 @@ pub struct PortSpec {
     pub mac_limit: Option<usize>,
 }
 
-#[derive(Debug, Clone)]
+impl PortSpec {
+    /// A slot with no port (removed by a reload).
+    pub fn vacant() -> Self {
+        PortSpec {
+            name: String::new(),
+            ifname: String::new(),
+            kind: String::new(),
+            role: Role::Vacant,
+            offload: crate::wire::vnet::Offloads::NONE,
+            mac_limit: Some(0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct NetSpec {
     pub name: String,
     pub vlan: Option<u16>,
@@ -311,38 +325,34 @@ pub struct Datapath {
     /// Receive coalescing, on while a batch of segments (a UDP_GRO read) is processed.
     gro: crate::gro::Coalescer,
     gro_on: bool,
+    /// Counters of ports a reload removed (the totals never go down).
+    retired: PortStats,
+}
+
+/// Each network's member ports (guest ports, trunks and VXLAN peers carrying it), in slot order.
+fn add_members(nets: &mut [Net], ports: &[PortSpec]) {
+    for (i, p) in ports.iter().enumerate() {
+        let id = PortId(i as u16);
+        let mut add = |net: NetId| {
+            if let Some(n) = nets.get_mut(net.0 as usize) {
+                if !n.members.contains(&id) {
+                    n.members.push(id);
+                }
+            }
+        };
+        match &p.role {
+            Role::Access { net, .. } => add(*net),
+            Role::Trunk { vlans } => vlans.iter().flatten().for_each(|n| add(*n)),
+            Role::Vtep { vnis, .. } => vnis.iter().for_each(|(_, n)| add(*n)),
+            Role::Public | Role::Vacant => {}
+        }
+    }
 }
 
 impl Datapath {
     pub fn new(cfg: DatapathConfig) -> Self {
         let mut nets: Vec<Net> = cfg.nets.into_iter().map(|spec| Net { spec, members: Vec::new() }).collect();
-        for (i, p) in cfg.ports.iter().enumerate() {
-            let id = PortId(i as u16);
-            match &p.role {
-                Role::Access { net, .. } => {
-                    if let Some(n) = nets.get_mut(net.0 as usize) {
-                        n.members.push(id);
-                    }
-                }
-                Role::Trunk { vlans } => {
-                    for net in vlans.iter().flatten() {
-                        if let Some(n) = nets.get_mut(net.0 as usize) {
-                            if !n.members.contains(&id) {
-                                n.members.push(id);
-                            }
-                        }
-                    }
-                }
-                Role::Public => {}
-                Role::Vtep { vnis, .. } => {
-                    for (_, net) in vnis {
-                        if let Some(n) = nets.get_mut(net.0 as usize) {
-                            n.members.push(id);
-                        }
-                    }
-                }
-            }
-        }
+        add_members(&mut nets, &cfg.ports);
         let public_port = cfg.ports.iter().position(|p| matches!(p.role, Role::Public)).map(|i| PortId(i as u16));
         let caps = cfg.ports.iter().map(|p| p.mac_limit).collect();
         let mut fdb = Fdb::new(nets.len(), caps, cfg.mac_table_size, cfg.mac_aging);
@@ -385,7 +395,62 @@ impl Datapath {
             scratch: vec![0u8; crate::buf::BUF_SIZE].into_boxed_slice(),
             router: Router::new(cfg.router_mac, cfg.l3),
             public_port,
+            retired: PortStats::default(),
         }
+    }
+
+    /// Applies a reload's tables between batches. Slots keep their meaning (`build::Numbering`):
+    /// a port or network that is still the same (`same_port`, `same_net`: same name, same
+    /// generation) keeps its counters, its learned MACs (unless its role changed: another
+    /// network, VLANs, security) and its flows; a removed one's learned MACs go, and its
+    /// counters stay in the totals. The router re-decides flows lazily (see `router::reload`).
+    pub fn reconfigure(&mut self, now: Instant, cfg: DatapathConfig, svc: crate::router::reload::Services, same_port: &dyn Fn(PortId) -> bool, same_net: &dyn Fn(NetId) -> bool) {
+        let n = cfg.ports.len();
+        for i in 0..self.ports.len().max(n) {
+            let p = PortId(i as u16);
+            if !same_port(p) || i >= n {
+                if let Some(st) = self.stats.get_mut(i) {
+                    self.retired.absorb(st);
+                    *st = PortStats::default();
+                }
+                if let Some(h) = self.peer_health.get_mut(i) {
+                    *h = PeerHealth::default();
+                }
+            }
+        }
+        self.stats.resize(n, PortStats::default());
+        self.peer_health.resize(n, PeerHealth::default());
+        let old_ports = std::mem::replace(&mut self.ports, cfg.ports);
+        let role_kept: Vec<bool> = (0..n).map(|i| same_port(PortId(i as u16)) && old_ports.get(i).is_some_and(|o| o.role == self.ports[i].role)).collect();
+        let net_kept: Vec<bool> = (0..cfg.nets.len()).map(|i| same_net(NetId(i as u16)) && self.nets.get(i).is_some_and(|o| o.spec.vlan == cfg.nets[i].vlan)).collect();
+        let caps = self.ports.iter().map(|p| p.mac_limit).collect();
+        self.fdb.reconfigure(cfg.nets.len(), caps, cfg.mac_table_size, cfg.mac_aging, |net, port| {
+            net_kept.get(net.0 as usize).copied().unwrap_or(false) && role_kept.get(port.0 as usize).copied().unwrap_or(false)
+        });
+        for (i, p) in self.ports.iter().enumerate() {
+            if let Role::Access { net, security: Some(sec) } = &p.role {
+                self.fdb.pin(*net, sec.mac, PortId(i as u16));
+            }
+        }
+        self.nets = cfg.nets.into_iter().map(|spec| Net { spec, members: Vec::new() }).collect();
+        add_members(&mut self.nets, &self.ports);
+        self.public_port = self.ports.iter().position(|p| matches!(p.role, Role::Public)).map(|i| PortId(i as u16));
+        self.vteps = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match &p.role {
+                Role::Vtep { remote, .. } => Some((*remote, PortId(i as u16))),
+                _ => None,
+            })
+            .collect();
+        self.sg.reconfigure(cfg.security, n, |p| role_kept.get(p.0 as usize).copied().unwrap_or(false));
+        let live = |p: &PortId| self.ports.get(p.0 as usize).is_some_and(|s| s.role != Role::Vacant);
+        self.drop_watch.retain(live);
+        self.dropped.retain(|d| self.ports.get(d.port.0 as usize).is_some_and(|s| s.role != Role::Vacant));
+        self.vxlan_mtu = cfg.vxlan_mtu;
+        self.router_mac = cfg.router_mac;
+        self.router.reconfigure(now, cfg.router_mac, cfg.l3, svc, same_net, same_port);
     }
 
     /// The port named `name` (ports, uplinks, the public port, `vxlan-<address>` peers).
@@ -1039,7 +1104,7 @@ impl Datapath {
                     .filter_map(|(vid, n)| n.map(|n| TrunkNet { network: self.nets[n.0 as usize].spec.name.clone(), vlan: vid as u16 }))
                     .collect(),
             },
-            Role::Public => RoleRow::Public { network: None },
+            Role::Public | Role::Vacant => RoleRow::Public { network: None },
             Role::Vtep { remote, vnis } => RoleRow::Vxlan {
                 remote: remote.to_string(),
                 networks: vnis.iter().map(|(vni, n)| VxlanNet { network: self.nets[n.0 as usize].spec.name.clone(), vni: *vni }).collect(),
@@ -1051,6 +1116,7 @@ impl Datapath {
         self.ports
             .iter()
             .enumerate()
+            .filter(|(_, p)| p.role != Role::Vacant)
             .map(|(i, p)| {
                 let s = &self.stats[i];
                 PortRow {
@@ -1092,11 +1158,13 @@ impl Datapath {
     }
 
     pub fn show_stats(&self) -> StatsSnapshot {
-        let mut totals = PortStats::default();
+        // Removed ports' counters stay in the totals, so they never go down.
+        let mut totals = self.retired.clone();
         let ports = self
             .ports
             .iter()
             .zip(&self.stats)
+            .filter(|(p, s)| p.role != Role::Vacant || s.rx_frames + s.tx_frames > 0)
             .map(|(p, s)| {
                 totals.rx_frames += s.rx_frames;
                 totals.tx_frames += s.tx_frames;
@@ -1117,6 +1185,7 @@ impl Datapath {
             .nets
             .iter()
             .enumerate()
+            .filter(|(_, n)| !n.spec.name.is_empty())
             .map(|(i, n)| NetRow { name: n.spec.name.clone(), vlan: n.spec.vlan, macs: self.fdb.net_count(NetId(i as u16)) })
             .collect();
         let ct = &self.router.ct;

@@ -69,8 +69,21 @@ enum CtlCmd {
     },
     /// Set a VM's one-time password (read from stdin) for CloudStack's password server.
     SetPassword { port: String },
-    /// Re-read the config file and apply the difference.
-    Reload,
+    /// Re-read the config file and apply the difference (also SIGHUP).
+    Reload {
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate FILE (or `-`: stdin), apply it live and make it the config file (written
+    /// atomically), so a restart comes back with it. Refused whole if invalid.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Print the reply as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A live view: per-port packets/s and bit/s both ways, drops/s by reason, flows, leases
     /// and load-balancer backends, refreshed every second; q quits.
     Top {
@@ -182,13 +195,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             };
             match cmd {
                 CtlCmd::Diff { file, json } => {
-                    let (config, path) = if file.as_os_str() == "-" {
-                        let mut s = String::new();
-                        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s)?;
-                        (s, "(stdin)".to_string())
-                    } else {
-                        (std::fs::read_to_string(&file).with_context(|| file.display().to_string())?, file.display().to_string())
-                    };
+                    let (config, path) = read_config_arg(&file)?;
                     let data = match control::request(&socket, &Request::Diff { config, path }) {
                         Ok(d) => d,
                         Err(control::ControlError::Refused(msg)) => {
@@ -266,9 +273,27 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         _ => 2,
                     }));
                 }
-                CtlCmd::Reload => {
-                    control::request(&socket, &Request::Reload)?;
-                    println!("reloaded");
+                CtlCmd::Reload { json } | CtlCmd::Apply { json, .. } => {
+                    let req = match &cmd {
+                        CtlCmd::Apply { file, .. } => {
+                            let (config, path) = read_config_arg(file)?;
+                            Request::Apply { config, path }
+                        }
+                        _ => Request::Reload,
+                    };
+                    let data = match control::request(&socket, &req) {
+                        Ok(d) => d,
+                        Err(control::ControlError::Refused(msg)) => {
+                            eprintln!("{msg}");
+                            return Ok(ExitCode::FAILURE);
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&data)?);
+                    } else {
+                        println!("{}", applied_summary(&data));
+                    }
                 }
                 CtlCmd::Capture { port, write, count, direction, drops } => {
                     use std::io::IsTerminal;
@@ -533,4 +558,46 @@ fn render(t: Table, data: &Value) -> String {
             out
         }
     }
+}
+
+/// A config given as `-f FILE` (or `-`: stdin) and the name messages use for it.
+fn read_config_arg(file: &std::path::Path) -> anyhow::Result<(String, String)> {
+    if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s)?;
+        Ok((s, "(stdin)".to_string()))
+    } else {
+        Ok((std::fs::read_to_string(file).with_context(|| file.display().to_string())?, file.display().to_string()))
+    }
+}
+
+/// One line for a reload's or apply's reply: what changed, and how long it took.
+fn applied_summary(d: &serde_json::Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = d["changes"].as_object() {
+        for (kind, ops) in m {
+            if let Some(ops) = ops.as_object() {
+                for (op, n) in ops {
+                    parts.push(format!("{kind} {op} {n}"));
+                }
+            }
+        }
+    }
+    let what = if parts.is_empty() { "no changes".to_string() } else { parts.join(", ") };
+    let mut line = format!(
+        "applied: {what}; {} ms in all, datapath paused {} ms",
+        d["total_ms"].as_f64().unwrap_or(0.0),
+        d["pause_ms"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(w) = d["written"].as_str() {
+        line.push_str(&format!("; written to {w}"));
+    }
+    if let Some(r) = d["restart_needed"].as_array() {
+        let keys: Vec<&str> = r.iter().filter_map(|k| k.as_str()).collect();
+        line.push_str(&format!("; takes a restart: {}", keys.join(", ")));
+    }
+    if let Some(w) = d["warning"].as_str() {
+        line.push_str(&format!("\nwarning: {w}"));
+    }
+    line
 }

@@ -4,9 +4,9 @@
 //! A packet matching a flow's `orig` key is rewritten to `reverse(reply)`, one matching `reply`
 //! to `reverse(orig)`: the NAT decision is implied by the two keys, so the per-packet path is one
 //! hash lookup and a few field writes ("decide once per flow, then replay", DESIGN.md). Each flow
-//! also stores where each direction leaves (interface and next hop). It does not record the
-//! rules it was decided under: the rules never change while vrouter runs (a new config means a
-//! restart), so a flow keeps its decision for its life.
+//! also stores where each direction leaves (interface and next hop), and the rules epoch it was
+//! decided under: after a reload (a new epoch) the owner re-decides a flow on its next packet
+//! and either keeps it ([`Conntrack::refresh`]) or ends it (OPTE's `set_rules_soft`).
 //!
 //! The index is a SwissTable of 4-byte slot numbers (flow index and direction): the keys live
 //! in the flows themselves, as Linux keeps its tuples inside `nf_conn`, so a million flows
@@ -145,6 +145,10 @@ pub struct Flow {
     /// Who counts this connection (a load balancer's backend), or [`NO_TAG`]; handed back
     /// through [`Conntrack::released`] once, when the connection starts closing or ends.
     pub tag: u32,
+    /// The rules epoch the flow was decided (or last re-decided) under.
+    pub epoch: u32,
+    /// The owner's note about the flow (security groups: which way its first packet crossed).
+    pub aux: u8,
 }
 
 /// A flow nobody counts.
@@ -234,6 +238,8 @@ pub struct Conntrack {
     /// Live flows whose source was translated, by the address and protocol they were given
     /// (NAT ports in use): a handful of entries (public IPs and gateways).
     translated: std::collections::HashMap<(Ipv4Addr, u8), u32>,
+    /// The current rules epoch: new flows get it; a flow with an older one is re-decided.
+    pub epoch: u32,
 }
 
 fn slot(idx: u32, dir: Dir) -> u32 {
@@ -258,7 +264,13 @@ impl Conntrack {
             stats: CtStats::default(),
             released: Vec::new(),
             translated: std::collections::HashMap::new(),
+            epoch: 0,
         }
+    }
+
+    /// A new cap (a reload): flows over it are not removed, new ones wait until there is room.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max.clamp(1, 1 << 24);
     }
 
     pub fn len(&self) -> usize {
@@ -322,6 +334,23 @@ impl Conntrack {
         &self.flows[idx as usize]
     }
 
+    /// A flow re-decided the same way under the current rules: it carries on, with `egress`
+    /// (where the new rules send each direction).
+    pub fn refresh(&mut self, idx: u32, egress: [Egress; 2]) {
+        let epoch = self.epoch;
+        if let Some(f) = self.flows.get_mut(idx as usize).filter(|f| f.live) {
+            f.epoch = epoch;
+            f.egress = egress;
+        }
+    }
+
+    /// Sets the owner's note on a live flow.
+    pub fn set_aux(&mut self, idx: u32, aux: u8) {
+        if let Some(f) = self.flows.get_mut(idx as usize).filter(|f| f.live) {
+            f.aux = aux;
+        }
+    }
+
     /// Marks a live flow as counted by `tag` (see [`Flow::tag`]).
     pub fn set_tag(&mut self, idx: u32, tag: u32) {
         if let Some(f) = self.flows.get_mut(idx as usize).filter(|f| f.live) {
@@ -358,7 +387,7 @@ impl Conntrack {
         // A TCP flow starts half-open, whether its first packet is a SYN or it is picked up
         // mid-stream (Linux's nf_conntrack_tcp_loose): established once the other side answers.
         let state = if orig.proto == proto::TCP { State::SynSent } else { State::Unreplied };
-        let flow = Flow { orig, reply, egress, expires: 0, bytes: 0, packets: 0, state, fins: 0, live: true, tag: NO_TAG };
+        let flow = Flow { orig, reply, egress, expires: 0, bytes: 0, packets: 0, state, fins: 0, live: true, tag: NO_TAG, epoch: self.epoch, aux: 0 };
         let idx = match self.free.pop() {
             Some(i) => {
                 self.flows[i as usize] = flow;

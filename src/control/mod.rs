@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod health;
 pub mod pcapng;
+pub mod reload;
 pub mod metrics;
 pub mod telemetry;
 pub mod top;
@@ -59,6 +60,9 @@ pub enum Request {
     SetPassword { port: String, password: String },
     /// What applying this config text (from `path`, for messages) would change (`ctl diff`).
     Diff { config: String, path: String },
+    /// Validate this config text (from `path`, for messages), apply it and make it the config
+    /// file (`ctl apply`).
+    Apply { config: String, path: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,6 +89,8 @@ pub struct Envelope {
     pub request: Request,
     pub reply: Sender<Response>,
     pub capture: Option<capture::Link>,
+    /// A change built by the control side (`reload`, `apply`), for the loop to put in place.
+    pub staged: Option<Box<reload::Staged>>,
 }
 
 /// Errors of the control socket, server or client side.
@@ -107,8 +113,8 @@ pub enum ControlError {
     Refused(String),
 }
 
-/// A request is one line: a whole config (`ctl diff`) may come in it.
-const MAX_REQUEST: u64 = 4 * 1024 * 1024;
+/// A request is one line: a whole config (`ctl diff`, `ctl apply`) may come in it.
+const MAX_REQUEST: u64 = 16 * 1024 * 1024;
 const MAX_CLIENTS: usize = 16;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -116,11 +122,13 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// forwarded request so the poll loop notices.
 /// `heartbeat` holds the unix time (ms) of the datapath loop's last turn: a health request the
 /// loop does not answer in time is answered here, as failing, with how long the loop stalled.
+/// `applier` stages `reload` and `apply` on the connection's thread.
 pub fn serve(
     path: &Path,
     tx: Sender<Envelope>,
     wake: impl Fn() + Send + Sync + 'static,
     heartbeat: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    applier: std::sync::Arc<reload::Applier>,
 ) -> Result<(), ControlError> {
     let io = |source| ControlError::Io { path: path.to_path_buf(), source };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -165,9 +173,9 @@ pub fn serve(
                     let _ = (&s).write_all(b"{\"ok\":false,\"error\":\"too many control clients\"}\n");
                     continue;
                 }
-                let (tx, wake, done, beat) = (tx.clone(), wake.clone(), busy.clone(), heartbeat.clone());
+                let (tx, wake, done, beat, ap) = (tx.clone(), wake.clone(), busy.clone(), heartbeat.clone(), applier.clone());
                 let spawned = std::thread::Builder::new().name("control-conn".into()).spawn(move || {
-                    if let Err(e) = handle(s, &tx, &*wake, &beat) {
+                    if let Err(e) = handle(s, &tx, &*wake, &beat, &ap) {
                         tracing::debug!("control connection: {e}");
                     }
                     done.fetch_sub(1, Ordering::SeqCst);
@@ -192,7 +200,7 @@ fn stalled(beat: &std::sync::atomic::AtomicU64) -> Response {
     Response::ok(serde_json::json!({"status": health::Status::Failing, "checks": [c]}))
 }
 
-fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::sync::atomic::AtomicU64) -> std::io::Result<()> {
+fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::sync::atomic::AtomicU64, applier: &reload::Applier) -> std::io::Result<()> {
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     let mut line = Vec::new();
@@ -200,6 +208,8 @@ fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::syn
     let mut cap = None;
     let resp = match serde_json::from_slice::<Request>(line.trim_ascii()) {
         Err(e) => Response::err(format!("bad request: {e}")),
+        Ok(Request::Reload) => applier.reload(tx, wake),
+        Ok(Request::Apply { config, path }) => applier.apply(&config, &path, tx, wake),
         Ok(request) => {
             let health = request == Request::Health;
             if let Request::Capture { port, count, .. } = &request {
@@ -208,7 +218,7 @@ fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::syn
             let link = cap.as_ref().map(|(_, _, (l, _))| l.clone());
             let (rtx, rrx) = crossbeam_channel::bounded(1);
             // A full inbox is a stalled loop too: never block on it.
-            if let Err(e) = tx.try_send(Envelope { request, reply: rtx, capture: link }) {
+            if let Err(e) = tx.try_send(Envelope { request, reply: rtx, capture: link, staged: None }) {
                 match e {
                     crossbeam_channel::TrySendError::Disconnected(_) => Response::err("vrouter is shutting down"),
                     crossbeam_channel::TrySendError::Full(_) if health => stalled(beat),

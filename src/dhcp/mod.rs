@@ -454,6 +454,8 @@ pub struct DhcpServer {
     /// The latest wall-clock time seen (for the queries that take no time).
     now: u64,
     counters: DhcpCounters,
+    /// Network names of the Free records the last reload pushed (by seq), for their log lines.
+    freed_names: Vec<(u64, String)>,
 }
 
 /// An ACK waiting for its Bind record (`seq`) to reach the disk.
@@ -509,6 +511,7 @@ impl DhcpServer {
             store_ok: true,
             now: 0,
             counters: DhcpCounters::default(),
+            freed_names: Vec::new(),
         }
     }
 
@@ -888,6 +891,52 @@ impl DhcpServer {
         Ok(())
     }
 
+    /// Applies a reload: `nets[i]` is network slot i's settings now, `same(i)` whether slot i is
+    /// still the network it was. A network that stays keeps every record its new settings still
+    /// allow (a lease inside the changed pool, a reservation's); any other lease is released:
+    /// a Free record goes to the log (pushed as `Action::Persist`) and the address is free
+    /// again. A removed network's leases go the same way. Counters carry on.
+    pub fn reconfigure(&mut self, nets: Vec<Option<DhcpNet>>, reservations: Vec<Reservation>, same: impl Fn(usize) -> bool, out: &mut Vec<Action>) {
+        self.freed_names.clear();
+        let mut fresh = DhcpServer::new(nets, reservations);
+        let old = std::mem::take(&mut self.nets);
+        let mut freed: Vec<(usize, Ipv4Addr, String)> = Vec::new();
+        for (i, ns) in old.into_iter().enumerate() {
+            let Some(ns) = ns else { continue };
+            let name = ns.cfg.name.clone();
+            let keep_net = same(i) && matches!(fresh.nets.get(i), Some(Some(_)));
+            for (_, rec) in ns.recs {
+                let l = &rec.lease;
+                let kept = keep_net && {
+                    let n = fresh.nets[i].as_ref().expect("checked above");
+                    match l.state {
+                        LeaseState::Declined => n.cfg.cidr.contains(l.ip),
+                        _ => n.allowed(l.mac, l.ip),
+                    }
+                };
+                if kept {
+                    if let Some(Some(n)) = fresh.nets.get_mut(i) {
+                        n.put(rec);
+                    }
+                } else {
+                    drop_offer(&mut self.offers, &rec);
+                    if matches!(l.state, LeaseState::Bound | LeaseState::Declined) {
+                        freed.push((i, l.ip, name.clone()));
+                    }
+                }
+            }
+        }
+        self.nets = std::mem::take(&mut fresh.nets);
+        // ACKs held for a record that is gone now are not sent.
+        self.held.retain(|h| self.nets.get(h.net).and_then(|n| n.as_ref()).is_some_and(|n| n.recs.get(&u32::from(h.ip)).is_some_and(|r| r.lease.mac == h.mac)));
+        for (net, ip, name) in freed {
+            let seq = self.next_seq();
+            let record = LeaseRecord::Free { net, ip };
+            out.push(Action::Persist { seq, record: record.clone() });
+            self.freed_names.push((seq, name));
+        }
+    }
+
     /// Records `first..=last` are on disk: the ACKs they held go out (as Action::Send). The
     /// log writes records in seq order and never skips one, so a held ACK below `first` was
     /// never reported durable: it is dropped unsent (its client retries), never released.
@@ -932,7 +981,9 @@ impl DhcpServer {
             LeaseRecord::Free { net, ip } => (*net, *ip, false),
             LeaseRecord::Decline { net, ip, .. } => (*net, *ip, true),
         };
-        let name = self.nets.get(net).and_then(|n| n.as_ref()).map_or("-", |n| n.cfg.name.as_str());
+        // A release by a reload names a network that may be gone already.
+        let gone = self.freed_names.iter().find(|(s, _)| *s == seq).map(|(_, n)| n.as_str());
+        let name = gone.or_else(|| self.nets.get(net).and_then(|n| n.as_ref()).map(|n| n.cfg.name.as_str())).unwrap_or("-");
         LogLine { seq, key: format!("{name} {ip}"), line: r.encode(name), live }
     }
 

@@ -316,6 +316,22 @@ impl DnsServer {
         }
     }
 
+    /// Applies a reload's settings. The cache stays (unless its size changed), queries in
+    /// flight carry on (their next attempt goes to the new upstreams); new domains or networks
+    /// rebuild the zones, whose host table the owner then gives again.
+    pub fn reconfigure(&mut self, cfg: DnsConfig) {
+        if cfg.domains != self.cfg.domains || cfg.nets != self.cfg.nets {
+            self.zones = Zones::new(&cfg.domains, &cfg.nets);
+        }
+        if cfg.cache_entries != self.cfg.cache_entries {
+            self.cache = Cache::new(cfg.cache_entries);
+        }
+        if cfg.upstreams != self.cfg.upstreams {
+            self.preferred = 0;
+        }
+        self.cfg = cfg;
+    }
+
     /// Replaces the local host table: (fully-qualified name without trailing dot, address),
     /// e.g. ("web1.acct42.internal", 10.1.1.11). Several addresses per name and several names per
     /// address are allowed; a name that does not parse is skipped.

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 pub mod sg;
 
 /// One rule: what it matches, and what it says.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rule<T> {
     pub protocol: Proto,
     pub ports: Option<PortRange>,

@@ -42,7 +42,7 @@ pub const PORT_FLOWS: usize = 32_768;
 pub type SgRule = Rule<Option<u16>>;
 
 /// One filtered port, as built from the config.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PortGroups {
     pub port: PortId,
     pub net: NetId,
@@ -74,7 +74,12 @@ struct PortSg {
     ingress: Classifier<Option<u16>>,
     egress: Classifier<Option<u16>>,
     ct: Conntrack,
+    /// What the port was built from (a reload compares it).
+    spec: PortGroups,
 }
+
+/// A flow's note: which way its first packet crossed the port.
+const AUX_TO_GUEST: u8 = 1;
 
 /// Counters for `show stats`.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -82,6 +87,8 @@ pub struct SgStats {
     pub flows_allowed: u64,
     pub related_allowed: u64,
     pub denied: u64,
+    /// Flows a reload's new rules no longer allow, ended at their next packet.
+    pub reload_revoked: u64,
 }
 
 /// Who is in which group.
@@ -119,20 +126,47 @@ impl SecurityGroups {
         let mut s = SecurityGroups { ports: (0..port_count).map(|_| None).collect(), members: Members::default(), stats: SgStats::default() };
         for p in cfg.ports {
             let Some(slot) = s.ports.get_mut(p.port.0 as usize) else { continue };
-            *slot = Some(PortSg {
-                ingress: Classifier::new(p.ingress),
-                egress: Classifier::new(p.egress),
-                ct: Conntrack::new(PORT_FLOWS, cfg.timeouts),
-            });
-            for a in p.addrs {
+            for &a in &p.addrs {
                 s.members.fixed.entry(a).or_default().push(p.port);
             }
             if let Some(m) = p.mac {
                 s.members.by_mac.insert((p.net, m), p.port);
             }
-            s.members.groups.insert(p.port, p.groups);
+            s.members.groups.insert(p.port, p.groups.clone());
+            *slot = Some(PortSg {
+                ingress: Classifier::new(p.ingress.clone()),
+                egress: Classifier::new(p.egress.clone()),
+                ct: Conntrack::new(PORT_FLOWS, cfg.timeouts),
+                spec: p,
+            });
         }
         s
+    }
+
+    /// Applies a reload's groups. A port that is still the same port (`same(port)`) and still
+    /// filtered keeps its connection table; if its rules, or any group's membership, changed,
+    /// its flows are re-checked against the new rules at their next packet (and end there if
+    /// no longer allowed). Counters carry on.
+    pub fn reconfigure(&mut self, cfg: SgConfig, port_count: usize, same: impl Fn(PortId) -> bool) {
+        let timeouts = cfg.timeouts;
+        let mut new = SecurityGroups::new(cfg, port_count);
+        let members_changed = new.members.groups != self.members.groups
+            || new.members.fixed != self.members.fixed
+            || new.members.by_mac != self.members.by_mac;
+        for (i, old) in std::mem::take(&mut self.ports).into_iter().enumerate() {
+            let (Some(mut old), Some(Some(p))) = (old, new.ports.get_mut(i)) else { continue };
+            if !same(PortId(i as u16)) {
+                continue;
+            }
+            let changed = members_changed || old.spec != p.spec;
+            old.ct.timeouts = timeouts;
+            if changed {
+                old.ct.epoch = old.ct.epoch.wrapping_add(1);
+            }
+            p.ct = old.ct;
+        }
+        new.stats = self.stats;
+        *self = new;
     }
 
     /// Whether the port has groups (else it is not filtered).
@@ -198,24 +232,29 @@ impl SecurityGroups {
         let key = Key { src: ip.src(), dst: ip.dst(), sport: ports.0, dport: ports.1, proto: protocol };
         let tcp = if protocol == proto::TCP && l4.len() >= 14 { l4[13] } else { 0 };
         if let Some((idx, dir)) = p.ct.lookup(now, &key) {
+            let f = p.ct.flow(idx);
+            if f.epoch != p.ct.epoch {
+                // Decided under rules a reload replaced: allowed still, or it ends here.
+                let (orig, w) = (f.orig, if f.aux == AUX_TO_GUEST { Way::ToGuest } else { Way::FromGuest });
+                if !allows(p, &self.members, w, &orig, lease_holder) {
+                    p.ct.remove(idx);
+                    self.stats.reload_revoked += 1;
+                    return Err(DropReason::ReloadRevoked);
+                }
+                let e = f.egress;
+                p.ct.refresh(idx, e);
+            }
             p.ct.update(now, idx, dir, tcp, ip.total_len());
             return Ok(());
         }
-        let (rules, remote) = match way {
-            Way::FromGuest => (&p.egress, key.dst),
-            Way::ToGuest => (&p.ingress, key.src),
-        };
-        let matched = rules
-            .find(protocol, key.dport, |r| match r.value {
-                Some(g) => self.members.contains(g, remote, lease_holder),
-                None => r.nets.iter().any(|n| n.contains(remote)),
-            })
-            .is_some();
-        if !matched {
+        if !allows(p, &self.members, way, &key, lease_holder) {
             return Err(DropReason::SecurityGroup);
         }
         let none = Egress { iface: Iface::Public, next_hop: Ipv4Addr::UNSPECIFIED };
         let idx = p.ct.insert(now, key, key.reverse(), [none, none]).map_err(crate::router::ct_drop)?;
+        if way == Way::ToGuest {
+            p.ct.set_aux(idx, AUX_TO_GUEST);
+        }
         p.ct.update(now, idx, crate::conntrack::Dir::Orig, tcp, ip.total_len());
         self.stats.flows_allowed += 1;
         Ok(())
@@ -227,6 +266,20 @@ impl SecurityGroups {
             p.ct.sweep(now);
         }
     }
+}
+
+/// Whether the port's rules let a flow whose first packet is `key` cross `way`.
+fn allows(p: &PortSg, members: &Members, way: Way, key: &Key, lease_holder: &dyn Fn(Ipv4Addr) -> Option<(NetId, MacAddr)>) -> bool {
+    let (rules, remote) = match way {
+        Way::FromGuest => (&p.egress, key.dst),
+        Way::ToGuest => (&p.ingress, key.src),
+    };
+    rules
+        .find(key.proto, key.dport, |r| match r.value {
+            Some(g) => members.contains(g, remote, lease_holder),
+            None => r.nets.iter().any(|n| n.contains(remote)),
+        })
+        .is_some()
 }
 
 #[cfg(test)]

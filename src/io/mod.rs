@@ -6,6 +6,7 @@
 pub mod device;
 pub mod latency;
 mod observe;
+mod reload;
 pub mod store;
 
 use crate::buf::BufPool;
@@ -75,7 +76,7 @@ pub enum RunError {
 pub use crate::build::router_mac;
 
 /// How to (re)open one port's device: enough to attach it again after its interface came back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PortOpen {
     pub kind: IfKind,
     pub name: String,
@@ -84,17 +85,22 @@ pub struct PortOpen {
     pub mac: Option<MacAddr>,
 }
 
-/// The devices to open, in the datapath's port order (guest ports, uplinks, public).
-pub fn port_opens(c: &Config) -> Vec<PortOpen> {
-    let mut v: Vec<PortOpen> = c
-        .ports
-        .iter()
-        .filter(|p| c.networks.iter().any(|n| n.name == p.network))
-        .map(|p| PortOpen { kind: p.kind, name: p.name.clone(), ifname: p.ifname.clone(), mac: p.mac })
-        .collect();
-    v.extend(c.uplinks.iter().map(|u| PortOpen { kind: u.kind, name: u.name.clone(), ifname: u.ifname.clone(), mac: None }));
+/// The device of each port slot (`None`: a vacant slot or a VXLAN peer, which has none).
+pub fn port_opens(c: &Config, ids: &build::Numbering) -> Vec<Option<PortOpen>> {
+    let mut v: Vec<Option<PortOpen>> = vec![None; ids.ports.len()];
+    let mut put = |o: PortOpen| {
+        if let Some(p) = ids.port(&o.name) {
+            v[p.0 as usize] = Some(o);
+        }
+    };
+    for p in c.ports.iter().filter(|p| c.networks.iter().any(|n| n.name == p.network)) {
+        put(PortOpen { kind: p.kind, name: p.name.clone(), ifname: p.ifname.clone(), mac: p.mac });
+    }
+    for u in &c.uplinks {
+        put(PortOpen { kind: u.kind, name: u.name.clone(), ifname: u.ifname.clone(), mac: None });
+    }
     if let Some(pb) = &c.public {
-        v.push(PortOpen { kind: pb.kind, name: build::PUBLIC_PORT.into(), ifname: pb.ifname.clone(), mac: None });
+        put(PortOpen { kind: pb.kind, name: build::PUBLIC_PORT.into(), ifname: pb.ifname.clone(), mac: None });
     }
     v
 }
@@ -118,24 +124,31 @@ pub fn open_device(o: &PortOpen) -> Result<Device, RunError> {
 }
 
 /// Opens every port and builds the datapath's view of them (`build::datapath_config`, plus
-/// each device's offload capability). Ports, then uplinks, then the public port.
-pub fn open_ports(c: &Config) -> Result<(Vec<Device>, DatapathConfig), RunError> {
-    let mut dcfg = build::datapath_config(c);
+/// each device's offload capability), by slot.
+pub fn open_ports(c: &Config, ids: &build::Numbering) -> Result<(Vec<Option<Device>>, DatapathConfig), RunError> {
+    let mut dcfg = build::datapath_config(c, ids);
     let mut devs = Vec::new();
-    for o in port_opens(c) {
+    for o in port_opens(c, ids) {
+        let Some(o) = o else {
+            devs.push(None);
+            continue;
+        };
         let dev = open_device(&o)?;
         tracing::info!(port = %o.name, ifname = %o.ifname, kind = build::kind_name(o.kind), offload = ?dev.offload().names(), "port attached");
-        devs.push(dev);
+        devs.push(Some(dev));
     }
     for (spec, dev) in dcfg.ports.iter_mut().zip(&devs) {
-        spec.offload = dev.offload();
+        if let Some(d) = dev {
+            spec.offload = d.offload();
+        }
     }
     Ok((devs, dcfg))
 }
 
 /// One port at the I/O edge: its device while attached, and how to attach it again.
 struct Slot {
-    open: PortOpen,
+    /// `None`: a vacant slot or a VXLAN peer (no device).
+    open: Option<PortOpen>,
     dev: Option<Device>,
     /// Interface index the device is bound to (a new index under the same name is a new
     /// interface: the old one was deleted).
@@ -171,21 +184,42 @@ struct IoTx<'a> {
 struct VxIo {
     rx: crate::sys::udp::Udp,
     tx: Vec<crate::sys::udp::Udp>,
-    /// Peer ports start at this port id, in `[[vxlan.peer]]` order.
-    first_port: usize,
-    peers: Vec<std::net::SocketAddrV4>,
+    /// Each port slot's peer address (`None`: not a VXLAN peer).
+    peers: Vec<Option<std::net::SocketAddrV4>>,
+    /// What the sockets were opened with (a reload that changes it opens new ones).
+    opened: (std::net::Ipv4Addr, u16, u8, bool),
 }
 
 impl VxIo {
-    fn open(v: &crate::config::schema::Vxlan, first_port: usize) -> Result<VxIo, RunError> {
+    fn key(v: &crate::config::schema::Vxlan) -> (std::net::Ipv4Addr, u16, u8, bool) {
+        (v.local, v.port.unwrap_or(crate::wire::vxlan::PORT), v.ttl.unwrap_or(64), v.df.unwrap_or(false))
+    }
+
+    fn set_peers(&mut self, v: &crate::config::schema::Vxlan, ids: &build::Numbering) {
+        let port = v.port.unwrap_or(crate::wire::vxlan::PORT);
+        self.peers = vec![None; ids.ports.len()];
+        for p in &v.peer {
+            if let Some(id) = ids.port(&build::vtep_name(p.remote)) {
+                self.peers[id.0 as usize] = Some(std::net::SocketAddrV4::new(p.remote, port));
+            }
+        }
+    }
+
+    /// The slot of the peer at `ip`.
+    fn peer_port(&self, ip: &std::net::Ipv4Addr) -> Option<PortId> {
+        self.peers.iter().position(|p| p.is_some_and(|p| p.ip() == ip)).map(|i| PortId(i as u16))
+    }
+
+    fn open(v: &crate::config::schema::Vxlan, ids: &build::Numbering) -> Result<VxIo, RunError> {
         use std::net::SocketAddrV4;
         let port = v.port.unwrap_or(crate::wire::vxlan::PORT);
         let (ttl, df) = (v.ttl.unwrap_or(64), v.df.unwrap_or(false));
         let bind = |addr: SocketAddrV4, gro| crate::sys::udp::Udp::bind(addr, ttl, df, gro).map_err(|source| RunError::Vxlan { addr, source });
         let rx = bind(SocketAddrV4::new(v.local, port), true)?;
         let tx = (0..VXLAN_SEND_SOCKETS).map(|_| bind(SocketAddrV4::new(v.local, 0), false)).collect::<Result<Vec<_>, _>>()?;
-        let peers = v.peer.iter().map(|p| SocketAddrV4::new(p.remote, port)).collect();
-        Ok(VxIo { rx, tx, first_port, peers })
+        let mut vx = VxIo { rx, tx, peers: Vec::new(), opened: Self::key(v) };
+        vx.set_peers(v, ids);
+        Ok(vx)
     }
 }
 
@@ -208,7 +242,7 @@ impl Transmit for IoTx<'_> {
     fn transmit_udp(&mut self, port: PortId, entropy: u16, payload: &[u8], seg: Option<usize>) -> Result<(), Partial> {
         let none = Partial { reason: DropReason::TxError, sent: 0 };
         let vx = self.vx.ok_or(none)?;
-        let to = *(port.0 as usize).checked_sub(vx.first_port).and_then(|i| vx.peers.get(i)).ok_or(none)?;
+        let to = vx.peers.get(port.0 as usize).copied().flatten().ok_or(none)?;
         let sock = &vx.tx[entropy as usize % vx.tx.len()];
         if self.hub.any() {
             // The peer's port shows the inner frames.
@@ -246,7 +280,9 @@ fn detach(poll: &Poll, slots: &mut [Slot], i: usize, dp: &mut Datapath, why: &st
         s.lost_at = Some(std::time::Instant::now());
         s.ifindex = None;
         dp.port_lost(PortId(i as u16));
-        tracing::warn!(port = %s.open.name, ifname = %s.open.ifname, "{why}; waiting for the interface to come back");
+        if let Some(o) = &s.open {
+            tracing::warn!(port = %o.name, ifname = %o.ifname, "{why}; waiting for the interface to come back");
+        }
     }
 }
 
@@ -256,11 +292,12 @@ fn detach(poll: &Poll, slots: &mut [Slot], i: usize, dp: &mut Datapath, why: &st
 fn check_links(poll: &Poll, slots: &mut [Slot], dp: &mut Datapath) -> bool {
     let mut waiting = false;
     for i in 0..slots.len() {
-        let now_index = netif::index(&slots[i].open.ifname);
+        let Some(open) = slots[i].open.clone() else { continue };
+        let now_index = netif::index(&open.ifname);
         if slots[i].dev.is_some() {
             // A tap's kernel side usually lives in the guest's namespace, where its name is not
             // visible from here: a deleted tap shows itself by failing reads (EBADFD) instead.
-            let deleted = match slots[i].open.kind {
+            let deleted = match open.kind {
                 IfKind::Netdev => now_index != slots[i].ifindex,
                 IfKind::Tap => !slots[i].dev.as_ref().is_some_and(Device::attached),
             };
@@ -271,33 +308,33 @@ fn check_links(poll: &Poll, slots: &mut [Slot], dp: &mut Datapath) -> bool {
             }
         }
         let s = &mut slots[i];
-        if s.open.kind == IfKind::Netdev && now_index.is_none() {
+        if open.kind == IfKind::Netdev && now_index.is_none() {
             waiting = true;
             continue;
         }
-        match open_device(&s.open) {
+        match open_device(&open) {
             Ok(d) if d.offload() == s.offload => {
                 if let Err(e) = poll.registry().register(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE) {
-                    tracing::warn!(port = %s.open.name, "cannot watch the reattached device: {e}");
+                    tracing::warn!(port = %open.name, "cannot watch the reattached device: {e}");
                     waiting = true;
                     continue;
                 }
                 let after = s.lost_at.take().map(|t| t.elapsed().as_millis()).unwrap_or(0);
-                s.ifindex = netif::index(&s.open.ifname);
+                s.ifindex = netif::index(&open.ifname);
                 s.last_err = None;
                 s.dev = Some(d);
-                let how = if s.open.kind == IfKind::Tap { "tap recreated" } else { "interface back" };
-                tracing::info!(port = %s.open.name, ifname = %s.open.ifname, waited_ms = after as u64, "{how}; port reattached");
+                let how = if open.kind == IfKind::Tap { "tap recreated" } else { "interface back" };
+                tracing::info!(port = %open.name, ifname = %open.ifname, waited_ms = after as u64, "{how}; port reattached");
             }
             Ok(_) => {
                 if s.last_err != Some(-1) {
                     s.last_err = Some(-1);
-                    tracing::warn!(port = %s.open.name, "the new interface offers different offloads; not reattached");
+                    tracing::warn!(port = %open.name, "the new interface offers different offloads; not reattached");
                 }
                 waiting = true;
             }
             Err(e) => {
-                tracing::debug!(port = %s.open.name, "reattach failed: {e}");
+                tracing::debug!(port = %open.name, "reattach failed: {e}");
                 waiting = true;
             }
         }
@@ -305,10 +342,48 @@ fn check_links(poll: &Poll, slots: &mut [Slot], dp: &mut Datapath) -> bool {
     waiting
 }
 
+/// The lease log's writer: where records go, and its reports.
+type LeaseWriter = (store::Batches, crossbeam_channel::Receiver<store::StoreEvent>);
+
+/// Opens the lease log in the state directory, replays it into the router, compacts it and
+/// starts its writer (at start, or when a reload turns DHCP on).
+fn start_leases(c: &Config, dp: &mut Datapath, now: Instant, waker: &Arc<Waker>) -> Result<LeaseWriter, RunError> {
+    let dir = c.router.state_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(format!("/var/lib/vrouter/{}", c.router.name)));
+    let log = store::LeaseLog::new(&dir)?;
+    let lines = log.read()?;
+    let n = dp.router_mut().restore_leases(now, &lines);
+    // Compact: only the live leases, written atomically (and by network name).
+    let live = dp.router().lease_records();
+    // A full or failing disk must not keep the router from starting: the old log stays
+    // (replayed above) and the writer reports the failure when it first cannot append.
+    if let Err(e) = log.rewrite(live.iter().map(|l| l.line.as_str())) {
+        tracing::error!("lease log compaction at start failed, keeping the log as it is: {e}");
+    }
+    tracing::info!(path = %log.path().display(), records = n, "DHCP leases restored");
+    let w = waker.clone();
+    Ok(log.spawn_writer(live, store::WriterOpts::default(), move || {
+        let _ = w.wake();
+    })?)
+}
+
+/// Opens the sockets upstream DNS questions leave from.
+fn open_dns_sockets(poll: &Poll) -> io::Result<Vec<mio::net::UdpSocket>> {
+    let mut socks = Vec::new();
+    for i in 0..DNS_SOCKETS {
+        let mut s = mio::net::UdpSocket::bind("0.0.0.0:0".parse().expect("socket address"))?;
+        poll.registry().register(&mut s, Token(DNS_UPSTREAM - i), Interest::READABLE)?;
+        socks.push(s);
+    }
+    Ok(socks)
+}
+
 /// Runs the account until SIGINT or SIGTERM.
 pub fn run(v: &Validated) -> Result<(), RunError> {
-    let c = &v.config;
-    let (devs, mut dcfg) = open_ports(c)?;
+    let applier = Arc::new(control::reload::Applier::new(v.config.clone(), v.path.clone()));
+    let ids = applier.ids();
+    let mut config = v.config.clone();
+    let c = &config;
+    let (devs, mut dcfg) = open_ports(c, &ids)?;
     // One seed from the kernel keys every random choice (NAT ports, DNS ids, TCP ISNs).
     let mut rng = crate::entropy::Csprng::new(crate::entropy::os_seed()?);
     dcfg.l3.seed = rng.child();
@@ -317,47 +392,30 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let origin = std::time::Instant::now();
     let clock = || Instant::from_millis(origin.elapsed().as_millis() as u64);
     // Services: DHCP (leases on the wall clock, persisted in state_dir) and DNS.
-    let (dhcp, dhcp_nets, dns) = build::services(c);
+    let (dhcp, dhcp_nets, dns) = build::services(c, &ids).servers();
     let has_dhcp = dhcp.is_some();
     let has_dns = dns.is_some();
     let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     dp.router_mut().set_wall_base(unix);
     dp.router_mut().set_services(dhcp, dhcp_nets, dns);
-    dp.router_mut().set_metadata(crate::router::meta::MetaSvc::new(c.router.metadata, build::metadata(c), rng.child()));
-    let lease_log = if has_dhcp {
-        let dir = c.router.state_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(format!("/var/lib/vrouter/{}", c.router.name)));
-        let log = store::LeaseLog::new(&dir)?;
-        let lines = log.read()?;
-        let n = dp.router_mut().restore_leases(clock(), &lines);
-        // Compact: only the live leases, written atomically (and by network name).
-        let live = dp.router().lease_records();
-        // A full or failing disk must not keep the router from starting: the old log stays
-        // (replayed above) and the writer reports the failure when it first cannot append.
-        if let Err(e) = log.rewrite(live.iter().map(|l| l.line.as_str())) {
-            tracing::error!("lease log compaction at start failed, keeping the log as it is: {e}");
-        }
-        tracing::info!(path = %log.path().display(), records = n, "DHCP leases restored");
-        Some((log, live))
-    } else {
-        None
-    };
+    dp.router_mut().set_metadata(crate::router::meta::MetaSvc::new(c.router.metadata, build::metadata(c, &ids), rng.child()));
     let mut poll = Poll::new()?;
-    let mut slots: Vec<Slot> = port_opens(c)
+    let mut slots: Vec<Slot> = port_opens(c, &ids)
         .into_iter()
         .zip(devs)
         .zip(offloads)
-        .map(|((open, dev), offload)| Slot { ifindex: netif::index(&open.ifname), open, dev: Some(dev), lost_at: None, last_err: None, offload })
+        .map(|((open, dev), offload)| Slot { ifindex: open.as_ref().and_then(|o| netif::index(&o.ifname)), open, dev, lost_at: None, last_err: None, offload })
         .collect();
     for (i, s) in slots.iter().enumerate() {
         if let Some(d) = &s.dev {
             poll.registry().register(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE)?;
         }
     }
-    let vx = match &c.vxlan {
+    let mut vx = match &c.vxlan {
         Some(v) => {
-            let vx = VxIo::open(v, slots.len())?;
+            let vx = VxIo::open(v, &ids)?;
             poll.registry().register(&mut SourceFd(&vx.rx.as_raw_fd()), VXLAN, Interest::READABLE)?;
-            tracing::info!(local = %v.local, port = v.port.unwrap_or(crate::wire::vxlan::PORT), peers = vx.peers.len(), gro = vx.rx.gro, "VXLAN up");
+            tracing::info!(local = %v.local, port = v.port.unwrap_or(crate::wire::vxlan::PORT), peers = v.peer.len(), gro = vx.rx.gro, "VXLAN up");
             Some(vx)
         }
         None => None,
@@ -388,6 +446,10 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let sock = c.control_socket();
     let w = waker.clone();
     let heartbeat: observe::Heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(observe::unix_ms()));
+    let w2 = waker.clone();
+    control::reload::on_sighup(applier.clone(), ctl_tx.clone(), move || {
+        let _ = w2.wake();
+    })?;
     control::serve(
         &sock,
         ctl_tx,
@@ -395,8 +457,9 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             let _ = w.wake();
         },
         heartbeat.clone(),
+        applier.clone(),
     )?;
-    let cfg_state = observe::ConfigState {
+    let mut cfg_state = observe::ConfigState {
         path: v.path.clone(),
         hash: v.hash.clone(),
         loaded_unix: unix,
@@ -405,6 +468,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         seen: std::cell::Cell::new(None),
     };
     // The metrics endpoint reads what the loop publishes once a second.
+    let metrics_at = c.router.metrics_listen;
     let published: Option<Published> = match c.router.metrics_listen {
         Some(addr) => {
             let p: Published = Arc::new(std::sync::Mutex::new(Arc::new(crate::control::telemetry::Telemetry::default())));
@@ -417,24 +481,9 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let mut next_publish = std::time::Instant::now();
     let mut hub = crate::control::capture::Hub::default();
     // The lease writer thread: group commit, then a wake-up with the highest durable seq.
-    let leases = match lease_log {
-        Some((log, live)) => {
-            let w = waker.clone();
-            Some(log.spawn_writer(live, store::WriterOpts::default(), move || {
-                let _ = w.wake();
-            })?)
-        }
-        None => None,
-    };
+    let mut leases = if has_dhcp { Some(start_leases(c, &mut dp, clock(), &waker)?) } else { None };
     // DNS questions for upstream servers leave from UDP sockets of vrouter's own.
-    let mut dns_socks = Vec::new();
-    if has_dns {
-        for i in 0..DNS_SOCKETS {
-            let mut s = mio::net::UdpSocket::bind("0.0.0.0:0".parse().expect("socket address"))?;
-            poll.registry().register(&mut s, Token(DNS_UPSTREAM - i), Interest::READABLE)?;
-            dns_socks.push(s);
-        }
-    }
+    let mut dns_socks = if has_dns { open_dns_sockets(&poll)? } else { Vec::new() };
     let mut dns_ready = vec![false; dns_socks.len()];
     tracing::info!(router = %c.router.name, ports = slots.len(), socket = %sock.display(), dhcp = has_dhcp, dns = has_dns, "vrouter running");
     // Under systemd (Type=notify): ready now; the watchdog is fed from the loop, so a stalled
@@ -454,7 +503,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     let mut dns_buf = vec![0u8; 65_536];
     // Sleeping in epoll costs a wakeup (an IPI, a hypervisor exit on a VM) per batch; spinning
     // a little after traffic keeps the pipeline full. Idle ports still cost nothing.
-    let busy_poll = Duration::from_micros(c.router.busy_poll_us);
+    let mut busy_poll = Duration::from_micros(c.router.busy_poll_us);
     let mut last_frame = std::time::Instant::now();
     while !shutdown {
         let now = clock();
@@ -468,7 +517,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         if let Some(p) = &published {
             if std::time::Instant::now() >= next_publish {
                 next_publish = std::time::Instant::now() + Duration::from_secs(1);
-                let t = observe::telemetry(&mut dp, &slots, now, &cfg_state, &heartbeat, &lat, &c.router.name, unix, c.router.mac_table_size);
+                let t = observe::telemetry(&mut dp, &slots, now, &cfg_state, &heartbeat, &lat, &config.router.name, unix, config.router.mac_table_size);
                 if let Ok(mut g) = p.lock() {
                     *g = Arc::new(t);
                 }
@@ -602,9 +651,9 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                         let d: usize = vx_batch.iter().filter(|(r, _)| !r.truncated).map(|(r, _)| r.len.div_ceil(r.seg.unwrap_or(r.len).max(1)).max(1)).sum();
                         if hub.any() {
                             for (r, b) in vx_batch.iter().filter(|(r, _)| !r.truncated) {
-                                let Some(i) = v.peers.iter().position(|p| p.ip() == r.from.ip()) else { continue };
+                                let Some(port) = v.peer_port(r.from.ip()) else { continue };
                                 for d in b.chunks(r.seg.unwrap_or(r.len).max(1)) {
-                                    hub.record(PortId((v.first_port + i) as u16), Dir::In, None, d.get(crate::wire::vxlan::HEADER_LEN..).unwrap_or_default());
+                                    hub.record(port, Dir::In, None, d.get(crate::wire::vxlan::HEADER_LEN..).unwrap_or_default());
                                 }
                             }
                         }
@@ -676,6 +725,57 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
             }
         }
         while let Ok(env) = inbox.try_recv() {
+            if let Some(st) = env.staged {
+                let resp = match reload::apply(*st, clock(), &poll, &mut slots, &mut vx, &mut dp) {
+                    Ok(a) => {
+                        config = a.config;
+                        cfg_state.hash = a.hash;
+                        cfg_state.reloads += 1;
+                        cfg_state.seen.set(None);
+                        ready.resize(slots.len(), false);
+                        busy_poll = Duration::from_micros(config.router.busy_poll_us);
+                        let mut reply = a.reply;
+                        // Services a change turns on get what they need from the host.
+                        if dp.router().serves_any_dhcp() && leases.is_none() {
+                            match start_leases(&config, &mut dp, clock(), &waker) {
+                                Ok(l) => leases = Some(l),
+                                Err(e) => {
+                                    tracing::error!("lease log: {e}");
+                                    dp.router_mut().set_lease_store_error(Some(e.to_string()));
+                                    reply["warning"] = format!("DHCP cannot persist leases: {e}").into();
+                                }
+                            }
+                        }
+                        if dp.router().serves_dns() && dns_socks.is_empty() {
+                            match open_dns_sockets(&poll) {
+                                Ok(s) => {
+                                    dns_ready = vec![false; s.len()];
+                                    dns_socks = s;
+                                }
+                                Err(e) => tracing::error!("DNS upstream sockets: {e}"),
+                            }
+                        }
+                        let restart: Vec<&str> = [
+                            ("control_socket", config.control_socket() != sock),
+                            ("metrics_listen", config.router.metrics_listen != metrics_at),
+                        ]
+                        .into_iter()
+                        .filter_map(|(k, d)| d.then_some(k))
+                        .collect();
+                        if !restart.is_empty() {
+                            reply["restart_needed"] = restart.into();
+                        }
+                        tracing::info!(changes = %reply["changes"], pause_ms = %reply["pause_ms"], ports = slots.iter().filter(|s| s.open.is_some()).count(), "config applied");
+                        Response::ok(reply)
+                    }
+                    Err(e) => {
+                        tracing::warn!("config change refused: {e}");
+                        Response::err(e)
+                    }
+                };
+                let _ = env.reply.send(resp);
+                continue;
+            }
             let resp = if let (Request::Capture { port, direction, drops, .. }, Some(link)) = (&env.request, &env.capture) {
                 let ids: Result<Vec<PortId>, String> = port.split(',').map(|n| dp.port_id(n).ok_or_else(|| format!("no port named {n:?}"))).collect();
                 match ids {
@@ -691,10 +791,10 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                     Some(p) if dp.router_mut().set_password(p, password.clone()) => Response::ok(serde_json::json!({"port": port})),
                     _ => Response::err(format!("no guest port named {port:?}")),
                 }
-            } else if let Request::Diff { config, path } = &env.request {
-                match crate::config::parse(config, std::path::Path::new(path)) {
+            } else if let Request::Diff { config: text, path } = &env.request {
+                match crate::config::parse(text, std::path::Path::new(path)) {
                     Ok(new) => {
-                        let changes = crate::config::diff::diff(c, &new.config);
+                        let changes = crate::config::diff::diff(&config, &new.config);
                         Response::ok(serde_json::json!({"changes": changes, "counts": crate::config::diff::counts(&changes)}))
                     }
                     Err(crate::config::ConfigError::Invalid(d)) => {
@@ -781,7 +881,7 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
             }
             Response::ok(s)
         }
-        Request::Reload => Response::err("reload is not built in this version; restart vrouter to apply a new config"),
+        Request::Reload | Request::Apply { .. } => Response::err("a change comes staged by the control side"),
         // Answered by the loop itself (it registers the session).
         Request::Capture { .. } => Response::err("capture is answered by the loop"),
         // Answered by the loop itself (it probes the gateway, it sets state).

@@ -97,6 +97,32 @@ struct Backend {
     last_failure: Option<&'static str>,
     /// Smooth weighted round robin's running weight.
     current: i64,
+    /// Still in the pool (a reload that removes a backend keeps its slot, so the tags of its
+    /// connections still name it, until they end).
+    member: bool,
+}
+
+impl Backend {
+    fn new(spec: BackendSpec) -> Self {
+        Backend {
+            spec,
+            up: true,
+            active: 0,
+            total: 0,
+            streak: 0,
+            checks_ok: 0,
+            checks_failed: 0,
+            passive_failures: 0,
+            last_failure: None,
+            current: 0,
+            member: true,
+        }
+    }
+
+    /// Takes new connections.
+    fn serving(&self) -> bool {
+        self.up && self.member
+    }
 }
 
 struct Lb {
@@ -108,6 +134,8 @@ struct Lb {
     /// Where leastconn's tie-break starts.
     turn: usize,
     refused: u64,
+    /// Still configured (a removed load balancer keeps its slot, as a backend does).
+    live: bool,
 }
 
 /// The backend chosen for a new connection.
@@ -171,7 +199,7 @@ fn maglev(backends: &[Backend]) -> Vec<u16> {
     let up: Vec<(usize, u64, u64, u32)> = backends
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.up)
+        .filter(|(_, b)| b.serving())
         .map(|(i, b)| {
             let id = (u32::from(b.spec.ip) as u64) << 16 | b.spec.port as u64;
             (i, mix(id ^ 0x5851_f42d_4c95_7f2d), mix(id ^ 0x1405_7b7e_f767_814f), b.spec.weight.max(1))
@@ -210,23 +238,8 @@ impl Balancer {
         let mut b = Balancer::default();
         for (i, spec) in specs.into_iter().enumerate() {
             b.by_vip.insert((spec.vip, spec.proto, spec.port), i);
-            let backends = spec
-                .backends
-                .iter()
-                .map(|s| Backend {
-                    spec: s.clone(),
-                    up: true,
-                    active: 0,
-                    total: 0,
-                    streak: 0,
-                    checks_ok: 0,
-                    checks_failed: 0,
-                    passive_failures: 0,
-                    last_failure: None,
-                    current: 0,
-                })
-                .collect();
-            let mut lb = Lb { spec, backends, maglev: Vec::new(), turn: 0, refused: 0 };
+            let backends = spec.backends.iter().cloned().map(Backend::new).collect();
+            let mut lb = Lb { spec, backends, maglev: Vec::new(), turn: 0, refused: 0, live: true };
             if lb.spec.algorithm == Algorithm::Source {
                 lb.maglev = maglev(&lb.backends);
             }
@@ -236,7 +249,71 @@ impl Balancer {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lbs.is_empty()
+        self.by_vip.is_empty()
+    }
+
+    /// Applies a reload's load balancers, known by name; their backends by address and port.
+    /// What stays keeps its slot, its counters, its health and its connections (also when its
+    /// weight changes); what goes keeps its slot as no longer serving, so the tags its
+    /// connections carry still name it (`is_member` says it is gone); new ones are added.
+    pub fn reconfigure(&mut self, specs: Vec<LbSpec>) {
+        for l in &mut self.lbs {
+            l.live = false;
+        }
+        for spec in specs {
+            let i = match self.lbs.iter().position(|l| l.spec.name == spec.name) {
+                Some(i) => i,
+                None => {
+                    self.lbs.push(Lb { spec: spec.clone(), backends: Vec::new(), maglev: Vec::new(), turn: 0, refused: 0, live: true });
+                    self.lbs.len() - 1
+                }
+            };
+            let l = &mut self.lbs[i];
+            l.live = true;
+            for b in &mut l.backends {
+                b.member = false;
+            }
+            for bs in &spec.backends {
+                match l.backends.iter_mut().find(|b| b.spec.ip == bs.ip && b.spec.port == bs.port) {
+                    Some(b) => {
+                        b.spec = bs.clone();
+                        b.member = true;
+                    }
+                    None => l.backends.push(Backend::new(bs.clone())),
+                }
+            }
+            if spec.check.is_none() {
+                // No check: every backend counts as up, as when it started without one.
+                for b in &mut l.backends {
+                    b.up = true;
+                    b.streak = 0;
+                }
+            }
+            for b in &mut l.backends {
+                b.current = 0;
+            }
+            l.spec = spec;
+            l.turn = 0;
+            l.maglev = if l.spec.algorithm == Algorithm::Source { maglev(&l.backends) } else { Vec::new() };
+        }
+        for l in self.lbs.iter_mut().filter(|l| !l.live) {
+            for b in &mut l.backends {
+                b.member = false;
+            }
+            l.maglev.clear();
+        }
+        self.by_vip = self.lbs.iter().enumerate().filter(|(_, l)| l.live).map(|(i, l)| ((l.spec.vip, l.spec.proto, l.spec.port), i)).collect();
+    }
+
+    /// Whether load balancer `lb` has `ip:port` in its pool.
+    pub fn holds(&self, lb: usize, ip: Ipv4Addr, port: u16) -> bool {
+        self.lbs.get(lb).filter(|l| l.live).is_some_and(|l| l.backends.iter().any(|b| b.member && b.spec.ip == ip && b.spec.port == port))
+    }
+
+    /// Whether the backend a tag names is still in its (still configured) load balancer's pool.
+    pub fn is_member(&self, t: u32) -> bool {
+        let (l, b) = untag(t);
+        self.lbs.get(l).filter(|l| l.live).and_then(|l| l.backends.get(b)).is_some_and(|b| b.member)
     }
 
     /// The load balancer serving a virtual IP, protocol and port.
@@ -254,7 +331,7 @@ impl Balancer {
         let i = match l.spec.algorithm {
             Algorithm::Roundrobin => {
                 let (mut total, mut best) = (0i64, None::<(usize, i64)>);
-                for (i, b) in l.backends.iter_mut().enumerate().filter(|(_, b)| b.up) {
+                for (i, b) in l.backends.iter_mut().enumerate().filter(|(_, b)| b.serving()) {
                     b.current += b.spec.weight as i64;
                     total += b.spec.weight as i64;
                     if best.is_none_or(|(_, c)| b.current > c) {
@@ -271,7 +348,7 @@ impl Balancer {
                 for k in 0..n {
                     let i = (l.turn + k) % n;
                     let b = &l.backends[i];
-                    if !b.up {
+                    if !b.serving() {
                         continue;
                     }
                     // active/weight < best.active/best.weight, without division.
@@ -372,15 +449,15 @@ impl Balancer {
 
     pub fn is_up(&self, t: u32) -> bool {
         let (l, b) = untag(t);
-        self.lbs.get(l).and_then(|l| l.backends.get(b)).is_some_and(|b| b.up)
+        self.lbs.get(l).and_then(|l| l.backends.get(b)).is_some_and(|b| b.serving())
     }
 
     /// Every backend that has a health check: its tag, address, network and check.
     pub fn check_targets(&self) -> Vec<(u32, BackendSpec, CheckSpec)> {
         let mut v = Vec::new();
-        for (li, l) in self.lbs.iter().enumerate() {
+        for (li, l) in self.lbs.iter().enumerate().filter(|(_, l)| l.live) {
             if let Some(c) = &l.spec.check {
-                for (bi, b) in l.backends.iter().enumerate() {
+                for (bi, b) in l.backends.iter().enumerate().filter(|(_, b)| b.member) {
                     v.push((tag(li, bi), b.spec.clone(), c.clone()));
                 }
             }
@@ -391,6 +468,7 @@ impl Balancer {
     pub fn rows(&self) -> Vec<LbRow> {
         self.lbs
             .iter()
+            .filter(|l| l.live)
             .map(|l| LbRow {
                 name: l.spec.name.clone(),
                 vip: l.spec.vip,
@@ -409,6 +487,7 @@ impl Balancer {
                 backends: l
                     .backends
                     .iter()
+                    .filter(|b| b.member)
                     .map(|b| BackendRow {
                         ip: b.spec.ip,
                         port: b.spec.port,

@@ -47,6 +47,15 @@ pub struct MetaSvc {
 }
 
 impl MetaSvc {
+    /// A reload's VMs. A password waiting for a port that is still the same VM stays; one for a
+    /// port that is gone (or whose slot another VM took) is forgotten.
+    pub(super) fn reconfigure(&mut self, enabled: bool, vms: Vec<VmSpec>, same: impl Fn(PortId) -> bool) {
+        self.enabled = enabled;
+        self.vms = vms.into_iter().map(|v| (v.port, v)).collect();
+        let vms = &self.vms;
+        self.passwords.retain(|p, _| same(*p) && vms.contains_key(p));
+    }
+
     pub fn new(enabled: bool, vms: Vec<VmSpec>, seed: crate::entropy::Seed) -> Self {
         MetaSvc { enabled, vms: vms.into_iter().map(|v| (v.port, v)).collect(), passwords: HashMap::new(), tcp: TcpMeta::new(seed), counters: MetaCounters::default() }
     }

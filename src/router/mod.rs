@@ -18,6 +18,7 @@
 //! forwarded (a drop leaves the buffer as it came).
 
 mod balance;
+pub mod reload;
 pub mod meta;
 pub mod neigh;
 pub mod services;
@@ -63,6 +64,21 @@ pub struct NetL3 {
     pub mtu: u16,
     pub egress: Classifier<Action>,
     pub egress_default: Action,
+}
+
+impl NetL3 {
+    /// A network slot with no network (removed by a reload): it contains no address a packet
+    /// can have (255.255.255.255 is dropped before any lookup), has no gateway, allows nothing.
+    pub fn vacant() -> Self {
+        NetL3 {
+            cidr: Ipv4Net { addr: Ipv4Addr::BROADCAST, prefix: 32 },
+            domain: None,
+            gateway: None,
+            mtu: 1500,
+            egress: Classifier::new(Vec::new()),
+            egress_default: Action::Deny,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +176,8 @@ pub struct RouterStats {
     pub neigh_unresolved: u64,
     /// Connections to a load balancer with no backend up, reset.
     pub lb_resets: u64,
+    /// Flows a reload's new rules decide differently, ended at their next packet.
+    pub reload_revoked: u64,
 }
 
 /// ICMP errors the router may send: a token bucket (Linux: net.ipv4.icmp_ratelimit).
@@ -226,7 +244,8 @@ pub struct Router {
     ident: u16,
     /// NAT port choices (RFC 6056: unpredictable to a remote).
     rng: crate::entropy::Csprng,
-    garp_sent: bool,
+    /// Public addresses to announce with a gratuitous ARP (all at start, added ones on reload).
+    garp: Vec<Ipv4Addr>,
     next_sweep: Instant,
     pub stats: RouterStats,
     svc: services::Services,
@@ -287,7 +306,7 @@ impl Router {
             meta: meta::MetaSvc::new(false, Vec::new(), rng.child()),
             ingress: None,
             rng,
-            garp_sent: false,
+            garp: cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default(),
             next_sweep: Instant::ZERO,
             cfg,
             stats: RouterStats::default(),
@@ -405,11 +424,8 @@ impl Router {
     /// Timer work: ARP retries and failures, conntrack and fragment expiry, the gratuitous ARP
     /// for the public addresses at start.
     pub fn poll(&mut self, now: Instant) {
-        if !self.garp_sent {
-            self.garp_sent = true;
-            for ip in self.public_ips.clone() {
-                self.emit_arp(Iface::Public, arp::OP_REQUEST, MacAddr::BROADCAST, ip, MacAddr::ZERO, ip);
-            }
+        for ip in std::mem::take(&mut self.garp) {
+            self.emit_arp(Iface::Public, arp::OP_REQUEST, MacAddr::BROADCAST, ip, MacAddr::ZERO, ip);
         }
         let mut w = Work::default();
         self.neigh.poll(now, &mut w);
@@ -573,6 +589,18 @@ impl Router {
         let (idx, dir) = match found {
             // A packet belongs to a flow only when it comes from where that flow's packets of
             // its direction come from.
+            Some((i, d)) if self.ct.flow(i).ingress(d) == from && self.ct.flow(i).epoch != self.ct.epoch => match self.redecide(self.ct.flow(i)) {
+                // Decided under rules a reload replaced, and decided the same way now.
+                Some(e) => {
+                    self.ct.refresh(i, e);
+                    (i, d)
+                }
+                None => {
+                    self.ct.remove(i);
+                    self.stats.reload_revoked += 1;
+                    return Verdict::Drop(DropReason::ReloadRevoked);
+                }
+            },
             Some((i, d)) if self.ct.flow(i).ingress(d) == from => (i, d),
             Some(_) => return Verdict::Drop(DropReason::SpoofedSource),
             None => match self.open_flow(now, from, eth_src, buf, &key, tl, hl, df, echo_reply, tcp) {

@@ -252,6 +252,22 @@ impl Neighbours {
         self.next_timer = next;
     }
 
+    /// Forgets every neighbour (and queued frame) on interfaces `keep` rejects: a network a
+    /// reload removed or renumbered.
+    pub fn forget(&mut self, keep: impl Fn(Iface) -> bool) {
+        let (by_src, queued) = (&mut self.by_src, &mut self.queued);
+        self.map.retain(|(iface, _), e| {
+            if keep(*iface) {
+                return true;
+            }
+            for q in &e.queue {
+                release(by_src, q);
+                *queued -= 1;
+            }
+            false
+        });
+    }
+
     /// Makes room: drops failed entries and long-stale ones. True if something was freed.
     fn gc(&mut self, now: Instant) -> bool {
         let before = self.map.len();

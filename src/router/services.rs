@@ -117,6 +117,43 @@ impl Router {
         self.refresh_hosts();
     }
 
+    /// Applies a reload's service settings (`same[n]`: slot n is still the network it was).
+    /// Leases the new settings still allow stay, others are released (and logged as freed);
+    /// the DNS cache and queries in flight stay.
+    pub(super) fn reconfigure_services(&mut self, spec: crate::build::ServiceSpec, same: &[bool]) {
+        let same_net = |i: usize| same.get(i).copied().unwrap_or(false);
+        let mut out = Vec::new();
+        match (self.svc.dhcp.as_mut(), spec.dhcp) {
+            (Some(d), Some((nets, res))) => d.reconfigure(nets, res, same_net, &mut out),
+            (Some(d), None) => d.reconfigure(Vec::new(), Vec::new(), |_| false, &mut out),
+            (None, Some((nets, res))) => self.svc.dhcp = Some(DhcpServer::new(nets, res)),
+            (None, None) => {}
+        }
+        // Log lines are made while the server still knows the networks' names.
+        self.run_dhcp(out);
+        if spec.served.iter().all(|s| !s) {
+            self.svc.dhcp = None;
+        }
+        self.svc.dhcp_nets = spec.served;
+        match (self.svc.dns.as_mut(), spec.dns) {
+            (Some(d), Some(c)) => d.reconfigure(c),
+            (None, Some(c)) => {
+                let mut d = DnsServer::new(c);
+                d.reseed(self.svc.dns_seed);
+                self.svc.dns = Some(d);
+            }
+            (Some(_), None) => {
+                self.svc.dns = None;
+                self.svc.dns_clients.clear();
+                self.svc.udp_pending.clear();
+                self.svc.dns_by_src.clear();
+            }
+            (None, None) => {}
+        }
+        self.svc.hosts_sig = 0;
+        self.refresh_hosts();
+    }
+
     /// Whether vrouter serves DHCP on network `n`.
     pub fn serves_dhcp(&self, n: NetId) -> bool {
         self.svc.dhcp.is_some() && self.svc.dhcp_nets.get(n.0 as usize).copied().unwrap_or(false)

@@ -105,6 +105,12 @@ pub(super) struct TcpDns {
 }
 
 impl TcpDns {
+    /// Drops the endpoints (and their connections) of networks `keep` rejects: removed or
+    /// readdressed by a reload (an endpoint is made again, with the new address, when needed).
+    pub(super) fn forget(&mut self, keep: impl Fn(NetId) -> bool) {
+        self.nets.retain(|n, _| keep(*n));
+    }
+
     pub(super) fn new(seed: crate::entropy::Seed) -> Self {
         TcpDns { nets: HashMap::new(), next_at: Instant(u64::MAX), rng: crate::entropy::Csprng::new(seed) }
     }

@@ -108,6 +108,12 @@ fn listen(s: &mut tcp::Socket, port: u16) {
 }
 
 impl TcpMeta {
+    /// Drops the endpoints (and their connections) of networks `keep` rejects: removed or
+    /// readdressed by a reload (an endpoint is made again, with the new address, when needed).
+    pub(super) fn forget(&mut self, keep: impl Fn(NetId) -> bool) {
+        self.nets.retain(|n, _| keep(*n));
+    }
+
     pub(super) fn new(seed: crate::entropy::Seed) -> Self {
         TcpMeta { nets: HashMap::new(), next_at: Instant(u64::MAX), rng: crate::entropy::Csprng::new(seed) }
     }

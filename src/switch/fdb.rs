@@ -129,6 +129,26 @@ impl Fdb {
         before - self.map.len()
     }
 
+    /// New limits after a reload: `nets` network slots, the ports' caps; learned entries for
+    /// which `keep(net, port)` holds stay, every other one (and every pinned one: the caller
+    /// pins again) goes.
+    pub fn reconfigure(&mut self, nets: usize, port_cap: Vec<Option<usize>>, max_per_net: usize, aging: Duration, keep: impl Fn(NetId, PortId) -> bool) {
+        let (mut per_net, mut per_port) = (vec![0usize; nets], vec![0usize; port_cap.len()]);
+        self.map.retain(|(net, _), e| {
+            let ok = !e.fixed && (net.0 as usize) < nets && (e.port.0 as usize) < port_cap.len() && keep(*net, e.port);
+            if ok {
+                per_net[net.0 as usize] += 1;
+                per_port[e.port.0 as usize] += 1;
+            }
+            ok
+        });
+        self.per_net = per_net;
+        self.per_port = per_port;
+        self.port_cap = port_cap;
+        self.max_per_net = max_per_net;
+        self.aging = aging;
+    }
+
     /// Forgets everything learned on `port` (port removed or link lost).
     pub fn flush_port(&mut self, port: PortId) {
         let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);

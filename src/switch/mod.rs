@@ -56,7 +56,7 @@ impl Allowed {
 }
 
 /// How a port attaches to networks.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Role {
     /// A guest port: untagged, one network, optionally locked to the guest's MAC/IP.
     Access { net: NetId, security: Option<Security> },
@@ -67,6 +67,9 @@ pub enum Role {
     /// A VXLAN peer (remote VTEP): each network carried with its VNI. Its frames arrive
     /// decapsulated, their network given by the VNI, not by the frame.
     Vtep { remote: std::net::Ipv4Addr, vnis: Vec<(u32, NetId)> },
+    /// A slot whose port was removed by a reload (and not yet taken by a new one): in no
+    /// network, nothing arrives on it or leaves through it.
+    Vacant,
 }
 
 impl Role {
@@ -102,7 +105,7 @@ pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> 
             }
             Ok((*net, false))
         }
-        Role::Public | Role::Vtep { .. } => Err(DropReason::NotForwarded),
+        Role::Public | Role::Vtep { .. } | Role::Vacant => Err(DropReason::NotForwarded),
         Role::Trunk { vlans } => {
             if et == ethertype::QINQ {
                 return Err(DropReason::DoubleTagged);

@@ -136,6 +136,9 @@ drop_reasons! {
     /// A segment for the metadata or password service that is not the port's own (its source is
     /// not the port's address), or a connection over the guest's share.
     MetadataRefused => "metadata_refused",
+    /// A packet of a flow decided under rules a reload replaced, which the new rules decide
+    /// differently (its forward, backend, network or permission is gone): the flow ends.
+    ReloadRevoked => "reload_revoked",
 }
 
 /// Counters of one port. Owned by the datapath thread; snapshots are copied out.
@@ -178,6 +181,22 @@ impl Default for PortStats {
 }
 
 impl PortStats {
+    /// Adds another port's counters (a removed port's, kept in the totals).
+    pub fn absorb(&mut self, o: &PortStats) {
+        self.rx_frames += o.rx_frames;
+        self.rx_bytes += o.rx_bytes;
+        self.rx_gso_frames += o.rx_gso_frames;
+        self.tx_frames += o.tx_frames;
+        self.tx_bytes += o.tx_bytes;
+        self.tx_sw_segmented += o.tx_sw_segmented;
+        self.tx_coalesced += o.tx_coalesced;
+        self.mac_moves += o.mac_moves;
+        self.learn_table_full += o.learn_table_full;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+
     pub fn drop(&mut self, r: DropReason) {
         self.drops[r as usize] += 1;
     }

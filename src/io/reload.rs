@@ -1,0 +1,131 @@
+//! Reload at the I/O edge: a staged change (built on the control thread, see
+//! `control::reload`) is put in place between two batches.
+//!
+//! Order: first everything that can fail (devices of added or changed ports, VXLAN sockets if
+//! their address changed), with nothing touched yet; if one fails, what was opened is closed
+//! again (a tap vrouter created disappears with its fd) and the change is refused whole. Then
+//! what cannot fail: the slots' devices are swapped (removed ports' devices closed, their taps
+//! deleted), and the datapath takes its new tables. A port that stays keeps its device, its fd
+//! and its place in the poll set.
+
+use super::{open_device, port_opens, Slot, VxIo};
+use crate::control::reload::Staged;
+use crate::datapath::Datapath;
+use crate::switch::{NetId, PortId};
+use crate::sys::netif;
+use crate::time::Instant;
+use mio::unix::SourceFd;
+use mio::{Interest, Poll, Token};
+use std::os::fd::AsRawFd;
+
+/// What the loop should do after an apply besides the datapath's own change.
+pub(super) struct Applied {
+    pub reply: serde_json::Value,
+    pub config: crate::config::schema::Config,
+    pub hash: String,
+}
+
+pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>, vx: &mut Option<VxIo>, dp: &mut Datapath) -> Result<Applied, String> {
+    let t = std::time::Instant::now();
+    let Staged { config, hash, ids, prev, dp: mut dcfg, services, vms, counts, changed } = st;
+    let same_port = |p: PortId| {
+        let i = p.0 as usize;
+        matches!((prev.ports.get(i), ids.ports.get(i)), (Some(a), Some(b)) if a.0.is_some() && a == b)
+    };
+    let same_net = |n: NetId| {
+        let i = n.0 as usize;
+        matches!((prev.nets.get(i), ids.nets.get(i)), (Some(a), Some(b)) if a.0.is_some() && a == b)
+    };
+    // 1. What can fail, before anything changes.
+    let opens = port_opens(&config, &ids);
+    let mut fresh: Vec<Option<super::Device>> = (0..opens.len()).map(|_| None).collect();
+    let mut kept = vec![false; opens.len()];
+    for (i, o) in opens.iter().enumerate() {
+        let Some(o) = o else { continue };
+        if same_port(PortId(i as u16)) && slots.get(i).is_some_and(|s| s.open.as_ref() == Some(o)) {
+            kept[i] = true;
+            continue;
+        }
+        match open_device(o) {
+            Ok(d) => fresh[i] = Some(d),
+            // Dropping `fresh` closes what this change opened: nothing is half-applied.
+            Err(e) => return Err(format!("{e}: {}\nrefused: nothing applied, the running config keeps serving", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())),
+        }
+    }
+    let new_vx = match (&config.vxlan, vx.as_ref()) {
+        (Some(v), Some(cur)) if cur.opened == VxIo::key(v) => None,
+        (Some(v), _) => Some(VxIo::open(v, &ids).map_err(|e| format!("{e}: {}\nrefused: nothing applied, the running config keeps serving", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))?),
+        (None, _) => None,
+    };
+    // 2. What cannot fail.
+    if let Some(nv) = new_vx {
+        if let Some(old) = vx.take() {
+            let _ = poll.registry().deregister(&mut SourceFd(&old.rx.as_raw_fd()));
+        }
+        if let Err(e) = poll.registry().register(&mut SourceFd(&nv.rx.as_raw_fd()), super::VXLAN, Interest::READABLE) {
+            tracing::error!("cannot watch the new VXLAN socket: {e}");
+        }
+        *vx = Some(nv);
+    }
+    if config.vxlan.is_none() {
+        if let Some(old) = vx.take() {
+            let _ = poll.registry().deregister(&mut SourceFd(&old.rx.as_raw_fd()));
+        }
+    }
+    if let (Some(v), Some(x)) = (&config.vxlan, vx.as_mut()) {
+        x.set_peers(v, &ids);
+    }
+    let mut old: Vec<Slot> = std::mem::take(slots);
+    let (mut added, mut removed) = (0usize, 0usize);
+    for (i, o) in old.iter_mut().enumerate() {
+        if kept.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        if let Some(d) = o.dev.take() {
+            let _ = poll.registry().deregister(&mut SourceFd(&d.as_raw_fd()));
+            removed += 1;
+            if let Some(op) = &o.open {
+                tracing::info!(port = %op.name, ifname = %op.ifname, "port released");
+            }
+        }
+    }
+    let mut old = old.into_iter().map(Some).collect::<Vec<_>>();
+    for (i, o) in opens.into_iter().enumerate() {
+        let slot = if kept[i] {
+            old[i].take().expect("a kept slot existed")
+        } else {
+            match (o, fresh[i].take()) {
+                (Some(o), Some(d)) => {
+                    if let Err(e) = poll.registry().register(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE) {
+                        tracing::error!(port = %o.name, "cannot watch the new device: {e}");
+                    }
+                    tracing::info!(port = %o.name, ifname = %o.ifname, offload = ?d.offload().names(), "port attached");
+                    added += 1;
+                    Slot { ifindex: netif::index(&o.ifname), offload: d.offload(), open: Some(o), dev: Some(d), lost_at: None, last_err: None }
+                }
+                (o, _) => Slot { ifindex: None, offload: crate::wire::vnet::Offloads::NONE, open: o, dev: None, lost_at: None, last_err: None },
+            }
+        };
+        slots.push(slot);
+    }
+    for (spec, s) in dcfg.ports.iter_mut().zip(slots.iter()) {
+        if s.open.is_some() {
+            spec.offload = s.offload;
+        }
+    }
+    let svc = crate::router::reload::Services { spec: services, metadata_enabled: config.router.metadata, vms };
+    let t_swap = std::time::Instant::now();
+    dp.reconfigure(now, dcfg, svc, &same_port, &same_net);
+    let swap = t_swap.elapsed();
+    let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    let reply = serde_json::json!({
+        "applied": true,
+        "changes": counts,
+        "changed": changed,
+        "devices_opened": added,
+        "devices_closed": removed,
+        "swap_ms": ms(swap),
+        "pause_ms": ms(t.elapsed()),
+    });
+    Ok(Applied { reply, config, hash })
+}

@@ -1,0 +1,159 @@
+//! A reload inside the router: new rules in, state kept and reconciled.
+//!
+//! The rules (networks, public side, static NATs, forwards, firewall, load balancers, service
+//! settings) are replaced whole, between batches; what traffic built stays: flows, neighbours,
+//! leases, the DNS cache, load balancers' connection counts and health. Each flow carries the
+//! rules epoch it was decided under; a reload starts a new epoch, and a flow's next packet
+//! re-decides it under the new rules without side effects ([`Router::redecide`]): decided the
+//! same way (same translation, same backend, same networks), it carries on untouched; decided
+//! otherwise, or refused, it ends there (`reload_revoked`). That packet is dropped; what
+//! follows it is handled as a new packet under the new rules. Nothing is walked at reload time
+//! but the networks and neighbours of networks that changed, so the pause does not grow with
+//! the number of flows.
+//!
+//! Invariants: slots (`NetId`, `PortId`, load balancer and backend slots) keep their meaning
+//! across a reload (see `build::Numbering`), so a flow's interfaces and tag never point at
+//! something else; a flow whose network or backend is gone cannot pass the re-decision.
+
+use super::{Iface, Router};
+use crate::conntrack::{Egress, Flow};
+use crate::switch::{NetId, PortId};
+use crate::time::Instant;
+use crate::wire::ethernet::MacAddr;
+use std::net::Ipv4Addr;
+
+/// What a reload gives the router, besides its tables.
+pub struct Services {
+    pub spec: crate::build::ServiceSpec,
+    pub metadata_enabled: bool,
+    pub vms: Vec<super::meta::VmSpec>,
+}
+
+impl Router {
+    /// Applies new rules. `same_net(n)` / `same_port(p)`: slot n / p still holds the network /
+    /// port it held (by name and generation).
+    pub fn reconfigure(&mut self, now: Instant, mac: MacAddr, mut cfg: super::L3Config, svc: Services, same_net: impl Fn(NetId) -> bool, same_port: impl Fn(PortId) -> bool) {
+        cfg.seed = self.cfg.seed;
+        // Networks that are not the same any more (gone, readdressed): what was learned on
+        // them is forgotten; the router's own endpoints there are made again when needed.
+        let kept: Vec<bool> = (0..cfg.nets.len().max(self.cfg.nets.len()))
+            .map(|i| {
+                let n = NetId(i as u16);
+                same_net(n)
+                    && match (self.cfg.nets.get(i), cfg.nets.get(i)) {
+                        (Some(a), Some(b)) => a.cidr == b.cidr && a.gateway == b.gateway && a.mtu == b.mtu,
+                        _ => false,
+                    }
+            })
+            .collect();
+        let keep = |n: NetId| kept.get(n.0 as usize).copied().unwrap_or(false);
+        let public_kept = match (&self.cfg.public, &cfg.public) {
+            (Some(a), Some(b)) => a.gateway == b.gateway,
+            _ => false,
+        };
+        self.neigh.forget(|i| match i {
+            Iface::Net(n) => keep(n),
+            Iface::Public => public_kept,
+        });
+        self.svc.tcp.forget(keep);
+        self.meta.tcp.forget(keep);
+        self.frags.clear();
+        self.frags_by_src.clear();
+
+        let old_public = std::mem::take(&mut self.public_ips);
+        self.forwards_by_ip.clear();
+        for f in &cfg.forwards {
+            self.forwards_by_ip.entry((f.public_ip, f.protocol)).or_default().push(*f);
+        }
+        self.public_ips = cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default();
+        // Added public addresses are announced (gratuitous ARP), as at start.
+        self.garp.extend(self.public_ips.iter().filter(|a| !old_public.contains(a)));
+        self.static_by_public = cfg.static_nat.iter().copied().collect();
+        self.static_by_private = cfg.static_nat.iter().map(|&(p, q)| (q, p)).collect();
+        self.ct.timeouts = cfg.timeouts;
+        self.ct.set_max(cfg.conntrack_max);
+        self.ct.epoch = self.ct.epoch.wrapping_add(1);
+        self.release_backends();
+        self.lb.reconfigure(cfg.lbs.clone());
+        self.mac = mac;
+        self.cfg = cfg;
+        let targets = self.lb.check_targets();
+        let seed = self.rng.u64();
+        self.hc = crate::lb::health::Checker::new(now, seed, targets, |n| {
+            let net = self.cfg.nets.get(n.0 as usize)?;
+            Some((net.gateway?, net.cidr.prefix, net.mtu as usize))
+        });
+        let same: Vec<bool> = (0..self.cfg.nets.len()).map(|i| same_net(NetId(i as u16))).collect();
+        self.reconfigure_services(svc.spec, &same);
+        self.meta.reconfigure(svc.metadata_enabled, svc.vms, same_port);
+    }
+
+    /// Whether the rules now in force decide flow `f` the way it was decided, without side
+    /// effects (no NAT port taken, no backend picked). `Some`: where each direction leaves
+    /// now (a next hop may have changed); `None`: the flow must end.
+    pub(super) fn redecide(&self, f: &Flow) -> Option<[Egress; 2]> {
+        let k = &f.orig;
+        let [out, back] = f.egress;
+        let net_iface = |ip: Ipv4Addr| self.net_of(ip).map(Iface::Net);
+        match back.iface {
+            Iface::Net(n) => {
+                let net = self.cfg.nets.get(n.0 as usize)?;
+                if !net.cidr.contains(k.src) || Some(k.src) == net.gateway {
+                    return None;
+                }
+                if !self.egress_allowed(n, k) {
+                    return None;
+                }
+                if self.public_ips.contains(&k.dst) || self.is_gateway(k.dst) {
+                    if let Some(lb) = self.lb.find(k.dst, k.proto, k.dport) {
+                        // The same backend, still in this load balancer's pool.
+                        if !self.lb.holds(lb, f.reply.src, f.reply.sport) || net_iface(f.reply.src) != Some(out.iface) {
+                            return None;
+                        }
+                        if out.iface == back.iface && Some(f.reply.dst) != self.gateway(n) {
+                            return None;
+                        }
+                        return Some(f.egress);
+                    }
+                    // Hairpin through a forward or a static NAT.
+                    let (pip, pport) = self.dnat_target(k.dst, k.proto, k.dport)?;
+                    let m = self.net_of(pip)?;
+                    if (pip, pport) != (f.reply.src, f.reply.sport) || out.iface != Iface::Net(m) || self.gateway(m) != Some(f.reply.dst) {
+                        return None;
+                    }
+                    return Some(f.egress);
+                }
+                if let Some(m) = self.net_of(k.dst) {
+                    return (out.iface == Iface::Net(m) && f.reply == k.reverse()).then_some(f.egress);
+                }
+                // Source NAT: the same public address (static NAT or source NAT).
+                let public = self.cfg.public.as_ref()?;
+                let nat_ip = self.static_by_private.get(&k.src).copied().unwrap_or(public.source_nat_ip);
+                if out.iface != Iface::Public || f.reply.dst != nat_ip || !self.public_ips.contains(&nat_ip) {
+                    return None;
+                }
+                Some([Egress { iface: Iface::Public, next_hop: self.public_next_hop(k.dst) }, back])
+            }
+            Iface::Public => {
+                if !self.public_ips.contains(&k.dst) {
+                    return None;
+                }
+                if let Some(fw) = self.cfg.firewall.get(&k.dst) {
+                    fw.lookup(k.proto, k.dport, k.src)?;
+                }
+                let back = Egress { iface: Iface::Public, next_hop: self.public_next_hop(k.src) };
+                if let Some(lb) = self.lb.find(k.dst, k.proto, k.dport) {
+                    if !self.lb.holds(lb, f.reply.src, f.reply.sport) || net_iface(f.reply.src) != Some(out.iface) {
+                        return None;
+                    }
+                    return Some([out, back]);
+                }
+                let (pip, pport) = self.dnat_target(k.dst, k.proto, k.dport)?;
+                if (pip, pport) != (f.reply.src, f.reply.sport) || net_iface(pip) != Some(out.iface) {
+                    return None;
+                }
+                Some([out, back])
+            }
+        }
+    }
+}
