@@ -26,6 +26,9 @@ pub struct Numbering {
     /// Each port slot's name (`None`: vacant) and generation (bumped each time it is taken).
     pub ports: Vec<(Option<String>, u32)>,
     pub nets: Vec<(Option<String>, u32)>,
+    /// Slot by name (lookups are per port and rule when a config is built).
+    by_port: HashMap<String, u16>,
+    by_net: HashMap<String, u16>,
 }
 
 /// Every port a config defines, by name, in the start-up order.
@@ -62,15 +65,54 @@ impl Numbering {
         let empty = Numbering::default();
         let prev = prev.unwrap_or(&empty);
         let nets: Vec<String> = c.networks.iter().map(|n| n.name.clone()).collect();
-        Numbering { ports: assign(&prev.ports, &port_names(c)), nets: assign(&prev.nets, &nets) }
+        let (ports, nets) = (assign(&prev.ports, &port_names(c)), assign(&prev.nets, &nets));
+        let index = |v: &[(Option<String>, u32)]| v.iter().enumerate().filter_map(|(i, (n, _))| Some((n.clone()?, i as u16))).collect();
+        Numbering { by_port: index(&ports), by_net: index(&nets), ports, nets }
     }
 
     pub fn port(&self, name: &str) -> Option<crate::switch::PortId> {
-        self.ports.iter().position(|(n, _)| n.as_deref() == Some(name)).map(|i| crate::switch::PortId(i as u16))
+        self.by_port.get(name).map(|&i| crate::switch::PortId(i))
     }
 
     pub fn net(&self, name: &str) -> Option<NetId> {
-        self.nets.iter().position(|(n, _)| n.as_deref() == Some(name)).map(|i| NetId(i as u16))
+        self.by_net.get(name).map(|&i| NetId(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(nets: &[&str], ports: &[(&str, &str)]) -> Config {
+        let mut t = String::from("[router]\nname = \"t\"\n");
+        for (i, n) in nets.iter().enumerate() {
+            t += &format!("[[network]]\nname = \"{n}\"\ncidr = \"10.{i}.0.0/24\"\n");
+        }
+        for (p, n) in ports {
+            t += &format!("[[port]]\nname = \"{p}\"\nnetwork = \"{n}\"\nkind = \"tap\"\nifname = \"t{p}\"\nport_security = false\n");
+        }
+        crate::config::parse(&t, std::path::Path::new("t.toml")).unwrap().config
+    }
+
+    #[test]
+    fn names_keep_their_slots_and_freed_slots_get_a_new_generation() {
+        let a = Numbering::assign(None, &cfg(&["web", "db"], &[("p1", "web"), ("p2", "db"), ("p3", "web")]));
+        assert_eq!((a.port("p1"), a.port("p2"), a.port("p3")), (Some(crate::switch::PortId(0)), Some(crate::switch::PortId(1)), Some(crate::switch::PortId(2))));
+        // A network inserted first and a port removed: the others keep their slots.
+        let b = Numbering::assign(Some(&a), &cfg(&["first", "web", "db"], &[("p1", "web"), ("p3", "web")]));
+        assert_eq!(b.net("web"), a.net("web"));
+        assert_eq!(b.net("db"), a.net("db"));
+        assert_eq!(b.net("first"), Some(NetId(2)));
+        assert_eq!(b.port("p3"), a.port("p3"));
+        assert_eq!(b.port("p2"), None);
+        assert_eq!(b.ports[1], (None, 0), "p2's slot is vacant");
+        // A new port takes the freed slot, with the next generation.
+        let c = Numbering::assign(Some(&b), &cfg(&["first", "web", "db"], &[("p1", "web"), ("p3", "web"), ("p4", "db")]));
+        assert_eq!(c.port("p4"), Some(crate::switch::PortId(1)));
+        assert_eq!(c.ports[1], (Some("p4".into()), 1));
+        assert_ne!(c.ports[1], a.ports[1], "never the same slot identity as p2's");
+        // The same config again: nothing moves.
+        assert_eq!(Numbering::assign(Some(&c), &cfg(&["first", "web", "db"], &[("p1", "web"), ("p3", "web"), ("p4", "db")])), c);
     }
 }
 

@@ -1221,3 +1221,31 @@ fn pool_usage_counts_what_may_be_handed_out() {
     let h2 = H::web();
     assert_eq!(h2.s.pool_usage()[0].size, 100);
 }
+
+#[test]
+fn reload_keeps_leases_the_new_pool_allows_and_logs_the_others_free() {
+    let mut h = H::web();
+    let (m1, m2) = (mac(1), mac(2));
+    let ip1 = h.dora(m1);
+    let ip2 = h.dora(m2);
+    assert_eq!((ip1, ip2), (a("10.1.1.100"), a("10.1.1.101")));
+    // The pool shrinks to start at .101: the first lease is outside it now.
+    let mut n = web();
+    n.range = Some((a("10.1.1.101"), a("10.1.1.150")));
+    let mut out = Vec::new();
+    h.s.reconfigure(vec![Some(n.clone())], Vec::new(), |_| true, &mut out);
+    let (_, recs, top) = split(out);
+    assert_eq!(recs, vec![LeaseRecord::Free { net: 0, ip: ip1 }], "the lease outside the pool is released");
+    let line = h.s.log_line(top.unwrap(), &recs[0]);
+    assert!(line.line.contains("web") && line.line.contains("10.1.1.100"), "logged by network name: {}", line.line);
+    assert_eq!(h.s.lease_of(0, m2), Some(ip2), "the lease inside it stays");
+    assert_eq!(h.s.lease_of(0, m1), None);
+    assert_eq!(h.s.counters().acks, 2, "counters carry on");
+    // The network goes: its leases are released, logged under its old name.
+    let mut out = Vec::new();
+    h.s.reconfigure(vec![None], Vec::new(), |_| false, &mut out);
+    let (_, recs, top) = split(out);
+    assert_eq!(recs, vec![LeaseRecord::Free { net: 0, ip: ip2 }]);
+    assert!(h.s.log_line(top.unwrap(), &recs[0]).line.contains("web"));
+    assert_eq!(h.s.lease_of(0, m2), None);
+}

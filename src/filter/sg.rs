@@ -123,9 +123,17 @@ pub struct SecurityGroups {
 
 impl SecurityGroups {
     pub fn new(cfg: SgConfig, port_count: usize) -> Self {
+        Self::build(cfg, port_count, |_| None)
+    }
+
+    /// The groups of `cfg`; a port's connection table comes from `reuse` when it gives one
+    /// (a reload keeping a port's state), else is new.
+    fn build(cfg: SgConfig, port_count: usize, mut reuse: impl FnMut(&PortGroups) -> Option<Conntrack>) -> Self {
         let mut s = SecurityGroups { ports: (0..port_count).map(|_| None).collect(), members: Members::default(), stats: SgStats::default() };
         for p in cfg.ports {
-            let Some(slot) = s.ports.get_mut(p.port.0 as usize) else { continue };
+            if s.ports.get(p.port.0 as usize).is_none() {
+                continue;
+            }
             for &a in &p.addrs {
                 s.members.fixed.entry(a).or_default().push(p.port);
             }
@@ -133,12 +141,9 @@ impl SecurityGroups {
                 s.members.by_mac.insert((p.net, m), p.port);
             }
             s.members.groups.insert(p.port, p.groups.clone());
-            *slot = Some(PortSg {
-                ingress: Classifier::new(p.ingress.clone()),
-                egress: Classifier::new(p.egress.clone()),
-                ct: Conntrack::new(PORT_FLOWS, cfg.timeouts),
-                spec: p,
-            });
+            let ct = reuse(&p).unwrap_or_else(|| Conntrack::new(PORT_FLOWS, cfg.timeouts));
+            let i = p.port.0 as usize;
+            s.ports[i] = Some(PortSg { ingress: Classifier::new(p.ingress.clone()), egress: Classifier::new(p.egress.clone()), ct, spec: p });
         }
         s
     }
@@ -149,24 +154,32 @@ impl SecurityGroups {
     /// no longer allowed). Counters carry on.
     pub fn reconfigure(&mut self, cfg: SgConfig, port_count: usize, same: impl Fn(PortId) -> bool) {
         let timeouts = cfg.timeouts;
-        let mut new = SecurityGroups::new(cfg, port_count);
-        let members_changed = new.members.groups != self.members.groups
-            || new.members.fixed != self.members.fixed
-            || new.members.by_mac != self.members.by_mac;
-        for (i, old) in std::mem::take(&mut self.ports).into_iter().enumerate() {
-            let (Some(mut old), Some(Some(p))) = (old, new.ports.get_mut(i)) else { continue };
-            if !same(PortId(i as u16)) {
-                continue;
+        let mut members = Members::default();
+        for p in &cfg.ports {
+            members.groups.insert(p.port, p.groups.clone());
+            for &a in &p.addrs {
+                members.fixed.entry(a).or_default().push(p.port);
             }
-            let changed = members_changed || old.spec != p.spec;
-            old.ct.timeouts = timeouts;
-            if changed {
-                old.ct.epoch = old.ct.epoch.wrapping_add(1);
+            if let Some(m) = p.mac {
+                members.by_mac.insert((p.net, m), p.port);
             }
-            p.ct = old.ct;
         }
-        new.stats = self.stats;
-        *self = new;
+        let members_changed = members.groups != self.members.groups || members.fixed != self.members.fixed || members.by_mac != self.members.by_mac;
+        let mut old = std::mem::take(&mut self.ports);
+        let stats = self.stats;
+        *self = Self::build(cfg, port_count, |p| {
+            if !same(p.port) {
+                return None;
+            }
+            let o = old.get_mut(p.port.0 as usize)?.take()?;
+            let mut ct = o.ct;
+            ct.timeouts = timeouts;
+            if members_changed || o.spec != *p {
+                ct.epoch = ct.epoch.wrapping_add(1);
+            }
+            Some(ct)
+        });
+        self.stats = stats;
     }
 
     /// Whether the port has groups (else it is not filtered).

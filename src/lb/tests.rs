@@ -115,3 +115,37 @@ fn without_checks_results_are_ignored() {
     assert_eq!(b.find(Ipv4Addr::new(203, 0, 113, 10), proto::TCP, 80), Some(0));
     assert_eq!(b.find(Ipv4Addr::new(203, 0, 113, 10), proto::UDP, 80), None);
 }
+
+#[test]
+fn reload_keeps_backends_by_address_and_retires_removed_ones() {
+    let mut b = Balancer::new(vec![spec(Algorithm::Leastconn, &[1, 1], false)]);
+    let t0 = b.pick(0, Ipv4Addr::LOCALHOST).unwrap().tag;
+    b.opened(t0);
+    let t1 = b.pick(0, Ipv4Addr::LOCALHOST).unwrap().tag;
+    b.opened(t1);
+    assert_ne!(t0, t1);
+    // The first backend's weight changes and a third is added: the tags keep naming the same
+    // backends, with their connection counts.
+    let mut s = spec(Algorithm::Leastconn, &[4, 1, 1], false);
+    b.reconfigure(vec![s.clone()]);
+    assert!(b.is_member(t0) && b.is_member(t1));
+    assert_eq!(b.rows()[0].backends.iter().map(|r| r.active).collect::<Vec<_>>(), vec![1, 1, 0]);
+    // The second one goes: its tag is no longer a member and it is never picked again.
+    s.backends.remove(1);
+    b.reconfigure(vec![s.clone()]);
+    assert!(b.is_member(t0) && !b.is_member(t1));
+    assert!(!b.holds(0, Ipv4Addr::new(10, 1, 1, 12), 8080));
+    for _ in 0..20 {
+        let p = b.pick(0, Ipv4Addr::LOCALHOST).unwrap();
+        assert_ne!(p.tag, t1);
+        b.opened(p.tag);
+    }
+    // Its connection still releases cleanly.
+    b.release(t1);
+    assert_eq!(b.rows()[0].backends.len(), 2);
+    // The load balancer goes: nothing is found at its address any more.
+    b.reconfigure(Vec::new());
+    assert_eq!(b.find(s.vip, s.proto, s.port), None);
+    assert!(!b.is_member(t0));
+    assert!(b.rows().is_empty());
+}

@@ -536,3 +536,68 @@ fn one_source_cannot_take_the_resolver() {
     let mut f = b(&udp(G2, "10.1.1.13", 40001, "10.1.1.1", 53, &query(1, "other.example")));
     assert_eq!(r.handle(T0, WEB, &mut f), Verdict::Consumed, "another guest is still served");
 }
+
+fn no_services(nets: usize) -> reload::Services {
+    reload::Services { spec: crate::build::ServiceSpec { dhcp: None, served: vec![false; nets], dns: None }, metadata_enabled: false, vms: Vec::new() }
+}
+
+#[test]
+fn reload_keeps_flows_decided_alike_and_revokes_the_others() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    let snat = || b(&tcp(G1, "10.1.1.11", 40000, "198.51.100.5", 80, 64, false));
+    let dnat = || b(&tcp(GW, "198.51.100.5", 5555, "203.0.113.10", 2222, 64, false));
+    let stat = || b(&tcp(G2, "10.1.1.12", 40001, "198.51.100.5", 443, 64, false));
+    assert_eq!(r.handle(T0, WEB, &mut b(&tcp(G1, "10.1.1.11", 40000, "198.51.100.5", 80, 64, true))), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(T0, Iface::Public, &mut b(&tcp(GW, "198.51.100.5", 5555, "203.0.113.10", 2222, 64, true))), Verdict::Forward(WEB));
+    assert_eq!(r.handle(T0, WEB, &mut b(&tcp(G2, "10.1.1.12", 40001, "198.51.100.5", 443, 64, true))), Verdict::Forward(Iface::Public));
+    let flows = r.ct.len();
+    // An unrelated forward and a firewall for another address: every flow carries on.
+    let mut c = r.cfg.clone();
+    c.forwards.push(Forward { protocol: proto::TCP, public_ip: a("203.0.113.10"), public_port: "8080".parse().unwrap(), private_ip: a("10.1.2.11"), private_port: "80".parse().unwrap() });
+    c.firewall.insert(a("203.0.113.11"), Classifier::new(vec![crate::filter::Rule { protocol: crate::config::schema::Proto::Tcp, ports: None, nets: vec!["192.0.2.0/24".parse().unwrap()], value: () }]));
+    r.reconfigure(T0, R, c, no_services(2), |_| true, |_| true);
+    assert_eq!(r.handle(T0, WEB, &mut snat()), Verdict::Forward(Iface::Public));
+    assert_eq!(r.handle(T0, Iface::Public, &mut dnat()), Verdict::Forward(WEB));
+    assert_eq!(r.handle(T0, WEB, &mut stat()), Verdict::Forward(Iface::Public));
+    assert_eq!((r.stats.reload_revoked, r.ct.len()), (0, flows));
+    // The forward 2222 goes: its flow ends at its next packet, the others do not.
+    let mut c = r.cfg.clone();
+    c.forwards.retain(|f| f.public_port.lo != 2222);
+    r.reconfigure(T0, R, c, no_services(2), |_| true, |_| true);
+    assert_eq!(r.handle(T0, Iface::Public, &mut dnat()), Verdict::Drop(DropReason::ReloadRevoked));
+    assert_eq!(r.handle(T0, WEB, &mut snat()), Verdict::Forward(Iface::Public));
+    assert_eq!(r.stats.reload_revoked, 1);
+    assert_eq!(r.ct.len(), flows - 1);
+    // The static NAT goes: the flow that left with its address ends; plain source NAT stays.
+    let mut c = r.cfg.clone();
+    c.static_nat.clear();
+    r.reconfigure(T0, R, c, no_services(2), |_| true, |_| true);
+    assert_eq!(r.handle(T0, WEB, &mut stat()), Verdict::Drop(DropReason::ReloadRevoked));
+    assert_eq!(r.handle(T0, WEB, &mut snat()), Verdict::Forward(Iface::Public));
+    // An egress rule now denies port 80 from web: that flow ends too.
+    let mut c = r.cfg.clone();
+    c.nets[0].egress = Classifier::new(vec![crate::filter::Rule { protocol: crate::config::schema::Proto::Tcp, ports: Some("80".parse().unwrap()), nets: vec!["0.0.0.0/0".parse().unwrap()], value: Action::Deny }]);
+    r.reconfigure(T0, R, c, no_services(2), |_| true, |_| true);
+    assert_eq!(r.handle(T0, WEB, &mut snat()), Verdict::Drop(DropReason::ReloadRevoked));
+    assert_eq!(r.stats.reload_revoked, 3);
+    assert_eq!(r.ct.len(), flows - 3);
+}
+
+#[test]
+fn reload_that_removes_a_network_ends_its_flows_and_forgets_its_neighbours() {
+    let mut r = router(1500);
+    resolve_all(&mut r);
+    assert_eq!(r.handle(T0, WEB, &mut b(&tcp(G1, "10.1.1.11", 40000, "198.51.100.5", 80, 64, true))), Verdict::Forward(Iface::Public));
+    assert!(r.neigh.state_of(T0, WEB, a("10.1.1.11")) != neigh::NeighState::Unknown);
+    // web's slot becomes vacant (its name is gone).
+    let mut c = r.cfg.clone();
+    c.nets[0] = NetL3::vacant();
+    r.reconfigure(T0, R, c, no_services(2), |n| n.0 != 0, |_| true);
+    assert_eq!(r.neigh.state_of(T0, WEB, a("10.1.1.11")), neigh::NeighState::Unknown);
+    // A packet of the flow from the public side finds it revoked.
+    let back = r.ct.flow(0).reply;
+    let mut f = b(&tcp(GW, "198.51.100.5", 80, "203.0.113.10", back.dport, 64, false));
+    assert_eq!(r.handle(T0, Iface::Public, &mut f), Verdict::Drop(DropReason::ReloadRevoked));
+    assert_eq!(r.ct.len(), 0);
+}
