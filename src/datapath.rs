@@ -453,6 +453,39 @@ impl Datapath {
         self.router.reconfigure(now, cfg.router_mac, cfg.l3, svc, same_net, same_port);
     }
 
+    /// Checks what must hold after any sequence of frames and reloads (fuzzing, tests): no
+    /// learned MAC on a vacant port or network, or on a guest port of another network; no flow
+    /// decided under the current rules leaving through a network that is gone or counted by a
+    /// backend that left its pool. (A flow of an older epoch may name what is gone: it is
+    /// re-decided before any packet of it is forwarded.)
+    pub fn audit(&self) -> Result<(), String> {
+        for (net, mac, e) in self.fdb.iter() {
+            let port = self.ports.get(e.port.0 as usize).ok_or_else(|| format!("{mac} on port {} past the table", e.port.0))?;
+            if port.role == Role::Vacant || self.nets.get(net.0 as usize).is_none_or(|n| n.spec.name.is_empty()) {
+                return Err(format!("{mac} learned on a removed port or network ({} / {})", e.port.0, net.0));
+            }
+            if let Role::Access { net: n, .. } = port.role {
+                if n != net {
+                    return Err(format!("{mac} in network {} on port {} of network {}", net.0, port.name, n.0));
+                }
+            }
+        }
+        let r = self.router();
+        for f in r.ct.iter().filter(|f| f.epoch == r.ct.epoch) {
+            for e in f.egress {
+                if let crate::router::Iface::Net(n) = e.iface {
+                    if r.gateway(n).is_none() {
+                        return Err(format!("a current flow {:?} leaves through removed network {}", f.orig, n.0));
+                    }
+                }
+            }
+            if f.tag != crate::conntrack::NO_TAG && !r.lb.is_member(f.tag) {
+                return Err(format!("a current flow {:?} counted by a backend out of its pool", f.orig));
+            }
+        }
+        Ok(())
+    }
+
     /// The port named `name` (ports, uplinks, the public port, `vxlan-<address>` peers).
     pub fn port_id(&self, name: &str) -> Option<PortId> {
         self.ports.iter().position(|p| p.name == name).map(|i| PortId(i as u16))

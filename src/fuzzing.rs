@@ -28,11 +28,21 @@ const FUZZ_VTEP: [u8; 4] = [192, 0, 2, 11];
 
 /// A datapath with every kind of port: access with/without security and offload, two trunks.
 pub fn fuzz_datapath() -> Datapath {
+    let mut dp = Datapath::new(fuzz_config(0).0);
+    let (dhcp, nets, dns) = fuzz_services();
+    dp.router_mut().set_services(Some(dhcp), nets, Some(dns));
+    dp
+}
+
+/// The fuzz datapath's config, changed as `v`'s bits say (what a reload may do): 1 removes
+/// port p2, 2 removes network b (and what is on it), 4 the forwards, 8 a backend, 16 p1's ssh
+/// rule, 32 the static NAT, 64 web's egress rule, 128 adds a port p7.
+fn fuzz_config(v: u8) -> (DatapathConfig, crate::build::ServiceSpec) {
     let acc = |n: &str, net, security, offload: bool| PortSpec {
         name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net, security }, offload: offload.into(), mac_limit: Some(8),
     };
     let sec = Security { mac: MacAddr([0x52, 0x54, 0, 0, 0, 1]), ip: Some([10, 1, 1, 11].into()), allowed: crate::switch::Allowed::default() };
-    let mut dp = Datapath::new(DatapathConfig {
+    let mut c = DatapathConfig {
         router_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }, NetSpec { name: "b".into(), vlan: Some(102) }],
         ports: vec![
@@ -56,10 +66,59 @@ pub fn fuzz_datapath() -> Datapath {
         security: fuzz_groups(),
         vxlan_mtu: 1450,
         l3: fuzz_l3(),
-    });
-    let (dhcp, nets, dns) = fuzz_services();
-    dp.router_mut().set_services(Some(dhcp), nets, Some(dns));
-    dp
+    };
+    if v & 1 != 0 || v & 2 != 0 {
+        c.ports[2] = PortSpec::vacant();
+    }
+    if v & 2 != 0 {
+        c.nets[1] = NetSpec { name: String::new(), vlan: None };
+        c.ports[3].role = Role::trunk(&[(101, NetId(0))]);
+        c.l3.nets[1] = NetL3::vacant();
+        c.l3.lbs[0].backends.retain(|b| b.net != NetId(1));
+    }
+    if v & 4 != 0 {
+        c.l3.forwards.clear();
+    }
+    if v & 8 != 0 {
+        c.l3.lbs[0].backends.remove(0);
+    }
+    if v & 16 != 0 {
+        c.security.ports[0].ingress.remove(0);
+    }
+    if v & 32 != 0 {
+        c.l3.static_nat.clear();
+    }
+    if v & 64 != 0 {
+        c.l3.nets[0].egress = crate::filter::Classifier::new(Vec::new());
+    }
+    if v & 128 != 0 {
+        c.ports.push(acc("p7", NetId(0), None, true));
+    }
+    let (dhcp, served, dns) = fuzz_service_specs();
+    let mut dhcp = dhcp;
+    if v & 2 != 0 {
+        dhcp.1.retain(|r| r.net != 1);
+    }
+    (c, crate::build::ServiceSpec { dhcp: Some(dhcp), served, dns: Some(dns) })
+}
+
+/// Applies config variant `v` to the fuzz datapath, as a reload would.
+pub fn fuzz_reload(dp: &mut Datapath, now: Instant, v: u8) {
+    let (c, spec) = fuzz_config(v);
+    let old_ports: Vec<String> = (0..dp.port_count()).map(|i| dp.port_name(PortId(i as u16)).to_string()).collect();
+    let old_nets: Vec<String> = (0..2).map(|i| dp.net_name(NetId(i)).to_string()).collect();
+    let new_ports: Vec<String> = c.ports.iter().map(|p| p.name.clone()).collect();
+    let new_nets: Vec<String> = c.nets.iter().map(|n| n.name.clone()).collect();
+    let same_port = |p: PortId| {
+        let i = p.0 as usize;
+        matches!((old_ports.get(i), new_ports.get(i)), (Some(a), Some(b)) if !a.is_empty() && a != "?" && a == b)
+    };
+    let same_net = |n: NetId| {
+        let i = n.0 as usize;
+        matches!((old_nets.get(i), new_nets.get(i)), (Some(a), Some(b)) if !a.is_empty() && a != "?" && a == b)
+    };
+    let svc = crate::router::reload::Services { spec, metadata_enabled: true, vms: Vec::new() };
+    dp.reconfigure(now, c, svc, &same_port, &same_net);
 }
 
 /// Port p1 in a group: ssh from anywhere, everything from members (p0's address), all out.
@@ -86,7 +145,14 @@ fn fuzz_groups() -> crate::filter::sg::SgConfig {
 
 /// DHCP on network "a" (pool and a reservation), DNS for "fuzz.internal" with an upstream.
 fn fuzz_services() -> (crate::dhcp::DhcpServer, Vec<bool>, crate::dns::DnsServer) {
-    use crate::dhcp::{DhcpNet, DhcpServer, Reservation};
+    let ((nets, res), served, dns) = fuzz_service_specs();
+    (crate::dhcp::DhcpServer::new(nets, res), served, crate::dns::DnsServer::new(dns))
+}
+
+type DhcpSpec = (Vec<Option<crate::dhcp::DhcpNet>>, Vec<crate::dhcp::Reservation>);
+
+fn fuzz_service_specs() -> (DhcpSpec, Vec<bool>, crate::dns::DnsConfig) {
+    use crate::dhcp::{DhcpNet, Reservation};
     let net = DhcpNet {
         name: "a".into(),
         cidr: "10.1.1.0/24".parse().expect("cidr"),
@@ -97,17 +163,17 @@ fn fuzz_services() -> (crate::dhcp::DhcpServer, Vec<bool>, crate::dns::DnsServer
         domain: Some("fuzz.internal".into()),
         routes: vec![("0.0.0.0/0".parse().expect("net"), [10, 1, 1, 1].into())],
     };
-    let dhcp = DhcpServer::new(
+    let dhcp = (
         vec![Some(net), None],
         vec![Reservation { net: 0, mac: MacAddr([0x52, 0x54, 0, 0, 0, 1]), ip: [10, 1, 1, 11].into(), hostname: Some("one".into()) }],
     );
-    let dns = crate::dns::DnsServer::new(crate::dns::DnsConfig {
+    let dns = crate::dns::DnsConfig {
         domains: vec!["fuzz.internal".into()],
         nets: vec!["10.1.1.0/24".parse().expect("net"), "10.1.2.0/24".parse().expect("net")],
         upstreams: vec!["127.0.0.1:53".parse().expect("addr")],
         cache_entries: 64,
         upstream_timeout_ms: 500,
-    });
+    };
     (dhcp, vec![true, false], dns)
 }
 
@@ -191,13 +257,24 @@ fn fuzz_l3() -> L3Config {
 }
 
 /// Interprets `data` as a sequence of (port, vnet header, frame) records and runs them through
-/// one datapath. Must never panic.
+/// one datapath; a record starting with 0xff is a reload to config variant `data[1]` instead.
+/// Must never panic, and after every step no flow or learned MAC may point at something the
+/// config no longer has ([`Datapath::audit`]).
 pub fn datapath(dp: &mut Datapath, data: &[u8]) {
     let mut rest = data;
     let mut t = 0u64;
     let mut sink = Null(0);
     let mut b = PacketBuf::new();
     while rest.len() >= 13 {
+        if rest[0] == 0xff {
+            t += 1000;
+            fuzz_reload(dp, Instant::from_millis(t), rest[1]);
+            rest = &rest[2..];
+            if let Err(e) = dp.audit() {
+                panic!("after a reload: {e}");
+            }
+            continue;
+        }
         let port = PortId((rest[0] as usize % dp.port_count()) as u16);
         let len = u16::from_le_bytes([rest[1], rest[2]]) as usize;
         let vnet = VnetHdr::parse(&rest[3..13]).unwrap_or_default();
@@ -217,6 +294,9 @@ pub fn datapath(dp: &mut Datapath, data: &[u8]) {
             dp.process(Instant::from_millis(t), port, &mut b, &mut sink);
         }
         dp.poll(Instant::from_millis(t), &mut sink);
+        if let Err(e) = dp.audit() {
+            panic!("{e}");
+        }
     }
 }
 
@@ -385,6 +465,10 @@ mod tests {
                 if let Some(b) = ip.first_mut() {
                     *b = 0x45;
                     super::wire(&ip);
+                }
+                if next() % 16 == 0 {
+                    // A reload between frames, to a random variant of the config.
+                    d.extend_from_slice(&[0xff, next() as u8]);
                 }
                 d.push(next() as u8);
                 d.extend_from_slice(&(frame.len() as u16).to_le_bytes());

@@ -268,6 +268,11 @@ impl Conntrack {
         }
     }
 
+    /// The live flows (tests and audits; the packet path never walks the table).
+    pub fn iter(&self) -> impl Iterator<Item = &Flow> {
+        self.flows.iter().filter(|f| f.live)
+    }
+
     /// A new cap (a reload): flows over it are not removed, new ones wait until there is room.
     pub fn set_max(&mut self, max: usize) {
         self.max = max.clamp(1, 1 << 24);
