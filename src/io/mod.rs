@@ -35,6 +35,9 @@ use std::time::Duration;
 const CONNTRACK_PAGE: usize = 4096;
 /// Frames read from one fd before the loop looks at the others.
 const BUDGET: usize = 256;
+/// How long one round over the ready ports may take before the loop looks at signals, timers
+/// and control requests again.
+const ROUND_TIME: Duration = Duration::from_millis(5);
 const SIGNAL: Token = Token(usize::MAX - 1);
 const WAKE: Token = Token(usize::MAX - 2);
 const LINKS: Token = Token(usize::MAX - 3);
@@ -505,6 +508,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     // a little after traffic keeps the pipeline full. Idle ports still cost nothing.
     let mut busy_poll = Duration::from_micros(c.router.busy_poll_us);
     let mut last_frame = std::time::Instant::now();
+    let mut next_port = 0usize;
     while !shutdown {
         let now = clock();
         heartbeat.store(observe::unix_ms(), std::sync::atomic::Ordering::Relaxed);
@@ -558,9 +562,20 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         let now = clock();
         let mut buf = pool.get();
         let mut got = false;
-        for i in 0..slots.len() {
+        // A round ends after ROUND_TIME even with ports still ready (they keep their turn for
+        // the next one, which starts where this one stopped): signals, timers and control
+        // requests are seen within a bounded time however much traffic (or flooding to many
+        // ports) a round holds.
+        let round = std::time::Instant::now();
+        let n_slots = slots.len();
+        for k in 0..n_slots {
+            let i = (next_port + k) % n_slots;
             if !ready[i] {
                 continue;
+            }
+            if k > 0 && round.elapsed() > ROUND_TIME {
+                next_port = i;
+                break;
             }
             ready[i] = false;
             let port = PortId(i as u16);

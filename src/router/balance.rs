@@ -18,6 +18,7 @@ use crate::time::Instant;
 use crate::wire::ethernet::{ethertype, MacAddr};
 use crate::wire::ipv4::{self, icmp, proto};
 use crate::wire::checksum;
+use std::net::Ipv4Addr;
 
 impl Router {
     pub(super) fn lb_decide(&mut self, now: Instant, from: Iface, k: &Key, lb: usize) -> Decision {
@@ -66,19 +67,8 @@ impl Router {
                 // anything else by acknowledging what it occupied.
                 let seg_len = (t.len() - doff) as u32 + u32::from(flags & 0x02 != 0) + u32::from(flags & 0x01 != 0);
                 let (rseq, rack, rflags) = if flags & 0x10 != 0 { (ack, 0, 0x04) } else { (0, seq.wrapping_add(seg_len), 0x14) };
-                self.ident = self.ident.wrapping_add(1);
-                let ident = self.ident;
-                let o = self.new_frame(from, eth_src, ethertype::IPV4, 40);
-                ipv4::emit_header(&mut o[..20], dst, src, proto::TCP, 64, 20, ident);
-                let r = &mut o[20..];
-                r[0..2].copy_from_slice(&dport.to_be_bytes());
-                r[2..4].copy_from_slice(&sport.to_be_bytes());
-                r[4..8].copy_from_slice(&rseq.to_be_bytes());
-                r[8..12].copy_from_slice(&rack.to_be_bytes());
-                r[12] = 5 << 4;
-                r[13] = rflags;
-                let sum = checksum::add(checksum::pseudo_v4(dst.octets(), src.octets(), proto::TCP, 20), r);
-                r[16..18].copy_from_slice(&(!checksum::fold(sum)).to_be_bytes());
+                let p = self.tcp_reset(dst, dport, src, sport, rseq, rack, rflags);
+                self.new_frame(from, eth_src, ethertype::IPV4, 40).copy_from_slice(&p);
                 self.stats.lb_resets += 1;
             }
             _ => {
@@ -87,6 +77,24 @@ impl Router {
             }
         }
         Verdict::Drop(DropReason::LbNoBackend)
+    }
+
+    /// A 40-byte IPv4 TCP segment with RST (and `flags`) from `src:sport` to `dst:dport`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn tcp_reset(&mut self, src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32, ack: u32, flags: u8) -> [u8; 40] {
+        self.ident = self.ident.wrapping_add(1);
+        let mut o = [0u8; 40];
+        ipv4::emit_header(&mut o[..20], src, dst, proto::TCP, 64, 20, self.ident);
+        let r = &mut o[20..];
+        r[0..2].copy_from_slice(&sport.to_be_bytes());
+        r[2..4].copy_from_slice(&dport.to_be_bytes());
+        r[4..8].copy_from_slice(&seq.to_be_bytes());
+        r[8..12].copy_from_slice(&ack.to_be_bytes());
+        r[12] = 5 << 4;
+        r[13] = flags;
+        let sum = checksum::add(checksum::pseudo_v4(src.octets(), dst.octets(), proto::TCP, 20), r);
+        r[16..18].copy_from_slice(&(!checksum::fold(sum)).to_be_bytes());
+        o
     }
 
     /// Connections that closed or expired stop counting for their backends.

@@ -178,6 +178,8 @@ pub struct RouterStats {
     pub lb_resets: u64,
     /// Flows a reload's new rules decide differently, ended at their next packet.
     pub reload_revoked: u64,
+    /// TCP resets sent to guests for those flows.
+    pub revoke_resets: u64,
 }
 
 /// ICMP errors the router may send: a token bucket (Linux: net.ipv4.icmp_ratelimit).
@@ -229,7 +231,7 @@ pub struct Router {
     cfg: L3Config,
     static_by_public: HashMap<Ipv4Addr, Ipv4Addr>,
     static_by_private: HashMap<Ipv4Addr, Ipv4Addr>,
-    forwards_by_ip: HashMap<(Ipv4Addr, u8), Vec<Forward>>,
+    forwards_by_ip: HashMap<(Ipv4Addr, u8), Forwards>,
     public_ips: Vec<Ipv4Addr>,
     pub ct: Conntrack,
     pub neigh: Neighbours,
@@ -258,6 +260,42 @@ pub struct Router {
 }
 
 
+/// The forwards of one public address and protocol, ordered by port: a lookup is a binary
+/// search, so ten thousand forwards cost a new flow (and each NAT port candidate) no more than
+/// ten. Where ranges overlap, the first in the file wins, as it always did (a linear scan then).
+#[derive(Default)]
+pub(super) struct Forwards {
+    v: Vec<Forward>,
+    disjoint: bool,
+}
+
+impl Forwards {
+    fn find(&self, port: u16) -> Option<&Forward> {
+        if !self.disjoint {
+            return self.v.iter().find(|f| (f.public_port.lo..=f.public_port.hi).contains(&port));
+        }
+        let i = self.v.partition_point(|f| f.public_port.lo <= port).checked_sub(1)?;
+        self.v.get(i).filter(|f| port <= f.public_port.hi)
+    }
+}
+
+/// Forwards by public address and protocol.
+pub(super) fn forwards_by_ip(all: &[Forward]) -> HashMap<(Ipv4Addr, u8), Forwards> {
+    let mut m: HashMap<(Ipv4Addr, u8), Forwards> = HashMap::new();
+    for f in all {
+        m.entry((f.public_ip, f.protocol)).or_default().v.push(*f);
+    }
+    for t in m.values_mut() {
+        let mut sorted = t.v.clone();
+        sorted.sort_by_key(|f| f.public_port.lo);
+        if sorted.windows(2).all(|w| w[0].public_port.hi < w[1].public_port.lo) {
+            t.v = sorted;
+            t.disjoint = true;
+        }
+    }
+    m
+}
+
 /// The drop reason for a flow conntrack would not add.
 pub fn ct_drop(e: crate::conntrack::InsertError) -> DropReason {
     match e {
@@ -274,10 +312,7 @@ fn martian(a: Ipv4Addr) -> bool {
 
 impl Router {
     pub fn new(mac: MacAddr, cfg: L3Config) -> Self {
-        let mut forwards_by_ip: HashMap<(Ipv4Addr, u8), Vec<Forward>> = HashMap::new();
-        for f in &cfg.forwards {
-            forwards_by_ip.entry((f.public_ip, f.protocol)).or_default().push(*f);
-        }
+        let forwards_by_ip = forwards_by_ip(&cfg.forwards);
         let public_ips = cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default();
         let lb = crate::lb::Balancer::new(cfg.lbs.clone());
         let mut rng = crate::entropy::Csprng::new(cfg.seed);
@@ -596,8 +631,14 @@ impl Router {
                     (i, d)
                 }
                 None => {
+                    let f = self.ct.flow(i).clone();
                     self.ct.remove(i);
                     self.stats.reload_revoked += 1;
+                    if protocol == proto::TCP && tcp & conntrack::tcp_flags::RST == 0 {
+                        let t = &buf.frame()[14 + hl..14 + tl];
+                        let (seq, ack) = (u32::from_be_bytes([t[4], t[5], t[6], t[7]]), u32::from_be_bytes([t[8], t[9], t[10], t[11]]));
+                        self.revoke_reset(now, from, eth_src, &f, d, seq, ack, tcp);
+                    }
                     return Verdict::Drop(DropReason::ReloadRevoked);
                 }
             },
@@ -917,7 +958,7 @@ impl Router {
 
     /// The port forward of a public address, protocol and port.
     fn forward_of(&self, ip: Ipv4Addr, protocol: u8, port: u16) -> Option<&Forward> {
-        self.forwards_by_ip.get(&(ip, protocol))?.iter().find(|f| (f.public_port.lo..=f.public_port.hi).contains(&port))
+        self.forwards_by_ip.get(&(ip, protocol))?.find(port)
     }
 
     /// Where a public address and port lead: a port forward (tcp/udp), else a static NAT.

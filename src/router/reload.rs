@@ -61,10 +61,7 @@ impl Router {
         self.frags_by_src.clear();
 
         let old_public = std::mem::take(&mut self.public_ips);
-        self.forwards_by_ip.clear();
-        for f in &cfg.forwards {
-            self.forwards_by_ip.entry((f.public_ip, f.protocol)).or_default().push(*f);
-        }
+        self.forwards_by_ip = super::forwards_by_ip(&cfg.forwards);
         self.public_ips = cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default();
         // Added public addresses are announced (gratuitous ARP), as at start.
         self.garp.extend(self.public_ips.iter().filter(|a| !old_public.contains(a)));
@@ -86,6 +83,37 @@ impl Router {
         let same: Vec<bool> = (0..self.cfg.nets.len()).map(|i| same_net(NetId(i as u16))).collect();
         self.reconfigure_services(svc.spec, &same);
         self.meta.reconfigure(svc.metadata_enabled, svc.vms, same_port);
+    }
+
+    /// A TCP flow a reload ended: its guest side gets a reset now, so the guest's connection
+    /// ends rather than lingering, or coming back through source NAT as a new flow with the
+    /// same ports. A guest that sent the packet is answered like a REJECT with tcp-reset (RFC
+    /// 793's reset for a segment: its own ACK number as the sequence); a guest the packet was
+    /// for gets the reset in its place, from its peer as it sees it, at the packet's sequence
+    /// number. The public side gets nothing (the router never answers the outside for what it
+    /// does not serve).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn revoke_reset(&mut self, now: Instant, from: Iface, eth_src: MacAddr, f: &Flow, dir: crate::conntrack::Dir, seq: u32, ack: u32, flags: u8) {
+        use crate::wire::ethernet::ethertype;
+        let k = match dir {
+            crate::conntrack::Dir::Orig => f.orig,
+            crate::conntrack::Dir::Reply => f.reply,
+        };
+        if let Iface::Net(_) = from {
+            let (rseq, rack, rflags) = if flags & 0x10 != 0 { (ack, 0, 0x04) } else { (0, seq.wrapping_add(1), 0x14) };
+            let p = self.tcp_reset(k.dst, k.dport, k.src, k.sport, rseq, rack, rflags);
+            self.new_frame(from, eth_src, ethertype::IPV4, 40).copy_from_slice(&p);
+            self.stats.revoke_resets += 1;
+            return;
+        }
+        if let Iface::Net(n) = f.egress[dir as usize].iface {
+            let t = f.target(dir);
+            if self.gateway(n).is_some() {
+                let p = self.tcp_reset(t.src, t.sport, t.dst, t.dport, seq, 0, 0x04);
+                self.emit_ip(now, n, &p);
+                self.stats.revoke_resets += 1;
+            }
+        }
     }
 
     /// Whether the rules now in force decide flow `f` the way it was decided, without side

@@ -565,7 +565,18 @@ fn reload_keeps_flows_decided_alike_and_revokes_the_others() {
     let mut c = r.cfg.clone();
     c.forwards.retain(|f| f.public_port.lo != 2222);
     r.reconfigure(T0, R, c, no_services(2), |_| true, |_| true);
+    take(&mut r);
     assert_eq!(r.handle(T0, Iface::Public, &mut dnat()), Verdict::Drop(DropReason::ReloadRevoked));
+    // The guest behind the forward gets a reset from its peer, at the dropped segment's
+    // sequence number (1, the test segments'): an oracle built independently.
+    let out = take(&mut r);
+    assert_eq!(out.len(), 1, "one reset");
+    let mut want = Vec::new();
+    etherparse::PacketBuilder::ethernet2(R.0, G1.0).ipv4(a("198.51.100.5").octets(), a("10.1.1.11").octets(), 64).tcp(5555, 22, 1, 0).rst().write(&mut want, &[]).unwrap();
+    assert_eq!(out[0].0, WEB);
+    let got = &out[0].1;
+    assert_eq!((&got[..14], &got[26..34], &got[34..38], &got[38..42], got[47] & 0x04), (&want[..14], &want[26..34], &want[34..38], &want[38..42], 0x04));
+    assert!(Ipv4Packet::new_checked(&got[14..]).unwrap().verify_checksum());
     assert_eq!(r.handle(T0, WEB, &mut snat()), Verdict::Forward(Iface::Public));
     assert_eq!(r.stats.reload_revoked, 1);
     assert_eq!(r.ct.len(), flows - 1);
@@ -579,8 +590,15 @@ fn reload_keeps_flows_decided_alike_and_revokes_the_others() {
     let mut c = r.cfg.clone();
     c.nets[0].egress = Classifier::new(vec![crate::filter::Rule { protocol: crate::config::schema::Proto::Tcp, ports: Some("80".parse().unwrap()), nets: vec!["0.0.0.0/0".parse().unwrap()], value: Action::Deny }]);
     r.reconfigure(T0, R, c, no_services(2), |_| true, |_| true);
+    take(&mut r);
     assert_eq!(r.handle(T0, WEB, &mut snat()), Verdict::Drop(DropReason::ReloadRevoked));
+    // The guest that sent it is answered with a reset (its ACK number, 1, as the sequence).
+    let out = take(&mut r);
+    assert_eq!(out.len(), 1);
+    let rst = &out[0].1;
+    assert_eq!((out[0].0, &rst[0..6], &rst[26..30], &rst[30..34], &rst[34..36], &rst[38..42], rst[47]), (WEB, &G1.0[..], &[198u8, 51, 100, 5][..], &[10u8, 1, 1, 11][..], &80u16.to_be_bytes()[..], &1u32.to_be_bytes()[..], 0x04));
     assert_eq!(r.stats.reload_revoked, 3);
+    assert_eq!(r.stats.revoke_resets, 3, "one per revoked TCP flow");
     assert_eq!(r.ct.len(), flows - 3);
 }
 
