@@ -839,9 +839,9 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
         Request::Show { table: Table::Ports, .. } => {
             let mut v = serde_json::to_value(dp.show_ports(now)).unwrap_or_default();
             if let serde_json::Value::Array(rows) = &mut v {
-                for (i, row) in rows.iter_mut().enumerate() {
+                for row in rows.iter_mut() {
                     // VXLAN peers have no device of their own: their state is the datapath's.
-                    let Some(s) = slots.get(i) else { continue };
+                    let Some(s) = slots.iter().find(|s| s.open.as_ref().is_some_and(|o| row["name"] == o.name.as_str())) else { continue };
                     row["state"] = s.state().into();
                     row["waiting_secs"] = s.lost_at.filter(|_| s.dev.is_none()).map(|t| t.elapsed().as_secs()).into();
                 }

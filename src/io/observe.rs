@@ -54,8 +54,7 @@ impl ConfigState {
 pub(super) fn port_states(dp: &Datapath, slots: &[Slot], now: Instant) -> Vec<PortHealth> {
     dp.show_ports(now)
         .into_iter()
-        .enumerate()
-        .map(|(i, row)| match slots.get(i) {
+        .map(|row| match slots.iter().find(|s| s.open.as_ref().is_some_and(|o| o.name == row.name)) {
             Some(s) => PortHealth {
                 name: row.name,
                 state: s.state().to_string(),
