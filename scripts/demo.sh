@@ -7,7 +7,8 @@
 # through a port forward and a static NAT, a load balancer spreading HTTP requests over the two
 # web guests in turn and taking one out when its health check fails (and back when it passes),
 # security groups at work (db1 admits its database port from web's members only: the outside is
-# refused even through a port forward, and the drops are counted), iperf3 results, and the
+# refused even through a port forward, and the drops are counted), iperf3 results, a live
+# change (a new VM and a new forward applied while an iperf3 transfer keeps going), and the
 # control socket's tables. Cleans up everything it made.
 # Run as root:  bash scripts/demo.sh  (another user: it re-runs itself with sudo)
 set -euo pipefail
@@ -39,7 +40,7 @@ cleanup() {
     set +e
     [ -n "$vr_pid" ] && kill "$vr_pid" 2>/dev/null && wait "$vr_pid" 2>/dev/null
     local g ns p
-    for g in web1 web2 db1 out; do
+    for g in web1 web2 db1 web3 out; do
         ns=$(ns_of $g)
         # Servers this script started live in its namespaces only.
         for p in $(ip netns pids "$ns" 2>/dev/null); do kill "$p" 2>/dev/null; done
@@ -377,6 +378,53 @@ iperf() { # client-guest server-guest target label
 }
 iperf web1 web2 10.1.1.12 "web1 -> web2, same network"
 iperf web1 out 198.51.100.5 "web1 -> outside through source NAT"
+
+echo "== live change: while iperf3 runs web1 -> outside (8 s), a new VM web3 and a forward"
+echo "   203.0.113.10:8080 -> web3:8000 are applied to the running router (ctl diff, ctl apply)"
+cp "$work/demo.toml" "$work/demo-live.toml"
+cat >>"$work/demo-live.toml" <<TOML
+
+[[port]]
+name = "web3"
+network = "web"
+kind = "tap"
+ifname = "$(if_of web3)"
+mac = "52:54:00:00:01:13"
+ip = "10.1.1.13"
+hostname = "web3"
+security_groups = ["web"]
+
+[[port_forward]]
+public_ip = "203.0.113.10"
+protocol = "tcp"
+public_port = "8080"
+private_ip = "10.1.1.13"
+private_port = "8000"
+TOML
+ip netns exec "$(ns_of out)" iperf3 -s -1 >/dev/null 2>&1 &
+live_srv=$!
+sleep 0.5
+ip netns exec "$(ns_of web1)" iperf3 -c 198.51.100.5 -t 8 -i 1 -f g >"$work/live-iperf.txt" 2>&1 &
+live_cli=$!
+sleep 2
+$VR ctl -s "$sock" diff -f "$work/demo-live.toml" | sed 's/^/   /'
+$VR ctl -s "$sock" apply -f "$work/demo-live.toml" | sed 's/^/   /' || fail "ctl apply"
+guest web3
+echo "   web3 resolves web1: $(ip netns exec "$(ns_of web3)" dig @10.1.1.1 +short web1.demo.internal)"
+pings web3 10.1.1.11 "web3 -> web1"
+serve web3 8000 "web3 port 8000 here; you are {peer}"
+ask out 203.0.113.10 8080
+echo "   the outside through the new forward got: ${got:-nothing}"
+[[ "$got" == "web3 port 8000 here"* ]] || fail "the forward added live"
+wait "$live_cli" || fail "the iperf3 transfer across the change"
+wait "$live_srv" 2>/dev/null || true
+echo "   the transfer, second by second (the change landed at about 2 s):"
+grep -E "sec .*bits/sec" "$work/live-iperf.txt" | sed 's/^/   /'
+if grep -E "^\[ *[0-9]+\] +[0-9.]+-[0-9.]+ +sec .* 0\.00 [KMG]?bits/sec" "$work/live-iperf.txt" | grep -qv sender; then
+    fail "an interval of the transfer stood still"
+fi
+$VR ctl -s "$sock" show stats --json |
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["router"]; print("   flows ended by the change (reload_revoked):", r["reload_revoked"])'
 
 echo "== metadata: web1 asks 169.254.169.254 (and the gateway) what cloud-init asks"
 ns1=$(ns_of web1)
