@@ -19,7 +19,10 @@
 # two kernel vxlan devices with Linux bridges); NO_OBSERVE=1 the observability cost
 # (scripts/lib/bench-observe.sh: forwarding with metrics scraped every second and a capture on
 # another port, against neither); NO_METADATA=1 the metadata requests/s beside nginx
-# (scripts/lib/bench-metadata.sh). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
+# (scripts/lib/bench-metadata.sh); NO_RELOAD=1 the live reconfiguration at scale (scripts/lib/
+# bench-reload.sh: 1000 ports, 10k forwards, 10k firewall rules applied and changed one rule at a
+# time, the datapath's pause, ping loss across the changes, per-packet cost at 10 and 20k rules,
+# beside nftables loading the same rules). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
 # Then DHCP leases/s and DNS queries/s, vrouter beside dnsmasq (scripts/lib/bench-services.sh).
 # Add --micro to also run the criterion per-stage benchmarks (ns/frame): l2_forward, and
 # l3_nat when benches/l3_nat.rs exists.
@@ -321,6 +324,11 @@ fi
 # ---- Observability: forwarding with metrics scraped and a capture running, against neither ----
 if [ "$run_vr" = 1 ] && [ -z "${NO_OBSERVE:-}" ]; then
     bash scripts/lib/bench-observe.sh
+fi
+
+# ---- Live reconfiguration at scale: vrouter's apply beside nftables loading the same rules ----
+if [ -z "${NO_RELOAD:-}" ]; then
+    bash scripts/lib/bench-reload.sh
 fi
 
 if [ "${1:-}" = "--micro" ]; then

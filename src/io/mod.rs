@@ -472,6 +472,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     };
     // The metrics endpoint reads what the loop publishes once a second.
     let metrics_at = c.router.metrics_listen;
+    let state_dir_at = c.router.state_dir.clone();
     let published: Option<Published> = match c.router.metrics_listen {
         Some(addr) => {
             let p: Published = Arc::new(std::sync::Mutex::new(Arc::new(crate::control::telemetry::Telemetry::default())));
@@ -741,12 +742,18 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         }
         while let Ok(env) = inbox.try_recv() {
             if let Some(st) = env.staged {
+                // systemd (Type=notify) hears of the reload, and of being ready again after it.
+                let mut mono = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                // SAFETY: clock_gettime writes one timespec, which lives on this stack frame.
+                unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut mono) };
+                notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", mono.tv_sec as u64 * 1_000_000 + mono.tv_nsec as u64 / 1000));
                 let resp = match reload::apply(*st, clock(), &poll, &mut slots, &mut vx, &mut dp) {
                     Ok(a) => {
                         config = a.config;
                         cfg_state.hash = a.hash;
                         cfg_state.reloads += 1;
                         cfg_state.seen.set(None);
+                        cfg_state.full_percent = config.router.health_full_percent;
                         ready.resize(slots.len(), false);
                         busy_poll = Duration::from_micros(config.router.busy_poll_us);
                         let mut reply = a.reply;
@@ -773,6 +780,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                         let restart: Vec<&str> = [
                             ("control_socket", config.control_socket() != sock),
                             ("metrics_listen", config.router.metrics_listen != metrics_at),
+                            ("state_dir", leases.is_some() && config.router.state_dir != state_dir_at),
                         ]
                         .into_iter()
                         .filter_map(|(k, d)| d.then_some(k))
@@ -788,6 +796,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                         Response::err(e)
                     }
                 };
+                notifier.notify(&format!("READY=1\nSTATUS=forwarding for {} ports", slots.iter().filter(|s| s.open.is_some()).count()));
                 let _ = env.reply.send(resp);
                 continue;
             }
