@@ -1,6 +1,8 @@
 //! Per-frame cost of the L3 path (criterion, ns per frame): source NAT of an established flow
 //! (one conntrack lookup and an incremental rewrite), the first packet of a new flow (rule
-//! stages, port allocation, conntrack insert), and the routed path between two networks.
+//! stages, port allocation, conntrack insert), the routed path between two networks, and an
+//! established and a new flow through a port forward with 10 and with 10,000 forwards and
+//! firewall rules on the same address (the cost must not grow with the rules).
 //! Also prints the conntrack table's memory per flow, measured by filling it with a million
 //! flows.
 
@@ -31,6 +33,26 @@ const H: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
 const GW: [u8; 6] = [0x52, 0x54, 0, 0, 9, 1];
 
 fn dp(max_flows: usize) -> Datapath {
+    dp_rules(max_flows, 0)
+}
+
+/// The datapath with `rules` port forwards (203.0.113.10 tcp 10000.. -> 10.1.1.11:80) and as
+/// many firewall rules on that address (one source and port each), plus the measured forward
+/// tcp 8080 -> 10.1.1.11:80 open to all.
+fn dp_rules(max_flows: usize, rules: usize) -> Datapath {
+    use vrouter::config::schema::Proto;
+    use vrouter::filter::Rule;
+    use vrouter::router::Forward;
+    let pip: std::net::Ipv4Addr = [203, 0, 113, 10].into();
+    let fwd = |port: u16| Forward { protocol: 6, public_ip: pip, public_port: port.to_string().parse().unwrap(), private_ip: [10, 1, 1, 11].into(), private_port: "80".parse().unwrap() };
+    let mut forwards: Vec<Forward> = (0..rules).map(|k| fwd(10000 + k as u16)).collect();
+    forwards.push(fwd(8080));
+    let mut fw: Vec<Rule<()>> = (0..rules)
+        .map(|k| Rule { protocol: Proto::Tcp, ports: Some((10000 + k as u16).to_string().parse().unwrap()), nets: vec![format!("198.51.{}.{}/32", 100 + k / 250 % 100, k % 250).parse().unwrap()], value: () })
+        .collect();
+    fw.push(Rule { protocol: Proto::Tcp, ports: Some("8080".parse().unwrap()), nets: vec!["0.0.0.0/0".parse().unwrap()], value: () });
+    let mut firewall = std::collections::HashMap::new();
+    firewall.insert(pip, Classifier::new(fw));
     let acc = |n: &str, net| PortSpec {
         name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net, security: None }, offload: true.into(), mac_limit: Some(16),
     };
@@ -59,6 +81,8 @@ fn dp(max_flows: usize) -> Datapath {
                 mtu: 1500,
             }),
             conntrack_max: max_flows,
+            forwards,
+            firewall,
             ..Default::default()
         },
     })
@@ -130,6 +154,45 @@ fn bench(c: &mut Criterion) {
             d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)
         })
     });
+    // An established flow through a port forward, and new ones, with 10 and with 10,000
+    // forwards and firewall rules on the same address: per-packet cost must not grow with them.
+    for rules in [10usize, 10_000] {
+        let mut d = dp_rules(1 << 16, rules);
+        for (port, f) in [(2u16, arp(GW, [203, 0, 113, 1], [203, 0, 113, 10])), (0, arp(G, [10, 1, 1, 11], [10, 1, 1, 1]))] {
+            d.process(now, PortId(port), &mut PacketBuf::from_frame(&f, VnetHdr::default()), &mut tx);
+        }
+        let mut inbound = tcp([198, 51, 100, 5], 40000, [203, 0, 113, 10], 0);
+        inbound[36..38].copy_from_slice(&8080u16.to_be_bytes());
+        inbound[0..6].copy_from_slice(&R);
+        inbound[6..12].copy_from_slice(&GW);
+        let l4 = 14 + 20;
+        inbound[l4 + 16] = 0;
+        inbound[l4 + 17] = 0;
+        d.process(now, PortId(2), &mut PacketBuf::from_frame(&inbound, VnetHdr::default()), &mut tx);
+        g.bench_function(format!("dnat_established_64B_{rules}_rules"), |bn| {
+            bn.iter(|| {
+                b.load(&inbound, VnetHdr::default());
+                d.process(std::hint::black_box(now), PortId(2), &mut b, &mut tx)
+            })
+        });
+        let mut k: u16 = 0;
+        let mut fresh = inbound.clone();
+        g.bench_function(format!("dnat_new_flow_64B_{rules}_rules"), |bn| {
+            bn.iter(|| {
+                k = k.wrapping_add(1) | 1;
+                fresh[34..36].copy_from_slice(&k.to_be_bytes());
+                fresh[29] = (k >> 8) as u8 | 1;
+                fresh[24] = 0;
+                fresh[25] = 0;
+                let cs = vrouter::wire::checksum::checksum(&fresh[14..34]);
+                fresh[24..26].copy_from_slice(&cs.to_be_bytes());
+                b.load(&fresh, VnetHdr::default());
+                d.process(std::hint::black_box(now), PortId(2), &mut b, &mut tx)
+            })
+        });
+        let st = serde_json::to_value(d.show_stats()).unwrap();
+        eprintln!("{rules} rules: router {} / drops {}", st["router"]["dnat_flows"], st["totals"]["drops"]);
+    }
     g.finish();
     let st = serde_json::to_value(d.show_stats()).unwrap();
     eprintln!("router: {}\nconntrack: {}", st["router"], st["conntrack"]);
