@@ -405,7 +405,18 @@ fn applied_config_survives_kill_and_leases_survive_renumbering() {
     signal(lab.vrouter_pid(), "HUP");
     wait_for("SIGHUP reload", Duration::from_secs(10), || lab.log().contains("SIGHUP: config reloaded"));
     assert!(lab.log().contains("port_forward"), "the reload named what changed");
+    // A tap port's new MAC and the VXLAN sockets' new TTL: the tap and the sockets stay (a tap
+    // cannot be attached twice, the VXLAN port cannot be bound twice).
+    let text = fill(&lab, &acct.text(&lab)).replace("52:54:00:20:01:21", "52:54:00:20:01:99").replace("[vxlan]\n", "[vxlan]\nttl = 9\n");
+    let f = lab.path("mac.toml");
+    std::fs::write(&f, &text).unwrap();
+    let o = ctl(&lab, &["apply", "-f", f.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((r["devices_opened"].as_u64(), r["changes"]["port"]["change"].as_u64()), (Some(0), Some(1)), "{r}");
+    std::fs::write(&cfgp, fill(&lab, &acct.text(&lab))).unwrap();
     // `ctl reload` with nothing changed: applied, no changes.
+    assert!(ctl(&lab, &["reload"]).status.success());
     let o = ctl(&lab, &["reload"]);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("no changes"), "{}", String::from_utf8_lossy(&o.stdout));

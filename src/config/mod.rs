@@ -64,8 +64,15 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
     parse(&src, path)
 }
 
-/// Validates config text; `path` is used in messages only.
+/// Validates config text read from `path` (messages name it; `user_data_file` is relative to
+/// its directory).
 pub fn parse(src: &str, path: &Path) -> Result<Validated, ConfigError> {
+    parse_at(src, path, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Validates config text; `path` names it in messages, `dir` is where relative
+/// `user_data_file`s are (a config pushed by `ctl apply` is read as the config file it will be).
+pub fn parse_at(src: &str, path: &Path, dir: &Path) -> Result<Validated, ConfigError> {
     let loc = Locator::new(src);
     let diag = |line: Option<usize>, key: String, message: String| Diagnostic {
         file: path.to_path_buf(),
@@ -93,7 +100,6 @@ pub fn parse(src: &str, path: &Path) -> Result<Validated, ConfigError> {
     let mut out = validate::Report::default();
     validate::check(&config, &mut out);
     // User data: inline, or read from its file now (the file's size checked against the cap).
-    let dir = path.parent().unwrap_or(Path::new("."));
     let max = config.router.user_data_max;
     for (i, pt) in config.ports.iter_mut().enumerate() {
         pt.user_data_bytes = pt.user_data.as_ref().map(|u| u.as_bytes().to_vec());
@@ -116,6 +122,11 @@ pub fn parse(src: &str, path: &Path) -> Result<Validated, ConfigError> {
 }
 
 impl Config {
+    /// The state directory (leases): configured, or `/var/lib/vrouter/NAME`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.router.state_dir.clone().unwrap_or_else(|| PathBuf::from(format!("/var/lib/vrouter/{}", self.router.name)))
+    }
+
     /// The control socket path: configured, or `/run/vrouter/NAME.sock`.
     pub fn control_socket(&self) -> PathBuf {
         self.router

@@ -64,6 +64,16 @@ fn valid_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A port's or uplink's name: a name, and not one of those vrouter gives its own ports (the
+/// public port, VXLAN peers), which share the ports' namespace (`ctl show ports`, slots).
+fn valid_port_name(s: &str) -> Result<(), String> {
+    valid_name(s)?;
+    if s == crate::build::PUBLIC_PORT || s.starts_with("vxlan-") {
+        return Err(format!("name {s:?} is reserved (\"public\" and \"vxlan-*\" name vrouter's own ports)"));
+    }
+    Ok(())
+}
+
 fn valid_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -198,7 +208,7 @@ pub fn check(c: &Config, r: &mut Report) {
         c.security_group.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect();
     for (i, pt) in c.ports.iter().enumerate() {
         let p = || kp!("port", i);
-        if let Err(m) = valid_name(&pt.name) {
+        if let Err(m) = valid_port_name(&pt.name) {
             r.err(p().key("name"), m);
         }
         port_names.add(r, pt.name.clone(), p().key("name"));
@@ -290,7 +300,7 @@ pub fn check(c: &Config, r: &mut Report) {
     }
     for (i, u) in c.uplinks.iter().enumerate() {
         let p = || kp!("uplink", i);
-        if let Err(m) = valid_name(&u.name) {
+        if let Err(m) = valid_port_name(&u.name) {
             r.err(p().key("name"), m);
         }
         port_names.add(r, u.name.clone(), p().key("name"));

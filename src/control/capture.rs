@@ -122,6 +122,16 @@ impl Hub {
         self.remask();
     }
 
+    /// Ends the sessions on ports `gone` says are not what they were (a reload removed them or
+    /// gave their slot to another port): a capture never shows another VM's frames under the
+    /// name it was started with. The writer sees the session closed and finishes the file.
+    pub fn end_ports(&mut self, gone: impl Fn(PortId) -> bool) {
+        for s in self.sessions.iter().filter(|s| s.ports.iter().any(|p| gone(*p))) {
+            s.link.closed.store(true, Ordering::Relaxed);
+        }
+        self.prune();
+    }
+
     /// Forgets sessions whose client is gone; true if any was.
     pub fn prune(&mut self) -> bool {
         let n = self.sessions.len();
@@ -254,6 +264,10 @@ pub fn stream(mut s: UnixStream, ports: &[String], count: Option<u64>, rx: Recei
                     n += 1;
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    // The loop ended the session (its port was removed or given to another VM).
+                    if link.closed.load(Ordering::Relaxed) {
+                        break;
+                    }
                     if hung_up(&s) {
                         return Err(io::Error::from(io::ErrorKind::BrokenPipe));
                     }

@@ -271,7 +271,12 @@ pub fn open_stream(path: &Path, req: &Request) -> Result<(BufReader<UnixStream>,
 pub fn request(path: &Path, req: &Request) -> Result<Value, ControlError> {
     let io = |source| ControlError::Io { path: path.to_path_buf(), source };
     let s = UnixStream::connect(path).map_err(io)?;
-    s.set_read_timeout(Some(TIMEOUT + Duration::from_secs(2))).map_err(io)?;
+    // A change is built and then waited for (up to 10 s for the loop to take it): more room.
+    let wait = match req {
+        Request::Reload | Request::Apply { .. } => Duration::from_secs(60),
+        _ => TIMEOUT + Duration::from_secs(2),
+    };
+    s.set_read_timeout(Some(wait)).map_err(io)?;
     let mut line = serde_json::to_string(req).map_err(|e| ControlError::Protocol { path: path.into(), msg: e.to_string() })?;
     line.push('\n');
     (&s).write_all(line.as_bytes()).map_err(io)?;

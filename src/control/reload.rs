@@ -43,6 +43,22 @@ pub struct Staged {
     /// What changed, for the reply.
     pub counts: Value,
     pub changed: usize,
+    /// Who has the change: [`PENDING`] until the loop takes it ([`TAKEN`]) or the control side
+    /// gives up waiting ([`ABANDONED`]); whoever moves it first decides, so a change the
+    /// caller was told failed is never applied later.
+    pub claim: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+pub const PENDING: u8 = 0;
+pub const TAKEN: u8 = 1;
+pub const ABANDONED: u8 = 2;
+
+impl Staged {
+    /// The loop's side of the claim: true if it may apply the change.
+    pub fn take(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.claim.compare_exchange(PENDING, TAKEN, SeqCst, SeqCst).is_ok()
+    }
 }
 
 /// The control side's reload state, shared by the connection threads and the SIGHUP thread.
@@ -76,7 +92,9 @@ impl Applier {
 
     /// Builds `text` (read from `shown` for messages) on the running config's slots.
     fn stage(cur: &Current, text: &str, shown: &Path) -> Result<Staged, String> {
-        let v = crate::config::parse(text, shown).map_err(invalid)?;
+        // Relative user_data_files are the config file's neighbours, wherever the text came from.
+        let dir = cur.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let v = crate::config::parse_at(text, shown, dir).map_err(invalid)?;
         let ids = Numbering::assign(Some(&cur.ids), &v.config);
         let changes = crate::config::diff::diff(&cur.config, &v.config);
         let counts = serde_json::to_value(crate::config::diff::counts(&changes)).unwrap_or_default();
@@ -90,6 +108,7 @@ impl Applier {
             counts,
             changed: changes.len(),
             config: v.config,
+            claim: Default::default(),
         })
     }
 
@@ -128,14 +147,26 @@ impl Applier {
     fn commit(cur: &mut Current, st: Staged, tmp: Option<PathBuf>, loop_tx: &Sender<Envelope>, wake: &dyn Fn(), t: Instant) -> Response {
         let (config, ids) = (st.config.clone(), st.ids.clone());
         let build_ms = t.elapsed().as_secs_f64() * 1e3;
+        let claim = st.claim.clone();
         let (rtx, rrx) = crossbeam_channel::bounded(1);
         let env = Envelope { request: Request::Reload, reply: rtx, capture: None, staged: Some(Box::new(st)) };
         let sent = loop_tx.try_send(env);
         let resp = match sent {
-            Err(_) => Response::err("datapath busy or stopping; nothing applied"),
+            Err(_) => Response::err("datapath busy or stopping; nothing applied, the running config keeps serving"),
             Ok(()) => {
                 wake();
-                rrx.recv_timeout(LOOP_WAIT).unwrap_or_else(|_| Response::err("datapath did not take the change in time"))
+                match rrx.recv_timeout(LOOP_WAIT) {
+                    Ok(r) => r,
+                    Err(_) => {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        if claim.compare_exchange(PENDING, ABANDONED, SeqCst, SeqCst).is_ok() {
+                            Response::err("datapath did not take the change in time; nothing applied, the running config keeps serving")
+                        } else {
+                            // The loop is applying it: its answer comes.
+                            rrx.recv().unwrap_or_else(|_| Response::err("vrouter stopped while applying the change"))
+                        }
+                    }
+                }
             }
         };
         if !resp.ok {
@@ -166,18 +197,33 @@ fn round(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
 
-/// The text in a new file beside `path`, flushed to disk.
+/// The file a config path names (a symlink's target: the link stays a link).
+fn real(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The text in a new file beside the config file, with the file's owner and mode (user data
+/// may be in it: never more readable than the file it replaces), flushed to disk.
 fn write_temp(path: &Path, text: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let path = real(path);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
     let tmp = path.with_file_name(format!(".{name}.apply-{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    let old = std::fs::metadata(&path).ok();
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    if let Some(m) = &old {
+        // The owner first (it may clear set-id bits), then the mode.
+        let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
+        f.set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+    }
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     Ok(tmp)
 }
 
-/// Renames the temp file over `path` and makes the rename durable.
+/// Renames the temp file over `path` (its target, if a symlink) and makes the rename durable.
 fn put_in_place(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    let path = &real(path);
     std::fs::rename(tmp, path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)?.sync_all()?;

@@ -78,6 +78,9 @@ struct PortSg {
     spec: PortGroups,
 }
 
+/// What a reload keeps of a port: its connection table, and its classifiers if its rules stay.
+type Reused = (Conntrack, Option<(Classifier<Option<u16>>, Classifier<Option<u16>>)>);
+
 /// A flow's note: which way its first packet crossed the port.
 const AUX_TO_GUEST: u8 = 1;
 
@@ -126,9 +129,10 @@ impl SecurityGroups {
         Self::build(cfg, port_count, |_| None)
     }
 
-    /// The groups of `cfg`; a port's connection table comes from `reuse` when it gives one
-    /// (a reload keeping a port's state), else is new.
-    fn build(cfg: SgConfig, port_count: usize, mut reuse: impl FnMut(&PortGroups) -> Option<Conntrack>) -> Self {
+    /// The groups of `cfg`; a port's connection table (and its classifiers, when its rules are
+    /// unchanged) come from `reuse` when it gives them (a reload keeping a port's state), else
+    /// are new.
+    fn build(cfg: SgConfig, port_count: usize, mut reuse: impl FnMut(&PortGroups) -> Option<Reused>) -> Self {
         let mut s = SecurityGroups { ports: (0..port_count).map(|_| None).collect(), members: Members::default(), stats: SgStats::default() };
         for p in cfg.ports {
             if s.ports.get(p.port.0 as usize).is_none() {
@@ -141,9 +145,13 @@ impl SecurityGroups {
                 s.members.by_mac.insert((p.net, m), p.port);
             }
             s.members.groups.insert(p.port, p.groups.clone());
-            let ct = reuse(&p).unwrap_or_else(|| Conntrack::new(PORT_FLOWS, cfg.timeouts));
+            let (ct, classifiers) = match reuse(&p) {
+                Some((ct, c)) => (ct, c),
+                None => (Conntrack::new(PORT_FLOWS, cfg.timeouts), None),
+            };
+            let (ingress, egress) = classifiers.unwrap_or_else(|| (Classifier::new(p.ingress.clone()), Classifier::new(p.egress.clone())));
             let i = p.port.0 as usize;
-            s.ports[i] = Some(PortSg { ingress: Classifier::new(p.ingress.clone()), egress: Classifier::new(p.egress.clone()), ct, spec: p });
+            s.ports[i] = Some(PortSg { ingress, egress, ct, spec: p });
         }
         s
     }
@@ -174,10 +182,11 @@ impl SecurityGroups {
             let o = old.get_mut(p.port.0 as usize)?.take()?;
             let mut ct = o.ct;
             ct.timeouts = timeouts;
-            if members_changed || o.spec != *p {
+            let same_rules = o.spec == *p;
+            if members_changed || !same_rules {
                 ct.epoch = ct.epoch.wrapping_add(1);
             }
-            Some(ct)
+            Some((ct, same_rules.then_some((o.ingress, o.egress))))
         });
         self.stats = stats;
     }

@@ -351,7 +351,7 @@ type LeaseWriter = (store::Batches, crossbeam_channel::Receiver<store::StoreEven
 /// Opens the lease log in the state directory, replays it into the router, compacts it and
 /// starts its writer (at start, or when a reload turns DHCP on).
 fn start_leases(c: &Config, dp: &mut Datapath, now: Instant, waker: &Arc<Waker>) -> Result<LeaseWriter, RunError> {
-    let dir = c.router.state_dir.clone().unwrap_or_else(|| std::path::PathBuf::from(format!("/var/lib/vrouter/{}", c.router.name)));
+    let dir = c.state_dir();
     let log = store::LeaseLog::new(&dir)?;
     let lines = log.read()?;
     let n = dp.router_mut().restore_leases(now, &lines);
@@ -472,7 +472,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     };
     // The metrics endpoint reads what the loop publishes once a second.
     let metrics_at = c.router.metrics_listen;
-    let state_dir_at = c.router.state_dir.clone();
+    let state_dir_at = c.state_dir();
     let published: Option<Published> = match c.router.metrics_listen {
         Some(addr) => {
             let p: Published = Arc::new(std::sync::Mutex::new(Arc::new(crate::control::telemetry::Telemetry::default())));
@@ -742,6 +742,10 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         }
         while let Ok(env) = inbox.try_recv() {
             if let Some(st) = env.staged {
+                if !st.take() {
+                    // The control side gave up on it (and said so): never applied.
+                    continue;
+                }
                 // systemd (Type=notify) hears of the reload, and of being ready again after it.
                 let mut mono = libc::timespec { tv_sec: 0, tv_nsec: 0 };
                 // SAFETY: clock_gettime writes one timespec, which lives on this stack frame.
@@ -749,6 +753,10 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                 notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", mono.tv_sec as u64 * 1_000_000 + mono.tv_nsec as u64 / 1000));
                 let resp = match reload::apply(*st, clock(), &poll, &mut slots, &mut vx, &mut dp) {
                     Ok(a) => {
+                        if hub.any() {
+                            hub.end_ports(|p| a.changed_ports.contains(&p));
+                            dp.watch_drops(hub.drop_ports());
+                        }
                         config = a.config;
                         cfg_state.hash = a.hash;
                         cfg_state.reloads += 1;
@@ -780,7 +788,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                         let restart: Vec<&str> = [
                             ("control_socket", config.control_socket() != sock),
                             ("metrics_listen", config.router.metrics_listen != metrics_at),
-                            ("state_dir", leases.is_some() && config.router.state_dir != state_dir_at),
+                            ("state_dir", leases.is_some() && config.state_dir() != state_dir_at),
                         ]
                         .into_iter()
                         .filter_map(|(k, d)| d.then_some(k))
@@ -848,9 +856,10 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
         Request::Show { table: Table::Ports, .. } => {
             let mut v = serde_json::to_value(dp.show_ports(now)).unwrap_or_default();
             if let serde_json::Value::Array(rows) = &mut v {
+                let by_name: std::collections::HashMap<&str, &Slot> = slots.iter().filter_map(|s| Some((s.open.as_ref()?.name.as_str(), s))).collect();
                 for row in rows.iter_mut() {
                     // VXLAN peers have no device of their own: their state is the datapath's.
-                    let Some(s) = slots.iter().find(|s| s.open.as_ref().is_some_and(|o| row["name"] == o.name.as_str())) else { continue };
+                    let Some(s) = row["name"].as_str().and_then(|n| by_name.get(n)) else { continue };
                     row["state"] = s.state().into();
                     row["waiting_secs"] = s.lost_at.filter(|_| s.dev.is_none()).map(|t| t.elapsed().as_secs()).into();
                 }

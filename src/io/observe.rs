@@ -52,9 +52,10 @@ impl ConfigState {
 /// Each port's state as the I/O edge knows it: a device port `up` or `waiting`, a VXLAN peer
 /// its peer state.
 pub(super) fn port_states(dp: &Datapath, slots: &[Slot], now: Instant) -> Vec<PortHealth> {
+    let by_name: std::collections::HashMap<&str, &Slot> = slots.iter().filter_map(|s| Some((s.open.as_ref()?.name.as_str(), s))).collect();
     dp.show_ports(now)
         .into_iter()
-        .map(|row| match slots.iter().find(|s| s.open.as_ref().is_some_and(|o| o.name == row.name)) {
+        .map(|row| match by_name.get(row.name.as_str()) {
             Some(s) => PortHealth {
                 name: row.name,
                 state: s.state().to_string(),

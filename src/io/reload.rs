@@ -21,13 +21,15 @@ use std::os::fd::AsRawFd;
 /// What the loop should do after an apply besides the datapath's own change.
 pub(super) struct Applied {
     pub reply: serde_json::Value,
+    /// Slots that no longer hold the port they held (removed, or another port's now).
+    pub changed_ports: Vec<PortId>,
     pub config: crate::config::schema::Config,
     pub hash: String,
 }
 
 pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>, vx: &mut Option<VxIo>, dp: &mut Datapath) -> Result<Applied, String> {
     let t = std::time::Instant::now();
-    let Staged { config, hash, ids, prev, dp: mut dcfg, services, vms, counts, changed } = st;
+    let Staged { config, hash, ids, prev, dp: mut dcfg, services, vms, counts, changed, .. } = st;
     let same_port = |p: PortId| {
         let i = p.0 as usize;
         matches!((prev.ports.get(i), ids.ports.get(i)), (Some(a), Some(b)) if a.0.is_some() && a == b)
@@ -36,14 +38,30 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
         let i = n.0 as usize;
         matches!((prev.nets.get(i), ids.nets.get(i)), (Some(a), Some(b)) if a.0.is_some() && a == b)
     };
-    // 1. What can fail, before anything changes.
+    // 1. What can fail, before anything changes. A device whose interface a change only moves
+    // to another port (a renamed port, a new MAC, an ifname handed to another port) is moved,
+    // not opened again: a tap cannot be attached twice.
     let opens = port_opens(&config, &ids);
     let mut fresh: Vec<Option<super::Device>> = (0..opens.len()).map(|_| None).collect();
+    let mut moved: Vec<Option<usize>> = vec![None; opens.len()];
     let mut kept = vec![false; opens.len()];
     for (i, o) in opens.iter().enumerate() {
         let Some(o) = o else { continue };
         if same_port(PortId(i as u16)) && slots.get(i).is_some_and(|s| s.open.as_ref() == Some(o)) {
             kept[i] = true;
+        }
+    }
+    let released = |j: usize| !kept.get(j).copied().unwrap_or(false);
+    for (i, o) in opens.iter().enumerate() {
+        let Some(o) = o else { continue };
+        if kept[i] {
+            continue;
+        }
+        let from = slots.iter().enumerate().position(|(j, s)| {
+            released(j) && s.open.as_ref().is_some_and(|p| p.kind == o.kind && p.ifname == o.ifname) && !moved.contains(&Some(j))
+        });
+        if let Some(j) = from {
+            moved[i] = Some(j);
             continue;
         }
         match open_device(o) {
@@ -54,6 +72,8 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
     }
     let new_vx = match (&config.vxlan, vx.as_ref()) {
         (Some(v), Some(cur)) if cur.opened == VxIo::key(v) => None,
+        // The same address and port: the sockets stay, with the new TTL and DF.
+        (Some(v), Some(cur)) if (cur.opened.0, cur.opened.1) == (VxIo::key(v).0, VxIo::key(v).1) => None,
         (Some(v), _) => Some(VxIo::open(v, &ids).map_err(|e| format!("{e}: {}\nrefused: nothing applied, the running config keeps serving", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))?),
         (None, _) => None,
     };
@@ -74,25 +94,48 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
     }
     if let (Some(v), Some(x)) = (&config.vxlan, vx.as_mut()) {
         x.set_peers(v, &ids);
+        let key = VxIo::key(v);
+        if x.opened != key {
+            for sock in std::iter::once(&x.rx).chain(x.tx.iter()) {
+                if let Err(e) = sock.set_ttl_df(key.2, key.3) {
+                    tracing::warn!("VXLAN sockets: new TTL/DF not set: {e}");
+                }
+            }
+            x.opened = key;
+        }
     }
-    let mut old: Vec<Slot> = std::mem::take(slots);
+    let mut old: Vec<Option<Slot>> = std::mem::take(slots).into_iter().map(Some).collect();
     let (mut added, mut removed) = (0usize, 0usize);
+    // Devices that move keep their fd and their place in the poll set, under the new slot.
+    let mut carried: Vec<Option<Slot>> = (0..opens.len()).map(|_| None).collect();
+    for (i, m) in moved.iter().enumerate() {
+        if let Some(j) = *m {
+            if let Some(mut s) = old.get_mut(j).and_then(|s| s.take()) {
+                if let Some(d) = &s.dev {
+                    let _ = poll.registry().reregister(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE);
+                }
+                s.open = opens[i].clone();
+                carried[i] = Some(s);
+            }
+        }
+    }
     for (i, o) in old.iter_mut().enumerate() {
         if kept.get(i).copied().unwrap_or(false) {
             continue;
         }
-        if let Some(d) = o.dev.take() {
+        if let Some(d) = o.as_mut().and_then(|o| o.dev.take()) {
             let _ = poll.registry().deregister(&mut SourceFd(&d.as_raw_fd()));
             removed += 1;
-            if let Some(op) = &o.open {
+            if let Some(op) = o.as_ref().and_then(|o| o.open.as_ref()) {
                 tracing::info!(port = %op.name, ifname = %op.ifname, "port released");
             }
         }
     }
-    let mut old = old.into_iter().map(Some).collect::<Vec<_>>();
     for (i, o) in opens.into_iter().enumerate() {
         let slot = if kept[i] {
             old[i].take().expect("a kept slot existed")
+        } else if let Some(s) = carried[i].take() {
+            s
         } else {
             match (o, fresh[i].take()) {
                 (Some(o), Some(d)) => {
@@ -127,5 +170,6 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
         "swap_ms": ms(swap),
         "pause_ms": ms(t.elapsed()),
     });
-    Ok(Applied { reply, config, hash })
+    let changed_ports = (0..prev.ports.len()).map(|i| PortId(i as u16)).filter(|p| prev.ports[p.0 as usize].0.is_some() && !same_port(*p)).collect();
+    Ok(Applied { reply, changed_ports, config, hash })
 }

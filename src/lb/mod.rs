@@ -310,6 +310,12 @@ impl Balancer {
         self.lbs.get(lb).filter(|l| l.live).is_some_and(|l| l.backends.iter().any(|b| b.member && b.spec.ip == ip && b.spec.port == port))
     }
 
+    /// The address and port of the backend a tag names.
+    pub fn backend_addr(&self, t: u32) -> Option<(Ipv4Addr, u16)> {
+        let (l, b) = untag(t);
+        self.lbs.get(l)?.backends.get(b).map(|b| (b.spec.ip, b.spec.port))
+    }
+
     /// Whether the backend a tag names is still in its (still configured) load balancer's pool.
     pub fn is_member(&self, t: u32) -> bool {
         let (l, b) = untag(t);

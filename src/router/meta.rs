@@ -56,6 +56,11 @@ impl MetaSvc {
         self.passwords.retain(|p, _| same(*p) && vms.contains_key(p));
     }
 
+    /// Each VM's port, network, MAC and fixed address.
+    pub(super) fn addresses(&self) -> Vec<(PortId, NetId, Option<MacAddr>, Option<Ipv4Addr>)> {
+        self.vms.values().map(|v| (v.port, v.net, v.mac, v.fixed_ip)).collect()
+    }
+
     pub fn new(enabled: bool, vms: Vec<VmSpec>, seed: crate::entropy::Seed) -> Self {
         MetaSvc { enabled, vms: vms.into_iter().map(|v| (v.port, v)).collect(), passwords: HashMap::new(), tcp: TcpMeta::new(seed), counters: MetaCounters::default() }
     }

@@ -248,6 +248,8 @@ pub struct Router {
     rng: crate::entropy::Csprng,
     /// Public addresses to announce with a gratuitous ARP (all at start, added ones on reload).
     garp: Vec<Ipv4Addr>,
+    /// Announce every gateway too (the router's MAC changed).
+    garp_nets: bool,
     next_sweep: Instant,
     pub stats: RouterStats,
     svc: services::Services,
@@ -342,6 +344,7 @@ impl Router {
             ingress: None,
             rng,
             garp: cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default(),
+            garp_nets: false,
             next_sweep: Instant::ZERO,
             cfg,
             stats: RouterStats::default(),
@@ -461,6 +464,14 @@ impl Router {
     pub fn poll(&mut self, now: Instant) {
         for ip in std::mem::take(&mut self.garp) {
             self.emit_arp(Iface::Public, arp::OP_REQUEST, MacAddr::BROADCAST, ip, MacAddr::ZERO, ip);
+        }
+        if std::mem::take(&mut self.garp_nets) {
+            for i in 0..self.cfg.nets.len() {
+                let n = NetId(i as u16);
+                if let Some(gw) = self.gateway(n) {
+                    self.emit_arp(Iface::Net(n), arp::OP_REQUEST, MacAddr::BROADCAST, gw, MacAddr::ZERO, gw);
+                }
+            }
         }
         let mut w = Work::default();
         self.neigh.poll(now, &mut w);

@@ -268,6 +268,16 @@ impl Neighbours {
         });
     }
 
+    /// Forgets one neighbour (and its queued frames): its address now belongs to another VM.
+    pub fn forget_addr(&mut self, iface: Iface, ip: Ipv4Addr) {
+        if let Some(e) = self.map.remove(&(iface, ip)) {
+            for q in &e.queue {
+                release(&mut self.by_src, q);
+            }
+            self.queued -= e.queue.len();
+        }
+    }
+
     /// Makes room: drops failed entries and long-stale ones. True if something was freed.
     fn gc(&mut self, now: Instant) -> bool {
         let before = self.map.len();

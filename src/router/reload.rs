@@ -55,6 +55,26 @@ impl Router {
             Iface::Net(n) => keep(n),
             Iface::Public => public_kept,
         });
+        // An address that changes hands (a VM gone, another with its address, a new MAC) is
+        // asked again rather than sent to the MAC it had.
+        let old_vms = self.meta.addresses();
+        let new_vms: std::collections::HashMap<PortId, (NetId, Option<MacAddr>, Option<Ipv4Addr>)> = svc.vms.iter().map(|v| (v.port, (v.net, v.mac, v.fixed_ip))).collect();
+        for (p, net, mac, ip) in old_vms {
+            let stays = same_port(p) && new_vms.get(&p) == Some(&(net, mac, ip));
+            if let (false, Some(ip)) = (stays, ip) {
+                self.neigh.forget_addr(Iface::Net(net), ip);
+            }
+        }
+        for (p, (net, _, ip)) in &new_vms {
+            if let (false, Some(ip)) = (same_port(*p), ip) {
+                self.neigh.forget_addr(Iface::Net(*net), *ip);
+            }
+        }
+        if mac != self.mac {
+            // A new router MAC: everyone who knows the old one hears of the new one.
+            self.garp.extend(cfg.public.iter().flat_map(|p| p.ips.iter().map(|i| i.addr)));
+            self.garp_nets = true;
+        }
         self.svc.tcp.forget(keep);
         self.meta.tcp.forget(keep);
         self.frags.clear();
@@ -83,6 +103,15 @@ impl Router {
         let same: Vec<bool> = (0..self.cfg.nets.len()).map(|i| same_net(NetId(i as u16))).collect();
         self.reconfigure_services(svc.spec, &same);
         self.meta.reconfigure(svc.metadata_enabled, svc.vms, same_port);
+    }
+
+    /// Whether a load-balanced flow is still on a backend of `lb` that is in its pool: the one
+    /// its tag names (a flow past its close has no tag: its address then).
+    fn same_backend(&self, f: &Flow, lb: usize) -> bool {
+        if f.tag == crate::conntrack::NO_TAG {
+            return self.lb.holds(lb, f.reply.src, f.reply.sport);
+        }
+        crate::lb::untag(f.tag).0 == lb && self.lb.is_member(f.tag) && self.lb.backend_addr(f.tag) == Some((f.reply.src, f.reply.sport))
     }
 
     /// A TCP flow a reload ended: its guest side gets a reset now, so the guest's connection
@@ -129,13 +158,17 @@ impl Router {
                 if !net.cidr.contains(k.src) || Some(k.src) == net.gateway {
                     return None;
                 }
+                // The metadata address is the router's own now.
+                if self.meta.enabled && super::meta::is_metadata_ip(back.iface, k.dst) {
+                    return None;
+                }
                 if !self.egress_allowed(n, k) {
                     return None;
                 }
                 if self.public_ips.contains(&k.dst) || self.is_gateway(k.dst) {
                     if let Some(lb) = self.lb.find(k.dst, k.proto, k.dport) {
                         // The same backend, still in this load balancer's pool.
-                        if !self.lb.holds(lb, f.reply.src, f.reply.sport) || net_iface(f.reply.src) != Some(out.iface) {
+                        if !self.same_backend(f, lb) || net_iface(f.reply.src) != Some(out.iface) {
                             return None;
                         }
                         if out.iface == back.iface && Some(f.reply.dst) != self.gateway(n) {
@@ -160,6 +193,10 @@ impl Router {
                 if out.iface != Iface::Public || f.reply.dst != nat_ip || !self.public_ips.contains(&nat_ip) {
                     return None;
                 }
+                // Its translated port is a forward's now: the outside must reach the forward.
+                if matches!(k.proto, crate::wire::ipv4::proto::TCP | crate::wire::ipv4::proto::UDP) && self.forward_of(nat_ip, k.proto, f.reply.dport).is_some() {
+                    return None;
+                }
                 Some([Egress { iface: Iface::Public, next_hop: self.public_next_hop(k.dst) }, back])
             }
             Iface::Public => {
@@ -171,7 +208,7 @@ impl Router {
                 }
                 let back = Egress { iface: Iface::Public, next_hop: self.public_next_hop(k.src) };
                 if let Some(lb) = self.lb.find(k.dst, k.proto, k.dport) {
-                    if !self.lb.holds(lb, f.reply.src, f.reply.sport) || net_iface(f.reply.src) != Some(out.iface) {
+                    if !self.same_backend(f, lb) || net_iface(f.reply.src) != Some(out.iface) {
                         return None;
                     }
                     return Some([out, back]);

@@ -67,6 +67,14 @@ impl Udp {
         Ok(Udp { sock, gso: std::cell::Cell::new(true), gro })
     }
 
+    /// New outer TTL and DF on the bound socket (a reload that changes only these).
+    pub fn set_ttl_df(&self, ttl: u8, df: bool) -> io::Result<()> {
+        let fd = self.sock.as_raw_fd();
+        setsockopt(fd, libc::IPPROTO_IP, libc::IP_TTL, ttl as libc::c_int)?;
+        let pmtu = if df { libc::IP_PMTUDISC_DO } else { libc::IP_PMTUDISC_DONT };
+        setsockopt(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, pmtu)
+    }
+
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
         self.sock.local_addr()
     }
