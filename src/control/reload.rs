@@ -43,6 +43,8 @@ pub struct Staged {
     /// What changed, for the reply.
     pub counts: Value,
     pub changed: usize,
+    /// Its devices, opened already.
+    pub devices: crate::io::reload::DevicePlan,
     /// Who has the change: [`PENDING`] until the loop takes it ([`TAKEN`]) or the control side
     /// gives up waiting ([`ABANDONED`]); whoever moves it first decides, so a change the
     /// caller was told failed is never applied later.
@@ -98,7 +100,9 @@ impl Applier {
         let ids = Numbering::assign(Some(&cur.ids), &v.config);
         let changes = crate::config::diff::diff(&cur.config, &v.config);
         let counts = serde_json::to_value(crate::config::diff::counts(&changes)).unwrap_or_default();
+        let devices = crate::io::reload::plan(&cur.config, &cur.ids, &v.config, &ids)?;
         Ok(Staged {
+            devices,
             dp: build::datapath_config(&v.config, &ids),
             services: build::services(&v.config, &ids),
             vms: build::metadata(&v.config, &ids),

@@ -6,7 +6,7 @@
 pub mod device;
 pub mod latency;
 mod observe;
-mod reload;
+pub mod reload;
 pub mod store;
 
 use crate::buf::BufPool;

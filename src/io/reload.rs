@@ -9,6 +9,7 @@
 //! and its place in the poll set.
 
 use super::{open_device, port_opens, Slot, VxIo};
+
 use crate::control::reload::Staged;
 use crate::datapath::Datapath;
 use crate::switch::{NetId, PortId};
@@ -27,9 +28,55 @@ pub(super) struct Applied {
     pub hash: String,
 }
 
+/// The devices of a change, settled before it reaches the loop: each new slot's device is the
+/// one its slot already has (`kept`), one another slot had (`moved`: a renamed port, a new MAC,
+/// an ifname handed to another port: a tap cannot be attached twice), or one opened for it
+/// (`fresh`: a new tap created, a new interface attached).
+pub struct DevicePlan {
+    opens: Vec<Option<super::PortOpen>>,
+    fresh: Vec<Option<super::Device>>,
+    moved: Vec<Option<usize>>,
+    kept: Vec<bool>,
+}
+
+/// Settles a change's devices, opening the new ones (off the datapath thread: a thousand taps
+/// take a while to create). Dropping the plan closes what it opened, so a change refused later
+/// leaves nothing behind.
+pub fn plan(prev: &crate::config::schema::Config, prev_ids: &crate::build::Numbering, config: &crate::config::schema::Config, ids: &crate::build::Numbering) -> Result<DevicePlan, String> {
+    let old = port_opens(prev, prev_ids);
+    let same_port = |i: usize| matches!((prev_ids.ports.get(i), ids.ports.get(i)), (Some(a), Some(b)) if a.0.is_some() && a == b);
+    let opens = port_opens(config, ids);
+    let mut fresh: Vec<Option<super::Device>> = (0..opens.len()).map(|_| None).collect();
+    let mut moved: Vec<Option<usize>> = vec![None; opens.len()];
+    let mut kept = vec![false; opens.len()];
+    for (i, o) in opens.iter().enumerate() {
+        if o.is_some() && same_port(i) && old.get(i) == Some(o) {
+            kept[i] = true;
+        }
+    }
+    for (i, o) in opens.iter().enumerate() {
+        let Some(o) = o else { continue };
+        if kept[i] {
+            continue;
+        }
+        let from = old.iter().enumerate().position(|(j, p)| {
+            !kept.get(j).copied().unwrap_or(false) && p.as_ref().is_some_and(|p| p.kind == o.kind && p.ifname == o.ifname) && !moved.contains(&Some(j))
+        });
+        if let Some(j) = from {
+            moved[i] = Some(j);
+            continue;
+        }
+        match open_device(o) {
+            Ok(d) => fresh[i] = Some(d),
+            Err(e) => return Err(format!("{e}: {}\nrefused: nothing applied, the running config keeps serving", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())),
+        }
+    }
+    Ok(DevicePlan { opens, fresh, moved, kept })
+}
+
 pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>, vx: &mut Option<VxIo>, dp: &mut Datapath) -> Result<Applied, String> {
     let t = std::time::Instant::now();
-    let Staged { config, hash, ids, prev, dp: mut dcfg, services, vms, counts, changed, .. } = st;
+    let Staged { config, hash, ids, prev, dp: mut dcfg, services, vms, counts, changed, devices, .. } = st;
     let same_port = |p: PortId| {
         let i = p.0 as usize;
         matches!((prev.ports.get(i), ids.ports.get(i)), (Some(a), Some(b)) if a.0.is_some() && a == b)
@@ -38,38 +85,9 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
         let i = n.0 as usize;
         matches!((prev.nets.get(i), ids.nets.get(i)), (Some(a), Some(b)) if a.0.is_some() && a == b)
     };
-    // 1. What can fail, before anything changes. A device whose interface a change only moves
-    // to another port (a renamed port, a new MAC, an ifname handed to another port) is moved,
-    // not opened again: a tap cannot be attached twice.
-    let opens = port_opens(&config, &ids);
-    let mut fresh: Vec<Option<super::Device>> = (0..opens.len()).map(|_| None).collect();
-    let mut moved: Vec<Option<usize>> = vec![None; opens.len()];
-    let mut kept = vec![false; opens.len()];
-    for (i, o) in opens.iter().enumerate() {
-        let Some(o) = o else { continue };
-        if same_port(PortId(i as u16)) && slots.get(i).is_some_and(|s| s.open.as_ref() == Some(o)) {
-            kept[i] = true;
-        }
-    }
-    let released = |j: usize| !kept.get(j).copied().unwrap_or(false);
-    for (i, o) in opens.iter().enumerate() {
-        let Some(o) = o else { continue };
-        if kept[i] {
-            continue;
-        }
-        let from = slots.iter().enumerate().position(|(j, s)| {
-            released(j) && s.open.as_ref().is_some_and(|p| p.kind == o.kind && p.ifname == o.ifname) && !moved.contains(&Some(j))
-        });
-        if let Some(j) = from {
-            moved[i] = Some(j);
-            continue;
-        }
-        match open_device(o) {
-            Ok(d) => fresh[i] = Some(d),
-            // Dropping `fresh` closes what this change opened: nothing is half-applied.
-            Err(e) => return Err(format!("{e}: {}\nrefused: nothing applied, the running config keeps serving", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())),
-        }
-    }
+    // 1. What can fail, before anything changes: the devices were opened on the control
+    // thread (`plan`); the VXLAN sockets, if their address changes, here.
+    let DevicePlan { opens, mut fresh, moved, kept } = devices;
     let new_vx = match (&config.vxlan, vx.as_ref()) {
         (Some(v), Some(cur)) if cur.opened == VxIo::key(v) => None,
         // The same address and port: the sockets stay, with the new TTL and DF.
