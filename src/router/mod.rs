@@ -1140,6 +1140,18 @@ impl Router {
         let Some(quoted) = nat::quoted_key(msg) else { return Verdict::Drop(DropReason::BadL4) };
         let k = quoted.reverse();
         let Some((idx, dir)) = self.ct.lookup(now, &k) else { return Verdict::Drop(DropReason::NotForwarded) };
+        if self.ct.flow(idx).epoch != self.ct.epoch && self.ct.flow(idx).ingress(dir) == from {
+            // An error about a flow decided under replaced rules: translated only if the new
+            // rules still decide that flow the same way (else the flow ends here).
+            match self.redecide(self.ct.flow(idx)) {
+                Some(e) => self.ct.refresh(idx, e),
+                None => {
+                    self.ct.remove(idx);
+                    self.stats.reload_revoked += 1;
+                    return Verdict::Drop(DropReason::ReloadRevoked);
+                }
+            }
+        }
         let flow = self.ct.flow(idx);
         let (target, egress) = (flow.target(dir), flow.egress[dir as usize]);
         // The error must come from where that direction's packets come from.
