@@ -210,6 +210,7 @@ fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::syn
         Err(e) => Response::err(format!("bad request: {e}")),
         Ok(Request::Reload) => applier.reload(tx, wake),
         Ok(Request::Apply { config, path }) => applier.apply(&config, &path, tx, wake),
+        Ok(Request::Diff { config, path }) => applier.diff(&config, &path),
         Ok(request) => {
             let health = request == Request::Health;
             if let Request::Capture { port, count, .. } = &request {

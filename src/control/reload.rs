@@ -116,6 +116,21 @@ impl Applier {
         })
     }
 
+    /// `ctl diff`: what applying `text` would change, against the running config (built here,
+    /// on the connection's thread: a large config never pauses forwarding to be compared).
+    pub fn diff(&self, text: &str, shown: &str) -> Response {
+        let Ok(cur) = self.current.lock() else { return Response::err("reload state poisoned") };
+        let dir = cur.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        match crate::config::parse_at(text, Path::new(shown), dir) {
+            Ok(new) => {
+                let changes = crate::config::diff::diff(&cur.config, &new.config);
+                Response::ok(json!({"changes": changes, "counts": crate::config::diff::counts(&changes)}))
+            }
+            Err(ConfigError::Invalid(d)) => Response::err(d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")),
+            Err(e) => Response::err(e.to_string()),
+        }
+    }
+
     /// `ctl reload` and SIGHUP: the config file, again.
     pub fn reload(&self, loop_tx: &Sender<Envelope>, wake: &dyn Fn()) -> Response {
         let t = Instant::now();

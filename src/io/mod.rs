@@ -823,17 +823,6 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
                     Some(p) if dp.router_mut().set_password(p, password.clone()) => Response::ok(serde_json::json!({"port": port})),
                     _ => Response::err(format!("no guest port named {port:?}")),
                 }
-            } else if let Request::Diff { config: text, path } = &env.request {
-                match crate::config::parse(text, std::path::Path::new(path)) {
-                    Ok(new) => {
-                        let changes = crate::config::diff::diff(&config, &new.config);
-                        Response::ok(serde_json::json!({"changes": changes, "counts": crate::config::diff::counts(&changes)}))
-                    }
-                    Err(crate::config::ConfigError::Invalid(d)) => {
-                        Response::err(d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
-                    }
-                    Err(e) => Response::err(e.to_string()),
-                }
             } else if env.request == Request::Health {
                 let checks = control::health::evaluate(&observe::health_input(&mut dp, &slots, now, &cfg_state, &heartbeat));
                 Response::ok(serde_json::json!({"status": control::health::overall(&checks), "checks": checks}))
@@ -914,11 +903,11 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
             }
             Response::ok(s)
         }
-        Request::Reload | Request::Apply { .. } => Response::err("a change comes staged by the control side"),
+        Request::Reload | Request::Apply { .. } | Request::Diff { .. } => Response::err("answered by the control side"),
         // Answered by the loop itself (it registers the session).
         Request::Capture { .. } => Response::err("capture is answered by the loop"),
         // Answered by the loop itself (it probes the gateway, it sets state).
-        Request::Health | Request::SetPassword { .. } | Request::Diff { .. } => Response::err("answered by the loop"),
+        Request::Health | Request::SetPassword { .. } => Response::err("answered by the loop"),
         Request::Show { table: Table::Metadata, .. } => match dp.router().metadata_counters() {
             Some((counters, open)) => {
                 Response::ok(serde_json::json!({"vms": dp.router().metadata_rows(), "counters": counters, "connections": open}))
