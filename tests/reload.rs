@@ -319,6 +319,17 @@ fn live_changes_keep_what_they_do_not_touch() {
     assert!(!run(&["ip", "link", "show", &lab.name("x1")]).status.success(), "the tap made for the refused change is gone");
     assert!(!lab.show("ports").to_string().contains("\"x1\""));
     assert!(lab.ping(&a3, "10.1.1.11", 5), "a3 kept its port");
+    // a3 gets a new MAC: its NIC (in its namespace) follows through the tap's fd, and its
+    // reservation and port security follow the MAC.
+    let f = lab.path("newmac.toml");
+    std::fs::write(&f, fill(&lab, &acct.text(&lab)).replace("52:54:00:20:01:13", "52:54:00:20:01:77")).unwrap();
+    let o = ctl(&lab, &["apply", "-f", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let link = String::from_utf8_lossy(&lab.exec(&a3, &["ip", "link", "show", &lab.name("a3")]).stdout).to_string();
+    assert!(link.contains("52:54:00:20:01:77"), "{link}");
+    let lease = udhcpc(&lab, &a3, &lab.name("a3"), &[]);
+    assert_eq!(lease.get("ip").map(String::as_str), Some("10.1.1.13"), "{lease:?}");
+    assert!(lab.ping(&a3, "10.1.2.11", 5), "a3 with its new MAC reaches b1");
 }
 
 #[test]
@@ -414,6 +425,10 @@ fn applied_config_survives_kill_and_leases_survive_renumbering() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!((r["devices_opened"].as_u64(), r["changes"]["port"]["change"].as_u64()), (Some(0), Some(1)), "{r}");
+    // The guest's NIC (the tap's kernel side; after the restart above vrouter made it anew, so
+    // it is in this namespace, unused) has the new MAC.
+    let link = String::from_utf8_lossy(&run(&["ip", "link", "show", &lab.name("d1")]).stdout).to_string();
+    assert!(link.contains("52:54:00:20:01:99"), "{link}");
     std::fs::write(&cfgp, fill(&lab, &acct.text(&lab))).unwrap();
     // `ctl reload` with nothing changed: applied, no changes.
     assert!(ctl(&lab, &["reload"]).status.success());

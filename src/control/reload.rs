@@ -229,7 +229,12 @@ fn write_temp(path: &Path, text: &str) -> std::io::Result<PathBuf> {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
     let tmp = path.with_file_name(format!(".{name}.apply-{}", std::process::id()));
     let old = std::fs::metadata(&path).ok();
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    // Never through whatever sits at the temp name (a stale file, or a planted symlink).
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     if let Some(m) = &old {
         // The owner first (it may clear set-id bits), then the mode.
         let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));

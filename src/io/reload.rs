@@ -88,6 +88,7 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
     // 1. What can fail, before anything changes: the devices were opened on the control
     // thread (`plan`); the VXLAN sockets, if their address changes, here.
     let DevicePlan { opens, mut fresh, moved, kept } = devices;
+    let opens_none: Vec<bool> = opens.iter().map(|o| o.is_none()).collect();
     let new_vx = match (&config.vxlan, vx.as_ref()) {
         (Some(v), Some(cur)) if cur.opened == VxIo::key(v) => None,
         // The same address and port: the sockets stay, with the new TTL and DF.
@@ -132,6 +133,15 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
                 if let Some(d) = &s.dev {
                     let _ = poll.registry().reregister(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE);
                 }
+                // A tap vrouter made carries the guest's MAC: a new `mac` goes to the guest's NIC.
+                if let (Some(super::Device::Tap(t)), Some(o)) = (&s.dev, &opens[i]) {
+                    let was = s.open.as_ref().and_then(|p| p.mac);
+                    if let (true, Some(mac)) = (t.created() && o.mac != was, o.mac) {
+                        if let Err(e) = t.set_mac(mac) {
+                            tracing::warn!(port = %o.name, "the tap's new MAC {mac} was not set: {e}");
+                        }
+                    }
+                }
                 s.open = opens[i].clone();
                 carried[i] = Some(s);
             }
@@ -157,12 +167,21 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
         } else {
             match (o, fresh[i].take()) {
                 (Some(o), Some(d)) => {
-                    if let Err(e) = poll.registry().register(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE) {
-                        tracing::error!(port = %o.name, "cannot watch the new device: {e}");
-                    }
-                    tracing::info!(port = %o.name, ifname = %o.ifname, offload = ?d.offload().names(), "port attached");
-                    added += 1;
-                    Slot { ifindex: netif::index(&o.ifname), offload: d.offload(), open: Some(o), dev: Some(d), lost_at: None, last_err: None }
+                    let offload = d.offload();
+                    let dev = match poll.registry().register(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE) {
+                        Ok(()) => {
+                            tracing::info!(port = %o.name, ifname = %o.ifname, offload = ?offload.names(), "port attached");
+                            added += 1;
+                            Some(d)
+                        }
+                        Err(e) => {
+                            // Waits, and is attached again by the link check.
+                            tracing::error!(port = %o.name, "cannot watch the new device: {e}");
+                            None
+                        }
+                    };
+                    let lost_at = dev.is_none().then(std::time::Instant::now);
+                    Slot { ifindex: netif::index(&o.ifname), offload, open: Some(o), dev, lost_at, last_err: None }
                 }
                 (o, _) => Slot { ifindex: None, offload: crate::wire::vnet::Offloads::NONE, open: o, dev: None, lost_at: None, last_err: None },
             }
@@ -174,9 +193,16 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
             spec.offload = s.offload;
         }
     }
+    // The same port is the same name and generation on the same device: one whose device
+    // changed (ifnames swapped between two ports, an uplink on another interface) has another
+    // guest or link behind it, and starts afresh (learned MACs, filter state, counters).
+    let same_dev = |p: PortId| {
+        let i = p.0 as usize;
+        same_port(p) && (opens_none.get(i).copied().unwrap_or(true) || kept.get(i).copied().unwrap_or(false) || moved.get(i) == Some(&Some(i)))
+    };
     let svc = crate::router::reload::Services { spec: services, metadata_enabled: config.router.metadata, vms };
     let t_swap = std::time::Instant::now();
-    dp.reconfigure(now, dcfg, svc, &same_port, &same_net);
+    dp.reconfigure(now, dcfg, svc, &same_dev, &same_net);
     let swap = t_swap.elapsed();
     let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     let reply = serde_json::json!({
@@ -188,6 +214,6 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
         "swap_ms": ms(swap),
         "pause_ms": ms(t.elapsed()),
     });
-    let changed_ports = (0..prev.ports.len()).map(|i| PortId(i as u16)).filter(|p| prev.ports[p.0 as usize].0.is_some() && !same_port(*p)).collect();
+    let changed_ports = (0..prev.ports.len()).map(|i| PortId(i as u16)).filter(|p| prev.ports[p.0 as usize].0.is_some() && !same_dev(*p)).collect();
     Ok(Applied { reply, changed_ports, config, hash })
 }

@@ -250,6 +250,8 @@ pub struct Router {
     garp: Vec<Ipv4Addr>,
     /// Announce every gateway too (the router's MAC changed).
     garp_nets: bool,
+    /// The rules epoch since which each network slot holds the network it holds now.
+    net_since: Vec<u32>,
     next_sweep: Instant,
     pub stats: RouterStats,
     svc: services::Services,
@@ -345,6 +347,7 @@ impl Router {
             rng,
             garp: cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default(),
             garp_nets: false,
+            net_since: Vec::new(),
             next_sweep: Instant::ZERO,
             cfg,
             stats: RouterStats::default(),

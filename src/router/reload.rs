@@ -90,6 +90,13 @@ impl Router {
         self.ct.timeouts = cfg.timeouts;
         self.ct.set_max(cfg.conntrack_max);
         self.ct.epoch = self.ct.epoch.wrapping_add(1);
+        // Slots that hold another network from now on: flows decided before never reach it.
+        self.net_since.resize(cfg.nets.len(), 0);
+        for (i, since) in self.net_since.iter_mut().enumerate() {
+            if !keep(NetId(i as u16)) {
+                *since = self.ct.epoch;
+            }
+        }
         self.release_backends();
         self.lb.reconfigure(cfg.lbs.clone());
         self.mac = mac;
@@ -137,7 +144,9 @@ impl Router {
         }
         if let Iface::Net(n) = f.egress[dir as usize].iface {
             let t = f.target(dir);
-            if self.gateway(n).is_some() {
+            // Only onto the network the flow was decided for (its slot may hold another now).
+            let since = self.net_since.get(n.0 as usize).copied().unwrap_or(0);
+            if self.gateway(n).is_some() && f.epoch >= since && self.net_of(t.dst) == Some(n) {
                 let p = self.tcp_reset(t.src, t.sport, t.dst, t.dport, seq, 0, 0x04);
                 self.emit_ip(now, n, &p);
                 self.stats.revoke_resets += 1;

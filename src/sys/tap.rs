@@ -62,6 +62,28 @@ impl Tap {
         &self.name
     }
 
+    /// Whether vrouter created this tap (rather than attaching to an existing one).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Gives the tap's kernel side (the guest's NIC) a new MAC, through the tap's own fd: this
+    /// works wherever that side lives now (a guest's namespace), where its name is not visible.
+    pub fn set_mac(&self, mac: crate::wire::ethernet::MacAddr) -> io::Result<()> {
+        let mut req = ifreq(&self.name)?;
+        // SAFETY: writing the sockaddr member of the union we own; ARPHRD_ETHER tells the kernel
+        // the first six bytes of sa_data are the MAC.
+        unsafe {
+            req.ifr_ifru.ifru_hwaddr.sa_family = libc::ARPHRD_ETHER;
+            for (d, s) in req.ifr_ifru.ifru_hwaddr.sa_data.iter_mut().zip(mac.0) {
+                *d = s as libc::c_char;
+            }
+        }
+        // SAFETY: the tun driver's SIOCSIFHWADDR reads the ifreq we own.
+        cvt(unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCSIFHWADDR, &req) })?;
+        Ok(())
+    }
+
     /// Whether the fd is still attached to a device: once the tap is deleted (`ip link del`,
     /// in whatever namespace its kernel side lives), the kernel answers EBADFD.
     pub fn attached(&self) -> bool {
