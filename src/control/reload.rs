@@ -43,8 +43,9 @@ pub struct Staged {
     /// What changed, for the reply.
     pub counts: Value,
     pub changed: usize,
-    /// Its devices, opened already.
-    pub devices: crate::io::reload::DevicePlan,
+    /// Its devices, opened already; shared with the control side, which closes them if it
+    /// gives up on the change (so a retry can open the same taps again at once).
+    pub devices: std::sync::Arc<Mutex<Option<crate::io::reload::DevicePlan>>>,
     /// Who has the change: [`PENDING`] until the loop takes it ([`TAKEN`]) or the control side
     /// gives up waiting ([`ABANDONED`]); whoever moves it first decides, so a change the
     /// caller was told failed is never applied later.
@@ -102,7 +103,7 @@ impl Applier {
         let counts = serde_json::to_value(crate::config::diff::counts(&changes)).unwrap_or_default();
         let devices = crate::io::reload::plan(&cur.config, &cur.ids, &v.config, &ids)?;
         Ok(Staged {
-            devices,
+            devices: std::sync::Arc::new(Mutex::new(Some(devices))),
             dp: build::datapath_config(&v.config, &ids),
             services: build::services(&v.config, &ids),
             vms: build::metadata(&v.config, &ids),
@@ -167,6 +168,7 @@ impl Applier {
         let (config, ids) = (st.config.clone(), st.ids.clone());
         let build_ms = t.elapsed().as_secs_f64() * 1e3;
         let claim = st.claim.clone();
+        let devices = st.devices.clone();
         let (rtx, rrx) = crossbeam_channel::bounded(1);
         let env = Envelope { request: Request::Reload, reply: rtx, capture: None, staged: Some(Box::new(st)) };
         let sent = loop_tx.try_send(env);
@@ -179,6 +181,8 @@ impl Applier {
                     Err(_) => {
                         use std::sync::atomic::Ordering::SeqCst;
                         if claim.compare_exchange(PENDING, ABANDONED, SeqCst, SeqCst).is_ok() {
+                            // Closes what the change opened (taps it created disappear).
+                            drop(devices.lock().ok().and_then(|mut d| d.take()));
                             Response::err("datapath did not take the change in time; nothing applied, the running config keeps serving")
                         } else {
                             // The loop is applying it: its answer comes.

@@ -87,7 +87,9 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
     };
     // 1. What can fail, before anything changes: the devices were opened on the control
     // thread (`plan`); the VXLAN sockets, if their address changes, here.
-    let DevicePlan { opens, mut fresh, moved, kept } = devices;
+    let Some(DevicePlan { opens, mut fresh, moved, kept }) = devices.lock().ok().and_then(|mut d| d.take()) else {
+        return Err("the change's devices are gone (it was given up on); nothing applied".into());
+    };
     let opens_none: Vec<bool> = opens.iter().map(|o| o.is_none()).collect();
     let new_vx = match (&config.vxlan, vx.as_ref()) {
         (Some(v), Some(cur)) if cur.opened == VxIo::key(v) => None,
