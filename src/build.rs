@@ -143,6 +143,14 @@ pub fn net_mtu(c: &Config, n: &crate::config::schema::Network) -> u16 {
     })
 }
 
+/// How a port's interface is shown: its name, or `mac:<MAC>` for one matched by MAC.
+fn shown_ifname(ifname: &str, match_mac: Option<MacAddr>) -> String {
+    match match_mac {
+        Some(m) => format!("mac:{m}"),
+        None => ifname.to_string(),
+    }
+}
+
 pub fn kind_name(k: IfKind) -> &'static str {
     match k {
         IfKind::Tap => "tap",
@@ -171,7 +179,7 @@ pub fn datapath_config(c: &Config, ids: &Numbering) -> DatapathConfig {
             &p.name,
             PortSpec {
                 name: p.name.clone(),
-                ifname: p.ifname.clone(),
+                ifname: shown_ifname(&p.ifname, p.match_mac),
                 kind: kind_name(p.kind).into(),
                 role: Role::Access { net, security },
                 offload: crate::wire::vnet::Offloads::NONE,
@@ -186,7 +194,7 @@ pub fn datapath_config(c: &Config, ids: &Numbering) -> DatapathConfig {
             &u.name,
             PortSpec {
                 name: u.name.clone(),
-                ifname: u.ifname.clone(),
+                ifname: shown_ifname(&u.ifname, u.match_mac),
                 kind: kind_name(u.kind).into(),
                 role: Role::trunk(&pairs),
                 offload: crate::wire::vnet::Offloads::NONE,
@@ -199,7 +207,7 @@ pub fn datapath_config(c: &Config, ids: &Numbering) -> DatapathConfig {
             PUBLIC_PORT,
             PortSpec {
                 name: PUBLIC_PORT.into(),
-                ifname: pb.ifname.clone(),
+                ifname: shown_ifname(&pb.ifname, pb.match_mac),
                 kind: kind_name(pb.kind).into(),
                 role: Role::Public,
                 offload: crate::wire::vnet::Offloads::NONE,

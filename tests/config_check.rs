@@ -70,6 +70,8 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str, &'static str)> {
         ("user_data_missing", format!("{BASE}user_data_file = \"no-such.yaml\"\n"), 22, "port[0].user_data_file", "No such file"),
         ("user_data_too_big", format!("{}user_data = \"{}\"\n", BASE.replace("name = \"t\"", "name = \"t\"\nuser_data_max = 4"), "x".repeat(5)), 23, "port[0].user_data", "over [router] user_data_max"),
         ("bad_public_key", format!("{BASE}public_keys = [\"\"]\n"), 22, "port[0].public_keys[0]", "one non-empty line"),
+        ("match_mac_on_tap", BASE.replace("ifname = \"vr-vm1\"", "match_mac = \"02:00:00:00:00:01\""), 19, "port[0].match_mac", "needs kind = \"netdev\""),
+        ("no_ifname", BASE.replace("ifname = \"vr-vm1\"\n", ""), 15, "port[0].ifname", "give `ifname`"),
         ("reserved_port_name", BASE.replace("name = \"vm1\"", "name = \"public\""), 16, "port[0].name", "is reserved"),
         ("user_data_max_too_big", BASE.replace("name = \"t\"", "name = \"t\"\nuser_data_max = 100000"), 3, "router.user_data_max", "at most 61440"),
     ]

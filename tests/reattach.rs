@@ -89,3 +89,39 @@ fn netdev_and_tap_ports_reattach_while_others_keep_forwarding() {
 
     assert!(lab.vrouter_alive());
 }
+
+/// A `netdev` port may name its interface by MAC (`match_mac`) instead of by name, as a system
+/// VM's NICs come up in whatever order: vrouter attaches to whatever interface has that MAC, and
+/// after the interface goes, to the one that has it next, under any name.
+#[test]
+fn netdev_port_found_by_its_mac_under_any_name() {
+    let mut lab = Lab::new("rm");
+    let (vx, vy) = (lab.name("vx"), lab.name("vy"));
+    let vm_ns = lab.name("vm");
+    ok(&["ip", "netns", "add", &vm_ns]);
+    lab.adopt_netns(vm_ns.clone());
+    ok(&["ip", "netns", "exec", &vm_ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    veth_guest(&lab, &vx, &vm_ns, "52:54:00:41:01:30", "10.1.1.30/24");
+    // The interface vrouter attaches to (the veth's outer end) carries the MAC it is matched by.
+    ok(&["ip", "link", "set", &vx, "address", "02:00:00:41:00:01"]);
+    let cfg = [
+        cfg::router(&lab.id),
+        cfg::network("web", "10.1.1.0/24", None),
+        cfg::port("a1", "web", "tap", &lab.name("a1"), "52:54:00:41:01:11", "ip = \"10.1.1.11\""),
+        "[[port]]\nname = \"vm\"\nnetwork = \"web\"\nkind = \"netdev\"\nmatch_mac = \"02:00:00:41:00:01\"\nmac = \"52:54:00:41:01:30\"\nip = \"10.1.1.30\"\n".to_string(),
+    ]
+    .concat();
+    lab.vrouter(&cfg);
+    lab.guest("n1", &lab.name("a1"), "10.1.1.11/24");
+    assert!(lab.ping(&vm_ns, "10.1.1.11", 5), "vm -> a1 through the port found by MAC");
+    let ports = lab.show("ports");
+    let vm = ports.as_array().unwrap().iter().find(|p| p["name"] == "vm").cloned().unwrap();
+    assert_eq!((vm["ifname"].as_str(), vm["state"].as_str()), (Some("mac:02:00:00:41:00:01"), Some("up")), "{vm}");
+    // The interface goes and comes back under another name, with the same MAC.
+    ok(&["ip", "link", "del", &vx]);
+    wait_for("vm port to wait", Duration::from_secs(10), || port_state(&lab, "vm") == "waiting");
+    veth_guest(&lab, &vy, &vm_ns, "52:54:00:41:01:30", "10.1.1.30/24");
+    ok(&["ip", "link", "set", &vy, "address", "02:00:00:41:00:01"]);
+    wait_for("vm port to reattach by MAC", Duration::from_secs(10), || port_state(&lab, "vm") == "up");
+    assert!(lab.ping(&vm_ns, "10.1.1.11", 5), "vm -> a1 through the renamed interface");
+}

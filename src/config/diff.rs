@@ -93,7 +93,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
     compare("vxlan", keyed(vx(old), |_| "vxlan".into()), keyed(vx(new), |_| "vxlan".into()), &mut out);
     let peers = |c: &Config| c.vxlan.iter().flat_map(|v| v.peer.clone()).collect::<Vec<_>>();
     compare("vxlan_peer", keyed(peers(old), |p| p.remote.to_string()), keyed(peers(new), |p| p.remote.to_string()), &mut out);
-    let public = |c: &Config| c.public.as_ref().map(|p| format!("{:?} {} {} {:?} {:?}", p.kind, p.ifname, p.gateway, p.source_nat_ip, p.mtu));
+    let public = |c: &Config| c.public.as_ref().map(|p| format!("{:?} {} {:?} {} {:?} {:?}", p.kind, p.ifname, p.match_mac, p.gateway, p.source_nat_ip, p.mtu));
     compare("public", keyed(public(old), |_| "public".into()), keyed(public(new), |_| "public".into()), &mut out);
     let ips = |c: &Config| c.public.iter().flat_map(|p| p.ips.clone()).collect::<Vec<_>>();
     compare("public_ip", keyed(ips(old), |i| i.addr.to_string()), keyed(ips(new), |i| i.addr.to_string()), &mut out);

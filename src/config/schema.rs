@@ -131,7 +131,13 @@ pub struct Port {
     pub name: String,
     pub network: String,
     pub kind: IfKind,
+    /// The interface (a tap vrouter creates, or the existing one a `netdev` port attaches to);
+    /// a `netdev` port may name it by `match_mac` instead.
+    #[serde(default)]
     pub ifname: String,
+    /// A `netdev` port's interface by its MAC address rather than its name (a VM's NICs come up
+    /// in whatever order; like netplan's `match: macaddress`).
+    pub match_mac: Option<MacAddr>,
     pub mac: Option<MacAddr>,
     pub ip: Option<Ipv4Addr>,
     pub hostname: Option<String>,
@@ -164,7 +170,10 @@ pub struct Port {
 pub struct Uplink {
     pub name: String,
     pub kind: IfKind,
+    #[serde(default)]
     pub ifname: String,
+    /// The interface by MAC address instead of `ifname` (`kind = "netdev"`).
+    pub match_mac: Option<MacAddr>,
     pub networks: Vec<String>,
 }
 
@@ -194,7 +203,10 @@ pub struct VxlanPeer {
 #[serde(deny_unknown_fields)]
 pub struct Public {
     pub kind: IfKind,
+    #[serde(default)]
     pub ifname: String,
+    /// The interface by MAC address instead of `ifname` (`kind = "netdev"`).
+    pub match_mac: Option<MacAddr>,
     pub ips: Vec<Ipv4Iface>,
     pub gateway: Ipv4Addr,
     /// Guests' outbound traffic leaves with this address (default: the first of `ips`).

@@ -44,6 +44,35 @@ impl<K: Hash + Eq + std::fmt::Display + Clone> Unique<K> {
     }
 }
 
+/// The interface of a port, uplink or public side: `ifname`, or for a `netdev` its
+/// `match_mac` instead (exactly one). `at` is the item's key path.
+fn check_iface(r: &mut Report, at: &KeyPath, kind: IfKind, ifname: &str, match_mac: Option<crate::wire::ethernet::MacAddr>, ifnames: &mut Unique<String>, matched: &mut Unique<crate::wire::ethernet::MacAddr>) {
+    match match_mac {
+        Some(m) => {
+            if kind != IfKind::Netdev {
+                r.err(at.clone().key("match_mac"), "match_mac finds an existing interface: it needs kind = \"netdev\" (a tap is created by its ifname)");
+            }
+            if !ifname.is_empty() {
+                r.err(at.clone().key("ifname"), "give `ifname` or `match_mac`, not both");
+            }
+            if !m.is_unicast() {
+                r.err(at.clone().key("match_mac"), format!("{m} is not a unicast MAC address"));
+            }
+            matched.add(r, m, at.clone().key("match_mac"));
+        }
+        None => {
+            if ifname.is_empty() {
+                r.err(at.clone().key("ifname"), "missing: give `ifname` (or, for a netdev, `match_mac`)");
+            } else {
+                if let Err(m) = valid_ifname(ifname) {
+                    r.err(at.clone().key("ifname"), m);
+                }
+                ifnames.add(r, ifname.to_string(), at.clone().key("ifname"));
+            }
+        }
+    }
+}
+
 fn valid_ifname(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 15 {
         return Err(format!("interface name {s:?} must be 1 to 15 bytes"));
@@ -204,6 +233,7 @@ pub fn check(c: &Config, r: &mut Report) {
     let mut ifnames = Unique::new("interface name");
     let mut port_names = Unique::new("port name");
     let mut macs = Unique::new("MAC address");
+    let mut matched = Unique::new("match_mac");
     let sgs: HashMap<&str, usize> =
         c.security_group.iter().enumerate().map(|(i, g)| (g.name.as_str(), i)).collect();
     for (i, pt) in c.ports.iter().enumerate() {
@@ -212,10 +242,7 @@ pub fn check(c: &Config, r: &mut Report) {
             r.err(p().key("name"), m);
         }
         port_names.add(r, pt.name.clone(), p().key("name"));
-        if let Err(m) = valid_ifname(&pt.ifname) {
-            r.err(p().key("ifname"), m);
-        }
-        ifnames.add(r, pt.ifname.clone(), p().key("ifname"));
+        check_iface(r, &p(), pt.kind, &pt.ifname, pt.match_mac, &mut ifnames, &mut matched);
         let net = nets.get(pt.network.as_str());
         if net.is_none() {
             r.err(p().key("network"), format!("no [[network]] is named {:?}", pt.network));
@@ -304,10 +331,7 @@ pub fn check(c: &Config, r: &mut Report) {
             r.err(p().key("name"), m);
         }
         port_names.add(r, u.name.clone(), p().key("name"));
-        if let Err(m) = valid_ifname(&u.ifname) {
-            r.err(p().key("ifname"), m);
-        }
-        ifnames.add(r, u.ifname.clone(), p().key("ifname"));
+        check_iface(r, &p(), u.kind, &u.ifname, u.match_mac, &mut ifnames, &mut matched);
         if u.networks.is_empty() {
             r.err(p().key("networks"), "a trunk must carry at least one network");
         }
@@ -356,10 +380,7 @@ pub fn check(c: &Config, r: &mut Report) {
     // [public] and the rules that name public IPs.
     let mut public_ips: Vec<Ipv4Addr> = Vec::new();
     if let Some(pb) = &c.public {
-        if let Err(m) = valid_ifname(&pb.ifname) {
-            r.err(kp!("public", "ifname"), m);
-        }
-        ifnames.add(r, pb.ifname.clone(), kp!("public", "ifname"));
+        check_iface(r, &kp!("public"), pb.kind, &pb.ifname, pb.match_mac, &mut ifnames, &mut matched);
         if pb.ips.is_empty() {
             r.err(kp!("public", "ips"), "at least one public address is needed");
         }

@@ -86,6 +86,19 @@ pub struct PortOpen {
     pub ifname: String,
     /// The guest's MAC, given to a tap vrouter creates.
     pub mac: Option<MacAddr>,
+    /// The interface is the one with this MAC (`match_mac`), whatever its name.
+    pub match_mac: Option<MacAddr>,
+}
+
+impl PortOpen {
+    /// The interface's name now: `ifname`, or the one that has `match_mac` (`None`: no
+    /// interface has it at the moment).
+    pub fn current_ifname(&self) -> Option<String> {
+        match self.match_mac {
+            Some(m) => netif::name_by_mac(m),
+            None => Some(self.ifname.clone()),
+        }
+    }
 }
 
 /// The device of each port slot (`None`: a vacant slot or a VXLAN peer, which has none).
@@ -97,31 +110,33 @@ pub fn port_opens(c: &Config, ids: &build::Numbering) -> Vec<Option<PortOpen>> {
         }
     };
     for p in c.ports.iter().filter(|p| c.networks.iter().any(|n| n.name == p.network)) {
-        put(PortOpen { kind: p.kind, name: p.name.clone(), ifname: p.ifname.clone(), mac: p.mac });
+        put(PortOpen { kind: p.kind, name: p.name.clone(), ifname: p.ifname.clone(), mac: p.mac, match_mac: p.match_mac });
     }
     for u in &c.uplinks {
-        put(PortOpen { kind: u.kind, name: u.name.clone(), ifname: u.ifname.clone(), mac: None });
+        put(PortOpen { kind: u.kind, name: u.name.clone(), ifname: u.ifname.clone(), mac: None, match_mac: u.match_mac });
     }
     if let Some(pb) = &c.public {
-        put(PortOpen { kind: pb.kind, name: build::PUBLIC_PORT.into(), ifname: pb.ifname.clone(), mac: None });
+        put(PortOpen { kind: pb.kind, name: build::PUBLIC_PORT.into(), ifname: pb.ifname.clone(), mac: None, match_mac: pb.match_mac });
     }
     v
 }
 
 /// Opens one port's device.
 pub fn open_device(o: &PortOpen) -> Result<Device, RunError> {
-    let err = |source| RunError::Port { name: o.name.clone(), ifname: o.ifname.clone(), source };
+    let shown = o.match_mac.map_or_else(|| o.ifname.clone(), |m| format!("match_mac {m}"));
+    let err = |source| RunError::Port { name: o.name.clone(), ifname: shown.clone(), source };
+    let ifname = o.current_ifname().ok_or_else(|| err(io::Error::new(io::ErrorKind::NotFound, "no interface has this MAC address")))?;
     match o.kind {
         // The tap's kernel side is the guest NIC: it gets the guest's MAC.
-        IfKind::Tap => Ok(Device::Tap(Tap::open(&o.ifname, o.mac).map_err(err)?)),
+        IfKind::Tap => Ok(Device::Tap(Tap::open(&ifname, o.mac).map_err(err)?)),
         IfKind::Netdev => {
             // An interface nobody had brought up (a fresh QEMU tap) becomes a pure L2 port: no
             // IPv6 link-local address, no host traffic. One already up is the operator's: its
             // host configuration is left alone.
-            if !netif::is_up(&o.ifname).map_err(err)? {
-                netif::disable_ipv6(&o.ifname);
+            if !netif::is_up(&ifname).map_err(err)? {
+                netif::disable_ipv6(&ifname);
             }
-            Ok(Device::Packet(PacketSocket::open(&o.ifname, true).map_err(err)?))
+            Ok(Device::Packet(PacketSocket::open(&ifname, true).map_err(err)?))
         }
     }
 }
@@ -296,7 +311,7 @@ fn check_links(poll: &Poll, slots: &mut [Slot], dp: &mut Datapath) -> bool {
     let mut waiting = false;
     for i in 0..slots.len() {
         let Some(open) = slots[i].open.clone() else { continue };
-        let now_index = netif::index(&open.ifname);
+        let now_index = open.current_ifname().and_then(|n| netif::index(&n));
         if slots[i].dev.is_some() {
             // A tap's kernel side usually lives in the guest's namespace, where its name is not
             // visible from here: a deleted tap shows itself by failing reads (EBADFD) instead.
@@ -323,7 +338,7 @@ fn check_links(poll: &Poll, slots: &mut [Slot], dp: &mut Datapath) -> bool {
                     continue;
                 }
                 let after = s.lost_at.take().map(|t| t.elapsed().as_millis()).unwrap_or(0);
-                s.ifindex = netif::index(&open.ifname);
+                s.ifindex = now_index;
                 s.last_err = None;
                 s.dev = Some(d);
                 let how = if open.kind == IfKind::Tap { "tap recreated" } else { "interface back" };
@@ -407,7 +422,7 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
         .into_iter()
         .zip(devs)
         .zip(offloads)
-        .map(|((open, dev), offload)| Slot { ifindex: open.as_ref().and_then(|o| netif::index(&o.ifname)), open, dev, lost_at: None, last_err: None, offload })
+        .map(|((open, dev), offload)| Slot { ifindex: open.as_ref().and_then(|o| netif::index(&o.current_ifname()?)), open, dev, lost_at: None, last_err: None, offload })
         .collect();
     for (i, s) in slots.iter().enumerate() {
         if let Some(d) = &s.dev {

@@ -60,7 +60,7 @@ pub fn plan(prev: &crate::config::schema::Config, prev_ids: &crate::build::Numbe
             continue;
         }
         let from = old.iter().enumerate().position(|(j, p)| {
-            !kept.get(j).copied().unwrap_or(false) && p.as_ref().is_some_and(|p| p.kind == o.kind && p.ifname == o.ifname) && !moved.contains(&Some(j))
+            !kept.get(j).copied().unwrap_or(false) && p.as_ref().is_some_and(|p| (p.kind, &p.ifname, p.match_mac) == (o.kind, &o.ifname, o.match_mac)) && !moved.contains(&Some(j))
         });
         if let Some(j) = from {
             moved[i] = Some(j);
@@ -183,7 +183,7 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
                         }
                     };
                     let lost_at = dev.is_none().then(std::time::Instant::now);
-                    Slot { ifindex: netif::index(&o.ifname), offload, open: Some(o), dev, lost_at, last_err: None }
+                    Slot { ifindex: o.current_ifname().and_then(|n| netif::index(&n)), offload, open: Some(o), dev, lost_at, last_err: None }
                 }
                 (o, _) => Slot { ifindex: None, offload: crate::wire::vnet::Offloads::NONE, open: o, dev: None, lost_at: None, last_err: None },
             }

@@ -79,6 +79,30 @@ pub fn mac(name: &str) -> io::Result<MacAddr> {
     Ok(MacAddr([d[0] as u8, d[1] as u8, d[2] as u8, d[3] as u8, d[4] as u8, d[5] as u8]))
 }
 
+/// The interface of this namespace that has MAC `want` (the first, in index order), if any.
+pub fn name_by_mac(want: MacAddr) -> Option<String> {
+    let mut found = None;
+    // SAFETY: if_nameindex returns a heap array ending with a zero entry (or null on failure);
+    // it is read up to that entry and freed once with if_freenameindex.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return None;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*p).if_name).to_string_lossy().into_owned();
+            if mac(&name).is_ok_and(|m| m == want) {
+                found = Some(name);
+                break;
+            }
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    found
+}
+
 /// Turns IPv6 off on an interface vrouter uses as a pure L2 port, so the host stack neither
 /// autoconfigures an address on it nor sends its own traffic out of it. Best effort.
 pub fn disable_ipv6(name: &str) {
