@@ -196,7 +196,7 @@ pub fn datapath_config(c: &Config, ids: &Numbering) -> DatapathConfig {
                 name: u.name.clone(),
                 ifname: shown_ifname(&u.ifname, u.match_mac),
                 kind: kind_name(u.kind).into(),
-                role: Role::trunk(&pairs),
+                role: Role::trunk_native(&pairs, u.untagged.as_deref().and_then(net_id)),
                 offload: crate::wire::vnet::Offloads::NONE,
                 mac_limit: None,
             },

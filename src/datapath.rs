@@ -188,7 +188,12 @@ pub struct PeerRow {
 #[serde(tag = "mode", rename_all = "lowercase")]
 pub enum RoleRow {
     Access { network: String, port_security: bool, mac: Option<String>, ip: Option<String> },
-    Trunk { networks: Vec<TrunkNet> },
+    Trunk {
+        networks: Vec<TrunkNet>,
+        /// The network carried untagged, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        untagged: Option<String>,
+    },
     Public { network: Option<String> },
     Vxlan { remote: String, networks: Vec<VxlanNet> },
 }
@@ -342,7 +347,7 @@ fn add_members(nets: &mut [Net], ports: &[PortSpec]) {
         };
         match &p.role {
             Role::Access { net, .. } => add(*net),
-            Role::Trunk { vlans } => vlans.iter().flatten().for_each(|n| add(*n)),
+            Role::Trunk { vlans, native } => vlans.iter().flatten().chain(native).for_each(|n| add(*n)),
             Role::Vtep { vnis, .. } => vnis.iter().for_each(|(_, n)| add(*n)),
             Role::Public | Role::Vacant => {}
         }
@@ -1066,7 +1071,8 @@ impl Datapath {
             }
             return;
         }
-        let trunk = matches!(self.ports[pi].role, Role::Trunk { .. });
+        // A trunk tags every network but its native one.
+        let trunk = matches!(&self.ports[pi].role, Role::Trunk { native, .. } if net.is_none() || *native != net);
         let vid = net.and_then(|n| self.nets[n.0 as usize].spec.vlan);
         if trunk {
             match vid {
@@ -1130,7 +1136,8 @@ impl Datapath {
                 mac: security.map(|s| s.mac.to_string()),
                 ip: security.and_then(|s| s.ip).map(|i| i.to_string()),
             },
-            Role::Trunk { vlans } => RoleRow::Trunk {
+            Role::Trunk { vlans, native } => RoleRow::Trunk {
+                untagged: native.map(|n| self.nets[n.0 as usize].spec.name.clone()),
                 networks: vlans
                     .iter()
                     .enumerate()

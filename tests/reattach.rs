@@ -125,3 +125,43 @@ fn netdev_port_found_by_its_mac_under_any_name() {
     wait_for("vm port to reattach by MAC", Duration::from_secs(10), || port_state(&lab, "vm") == "up");
     assert!(lab.ping(&vm_ns, "10.1.1.11", 5), "vm -> a1 through the renamed interface");
 }
+
+/// A NIC per guest network (the system VM's layout, as CloudStack plugs its router into each
+/// guest network's bridge): an `[[uplink]]` with `untagged = "web"` carries web without tags.
+/// The guest behind it gets its lease from vrouter's DHCP, reaches a guest on a tap port and
+/// the gateway; the MAC it comes from is learned on the uplink.
+#[test]
+fn uplink_carries_its_native_network_untagged_with_dhcp() {
+    let mut lab = Lab::new("ru");
+    let vx = lab.name("vx");
+    let vm_ns = lab.name("vm");
+    ok(&["ip", "netns", "add", &vm_ns]);
+    lab.adopt_netns(vm_ns.clone());
+    ok(&["ip", "netns", "exec", &vm_ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    let inner = lab.name("vi");
+    ok(&["ip", "link", "add", &vx, "type", "veth", "peer", "name", &inner, "netns", &vm_ns]);
+    ok(&["ip", "-n", &vm_ns, "link", "set", &inner, "address", "52:54:00:42:01:30"]);
+    ok(&["ip", "-n", &vm_ns, "link", "set", "lo", "up"]);
+    ok(&["ip", "-n", &vm_ns, "link", "set", &inner, "up"]);
+    let cfg = [
+        cfg::router(&lab.id),
+        cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "dhcp_range = [\"10.1.1.100\", \"10.1.1.120\"]"),
+        cfg::port("a1", "web", "tap", &lab.name("a1"), "52:54:00:42:01:11", "ip = \"10.1.1.11\""),
+        format!("[[uplink]]\nname = \"webnic\"\nkind = \"netdev\"\nifname = \"{vx}\"\nuntagged = \"web\"\n"),
+    ]
+    .concat();
+    lab.vrouter(&cfg);
+    let a1 = lab.guest("n1", &lab.name("a1"), "10.1.1.11/24");
+    let lease = udhcpc(&lab, &vm_ns, &inner, &[]);
+    let ip = lease.get("ip").cloned().unwrap_or_default();
+    assert!(ip.starts_with("10.1.1.1"), "a lease through the untagged uplink: {lease:?}");
+    assert!(lab.ping(&vm_ns, "10.1.1.11", 5), "behind the uplink -> a1");
+    assert!(lab.ping(&vm_ns, "10.1.1.1", 5), "behind the uplink -> the gateway");
+    assert!(lab.ping(&a1, &ip, 5), "a1 -> behind the uplink");
+    let fdb = lab.show("fdb");
+    assert!(fdb.as_array().unwrap().iter().any(|r| r["mac"] == "52:54:00:42:01:30" && r["port"] == "webnic"), "{fdb}");
+    let ports = lab.show("ports");
+    let up = ports.as_array().unwrap().iter().find(|p| p["name"] == "webnic").cloned().unwrap();
+    assert_eq!(up["untagged"], "web", "{up}");
+    assert_eq!(lab.drops("webnic", "untagged_on_trunk"), 0);
+}

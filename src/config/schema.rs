@@ -174,7 +174,12 @@ pub struct Uplink {
     pub ifname: String,
     /// The interface by MAC address instead of `ifname` (`kind = "netdev"`).
     pub match_mac: Option<MacAddr>,
+    /// Networks carried tagged, each with its `vlan`.
+    #[serde(default)]
     pub networks: Vec<String>,
+    /// The network carried untagged (the native VLAN): its frames leave without a tag, and
+    /// untagged frames arriving belong to it.
+    pub untagged: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -332,10 +332,16 @@ pub fn check(c: &Config, r: &mut Report) {
         }
         port_names.add(r, u.name.clone(), p().key("name"));
         check_iface(r, &p(), u.kind, &u.ifname, u.match_mac, &mut ifnames, &mut matched);
-        if u.networks.is_empty() {
-            r.err(p().key("networks"), "a trunk must carry at least one network");
+        if u.networks.is_empty() && u.untagged.is_none() {
+            r.err(p().key("networks"), "an uplink must carry at least one network (tagged in `networks`, or `untagged`)");
         }
         let mut carried = Unique::new("network");
+        if let Some(name) = &u.untagged {
+            if !nets.contains_key(name.as_str()) {
+                r.err(p().key("untagged"), format!("no [[network]] is named {name:?}"));
+            }
+            carried.add(r, name.clone(), p().key("untagged"));
+        }
         for (j, name) in u.networks.iter().enumerate() {
             carried.add(r, name.clone(), p().key("networks").idx(j));
             match nets.get(name.as_str()) {

@@ -60,8 +60,11 @@ impl Allowed {
 pub enum Role {
     /// A guest port: untagged, one network, optionally locked to the guest's MAC/IP.
     Access { net: NetId, security: Option<Security> },
-    /// An 802.1Q trunk: each network carried with its VLAN id. `vlans[vid]` is that network.
-    Trunk { vlans: Box<[Option<NetId>]> },
+    /// An 802.1Q trunk: each network carried with its VLAN id. `vlans[vid]` is that network;
+    /// `native`, if any, is carried untagged (untagged and priority-tagged frames belong to
+    /// it, and its frames leave without a tag): a NIC per network, as CloudStack plugs its
+    /// router into each guest network's bridge.
+    Trunk { vlans: Box<[Option<NetId>]>, native: Option<NetId> },
     /// The public side: in no network; everything arriving goes to the router.
     Public,
     /// A VXLAN peer (remote VTEP): each network carried with its VNI. Its frames arrive
@@ -74,13 +77,18 @@ pub enum Role {
 
 impl Role {
     pub fn trunk(pairs: &[(u16, NetId)]) -> Role {
+        Role::trunk_native(pairs, None)
+    }
+
+    /// A trunk that also carries `native` untagged.
+    pub fn trunk_native(pairs: &[(u16, NetId)], native: Option<NetId>) -> Role {
         let mut vlans = vec![None; 4096].into_boxed_slice();
         for &(vid, net) in pairs {
             if let Some(s) = vlans.get_mut(vid as usize) {
                 *s = Some(net);
             }
         }
-        Role::Trunk { vlans }
+        Role::Trunk { vlans, native }
     }
 }
 
@@ -106,16 +114,20 @@ pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> 
             Ok((*net, false))
         }
         Role::Public | Role::Vtep { .. } | Role::Vacant => Err(DropReason::NotForwarded),
-        Role::Trunk { vlans } => {
+        Role::Trunk { vlans, native } => {
             if et == ethertype::QINQ {
                 return Err(DropReason::DoubleTagged);
             }
             if et != ethertype::VLAN {
-                return Err(DropReason::UntaggedOnTrunk);
+                return native.map(|n| (n, false)).ok_or(DropReason::UntaggedOnTrunk);
             }
             let v = VlanFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
             if vlan::is_tag_ethertype(v.inner_ethertype()) {
                 return Err(DropReason::DoubleTagged);
+            }
+            // A priority tag belongs to the native network, as on an access port.
+            if let (0, Some(n)) = (v.vid(), native) {
+                return Ok((*n, true));
             }
             match vlans.get(v.vid() as usize).copied().flatten() {
                 Some(net) => Ok((net, true)),
@@ -251,6 +263,13 @@ mod tests {
         assert_eq!(classify(&r, &t(0x8100, 101, 0x8100)), Err(DropReason::DoubleTagged));
         assert_eq!(classify(&r, &t(0x88a8, 101, 0x0800)), Err(DropReason::DoubleTagged));
         assert_eq!(classify(&r, &frame([2; 6], 0x0800, &[0; 4])), Err(DropReason::UntaggedOnTrunk));
+        // With a native network: untagged and priority-tagged frames are its; tags still count.
+        let n = Role::trunk_native(&[(101, NetId(0))], Some(NetId(2)));
+        assert_eq!(classify(&n, &frame([2; 6], 0x0800, &[0; 4])), Ok((NetId(2), false)));
+        assert_eq!(classify(&n, &t(0x8100, 0, 0x0800)), Ok((NetId(2), true)));
+        assert_eq!(classify(&n, &t(0x8100, 101, 0x0800)), Ok((NetId(0), true)));
+        assert_eq!(classify(&n, &t(0x8100, 102, 0x0800)), Err(DropReason::UnknownVlan));
+        assert_eq!(classify(&n, &t(0x88a8, 101, 0x0800)), Err(DropReason::DoubleTagged));
         let a = Role::Access { net: NetId(3), security: None };
         assert_eq!(classify(&a, &t(0x8100, 101, 0x0800)), Err(DropReason::TaggedOnAccess));
         assert_eq!(classify(&a, &t(0x8100, 0, 0x0800)), Ok((NetId(3), true)), "priority tag");
