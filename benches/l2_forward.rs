@@ -36,6 +36,7 @@ fn dp() -> Datapath {
         mac_table_size: 1024,
         security: Default::default(),
         vxlan_mtu: 1450,
+        pins: Vec::new(),
         l3: Default::default(),
     })
 }

@@ -72,6 +72,7 @@ fn dp_rules(max_flows: usize, rules: usize) -> Datapath {
         mac_table_size: 1024,
         security: Default::default(),
         vxlan_mtu: 1450,
+        pins: Vec::new(),
         l3: L3Config {
             nets: vec![net("10.1.1.0/24", [10, 1, 1, 1]), net("10.1.2.0/24", [10, 1, 2, 1])],
             public: Some(PublicL3 {

@@ -33,7 +33,9 @@ pub struct Numbering {
 
 /// Every port a config defines, by name, in the start-up order.
 pub fn port_names(c: &Config) -> Vec<String> {
-    let mut v: Vec<String> = c.ports.iter().filter(|p| c.networks.iter().any(|n| n.name == p.network)).map(|p| p.name.clone()).collect();
+    // A remote port is a VM behind an uplink: no port of its own.
+    let mut v: Vec<String> =
+        c.ports.iter().filter(|p| p.kind != IfKind::Remote && c.networks.iter().any(|n| n.name == p.network)).map(|p| p.name.clone()).collect();
     v.extend(c.uplinks.iter().map(|u| u.name.clone()));
     if c.public.is_some() {
         v.push(PUBLIC_PORT.into());
@@ -155,6 +157,7 @@ pub fn kind_name(k: IfKind) -> &'static str {
     match k {
         IfKind::Tap => "tap",
         IfKind::Netdev => "netdev",
+        IfKind::Remote => "remote",
     }
 }
 
@@ -169,8 +172,16 @@ pub fn datapath_config(c: &Config, ids: &Numbering) -> DatapathConfig {
             ports[p.0 as usize] = spec;
         }
     };
+    let mut pins = Vec::new();
     for p in &c.ports {
         let Some(net) = net_id(&p.network) else { continue };
+        if p.kind == IfKind::Remote {
+            // Its MAC is bound to the uplink it is behind: the same MAC elsewhere is dropped.
+            if let (true, Some(mac), Some(via)) = (p.port_security, p.mac, p.via.as_deref().and_then(|v| ids.port(v))) {
+                pins.push((net, mac, via));
+            }
+            continue;
+        }
         let security = match (p.port_security, p.mac) {
             (true, Some(mac)) => Some(Security { mac, ip: p.ip, allowed: crate::switch::Allowed::new(&p.allowed_addresses) }),
             _ => None,
@@ -253,6 +264,7 @@ pub fn datapath_config(c: &Config, ids: &Numbering) -> DatapathConfig {
         mac_table_size: c.router.mac_table_size,
         security: security_groups(c, ids),
         vxlan_mtu: c.vxlan.as_ref().map_or(1450, |v| v.mtu.unwrap_or(1500) as usize - 50),
+        pins,
         l3: l3_config(c, ids),
     }
 }

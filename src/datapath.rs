@@ -106,6 +106,9 @@ pub struct DatapathConfig {
     pub security: crate::filter::sg::SgConfig,
     /// IP bytes a frame to a VXLAN peer may carry (underlay MTU minus 50).
     pub vxlan_mtu: usize,
+    /// MACs bound to a port besides port-security guests': VMs behind an uplink (`kind =
+    /// "remote"` ports): learned nowhere else.
+    pub pins: Vec<(NetId, MacAddr, PortId)>,
 }
 
 /// A row of `ctl show ports`.
@@ -368,6 +371,11 @@ impl Datapath {
                 fdb.pin(*net, sec.mac, PortId(i as u16));
             }
         }
+        for &(net, mac, port) in &cfg.pins {
+            if (net.0 as usize) < nets.len() && (port.0 as usize) < cfg.ports.len() {
+                fdb.pin(net, mac, port);
+            }
+        }
         let sg = crate::filter::sg::SecurityGroups::new(cfg.security, cfg.ports.len());
         let vteps = cfg
             .ports
@@ -435,6 +443,11 @@ impl Datapath {
         for (i, p) in self.ports.iter().enumerate() {
             if let Role::Access { net, security: Some(sec) } = &p.role {
                 self.fdb.pin(*net, sec.mac, PortId(i as u16));
+            }
+        }
+        for &(net, mac, port) in &cfg.pins {
+            if (net.0 as usize) < cfg.nets.len() && (port.0 as usize) < self.ports.len() {
+                self.fdb.pin(net, mac, port);
             }
         }
         self.nets = cfg.nets.into_iter().map(|spec| Net { spec, members: Vec::new() }).collect();

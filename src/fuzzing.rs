@@ -65,6 +65,7 @@ fn fuzz_config(v: u8) -> (DatapathConfig, crate::build::ServiceSpec) {
         mac_table_size: 64,
         security: fuzz_groups(),
         vxlan_mtu: 1450,
+        pins: Vec::new(),
         l3: fuzz_l3(),
     };
     if v & 1 != 0 || v & 2 != 0 {

@@ -72,6 +72,7 @@ fn cases() -> Vec<(&'static str, String, usize, &'static str, &'static str)> {
         ("bad_public_key", format!("{BASE}public_keys = [\"\"]\n"), 22, "port[0].public_keys[0]", "one non-empty line"),
         ("match_mac_on_tap", BASE.replace("ifname = \"vr-vm1\"", "match_mac = \"02:00:00:00:00:01\""), 19, "port[0].match_mac", "needs kind = \"netdev\""),
         ("no_ifname", BASE.replace("ifname = \"vr-vm1\"\n", ""), 15, "port[0].ifname", "give `ifname`"),
+        ("remote_without_via", BASE.replace("kind = \"tap\"\nifname = \"vr-vm1\"", "kind = \"remote\""), 15, "port[0].via", "missing"),
         ("reserved_port_name", BASE.replace("name = \"vm1\"", "name = \"public\""), 16, "port[0].name", "is reserved"),
         ("user_data_max_too_big", BASE.replace("name = \"t\"", "name = \"t\"\nuser_data_max = 100000"), 3, "router.user_data_max", "at most 61440"),
     ]

@@ -127,11 +127,12 @@ fn netdev_port_found_by_its_mac_under_any_name() {
 }
 
 /// A NIC per guest network (the system VM's layout, as CloudStack plugs its router into each
-/// guest network's bridge): an `[[uplink]]` with `untagged = "web"` carries web without tags.
-/// The guest behind it gets its lease from vrouter's DHCP, reaches a guest on a tap port and
-/// the gateway; the MAC it comes from is learned on the uplink.
+/// guest network's bridge): an `[[uplink]]` with `untagged = "web"` carries web without tags,
+/// and the VM behind it is a `kind = "remote"` port `via` that uplink. It gets its reservation
+/// and hostname from vrouter's DHCP, its name resolves, it reaches a guest on a tap port and the
+/// gateway; its MAC is bound to the uplink (a guest elsewhere sending from it is dropped).
 #[test]
-fn uplink_carries_its_native_network_untagged_with_dhcp() {
+fn uplink_carries_its_native_network_untagged_with_a_remote_vm() {
     let mut lab = Lab::new("ru");
     let vx = lab.name("vx");
     let vm_ns = lab.name("vm");
@@ -145,23 +146,33 @@ fn uplink_carries_its_native_network_untagged_with_dhcp() {
     ok(&["ip", "-n", &vm_ns, "link", "set", &inner, "up"]);
     let cfg = [
         cfg::router(&lab.id),
-        cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "dhcp_range = [\"10.1.1.100\", \"10.1.1.120\"]"),
+        cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "dhcp_range = [\"10.1.1.100\", \"10.1.1.120\"]\ndomain = \"web.test\""),
         cfg::port("a1", "web", "tap", &lab.name("a1"), "52:54:00:42:01:11", "ip = \"10.1.1.11\""),
+        cfg::port("a2", "web", "tap", &lab.name("a2"), "52:54:00:42:01:12", "port_security = false"),
         format!("[[uplink]]\nname = \"webnic\"\nkind = \"netdev\"\nifname = \"{vx}\"\nuntagged = \"web\"\n"),
+        "[[port]]\nname = \"vm\"\nnetwork = \"web\"\nkind = \"remote\"\nvia = \"webnic\"\nmac = \"52:54:00:42:01:30\"\nip = \"10.1.1.30\"\nhostname = \"vm\"\n".to_string(),
     ]
     .concat();
     lab.vrouter(&cfg);
     let a1 = lab.guest("n1", &lab.name("a1"), "10.1.1.11/24");
     let lease = udhcpc(&lab, &vm_ns, &inner, &[]);
-    let ip = lease.get("ip").cloned().unwrap_or_default();
-    assert!(ip.starts_with("10.1.1.1"), "a lease through the untagged uplink: {lease:?}");
+    assert_eq!(lease.get("ip").map(String::as_str), Some("10.1.1.30"), "the remote VM's reservation through the untagged uplink: {lease:?}");
     assert!(lab.ping(&vm_ns, "10.1.1.11", 5), "behind the uplink -> a1");
     assert!(lab.ping(&vm_ns, "10.1.1.1", 5), "behind the uplink -> the gateway");
-    assert!(lab.ping(&a1, &ip, 5), "a1 -> behind the uplink");
+    assert!(lab.ping(&a1, "10.1.1.30", 5), "a1 -> behind the uplink");
+    let name = lab.exec(&a1, &["dig", "@10.1.1.1", "+short", "vm.web.test"]);
+    assert_eq!(String::from_utf8_lossy(&name.stdout).trim(), "10.1.1.30", "the remote VM's name");
     let fdb = lab.show("fdb");
-    assert!(fdb.as_array().unwrap().iter().any(|r| r["mac"] == "52:54:00:42:01:30" && r["port"] == "webnic"), "{fdb}");
+    assert!(fdb.as_array().unwrap().iter().any(|r| r["mac"] == "52:54:00:42:01:30" && r["port"] == "webnic" && r["type"] == "static"), "{fdb}");
     let ports = lab.show("ports");
     let up = ports.as_array().unwrap().iter().find(|p| p["name"] == "webnic").cloned().unwrap();
     assert_eq!(up["untagged"], "web", "{up}");
+    assert!(!ports.as_array().unwrap().iter().any(|p| p["name"] == "vm"), "a remote VM has no port of its own");
     assert_eq!(lab.drops("webnic", "untagged_on_trunk"), 0);
+    // A guest on another port (no port security of its own) sending from the remote VM's MAC.
+    let a2 = lab.guest("n2", &lab.name("a2"), "10.1.1.50/24");
+    ok(&["ip", "-n", &a2, "link", "set", &lab.name("a2"), "address", "52:54:00:42:01:30"]);
+    assert!(!lab.ping(&a2, "10.1.1.11", 2), "the remote VM's MAC from elsewhere gets nowhere");
+    assert!(lab.drops("a2", "spoofed_mac") > 0);
+    assert!(lab.ping(&vm_ns, "10.1.1.11", 5), "the remote VM is still reached");
 }

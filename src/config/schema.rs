@@ -123,6 +123,10 @@ pub enum IfKind {
     Tap,
     /// An existing interface (e.g. QEMU's tap) attached by AF_PACKET.
     Netdev,
+    /// A VM that is not on a port of its own but behind an uplink or VXLAN peer (`via`), as on
+    /// every host of a zone when vrouter is the account's system VM: it gets its reservation,
+    /// hostname and DNS name; with port security its MAC is bound to that uplink.
+    Remote,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +142,8 @@ pub struct Port {
     /// A `netdev` port's interface by its MAC address rather than its name (a VM's NICs come up
     /// in whatever order; like netplan's `match: macaddress`).
     pub match_mac: Option<MacAddr>,
+    /// A `remote` port's uplink (or `vxlan-<address>` peer): where its VM's frames come from.
+    pub via: Option<String>,
     pub mac: Option<MacAddr>,
     pub ip: Option<Ipv4Addr>,
     pub hostname: Option<String>,

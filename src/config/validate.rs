@@ -73,6 +73,36 @@ fn check_iface(r: &mut Report, at: &KeyPath, kind: IfKind, ifname: &str, match_m
     }
 }
 
+/// A VM behind an uplink or VXLAN peer: known by its MAC, behind something that carries its
+/// network; it has no interface, and nothing that needs a port of its own.
+fn check_remote(r: &mut Report, c: &Config, at: &KeyPath, pt: &Port) {
+    if !pt.ifname.is_empty() || pt.match_mac.is_some() {
+        r.err(at.clone().key("ifname"), "a remote port has no interface of its own (it is `via` an uplink)");
+    }
+    if pt.mac.is_none() {
+        r.err(at.clone().key("mac"), "a remote port is known by its MAC: give `mac`");
+    }
+    if !pt.security_groups.is_empty() {
+        r.err(at.clone().key("security_groups"), "security groups need a port of the VM's own (not a remote port)");
+    }
+    let Some(via) = &pt.via else {
+        r.err(at.clone().key("via"), "missing: the uplink (or vxlan-ADDRESS peer) the VM is behind");
+        return;
+    };
+    let net = c.networks.iter().find(|n| n.name == pt.network);
+    let carries = if let Some(u) = c.uplinks.iter().find(|u| &u.name == via) {
+        u.networks.contains(&pt.network) || u.untagged.as_ref() == Some(&pt.network)
+    } else if let Some(peer) = c.vxlan.iter().flat_map(|v| v.peer.iter()).find(|p| &crate::build::vtep_name(p.remote) == via) {
+        net.and_then(|n| n.vni).is_some_and(|vni| peer.vnis.as_ref().is_none_or(|v| v.contains(&vni)))
+    } else {
+        r.err(at.clone().key("via"), format!("no [[uplink]] or VXLAN peer is named {via:?}"));
+        return;
+    };
+    if !carries {
+        r.err(at.clone().key("via"), format!("{via} does not carry network {:?}", pt.network));
+    }
+}
+
 fn valid_ifname(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > 15 {
         return Err(format!("interface name {s:?} must be 1 to 15 bytes"));
@@ -242,7 +272,14 @@ pub fn check(c: &Config, r: &mut Report) {
             r.err(p().key("name"), m);
         }
         port_names.add(r, pt.name.clone(), p().key("name"));
-        check_iface(r, &p(), pt.kind, &pt.ifname, pt.match_mac, &mut ifnames, &mut matched);
+        if pt.kind == IfKind::Remote {
+            check_remote(r, c, &p(), pt);
+        } else {
+            check_iface(r, &p(), pt.kind, &pt.ifname, pt.match_mac, &mut ifnames, &mut matched);
+            if pt.via.is_some() {
+                r.err(p().key("via"), "only a kind = \"remote\" port is behind an uplink");
+            }
+        }
         let net = nets.get(pt.network.as_str());
         if net.is_none() {
             r.err(p().key("network"), format!("no [[network]] is named {:?}", pt.network));

@@ -53,6 +53,7 @@ fn dp() -> Datapath {
         mac_table_size: 64,
         security: Default::default(),
         vxlan_mtu: 1450,
+        pins: Vec::new(),
         l3: Default::default(),
     })
 }
@@ -224,6 +225,7 @@ fn dp_secured(i: usize) -> Datapath {
         mac_table_size: 64,
         security: Default::default(),
         vxlan_mtu: 1450,
+        pins: Vec::new(),
         l3: Default::default(),
     })
 }
@@ -319,6 +321,7 @@ fn full_table_still_forwards_without_learning() {
         mac_table_size: 2,
         security: Default::default(),
         vxlan_mtu: 1450,
+        pins: Vec::new(),
         l3: Default::default(),
     });
     send(&mut d, 0, 0, &eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default());
@@ -433,6 +436,7 @@ fn dp_vxlan() -> Datapath {
         mac_table_size: 64,
         security: Default::default(),
         vxlan_mtu: 1450,
+        pins: Vec::new(),
         l3: Default::default(),
     })
 }
@@ -773,6 +777,7 @@ fn a_uso_frame_is_segmented_for_a_port_without_uso() {
         mac_table_size: 64,
         security: Default::default(),
         vxlan_mtu: 1450,
+        pins: Vec::new(),
         l3: Default::default(),
     });
     send(&mut d, 0, 1, &eth(MacAddr::BROADCAST, mac(2), &[0; 46]), VnetHdr::default());

@@ -109,7 +109,7 @@ pub fn port_opens(c: &Config, ids: &build::Numbering) -> Vec<Option<PortOpen>> {
             v[p.0 as usize] = Some(o);
         }
     };
-    for p in c.ports.iter().filter(|p| c.networks.iter().any(|n| n.name == p.network)) {
+    for p in c.ports.iter().filter(|p| p.kind != IfKind::Remote && c.networks.iter().any(|n| n.name == p.network)) {
         put(PortOpen { kind: p.kind, name: p.name.clone(), ifname: p.ifname.clone(), mac: p.mac, match_mac: p.match_mac });
     }
     for u in &c.uplinks {
@@ -129,6 +129,7 @@ pub fn open_device(o: &PortOpen) -> Result<Device, RunError> {
     match o.kind {
         // The tap's kernel side is the guest NIC: it gets the guest's MAC.
         IfKind::Tap => Ok(Device::Tap(Tap::open(&ifname, o.mac).map_err(err)?)),
+        IfKind::Remote => Err(err(io::Error::new(io::ErrorKind::InvalidInput, "a remote port has no device"))),
         IfKind::Netdev => {
             // An interface nobody had brought up (a fresh QEMU tap) becomes a pure L2 port: no
             // IPv6 link-local address, no host traffic. One already up is the operator's: its
@@ -317,7 +318,7 @@ fn check_links(poll: &Poll, slots: &mut [Slot], dp: &mut Datapath) -> bool {
             // visible from here: a deleted tap shows itself by failing reads (EBADFD) instead.
             let deleted = match open.kind {
                 IfKind::Netdev => now_index != slots[i].ifindex,
-                IfKind::Tap => !slots[i].dev.as_ref().is_some_and(Device::attached),
+                IfKind::Tap | IfKind::Remote => !slots[i].dev.as_ref().is_some_and(Device::attached),
             };
             if deleted {
                 detach(poll, slots, i, dp, "interface deleted");
