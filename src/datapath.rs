@@ -337,6 +337,18 @@ pub struct Datapath {
     retired: PortStats,
 }
 
+/// VXLAN peers' ports by the peer's address.
+fn vteps_of(ports: &[PortSpec]) -> std::collections::HashMap<std::net::Ipv4Addr, PortId> {
+    ports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match &p.role {
+            Role::Vtep { remote, .. } => Some((*remote, PortId(i as u16))),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Each network's member ports (guest ports, trunks and VXLAN peers carrying it), in slot order.
 fn add_members(nets: &mut [Net], ports: &[PortSpec]) {
     for (i, p) in ports.iter().enumerate() {
@@ -377,15 +389,7 @@ impl Datapath {
             }
         }
         let sg = crate::filter::sg::SecurityGroups::new(cfg.security, cfg.ports.len());
-        let vteps = cfg
-            .ports
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| match &p.role {
-                Role::Vtep { remote, .. } => Some((*remote, PortId(i as u16))),
-                _ => None,
-            })
-            .collect();
+        let vteps = vteps_of(&cfg.ports);
         Datapath {
             sg,
             vteps,
@@ -453,15 +457,7 @@ impl Datapath {
         self.nets = cfg.nets.into_iter().map(|spec| Net { spec, members: Vec::new() }).collect();
         add_members(&mut self.nets, &self.ports);
         self.public_port = self.ports.iter().position(|p| matches!(p.role, Role::Public)).map(|i| PortId(i as u16));
-        self.vteps = self
-            .ports
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| match &p.role {
-                Role::Vtep { remote, .. } => Some((*remote, PortId(i as u16))),
-                _ => None,
-            })
-            .collect();
+        self.vteps = vteps_of(&self.ports);
         self.sg.reconfigure(cfg.security, n, |p| role_kept.get(p.0 as usize).copied().unwrap_or(false));
         let live = |p: &PortId| self.ports.get(p.0 as usize).is_some_and(|s| s.role != Role::Vacant);
         self.drop_watch.retain(live);
@@ -1219,18 +1215,7 @@ impl Datapath {
             .zip(&self.stats)
             .filter(|(p, s)| p.role != Role::Vacant || s.rx_frames + s.tx_frames > 0)
             .map(|(p, s)| {
-                totals.rx_frames += s.rx_frames;
-                totals.tx_frames += s.tx_frames;
-                totals.rx_bytes += s.rx_bytes;
-                totals.rx_gso_frames += s.rx_gso_frames;
-                totals.tx_bytes += s.tx_bytes;
-                totals.tx_sw_segmented += s.tx_sw_segmented;
-                totals.tx_coalesced += s.tx_coalesced;
-                totals.mac_moves += s.mac_moves;
-                totals.learn_table_full += s.learn_table_full;
-                for (t, d) in totals.drops.iter_mut().zip(s.drops.iter()) {
-                    *t += d;
-                }
+                totals.absorb(s);
                 PortStatsRow { name: Some(p.name.clone()), drops: s.drop_map(), stats: s.clone() }
             })
             .collect();

@@ -196,13 +196,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             match cmd {
                 CtlCmd::Diff { file, json } => {
                     let (config, path) = read_config_arg(&file)?;
-                    let data = match control::request(&socket, &Request::Diff { config, path }) {
-                        Ok(d) => d,
-                        Err(control::ControlError::Refused(msg)) => {
-                            eprintln!("{msg}");
-                            return Ok(ExitCode::FAILURE);
-                        }
-                        Err(e) => return Err(e.into()),
+                    let Some(data) = refused_is_failure(control::request(&socket, &Request::Diff { config, path }))? else {
+                        return Ok(ExitCode::FAILURE);
                     };
                     if json {
                         println!("{}", serde_json::to_string_pretty(&data)?);
@@ -281,13 +276,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         }
                         _ => Request::Reload,
                     };
-                    let data = match control::request(&socket, &req) {
-                        Ok(d) => d,
-                        Err(control::ControlError::Refused(msg)) => {
-                            eprintln!("{msg}");
-                            return Ok(ExitCode::FAILURE);
-                        }
-                        Err(e) => return Err(e.into()),
+                    let Some(data) = refused_is_failure(control::request(&socket, &req))? else {
+                        return Ok(ExitCode::FAILURE);
                     };
                     if json {
                         println!("{}", serde_json::to_string_pretty(&data)?);
@@ -600,4 +590,17 @@ fn applied_summary(d: &serde_json::Value) -> String {
         line.push_str(&format!("\nwarning: {w}"));
     }
     line
+}
+
+/// A reply's data; a refusal (an invalid config, say) is printed as it came and is `None`
+/// (exit 1), anything else an error.
+fn refused_is_failure(r: Result<serde_json::Value, control::ControlError>) -> anyhow::Result<Option<serde_json::Value>> {
+    match r {
+        Ok(d) => Ok(Some(d)),
+        Err(control::ControlError::Refused(msg)) => {
+            eprintln!("{msg}");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
