@@ -61,6 +61,10 @@ fn assign(prev: &[(Option<String>, u32)], names: &[String]) -> Vec<(Option<Strin
     slots
 }
 
+fn same_occupant(a: &[(Option<String>, u32)], b: &[(Option<String>, u32)], i: usize) -> bool {
+    matches!((a.get(i), b.get(i)), (Some(x), Some(y)) if x.0.is_some() && x == y)
+}
+
 impl Numbering {
     /// The slots for `c`: names in `prev` keep theirs, new names take free slots (or new ones).
     pub fn assign(prev: Option<&Numbering>, c: &Config) -> Numbering {
@@ -70,6 +74,16 @@ impl Numbering {
         let (ports, nets) = (assign(&prev.ports, &port_names(c)), assign(&prev.nets, &nets));
         let index = |v: &[(Option<String>, u32)]| v.iter().enumerate().filter_map(|(i, (n, _))| Some((n.clone()?, i as u16))).collect();
         Numbering { by_port: index(&ports), by_net: index(&nets), ports, nets }
+    }
+
+    /// Whether slot `i` holds the same port in `next` as here (same name, same generation).
+    pub fn keeps_port(&self, next: &Numbering, i: usize) -> bool {
+        same_occupant(&self.ports, &next.ports, i)
+    }
+
+    /// Whether slot `i` holds the same network in `next` as here.
+    pub fn keeps_net(&self, next: &Numbering, i: usize) -> bool {
+        same_occupant(&self.nets, &next.nets, i)
     }
 
     pub fn port(&self, name: &str) -> Option<crate::switch::PortId> {

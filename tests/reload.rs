@@ -197,16 +197,32 @@ fn wait_exit(lab: &Lab, out: &Path, lines: usize, secs: u64) {
     });
 }
 
-#[test]
-fn live_changes_keep_what_they_do_not_touch() {
-    let mut lab = Lab::new("rl");
-    let mut acct = Account::base();
+/// The base account running, guests a1 and b1 and the outside in place, the scripts written.
+struct Setup {
+    lab: Lab,
+    acct: Account,
+    a1: String,
+    b1: String,
+    out: String,
+    echo: PathBuf,
+    clients: PathBuf,
+}
+
+fn setup(tag: &str) -> Setup {
+    let mut lab = Lab::new(tag);
+    let acct = Account::base();
     lab.vrouter(&acct.text(&lab));
     let a1 = guest(&mut lab, "a1", "10.1.1.11", "10.1.1.1");
     let b1 = guest(&mut lab, "b1", "10.1.2.11", "10.1.2.1");
     let out = outside(&mut lab);
     let echo = write_script(&lab, "echo.py", ECHO_SERVER);
     let clients = write_script(&lab, "clients.py", ECHO_CLIENTS);
+    Setup { lab, acct, a1, b1, out, echo, clients }
+}
+
+#[test]
+fn live_changes_keep_what_they_do_not_touch() {
+    let Setup { mut lab, mut acct, a1, b1, out, echo, clients } = setup("rl");
     lab.spawn_in(&b1, &["python3", echo.to_str().unwrap(), "7000"], &lab.path("echo-b1.log"));
     lab.spawn_in(&a1, &["iperf3", "-s", "-1"], &lab.path("iperf-s.log"));
     assert!(lab.ping(&a1, "10.1.2.11", 10), "a1 reaches b1");
@@ -334,14 +350,7 @@ fn live_changes_keep_what_they_do_not_touch() {
 
 #[test]
 fn backend_removal_ends_only_its_connections() {
-    let mut lab = Lab::new("rb");
-    let mut acct = Account::base();
-    lab.vrouter(&acct.text(&lab));
-    let a1 = guest(&mut lab, "a1", "10.1.1.11", "10.1.1.1");
-    let b1 = guest(&mut lab, "b1", "10.1.2.11", "10.1.2.1");
-    let out = outside(&mut lab);
-    let echo = write_script(&lab, "echo.py", ECHO_SERVER);
-    let clients = write_script(&lab, "clients.py", ECHO_CLIENTS);
+    let Setup { mut lab, mut acct, a1, b1, out, echo, clients } = setup("rb");
     lab.spawn_in(&a1, &["python3", echo.to_str().unwrap(), "80"], &lab.path("echo-a1.log"));
     lab.spawn_in(&b1, &["python3", echo.to_str().unwrap(), "80"], &lab.path("echo-b1.log"));
     std::thread::sleep(Duration::from_millis(700));

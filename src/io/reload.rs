@@ -28,6 +28,12 @@ pub(super) struct Applied {
     pub hash: String,
 }
 
+/// The reply for a change refused because a device or socket could not be opened.
+fn refused(e: &super::RunError) -> String {
+    let why = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default();
+    format!("{e}: {why}\nrefused: nothing applied, the running config keeps serving")
+}
+
 /// The devices of a change, settled before it reaches the loop: each new slot's device is the
 /// one its slot already has (`kept`), one another slot had (`moved`: a renamed port, a new MAC,
 /// an ifname handed to another port: a tap cannot be attached twice), or one opened for it
@@ -44,7 +50,7 @@ pub struct DevicePlan {
 /// leaves nothing behind.
 pub fn plan(prev: &crate::config::schema::Config, prev_ids: &crate::build::Numbering, config: &crate::config::schema::Config, ids: &crate::build::Numbering) -> Result<DevicePlan, String> {
     let old = port_opens(prev, prev_ids);
-    let same_port = |i: usize| matches!((prev_ids.ports.get(i), ids.ports.get(i)), (Some(a), Some(b)) if a.0.is_some() && a == b);
+    let same_port = |i: usize| prev_ids.keeps_port(ids, i);
     let opens = port_opens(config, ids);
     let mut fresh: Vec<Option<super::Device>> = (0..opens.len()).map(|_| None).collect();
     let mut moved: Vec<Option<usize>> = vec![None; opens.len()];
@@ -68,7 +74,7 @@ pub fn plan(prev: &crate::config::schema::Config, prev_ids: &crate::build::Numbe
         }
         match open_device(o) {
             Ok(d) => fresh[i] = Some(d),
-            Err(e) => return Err(format!("{e}: {}\nrefused: nothing applied, the running config keeps serving", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())),
+            Err(e) => return Err(refused(&e)),
         }
     }
     Ok(DevicePlan { opens, fresh, moved, kept })
@@ -77,14 +83,8 @@ pub fn plan(prev: &crate::config::schema::Config, prev_ids: &crate::build::Numbe
 pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>, vx: &mut Option<VxIo>, dp: &mut Datapath) -> Result<Applied, String> {
     let t = std::time::Instant::now();
     let Staged { config, hash, ids, prev, dp: mut dcfg, services, vms, counts, changed, devices, .. } = st;
-    let same_port = |p: PortId| {
-        let i = p.0 as usize;
-        matches!((prev.ports.get(i), ids.ports.get(i)), (Some(a), Some(b)) if a.0.is_some() && a == b)
-    };
-    let same_net = |n: NetId| {
-        let i = n.0 as usize;
-        matches!((prev.nets.get(i), ids.nets.get(i)), (Some(a), Some(b)) if a.0.is_some() && a == b)
-    };
+    let same_port = |p: PortId| prev.keeps_port(&ids, p.0 as usize);
+    let same_net = |n: NetId| prev.keeps_net(&ids, n.0 as usize);
     // 1. What can fail, before anything changes: the devices were opened on the control
     // thread (`plan`); the VXLAN sockets, if their address changes, here.
     let Some(DevicePlan { opens, mut fresh, moved, kept }) = devices.lock().ok().and_then(|mut d| d.take()) else {
@@ -95,7 +95,7 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
         (Some(v), Some(cur)) if cur.opened == VxIo::key(v) => None,
         // The same address and port: the sockets stay, with the new TTL and DF.
         (Some(v), Some(cur)) if (cur.opened.0, cur.opened.1) == (VxIo::key(v).0, VxIo::key(v).1) => None,
-        (Some(v), _) => Some(VxIo::open(v, &ids).map_err(|e| format!("{e}: {}\nrefused: nothing applied, the running config keeps serving", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()))?),
+        (Some(v), _) => Some(VxIo::open(v, &ids).map_err(|e| refused(&e))?),
         (None, _) => None,
     };
     // 2. What cannot fail.
