@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,8 @@ pub struct Lab {
     vrouter: Option<usize>,
     /// Directories made by helper scripts for this lab, removed on drop.
     dirs: Vec<PathBuf>,
+    /// Children that lead a process group of their own (helpers), ended as a group.
+    groups: Vec<u32>,
 }
 
 impl Lab {
@@ -80,7 +83,7 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("vrouter-test-{id}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        Lab { id, dir, netns: Vec::new(), children: Vec::new(), pids: Vec::new(), vrouter: None, dirs: Vec::new() }
+        Lab { id, dir, netns: Vec::new(), children: Vec::new(), pids: Vec::new(), vrouter: None, dirs: Vec::new(), groups: Vec::new() }
     }
 
     /// A name unique to this lab, at most 15 bytes: id + suffix.
@@ -212,8 +215,10 @@ impl Lab {
 
     pub fn spawn_in(&mut self, ns: &str, args: &[&str], out: &Path) -> u32 {
         let f = std::fs::File::create(out).unwrap();
-        let c = Command::new("ip").args(["netns", "exec", ns]).args(args).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+        // Its own process group: whatever it forks is ended with it (see Drop).
+        let c = Command::new("ip").args(["netns", "exec", ns]).args(args).stdout(f.try_clone().unwrap()).stderr(f).process_group(0).spawn().unwrap();
         let pid = c.id();
+        self.groups.push(pid);
         self.children.push(c);
         pid
     }
@@ -222,8 +227,9 @@ impl Lab {
     /// ended when the lab is dropped.
     pub fn spawn_host(&mut self, args: &[&str], out: &Path) -> u32 {
         let f = std::fs::File::create(out).unwrap();
-        let c = Command::new(args[0]).args(&args[1..]).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+        let c = Command::new(args[0]).args(&args[1..]).stdout(f.try_clone().unwrap()).stderr(f).process_group(0).spawn().unwrap();
         let pid = c.id();
+        self.groups.push(pid);
         self.children.push(c);
         pid
     }
@@ -305,6 +311,10 @@ impl Drop for Lab {
             signal(pid, "KILL");
         }
         for c in self.children.iter_mut().rev() {
+            // Helpers run in process groups of their own: what they forked goes with them.
+            if self.groups.contains(&c.id()) {
+                let _ = Command::new("kill").args(["-TERM", "--", &format!("-{}", c.id())]).status();
+            }
             if matches!(c.try_wait(), Ok(None)) {
                 signal(c.id(), "TERM");
                 let t = Instant::now();
