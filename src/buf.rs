@@ -113,6 +113,13 @@ impl PacketBuf {
         self.end == self.start
     }
 
+    /// Shortens the frame to `len` bytes (no-op if it is not longer).
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len() {
+            self.end = self.start + len;
+        }
+    }
+
     /// Prepends `hdr` (an encapsulation header) in the headroom. False without room.
     pub fn push_front(&mut self, hdr: &[u8]) -> bool {
         if self.start < hdr.len() {

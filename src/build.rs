@@ -378,9 +378,38 @@ pub fn l3_config(c: &Config, ids: &Numbering) -> L3Config {
         timeouts,
         neigh_cap: 4096,
         lbs: load_balancers(c, ids),
+        vpn: vpn_spec(c, ids),
         // The I/O edge keys it from the kernel before the router is built.
         seed: [0; 32],
     }
+}
+
+/// The WireGuard endpoint: keys as loaded with the config, peers' networks by id, the inner
+/// MTU defaulting to the public one less 80.
+pub fn vpn_spec(c: &Config, ids: &Numbering) -> Option<crate::vpn::VpnSpec> {
+    let wg = c.wireguard.as_ref()?;
+    let public_mtu = c.public.as_ref().and_then(|p| p.mtu).unwrap_or(1500);
+    Some(crate::vpn::VpnSpec {
+        listen: wg.listen,
+        private_key: wg.private_key?,
+        address: wg.address,
+        mtu: wg.mtu.unwrap_or(public_mtu.saturating_sub(crate::vpn::OVERHEAD_DEFAULT)),
+        peers: wg
+            .peer
+            .iter()
+            .filter_map(|p| {
+                Some(crate::vpn::PeerSpec {
+                    name: p.name.clone(),
+                    public_key: crate::vpn::Key::from_base64(&p.public_key).ok()?,
+                    preshared_key: p.preshared_key,
+                    endpoint: p.endpoint,
+                    allowed_ips: p.allowed_ips.clone(),
+                    nets: p.networks.as_ref().map(|v| v.iter().filter_map(|n| ids.net(n)).collect()),
+                    keepalive: p.persistent_keepalive.filter(|k| *k > 0),
+                })
+            })
+            .collect(),
+    })
 }
 
 /// Load balancers: backends placed on their networks, health checks with their defaults

@@ -587,6 +587,7 @@ impl Datapath {
         if self.router.outbox.is_empty() {
             return;
         }
+        self.router.seal_tunnel(now);
         // Egress never makes new router frames, so one pass empties it; the Vec (and its
         // capacity) goes back for the next ones.
         let mut out = std::mem::take(&mut self.router.outbox);
@@ -617,6 +618,8 @@ impl Datapath {
                     self.output(now, p, None, buf, tx);
                 }
             }
+            // Sealed by the router before the outbox is drained; nothing is routed here raw.
+            Iface::Tunnel(_) => {}
         }
     }
 

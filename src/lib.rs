@@ -30,4 +30,5 @@ pub mod router;
 pub mod switch;
 pub mod sys;
 pub mod time;
+pub mod vpn;
 pub mod wire;

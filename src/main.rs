@@ -129,6 +129,8 @@ enum ShowTable {
     Lb,
     Stats,
     Metadata,
+    /// WireGuard peers: endpoint, last handshake, bytes, drops.
+    Vpn,
 }
 
 fn main() -> ExitCode {
@@ -229,6 +231,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         ShowTable::Lb => Table::Lb,
                         ShowTable::Stats => Table::Stats,
                         ShowTable::Metadata => Table::Metadata,
+                        ShowTable::Vpn => Table::Vpn,
                     };
                     let data = if t == Table::Conntrack {
                         fetch_pages(&socket)?
@@ -527,6 +530,28 @@ fn render(t: Table, data: &Value) -> String {
             }).collect();
             let mut out = table(&rows, &["proto", "state", "original", "reply", "expires_secs", "packets", "bytes"]);
             out += &format!("{} of at most {} flows\n", data["count"], data["max"]);
+            out
+        }
+        Table::Vpn => {
+            let mut out = format!(
+                "listen {} address {} mtu {} public key {}\n",
+                cell(&data["listen"]), cell(&data["address"]), data["mtu"], cell(&data["public_key"])
+            );
+            let rows: Vec<Value> = data["peers"].as_array().unwrap_or(&empty).iter().map(|p| {
+                let mut p = p.clone();
+                p["allowed"] = p["allowed_ips"].as_array().map(|a| a.iter().map(cell).collect::<Vec<_>>().join(",")).unwrap_or_default().into();
+                p["handshake"] = match p["last_handshake_secs"].as_u64() {
+                    Some(s) => format!("{s}s ago").into(),
+                    None => "never".into(),
+                };
+                p["drops"] = (p["source_not_allowed"].as_u64().unwrap_or(0) + p["rejected"].as_u64().unwrap_or(0) + p["no_endpoint"].as_u64().unwrap_or(0)).into();
+                p
+            }).collect();
+            out += &table(&rows, &["name", "endpoint", "allowed", "handshake", "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "drops"]);
+            out += &format!(
+                "dropped: strangers {} malformed {} replays {} bad_auth {} under_load {} (cookies sent {})\n",
+                data["strangers"], data["malformed"], data["replays"], data["bad_auth"], data["under_load"], data["cookies_sent"]
+            );
             out
         }
         Table::Lb => {

@@ -114,6 +114,17 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
     compare("dns_upstream", keyed(ups(old), |u| u.to_string()), keyed(ups(new), |u| u.to_string()), &mut out);
     let dns = |c: &Config| c.dns.as_ref().map(|d| format!("{:?}", d.cache_entries));
     compare("dns", keyed(dns(old), |_| "dns".into()), keyed(dns(new), |_| "dns".into()), &mut out);
+    // Keys compare by value (Debug of a key prints nothing of it, so the loaded ones are
+    // compared explicitly).
+    let wg = |c: &Config| c.wireguard.as_ref().map(|w| format!("{} {:?} {} {:?} {:?}", w.listen, w.private_key_file, w.address, w.mtu, w.private_key.map(|k| k.public())));
+    compare("wireguard", keyed(wg(old), |_| "wireguard".into()), keyed(wg(new), |_| "wireguard".into()), &mut out);
+    let wgp = |c: &Config| {
+        c.wireguard
+            .iter()
+            .flat_map(|w| w.peer.iter().map(|p| (p.name.clone(), format!("{p:?} {:?}", p.preshared_key.map(|k| k.public())))))
+            .collect::<BTreeMap<_, _>>()
+    };
+    compare("wireguard_peer", wgp(old), wgp(new), &mut out);
     let ct = |c: &Config| c.conntrack.as_ref().map(|t| format!("{t:?}"));
     compare("conntrack", keyed(ct(old), |_| "conntrack".into()), keyed(ct(new), |_| "conntrack".into()), &mut out);
     out

@@ -112,6 +112,27 @@ pub fn parse_at(src: &str, path: &Path, dir: &Path) -> Result<Validated, ConfigE
             }
         }
     }
+    // WireGuard keys: read now, from files their owner alone may read.
+    if let Some(wg) = config.wireguard.as_mut() {
+        match read_key(&dir.join(&wg.private_key_file)) {
+            Ok(k) => wg.private_key = Some(k),
+            Err(m) => out.errors.push((crate::kp!("wireguard", "private_key_file"), m)),
+        }
+        let own = wg.private_key.map(|k| k.public());
+        for (i, p) in wg.peer.iter_mut().enumerate() {
+            if let (Some(own), Ok(k)) = (own, crate::vpn::Key::from_base64(&p.public_key)) {
+                if own == k {
+                    out.errors.push((crate::kp!("wireguard", "peer", i, "public_key"), "is the router's own public key".into()));
+                }
+            }
+            if let Some(f) = &p.preshared_key_file {
+                match read_key(&dir.join(f)) {
+                    Ok(k) => p.preshared_key = Some(k),
+                    Err(m) => out.errors.push((crate::kp!("wireguard", "peer", i, "preshared_key_file"), m)),
+                }
+            }
+        }
+    }
     let to_diag = |(p, m): (KeyPath, String)| diag(loc.line_of_path(&p), p.to_string(), m);
     let errors: Vec<Diagnostic> = out.errors.into_iter().map(to_diag).collect();
     if !errors.is_empty() {
@@ -119,6 +140,19 @@ pub fn parse_at(src: &str, path: &Path, dir: &Path) -> Result<Validated, ConfigE
     }
     let warnings = out.warnings.into_iter().map(to_diag).collect();
     Ok(Validated { config, path: path.to_path_buf(), warnings, hash: crate::control::telemetry::fnv64(src.as_bytes()) })
+}
+
+/// A key file as `wg genkey` / `wg genpsk` write it: base64 of 32 bytes, readable by its
+/// owner only (like wg-quick, which refuses to use a world-readable key with a warning; here
+/// it is an error, since the file outlives any warning).
+fn read_key(path: &Path) -> Result<crate::vpn::Key, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!("{}: mode {:o} lets others read the key (chmod 600 it)", path.display(), meta.permissions().mode() & 0o777));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::vpn::Key::from_base64(&text).map_err(|m| format!("{}: {m}", path.display()))
 }
 
 impl Config {

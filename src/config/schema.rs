@@ -33,6 +33,48 @@ pub struct Config {
     pub security_group: Vec<SecurityGroup>,
     pub dns: Option<Dns>,
     pub conntrack: Option<ConntrackCfg>,
+    pub wireguard: Option<WireGuard>,
+}
+
+/// `[wireguard]`: the VPN endpoint on one of the public addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireGuard {
+    /// `IP:PORT`, the IP one of `[public] ips`.
+    pub listen: std::net::SocketAddrV4,
+    /// The private key as `wg genkey` writes it (base64), in a file only its owner may read;
+    /// relative to the config file's directory.
+    pub private_key_file: PathBuf,
+    /// The router inside the VPN; remote-access clients take /32s of this prefix.
+    pub address: Ipv4Iface,
+    /// The tunnel's inner MTU (default: the public MTU minus 80).
+    pub mtu: Option<u16>,
+    #[serde(default)]
+    pub peer: Vec<WgPeer>,
+    /// The key as loaded from `private_key_file`.
+    #[serde(skip)]
+    pub private_key: Option<crate::vpn::Key>,
+}
+
+/// `[[wireguard.peer]]`: a site (a gateway with networks behind it) or a remote-access client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WgPeer {
+    pub name: String,
+    /// The peer's public key (base64, as `wg pubkey` writes it).
+    pub public_key: String,
+    /// Optional preshared key file (`wg genpsk`), same rules as the private key's.
+    pub preshared_key_file: Option<PathBuf>,
+    /// Where the peer listens; road warriors have none (their endpoint is learned).
+    pub endpoint: Option<std::net::SocketAddrV4>,
+    /// What may come from the peer and is routed to it.
+    pub allowed_ips: Vec<Ipv4Net>,
+    /// Account networks the peer may reach (default: all).
+    pub networks: Option<Vec<String>>,
+    /// Seconds between keepalives when idle (0 or absent: none).
+    pub persistent_keepalive: Option<u16>,
+    #[serde(skip)]
+    pub preshared_key: Option<crate::vpn::Key>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -626,4 +626,94 @@ pub fn check(c: &Config, r: &mut Report) {
             r.err(kp!("dns", "cache_entries"), "at most 1000000 entries");
         }
     }
+    if let Some(wg) = &c.wireguard {
+        check_wireguard(c, wg, &public_ips, r);
+    }
+}
+
+/// Peers are 16-bit in the datapath and each one's sessions take a 24-bit index range.
+const MAX_WG_PEERS: usize = 4096;
+
+fn check_wireguard(c: &Config, wg: &WireGuard, public_ips: &[Ipv4Addr], r: &mut Report) {
+    let net_overlap = |n: &crate::config::types::Ipv4Net| c.networks.iter().find(|m| m.cidr.overlaps(n)).map(|m| m.name.clone());
+    if c.public.is_none() {
+        r.err(kp!("wireguard", "listen"), "needs a [public] section (the tunnel endpoint is a public address)");
+    } else if !public_ips.contains(wg.listen.ip()) {
+        r.err(kp!("wireguard", "listen"), format!("{} is not one of public.ips", wg.listen.ip()));
+    }
+    if wg.listen.port() == 0 {
+        r.err(kp!("wireguard", "listen"), "needs a port (51820 is WireGuard's usual one)");
+    }
+    let clash = c.port_forward.iter().any(|f| f.protocol == L4Proto::Udp && f.public_ip == *wg.listen.ip() && (f.public_port.lo..=f.public_port.hi).contains(&wg.listen.port()))
+        || c.load_balancer.iter().any(|l| l.protocol == L4Proto::Udp && l.public_ip == *wg.listen.ip() && l.port == wg.listen.port())
+        || c.static_nat.iter().any(|s| s.public_ip == *wg.listen.ip());
+    if clash {
+        r.err(kp!("wireguard", "listen"), format!("{} is also a port forward's, load balancer's or static NAT's", wg.listen));
+    }
+    let addr_net = wg.address.network();
+    if !(8..=30).contains(&wg.address.prefix) || wg.address.addr == addr_net.addr || wg.address.addr == addr_net.broadcast() {
+        r.err(kp!("wireguard", "address"), format!("{} must be a host address of a /8../30 prefix", wg.address));
+    }
+    if let Some(n) = net_overlap(&addr_net) {
+        r.err(kp!("wireguard", "address"), format!("{addr_net} overlaps network {n:?}"));
+    }
+    if public_ips.iter().any(|a| addr_net.contains(*a)) {
+        r.err(kp!("wireguard", "address"), format!("{addr_net} holds a public address"));
+    }
+    let public_mtu = c.public.as_ref().and_then(|p| p.mtu).unwrap_or(1500);
+    if let Some(m) = wg.mtu {
+        if m < 576 || m + 60 > public_mtu {
+            r.err(kp!("wireguard", "mtu"), format!("MTU {m} must be at least 576 and leave 60 bytes of the public MTU ({public_mtu})"));
+        }
+    }
+    if wg.peer.len() > MAX_WG_PEERS {
+        r.err(kp!("wireguard", "peer"), format!("at most {MAX_WG_PEERS} peers"));
+    }
+    let mut names = Unique::new("peer name");
+    let mut keys = Unique::new("peer public key");
+    let mut routes: Vec<(crate::config::types::Ipv4Net, usize)> = Vec::new();
+    for (i, p) in wg.peer.iter().enumerate() {
+        let at = || kp!("wireguard", "peer", i);
+        if let Err(m) = valid_name(&p.name) {
+            r.err(at().key("name"), m);
+        }
+        if c.networks.iter().any(|n| n.name == p.name) {
+            r.err(at().key("name"), format!("{:?} is also a network's name (a peer is a network of its own to the router)", p.name));
+        }
+        names.add(r, p.name.clone(), at().key("name"));
+        match crate::vpn::Key::from_base64(&p.public_key) {
+            Ok(k) => keys.add(r, k.to_base64(), at().key("public_key")),
+            Err(m) => r.err(at().key("public_key"), m),
+        }
+        if let Some(e) = p.endpoint {
+            if e.port() == 0 || e.ip().is_unspecified() || e.ip().is_multicast() || e.ip().is_broadcast() {
+                r.err(at().key("endpoint"), format!("{e} is not a unicast address and port"));
+            }
+        }
+        if p.allowed_ips.is_empty() {
+            r.err(at().key("allowed_ips"), "at least one prefix (a road warrior's /32 inside wireguard.address, or a site's networks)");
+        }
+        for (j, a) in p.allowed_ips.iter().enumerate() {
+            if a.prefix < 8 {
+                r.err(at().key("allowed_ips").idx(j), format!("{a} is wider than /8 (a default route through a peer is not supported)"));
+            }
+            if let Some(n) = net_overlap(a) {
+                r.err(at().key("allowed_ips").idx(j), format!("{a} overlaps network {n:?}"));
+            }
+            if public_ips.iter().any(|ip| a.contains(*ip)) || a.contains(wg.address.addr) {
+                r.err(at().key("allowed_ips").idx(j), format!("{a} holds one of the router's own addresses"));
+            }
+            if let Some((o, k)) = routes.iter().find(|(o, _)| o.overlaps(a)) {
+                r.err(at().key("allowed_ips").idx(j), format!("{a} overlaps {o} of peer {:?}", wg.peer[*k].name));
+            }
+            routes.push((*a, i));
+        }
+        if let Some(nets) = &p.networks {
+            for (j, n) in nets.iter().enumerate() {
+                if !c.networks.iter().any(|m| &m.name == n) {
+                    r.err(at().key("networks").idx(j), format!("no [[network]] is named {n:?}"));
+                }
+            }
+        }
+    }
 }

@@ -32,6 +32,7 @@ pub enum Table {
     Lb,
     Stats,
     Metadata,
+    Vpn,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

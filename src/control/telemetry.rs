@@ -55,6 +55,7 @@ pub struct Telemetry {
     pub dhcp: Option<(DhcpCounters, Vec<PoolUsage>)>,
     pub dns: Option<DnsCounters>,
     pub lb: Vec<LbRow>,
+    pub vpn: Option<crate::vpn::VpnRow>,
     pub frame_latency: Histogram,
     /// One write (or writev) syscall to a port.
     pub write_latency: Histogram,
@@ -258,6 +259,19 @@ impl Telemetry {
         o.gauge("vrouter_lb_backend_active_connections", "Connections open to the backend.", None, active)?;
         o.counter("vrouter_lb_backend_connections", "Connections given to the backend.", None, total)?;
         o.counter("vrouter_lb_backend_health_checks", "Health checks by result.", None, checks)?;
+        if let Some(v) = &self.vpn {
+            let per = |f: &dyn Fn(&crate::vpn::PeerRow) -> u64| -> Vec<(Labels, u64)> { v.peers.iter().map(|p| (vec![("peer", p.name.clone())], f(p))).collect() };
+            o.counter("vrouter_vpn_rx_bytes", "Bytes received from each WireGuard peer (decrypted).", None, per(&|p| p.rx_bytes))?;
+            o.counter("vrouter_vpn_tx_bytes", "Bytes sent to each WireGuard peer (before encryption).", None, per(&|p| p.tx_bytes))?;
+            o.counter("vrouter_vpn_handshakes", "Handshakes completed with each peer.", None, per(&|p| p.counters.handshakes))?;
+            let ago = v.peers.iter().map(|p| (vec![("peer", p.name.clone())], p.last_handshake_secs.map_or(-1, |s| s as i64))).collect();
+            o.gauge("vrouter_vpn_last_handshake_age", "Seconds since each peer's last handshake (-1: none yet).", Some(Unit::Seconds), ago)?;
+            let c = &v.counters;
+            let drops = [("stranger", c.strangers), ("malformed", c.malformed), ("replay", c.replays), ("bad_auth", c.bad_auth), ("under_load", c.under_load)];
+            o.counter("vrouter_vpn_dropped_datagrams", "WireGuard datagrams dropped, by reason.", None, drops.iter().map(|(r, n)| (vec![("reason", r.to_string())], *n)).collect())?;
+            let refused = per(&|p| p.counters.source_not_allowed);
+            o.counter("vrouter_vpn_source_not_allowed", "Decrypted packets from a peer with a source outside its allowed_ips.", None, refused)?;
+        }
         o.histogram("vrouter_frame_processing", "Time from reading a frame to having written all its copies.", &self.frame_latency)?;
         o.histogram("vrouter_port_write", "Time of one write syscall to a port.", &self.write_latency)?;
         o.gauge("vrouter_config_info", "The running config's hash (the value is 1).", None, vec![(vec![("hash", self.config.hash.clone())], 1)])?;

@@ -893,6 +893,10 @@ fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, 
             }
             None => Response::err("no network is served by DHCP (give one a gateway and a dhcp_range or reservations)"),
         },
+        Request::Show { table: Table::Vpn, .. } => match dp.router().vpn_row(now) {
+            Some(row) => Response::ok(serde_json::to_value(row).unwrap_or_default()),
+            None => Response::err("no [wireguard] configured"),
+        },
         Request::Show { table: Table::Lb, .. } => {
             let mut rows = serde_json::to_value(dp.router().lb_rows()).unwrap_or_default();
             // A ready-made address column for the table view.

@@ -42,7 +42,7 @@ impl Router {
         }
         let back = match from {
             Iface::Public => self.public_next_hop(k.src),
-            Iface::Net(_) => k.src,
+            Iface::Net(_) | Iface::Tunnel(_) => k.src,
         };
         let egress = [Egress { iface: Iface::Net(p.net), next_hop: p.ip }, Egress { iface: from, next_hop: back }];
         let kind = if same_net { FlowKind::Hairpin } else { FlowKind::Dnat };

@@ -18,6 +18,7 @@
 //! forwarded (a drop leaves the buffer as it came).
 
 mod balance;
+mod tunnel;
 pub mod reload;
 pub mod meta;
 pub mod neigh;
@@ -52,6 +53,9 @@ use std::time::Duration;
 pub enum Iface {
     Net(NetId),
     Public,
+    /// A WireGuard peer: what arrives decrypted from it, what is routed into its tunnel
+    /// (sealed and sent to its endpoint through the public port).
+    Tunnel(u16),
 }
 
 /// A guest network as the router sees it.
@@ -113,6 +117,8 @@ pub struct L3Config {
     pub timeouts: Timeouts,
     pub neigh_cap: usize,
     pub lbs: Vec<crate::lb::LbSpec>,
+    /// The WireGuard endpoint and its peers.
+    pub vpn: Option<crate::vpn::VpnSpec>,
     /// Keys every random choice the router makes (NAT ports, DNS ids, TCP sequence numbers);
     /// the I/O edge fills it from the kernel, tests with a constant.
     pub seed: crate::entropy::Seed,
@@ -130,6 +136,7 @@ impl Default for L3Config {
             timeouts: Timeouts::default(),
             neigh_cap: 4096,
             lbs: Vec::new(),
+            vpn: None,
             seed: [0; 32],
         }
     }
@@ -261,6 +268,12 @@ pub struct Router {
     meta: meta::MetaSvc,
     /// The port the frame being handled arrived on (the datapath says; who asks for metadata).
     ingress: Option<crate::switch::PortId>,
+    /// WireGuard peers, when configured.
+    pub(crate) vpn: Option<crate::vpn::Vpn>,
+    /// Datagrams the VPN asked to send (handshakes, cookies, keepalives), for `vpn_flush`.
+    vpn_tx: Vec<(std::net::SocketAddrV4, Vec<u8>)>,
+    /// Seals packets for the tunnel (a super-frame is cut into segments here first).
+    vpn_scratch: Vec<u8>,
 }
 
 
@@ -344,6 +357,9 @@ impl Router {
             svc: services::Services::new(rng.child()),
             meta: meta::MetaSvc::new(false, Vec::new(), rng.child()),
             ingress: None,
+            vpn: cfg.vpn.clone().map(crate::vpn::Vpn::new),
+            vpn_tx: Vec::new(),
+            vpn_scratch: Vec::new(),
             rng,
             garp: cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default(),
             garp_nets: false,
@@ -385,6 +401,10 @@ impl Router {
     /// The next hop's MAC (sending ARP requests and releasing or failing queued frames as the
     /// neighbour table says).
     fn resolve(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr) -> Resolve {
+        // A tunnel has no link layer: its packets are sealed, then resolved as datagrams.
+        if let Iface::Tunnel(_) = iface {
+            return Resolve::Mac(MacAddr::ZERO);
+        }
         let mut w = Work::default();
         let r = self.neigh.resolve(now, iface, ip, &mut w);
         self.run_work(now, w);
@@ -434,6 +454,7 @@ impl Router {
         match i {
             Iface::Net(n) => self.cfg.nets.get(n.0 as usize).map_or(1500, |n| n.mtu as usize),
             Iface::Public => self.cfg.public.as_ref().map_or(1500, |p| p.mtu as usize),
+            Iface::Tunnel(_) => self.vpn.as_ref().map_or(1420, |v| v.mtu()),
         }
     }
 
@@ -454,12 +475,14 @@ impl Router {
                 let p = self.cfg.public.as_ref()?;
                 p.ips.iter().find(|i| i.network().contains(to)).map(|i| i.addr).or(Some(p.source_nat_ip))
             }
+            Iface::Tunnel(_) => self.vpn.as_ref().map(|v| v.address()),
         }
     }
 
     /// When `poll` next has work.
     pub fn poll_at(&self) -> Instant {
-        self.neigh.poll_at().min(self.next_sweep).min(self.services_poll_at()).min(self.hc.poll_at()).min(self.meta.tcp.poll_at())
+        let vpn = self.vpn.as_ref().map_or(Instant(u64::MAX), |v| v.poll_at());
+        self.neigh.poll_at().min(self.next_sweep).min(self.services_poll_at()).min(self.hc.poll_at()).min(self.meta.tcp.poll_at()).min(vpn)
     }
 
     /// Timer work: ARP retries and failures, conntrack and fragment expiry, the gratuitous ARP
@@ -491,6 +514,12 @@ impl Router {
         self.release_backends();
         if self.hc.poll_at() <= now {
             self.run_checks(now);
+        }
+        if let Some(v) = self.vpn.as_mut() {
+            if v.poll_at() <= now {
+                v.poll(now, &mut self.vpn_tx);
+                self.vpn_flush(now);
+            }
         }
     }
 
@@ -543,6 +572,7 @@ impl Router {
         let ours = match from {
             Iface::Net(n) => self.gateway(n) == Some(tpa),
             Iface::Public => self.public_ips.contains(&tpa),
+            Iface::Tunnel(_) => false,
         };
         // Nobody else may claim our addresses; a sender in the wrong place teaches us nothing.
         let plausible = !spa.is_unspecified()
@@ -552,6 +582,7 @@ impl Router {
             && match from {
                 Iface::Net(n) => self.cfg.nets.get(n.0 as usize).is_some_and(|c| c.cidr.contains(spa)),
                 Iface::Public => self.net_of(spa).is_none(),
+                Iface::Tunnel(_) => false,
             };
         if plausible {
             let mut w = Work::default();
@@ -596,6 +627,25 @@ impl Router {
                 let ok = self.cfg.nets.get(n.0 as usize).is_some_and(|c| c.cidr.contains(src) && Some(src) != c.gateway);
                 if !ok {
                     return Verdict::Drop(DropReason::SpoofedSource);
+                }
+            }
+            // Cryptokey routing: a peer speaks only for its own allowed_ips.
+            Iface::Tunnel(p) => {
+                if !self.vpn.as_ref().is_some_and(|v| v.allowed(p, src)) {
+                    if let Some(v) = self.vpn.as_mut() {
+                        v.source_refused(p);
+                    }
+                    return Verdict::Drop(DropReason::VpnSourceNotAllowed);
+                }
+            }
+        }
+        // The WireGuard endpoint: whole datagrams to the listen address (the router's own UDP
+        // socket, so to speak; fragments of one are not reassembled and end below).
+        if from == Iface::Public && protocol == proto::UDP && frag_off == 0 && !mf {
+            if let Some(l) = self.vpn.as_ref().map(|v| v.listen()) {
+                let f = buf.frame();
+                if *l.ip() == dst && tl >= hl + 8 && be16(f, 14 + hl + 2) == l.port() {
+                    return self.vpn_in(now, buf, hl, tl);
                 }
             }
         }
@@ -784,6 +834,9 @@ impl Router {
     /// addresses, or a place in the neighbour queue, or fragments when it is too big and may
     /// be cut.
     fn send(&mut self, egress: Egress, r: Resolve, origin: Option<Origin>, buf: &mut PacketBuf, tl: usize, df: bool) -> Verdict {
+        if let Iface::Tunnel(_) = egress.iface {
+            return self.to_tunnel(egress.iface, buf, tl, df);
+        }
         match r {
             Resolve::Mac(mac) => {
                 let f = buf.frame_mut();
@@ -928,6 +981,16 @@ impl Router {
                     let egress = [Egress { iface: Iface::Net(m), next_hop: k.dst }, Egress { iface: Iface::Net(n), next_hop: k.src }];
                     return Decision::Flow { reply: k.reverse(), egress, kind: FlowKind::Routed, tag: conntrack::NO_TAG };
                 }
+                // Into a VPN peer's tunnel, never translated; only from networks it may reach.
+                if let Some(v) = &self.vpn {
+                    if let Some(p) = v.route(k.dst) {
+                        if !v.may_reach(p, n) {
+                            return Decision::Drop(DropReason::NoRoute);
+                        }
+                        let egress = [Egress { iface: Iface::Tunnel(p), next_hop: k.dst }, Egress { iface: Iface::Net(n), next_hop: k.src }];
+                        return Decision::Flow { reply: k.reverse(), egress, kind: FlowKind::Routed, tag: conntrack::NO_TAG };
+                    }
+                }
                 let Some(public) = &self.cfg.public else { return Decision::Drop(DropReason::NoRoute) };
                 let nat_ip = self.static_by_private.get(&k.src).copied().unwrap_or(public.source_nat_ip);
                 let Some(reply) = self.nat_reply(now, k, k.dst, k.dport, nat_ip) else { return Decision::Drop(DropReason::NatExhausted) };
@@ -960,6 +1023,22 @@ impl Router {
                     Egress { iface: Iface::Public, next_hop: self.public_next_hop(k.src) },
                 ];
                 Decision::Flow { reply, egress, kind: FlowKind::Dnat, tag: conntrack::NO_TAG }
+            }
+            Iface::Tunnel(p) => {
+                let Some(v) = &self.vpn else { return Decision::Drop(DropReason::NoRoute) };
+                // The router itself: its VPN address (ping, DNS), a reachable network's gateway.
+                if k.dst == v.address() {
+                    return Decision::Local;
+                }
+                let Some(m) = self.net_of(k.dst) else { return Decision::Drop(DropReason::NoRoute) };
+                if !v.may_reach(p, m) {
+                    return Decision::Drop(DropReason::NoRoute);
+                }
+                if self.gateway(m) == Some(k.dst) {
+                    return Decision::Local;
+                }
+                let egress = [Egress { iface: Iface::Net(m), next_hop: k.dst }, Egress { iface: Iface::Tunnel(p), next_hop: k.src }];
+                Decision::Flow { reply: k.reverse(), egress, kind: FlowKind::Routed, tag: conntrack::NO_TAG }
             }
         }
     }
@@ -1086,13 +1165,13 @@ impl Router {
                 return Verdict::Consumed;
             }
         }
-        // DNS on the router's addresses, for guests only.
-        if let (Iface::Net(n), proto::UDP) = (from, protocol) {
+        // DNS on the router's addresses, for guests and VPN peers only.
+        if let (Iface::Net(_) | Iface::Tunnel(_), proto::UDP) = (from, protocol) {
             if dport == Some(53) && self.serves_dns() {
                 let udp = &buf.frame()[14 + hl..14 + tl];
                 let sport = be16(udp, 0);
                 let payload = udp[8..].to_vec();
-                return match self.dns_in(now, n, eth_src, src, sport, dst, &payload) {
+                return match self.dns_in(now, from, eth_src, src, sport, dst, &payload) {
                     Ok(()) => Verdict::Consumed,
                     Err(r) => Verdict::Drop(r),
                 };

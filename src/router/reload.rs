@@ -54,6 +54,7 @@ impl Router {
         self.neigh.forget(|i| match i {
             Iface::Net(n) => keep(n),
             Iface::Public => public_kept,
+            Iface::Tunnel(_) => true,
         });
         // An address that changes hands (a VM gone, another with its address, a new MAC) is
         // asked again rather than sent to the MAC it had.
@@ -100,6 +101,10 @@ impl Router {
         self.release_backends();
         self.lb.reconfigure(cfg.lbs.clone());
         self.mac = mac;
+        match (self.vpn.as_mut(), cfg.vpn.clone()) {
+            (Some(v), Some(spec)) => v.reconfigure(spec),
+            (_, spec) => self.vpn = spec.map(crate::vpn::Vpn::new),
+        }
         self.cfg = cfg;
         let targets = self.lb.check_targets();
         let seed = self.rng.u64();
@@ -196,6 +201,11 @@ impl Router {
                 if let Some(m) = self.net_of(k.dst) {
                     return (out.iface == Iface::Net(m) && f.reply == k.reverse()).then_some(f.egress);
                 }
+                // Into a VPN peer's tunnel: the same peer, still allowed this network.
+                if let Some(p) = self.vpn.as_ref().and_then(|v| v.route(k.dst)) {
+                    let ok = out.iface == Iface::Tunnel(p) && self.vpn.as_ref().is_some_and(|v| v.may_reach(p, n)) && f.reply == k.reverse();
+                    return ok.then_some(f.egress);
+                }
                 // Source NAT: the same public address (static NAT or source NAT).
                 let public = self.cfg.public.as_ref()?;
                 let nat_ip = self.static_by_private.get(&k.src).copied().unwrap_or(public.source_nat_ip);
@@ -227,6 +237,12 @@ impl Router {
                     return None;
                 }
                 Some([out, back])
+            }
+            Iface::Tunnel(p) => {
+                let v = self.vpn.as_ref()?;
+                let m = self.net_of(k.dst)?;
+                let ok = v.allowed(p, k.src) && v.may_reach(p, m) && out.iface == Iface::Net(m) && f.reply == k.reverse();
+                ok.then_some(f.egress)
             }
         }
     }

@@ -30,13 +30,13 @@ pub(super) const DNS_PER_SOURCE: u32 = 128;
 #[derive(Clone, Copy)]
 pub(super) enum DnsClient {
     /// A datagram from `ip:port` (at `mac`) to the router address `server`, with its DNS id.
-    Udp { net: NetId, mac: MacAddr, ip: Ipv4Addr, port: u16, server: Ipv4Addr, dns_id: u16 },
+    Udp { iface: Iface, mac: MacAddr, ip: Ipv4Addr, port: u16, server: Ipv4Addr, dns_id: u16 },
     /// A query on one of the router's TCP connections.
     Tcp { net: NetId, handle: smoltcp::iface::SocketHandle },
 }
 
 /// A UDP query in flight, as its client would retransmit it.
-type UdpQuery = (NetId, Ipv4Addr, u16, u16);
+type UdpQuery = (Iface, Ipv4Addr, u16, u16);
 
 /// The services' state inside the router.
 pub struct Services {
@@ -339,13 +339,13 @@ impl Router {
 
     /// A DNS query over UDP from a guest on `net` to the router address `server`.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn dns_in(&mut self, now: Instant, net: NetId, mac: MacAddr, ip: Ipv4Addr, port: u16, server: Ipv4Addr, payload: &[u8]) -> Result<(), DropReason> {
+    pub(super) fn dns_in(&mut self, now: Instant, iface: Iface, mac: MacAddr, ip: Ipv4Addr, port: u16, server: Ipv4Addr, payload: &[u8]) -> Result<(), DropReason> {
         if self.svc.dns.is_none() {
             return Err(DropReason::NoL3);
         }
         let dns_id = payload.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
         // The client asking again before the answer came: it gets that one answer.
-        if self.svc.udp_pending.contains(&(net, ip, port, dns_id)) {
+        if self.svc.udp_pending.contains(&(iface, ip, port, dns_id)) {
             return Ok(());
         }
         if self.svc.dns_clients.len() >= DNS_CLIENTS || self.svc.dns_by_src.get(&ip).is_some_and(|n| *n >= DNS_PER_SOURCE) {
@@ -354,9 +354,9 @@ impl Router {
         self.svc.next_client += 1;
         let id = self.svc.next_client;
         // Registered first: the answer may come at once (local names, the cache).
-        self.svc.dns_clients.insert(id, DnsClient::Udp { net, mac, ip, port, server, dns_id });
+        self.svc.dns_clients.insert(id, DnsClient::Udp { iface, mac, ip, port, server, dns_id });
         *self.svc.dns_by_src.entry(ip).or_insert(0) += 1;
-        self.svc.udp_pending.insert((net, ip, port, dns_id));
+        self.svc.udp_pending.insert((iface, ip, port, dns_id));
         let (r, tcp) = self.with_dns(|d, out| d.query(now, dns::Client { id }, dns::Transport::Udp, payload, out)).ok_or(DropReason::NoL3)?;
         if r.is_err() {
             self.forget_client(id);
@@ -369,8 +369,8 @@ impl Router {
 
     fn forget_client(&mut self, id: u64) -> Option<DnsClient> {
         let c = self.svc.dns_clients.remove(&id)?;
-        if let DnsClient::Udp { net, ip, port, dns_id, .. } = c {
-            self.svc.udp_pending.remove(&(net, ip, port, dns_id));
+        if let DnsClient::Udp { iface, ip, port, dns_id, .. } = c {
+            self.svc.udp_pending.remove(&(iface, ip, port, dns_id));
             if let Some(n) = self.svc.dns_by_src.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -481,8 +481,8 @@ impl Router {
                         self.svc.tcp.answer(net, handle, client.id, &payload);
                         tcp = true;
                     }
-                    Some(DnsClient::Udp { net, mac, ip, port, server, .. }) => {
-                        self.emit_udp(Iface::Net(net), mac, server, ip, 53, port, &payload)
+                    Some(DnsClient::Udp { iface, mac, ip, port, server, .. }) => {
+                        self.emit_udp(iface, mac, server, ip, 53, port, &payload)
                     }
                     None => {}
                 },

@@ -139,6 +139,24 @@ drop_reasons! {
     /// A packet of a flow decided under rules a reload replaced, which the new rules decide
     /// differently (its forward, backend, network or permission is gone): the flow ends.
     ReloadRevoked => "reload_revoked",
+    /// A WireGuard datagram from no configured peer: a handshake from an unknown key, or a
+    /// message for a session index no peer holds (strangers, stale sessions).
+    VpnStranger => "vpn_stranger",
+    /// A datagram to the WireGuard port that is not a WireGuard message (type, length, MAC).
+    VpnMalformed => "vpn_malformed",
+    /// A WireGuard data message replayed or outside the replay window.
+    VpnReplay => "vpn_replay",
+    /// A WireGuard message failing authentication (AEAD tag, handshake decryption, an old
+    /// handshake timestamp replayed).
+    VpnBadAuth => "vpn_bad_auth",
+    /// A handshake refused under load (a cookie reply went back instead).
+    VpnUnderLoad => "vpn_under_load",
+    /// A packet routed to a VPN peer whose endpoint is not known yet (a road warrior that has
+    /// not connected).
+    VpnNoEndpoint => "vpn_no_endpoint",
+    /// A decrypted packet whose source lies outside its peer's `allowed_ips` (cryptokey
+    /// routing).
+    VpnSourceNotAllowed => "vpn_source_not_allowed",
 }
 
 /// Counters of one port. Owned by the datapath thread; snapshots are copied out.
