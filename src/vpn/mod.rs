@@ -413,14 +413,9 @@ impl Vpn {
         p.endpoint = Some(from);
         if flush {
             // A session just came up: packets that waited for it go now.
-            loop {
-                match p.tunn.decapsulate(None, &[], &mut self.scratch) {
-                    TunnResult::WriteToNetwork(d) => {
-                        p.counters.tx_packets += 1;
-                        out.push((from, d.to_vec()));
-                    }
-                    _ => break,
-                }
+            while let TunnResult::WriteToNetwork(d) = p.tunn.decapsulate(None, &[], &mut self.scratch) {
+                p.counters.tx_packets += 1;
+                out.push((from, d.to_vec()));
             }
         }
         self.note_handshake(now, peer);
