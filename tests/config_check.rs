@@ -141,3 +141,47 @@ fn run_refuses_a_broken_config_and_a_missing_file() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot read"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `[wireguard]`: keys read from files only their owner may read, the endpoint on a public
+/// address, peers' prefixes clear of the account's networks and of each other.
+#[test]
+fn wireguard_sections_are_checked() {
+    let dir = std::env::temp_dir().join(format!("vrouter-check-{}-wg", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("acct.key");
+    std::fs::write(&key, "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n").unwrap();
+    ok(&["chmod", "600", key.to_str().unwrap()]);
+    let loose = dir.join("loose.key");
+    std::fs::write(&loose, "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n").unwrap();
+    ok(&["chmod", "644", loose.to_str().unwrap()]);
+    let good = format!(
+        "{BASE}\n[public]\nkind = \"tap\"\nifname = \"vr-pub\"\nips = [\"203.0.113.10/24\"]\ngateway = \"203.0.113.1\"\n\n[wireguard]\nlisten = \"203.0.113.10:51820\"\nprivate_key_file = \"acct.key\"\naddress = \"10.250.0.1/24\"\n\n[[wireguard.peer]]\nname = \"branch\"\npublic_key = \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\nendpoint = \"198.51.100.7:51820\"\nallowed_ips = [\"192.168.50.0/24\"]\nnetworks = [\"web\"]\npersistent_keepalive = 25\n"
+    );
+    let checkin = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        let o = run(&[bin(), "check", "-c", p.to_str().unwrap()]);
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, err) = checkin("good.toml", &good);
+    assert_eq!(code, 0, "{err}");
+    let bad = [
+        ("loose", good.replace("acct.key", "loose.key"), 31, "wireguard.private_key_file", "lets others read the key"),
+        ("missing", good.replace("acct.key", "none.key"), 31, "wireguard.private_key_file", "No such file"),
+        ("listen", good.replace("203.0.113.10:51820", "203.0.113.99:51820"), 30, "wireguard.listen", "not one of public.ips"),
+        ("overlap", good.replace("192.168.50.0/24", "10.1.0.0/16"), 38, "wireguard.peer[0].allowed_ips[0]", "overlaps network \"web\""),
+        ("net", good.replace("networks = [\"web\"]", "networks = [\"nope\"]"), 39, "wireguard.peer[0].networks[0]", "no [[network]] is named"),
+        ("key", good.replace("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", "short"), 36, "wireguard.peer[0].public_key", "not"),
+        ("own", good.replace("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="), 36, "wireguard.peer[0].public_key", "the router's own public key"),
+        ("name", good.replace("name = \"branch\"", "name = \"db\""), 35, "wireguard.peer[0].name", "also a network's name"),
+        ("address", good.replace("10.250.0.1/24", "10.1.1.5/24"), 32, "wireguard.address", "overlaps network"),
+        ("unknown", good.replace("persistent_keepalive = 25", "keepalive = 25"), 40, "wireguard.peer[0].keepalive", "unknown field"),
+    ];
+    for (name, text, line, key, phrase) in bad {
+        let (code, err) = checkin(&format!("{name}.toml"), &text);
+        assert_eq!(code, 1, "{name}: {err}");
+        let want = format!("{name}.toml:{line}: {key}:");
+        assert!(err.contains(&want) && err.contains(phrase), "{name}: expected {want:?} and {phrase:?} in: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
