@@ -22,7 +22,9 @@
 # (scripts/lib/bench-metadata.sh); NO_RELOAD=1 the live reconfiguration at scale (scripts/lib/
 # bench-reload.sh: 1000 ports, 10k forwards, 10k firewall rules applied and changed one rule at a
 # time, the datapath's pause, ping loss across the changes, per-packet cost at 10 and 20k rules,
-# beside nftables loading the same rules). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
+# beside nftables loading the same rules); NO_VPN=1 the VPN part (scripts/lib/bench-vpn.sh: iperf3
+# guest to a branch LAN through vrouter's WireGuard beside a wireguard-go gateway, and a handshake
+# flood). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
 # Then DHCP leases/s and DNS queries/s, vrouter beside dnsmasq (scripts/lib/bench-services.sh).
 # Add --micro to also run the criterion per-stage benchmarks (ns/frame): l2_forward, and
 # l3_nat when benches/l3_nat.rs exists.
@@ -314,6 +316,11 @@ fi
 # ---- VXLAN: guest to guest across an underlay, two vrouters and two kernel VTEPs ----
 if [ -z "${NO_VXLAN:-}" ]; then
     VR=$VR bash scripts/lib/bench-vxlan.sh
+fi
+
+# ---- VPN: guest to a branch LAN through vrouter's WireGuard beside a wireguard-go gateway ----
+if [ -z "${NO_VPN:-}" ]; then
+    VR=$VR bash scripts/lib/bench-vpn.sh
 fi
 
 # ---- Metadata: requests/s from a guest, vrouter's service beside nginx ----

@@ -549,8 +549,8 @@ fn render(t: Table, data: &Value) -> String {
             }).collect();
             out += &table(&rows, &["name", "endpoint", "allowed", "handshake", "rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "drops"]);
             out += &format!(
-                "dropped: strangers {} malformed {} replays {} bad_auth {} under_load {} (cookies sent {})\n",
-                data["strangers"], data["malformed"], data["replays"], data["bad_auth"], data["under_load"], data["cookies_sent"]
+                "dropped: strangers {} malformed {} replays {} bad_auth {} under_load {} rate_limited {} (cookies sent {})\n",
+                data["strangers"], data["malformed"], data["replays"], data["bad_auth"], data["under_load"], data["rate_limited"], data["cookies_sent"]
             );
             out
         }

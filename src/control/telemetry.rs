@@ -267,7 +267,7 @@ impl Telemetry {
             let ago = v.peers.iter().map(|p| (vec![("peer", p.name.clone())], p.last_handshake_secs.map_or(-1, |s| s as i64))).collect();
             o.gauge("vrouter_vpn_last_handshake_age", "Seconds since each peer's last handshake (-1: none yet).", Some(Unit::Seconds), ago)?;
             let c = &v.counters;
-            let drops = [("stranger", c.strangers), ("malformed", c.malformed), ("replay", c.replays), ("bad_auth", c.bad_auth), ("under_load", c.under_load)];
+            let drops = [("stranger", c.strangers), ("malformed", c.malformed), ("replay", c.replays), ("bad_auth", c.bad_auth), ("under_load", c.under_load), ("rate_limited", c.rate_limited)];
             o.counter("vrouter_vpn_dropped_datagrams", "WireGuard datagrams dropped, by reason.", None, drops.iter().map(|(r, n)| (vec![("reason", r.to_string())], *n)).collect())?;
             let refused = per(&|p| p.counters.source_not_allowed);
             o.counter("vrouter_vpn_source_not_allowed", "Decrypted packets from a peer with a source outside its allowed_ips.", None, refused)?;

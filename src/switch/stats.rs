@@ -149,8 +149,12 @@ drop_reasons! {
     /// A WireGuard message failing authentication (AEAD tag, handshake decryption, an old
     /// handshake timestamp replayed).
     VpnBadAuth => "vpn_bad_auth",
-    /// A handshake refused under load (a cookie reply went back instead).
+    /// A handshake refused under load (a cookie reply went back instead, within a global
+    /// budget of replies per second).
     VpnUnderLoad => "vpn_under_load",
+    /// A handshake message over its source address's rate (20/s, burst 40), dropped before
+    /// any cryptography.
+    VpnRateLimited => "vpn_rate_limited",
     /// A packet routed to a VPN peer whose endpoint is not known yet (a road warrior that has
     /// not connected).
     VpnNoEndpoint => "vpn_no_endpoint",

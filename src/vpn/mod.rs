@@ -43,6 +43,17 @@ pub const OVERHEAD_DEFAULT: u16 = 80;
 pub const SEAL_OVERHEAD: usize = 32 + 15;
 /// The largest handshake message (an initiation).
 const HANDSHAKE_MAX: usize = 148;
+/// Handshake messages one source address may send per second (and its burst), checked before
+/// any cryptography: a peer needs one every two minutes, retries every five seconds, and even
+/// many road warriors behind one NAT stay far below; a flood from one address costs a lookup.
+const HS_PER_SOURCE: u32 = 20;
+const HS_BURST: u32 = 40;
+/// Sources tracked; when full the table starts over (a flood of spoofed sources cannot lock a
+/// real peer out, and the global bounds below still hold).
+const HS_SOURCES: usize = 16_384;
+/// Cookie replies per second in all: past the limiter's threshold every handshake costs a
+/// reply, and a spoofed flood must not buy the datapath's whole time with them.
+const COOKIES_PER_SEC: u32 = 5_000;
 
 /// A 32-byte key that never prints.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -129,6 +140,8 @@ pub struct VpnCounters {
     pub bad_auth: u64,
     /// Handshakes refused under load (a cookie reply sent, or no address to send it to).
     pub under_load: u64,
+    /// Handshake messages over their source's rate, dropped before any cryptography.
+    pub rate_limited: u64,
     pub cookies_sent: u64,
     pub handshakes_started: u64,
 }
@@ -197,6 +210,10 @@ pub struct Vpn {
     routes: Vec<(Ipv4Net, u16)>,
     next_tick: Instant,
     next_reset: Instant,
+    /// Handshake messages per source this second: (second, count).
+    hs_sources: HashMap<Ipv4Addr, (u64, u32), foldhash::fast::RandomState>,
+    /// Cookie replies left this second.
+    cookies_left: u32,
     pub counters: VpnCounters,
     /// Decrypted packets land here (a super-frame never comes out of a tunnel: 64 KiB is
     /// WireGuard's own bound).
@@ -246,6 +263,8 @@ impl Vpn {
             routes: Vec::new(),
             next_tick: Instant::ZERO,
             next_reset: Instant::ZERO,
+            hs_sources: HashMap::with_capacity_and_hasher(64, Default::default()),
+            cookies_left: COOKIES_PER_SEC,
             counters: VpnCounters::default(),
             scratch: vec![0u8; 65_536 + 64],
             spec,
@@ -356,6 +375,7 @@ impl Vpn {
             DropReason::VpnBadAuth => c.bad_auth += 1,
             DropReason::VpnUnderLoad => c.under_load += 1,
             DropReason::VpnStranger => c.strangers += 1,
+            DropReason::VpnRateLimited => c.rate_limited += 1,
             _ => c.malformed += 1,
         }
     }
@@ -370,8 +390,33 @@ impl Vpn {
         r
     }
 
+    /// Whether `src` may send another handshake message now (a token per 1/HS_PER_SOURCE s,
+    /// kept as "the second and how many in it", with the burst as the allowance).
+    fn handshake_allowed(&mut self, now: Instant, src: Ipv4Addr) -> bool {
+        let sec = now.millis() / 1000;
+        if self.hs_sources.len() >= HS_SOURCES && !self.hs_sources.contains_key(&src) {
+            self.hs_sources.clear();
+        }
+        let e = self.hs_sources.entry(src).or_insert((sec, 0));
+        // Unused allowance carries over one second (the burst), never more.
+        let elapsed = sec.saturating_sub(e.0);
+        if elapsed > 0 {
+            e.1 = if elapsed == 1 { e.1.saturating_sub(HS_PER_SOURCE) } else { 0 };
+            e.0 = sec;
+        }
+        if e.1 >= HS_BURST {
+            return false;
+        }
+        e.1 += 1;
+        true
+    }
+
     fn receive_inner(&mut self, now: Instant, from: SocketAddrV4, datagram: &[u8], out: &mut Vec<(SocketAddrV4, Vec<u8>)>) -> Result<Rx, DropReason> {
-        // MAC checks first (cheap), cookies under load, before any Diffie-Hellman.
+        // Handshakes are rate-limited per source before any work, then MACs (cheap), then
+        // cookies under load, before any Diffie-Hellman.
+        if matches!(datagram.first(), Some(1 | 2)) && !self.handshake_allowed(now, *from.ip()) {
+            return Err(DropReason::VpnRateLimited);
+        }
         let mut cookie = [0u8; 64];
         let peer = match self.limiter.verify_packet(Some(IpAddr::V4(*from.ip())), datagram, &mut cookie) {
             Ok(Packet::HandshakeInit(p)) => {
@@ -382,8 +427,11 @@ impl Vpn {
             Ok(Packet::PacketCookieReply(p)) => self.by_index(p.receiver_idx)?,
             Ok(Packet::PacketData(p)) => self.by_index(p.receiver_idx)?,
             Err(TunnResult::WriteToNetwork(c)) => {
-                out.push((from, c.to_vec()));
-                self.counters.cookies_sent += 1;
+                if self.cookies_left > 0 {
+                    self.cookies_left -= 1;
+                    out.push((from, c.to_vec()));
+                    self.counters.cookies_sent += 1;
+                }
                 return Err(DropReason::VpnUnderLoad);
             }
             Err(TunnResult::Err(e)) => return Err(reason(&e)),
@@ -483,6 +531,7 @@ impl Vpn {
     pub fn poll(&mut self, now: Instant, out: &mut Vec<(SocketAddrV4, Vec<u8>)>) {
         if now >= self.next_reset {
             self.limiter.reset_count();
+            self.cookies_left = COOKIES_PER_SEC;
             self.next_reset = now + Duration::from_secs(1);
         }
         if now < self.next_tick {

@@ -165,6 +165,29 @@ fn strangers_and_garbage_are_counted_never_answered() {
 }
 
 #[test]
+fn handshakes_are_rate_limited_per_source_before_any_crypto() {
+    let mut v = Vpn::new(spec());
+    let mut out = Vec::new();
+    let junk = [1u8; 148];
+    let flood = ep("198.51.100.66:1000");
+    let refused = (0..100).filter(|_| v.receive(T0, flood, &junk, &mut out) == Err(DropReason::VpnRateLimited)).count();
+    assert_eq!(refused, 100 - HS_BURST as usize, "the burst passes to the MAC check, the rest stops here");
+    // Another source is not affected; data messages are never limited this way.
+    assert_eq!(v.receive(T0, ep("198.51.100.67:1000"), &junk, &mut out), Err(DropReason::VpnMalformed));
+    let mut data = vec![4u8, 0, 0, 0];
+    data.extend_from_slice(&[0; 40]);
+    assert_ne!(v.receive(T0, flood, &data, &mut out), Err(DropReason::VpnRateLimited));
+    // A second later it has its rate again; two seconds later its whole burst.
+    let t1 = Instant(T0.0 + 1000);
+    assert_ne!(v.receive(t1, flood, &junk, &mut out), Err(DropReason::VpnRateLimited));
+    let t3 = Instant(T0.0 + 3000);
+    let refused = (0..100).filter(|_| v.receive(t3, flood, &junk, &mut out) == Err(DropReason::VpnRateLimited)).count();
+    assert_eq!(refused, 100 - HS_BURST as usize);
+    assert_eq!(v.counters.rate_limited, 2 * (100 - HS_BURST as u64));
+    assert!(out.is_empty());
+}
+
+#[test]
 fn cryptokey_routing_is_most_specific_and_sources_route_back() {
     let v = Vpn::new(spec());
     assert_eq!(v.route(a("192.168.50.200")), Some(0));
