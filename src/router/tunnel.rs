@@ -92,11 +92,7 @@ impl Router {
         let Ok(ip) = Ipv4Packet::new_checked(f.get(14..).unwrap_or(&[])) else { return };
         let tl = ip.total_len();
         if b.vnet.is_plain() {
-            let mut pkt = std::mem::take(&mut self.vpn_scratch);
-            pkt.clear();
-            pkt.extend_from_slice(&b.frame()[14..14 + tl]);
-            self.seal_packet(now, peer, &pkt);
-            self.vpn_scratch = pkt;
+            self.seal_packet(now, peer, &b.frame()[14..14 + tl]);
             return;
         }
         // Offload work the guest left to the receiver: done here, since the peer gets bytes.
@@ -154,14 +150,11 @@ impl Router {
         u[0..2].copy_from_slice(&l.port().to_be_bytes());
         u[2..4].copy_from_slice(&ep.port().to_be_bytes());
         u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        u[6..8].copy_from_slice(&[0, 0]);
-        let sum = checksum::add(checksum::pseudo_v4(l.ip().octets(), ep.ip().octets(), proto::UDP, udp_len as u32), u);
-        let c = match !checksum::fold(sum) {
-            0 => 0xffff,
-            c => c,
-        };
-        u[6..8].copy_from_slice(&c.to_be_bytes());
-        b.vnet = VnetHdr::default();
+        // A partial checksum (the pseudo-header's sum, as the kernel leaves it): a port that
+        // takes the offload passes it on, any other has it finished in software at egress.
+        let pseudo = checksum::fold(checksum::pseudo_v4(l.ip().octets(), ep.ip().octets(), proto::UDP, udp_len as u32));
+        u[6..8].copy_from_slice(&pseudo.to_be_bytes());
+        b.vnet = VnetHdr { needs_csum: true, csum_start: 34, csum_offset: 6, ..VnetHdr::default() };
         let hop = self.public_next_hop(*ep.ip());
         match self.resolve(now, Iface::Public, hop) {
             Resolve::Mac(mac) => {
