@@ -75,6 +75,22 @@ fn wireguard_go(lab: &mut Lab, ns: &str, ifname: &str, addr: &str, key: &str, li
     pid
 }
 
+/// GET from the metrics endpoint on loopback, waiting for the next snapshot (published once a
+/// second) to have the VPN in it.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut body = String::new();
+    wait_for("metrics with the VPN", Duration::from_secs(5), || {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+        let _ = s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes());
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        body = out;
+        body.contains("vrouter_vpn_handshakes_total{peer=\"laptop\"} 1")
+    });
+    body
+}
+
 fn stop(lab: &mut Lab, pid: u32) {
     lab.interrupt(pid);
 }
@@ -95,13 +111,16 @@ struct Topo {
 }
 
 /// The account (web with a1, db with b1), its public side, the outside, the branch with its
-/// LAN, and the road warrior's namespace (wireguard not started yet).
-fn topology(lab: &mut Lab, extra_peer: &str) -> Topo {
+/// LAN, and the road warrior's namespace (wireguard not started yet). vrouter starts with the
+/// laptop peer only if `laptop`; `Topo::config` always has it. `router_extra` goes in [router].
+fn topology(lab: &mut Lab, laptop: bool, router_extra: &str) -> Topo {
     let (router_key, router_pub) = keypair(lab, "router");
     let (branch_key, branch_pub) = keypair(lab, "branch");
     let (rw_key, rw_pub) = keypair(lab, "rw");
+    let laptop_peer = format!("[[wireguard.peer]]\nname = \"laptop\"\npublic_key = \"{rw_pub}\"\nallowed_ips = [\"10.250.0.5/32\"]\nnetworks = [\"web\"]\n");
     let config = [
         cfg::router(&lab.id),
+        router_extra.to_string(),
         cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", &format!("domain = \"{DOMAIN}\"\n")),
         cfg::l3_network("db", "10.1.2.0/24", "10.1.2.1", &format!("domain = \"{DOMAIN}\"\n")),
         cfg::port("a1", "web", "tap", &lab.name("a1"), "52:54:00:60:01:11", "ip = \"10.1.1.11\"\nhostname = \"web1\""),
@@ -111,11 +130,10 @@ fn topology(lab: &mut Lab, extra_peer: &str) -> Topo {
         format!(
             "[[wireguard.peer]]\nname = \"branch\"\npublic_key = \"{branch_pub}\"\nendpoint = \"{BRANCH_WAN}:51820\"\nallowed_ips = [\"192.168.50.0/24\"]\npersistent_keepalive = 5\n"
         ),
-        format!("[[wireguard.peer]]\nname = \"laptop\"\npublic_key = \"{rw_pub}\"\nallowed_ips = [\"10.250.0.5/32\"]\nnetworks = [\"web\"]\n"),
-        extra_peer.to_string(),
     ]
     .concat();
-    lab.vrouter(&config);
+    lab.vrouter(&if laptop { format!("{config}{laptop_peer}") } else { config.clone() });
+    let config = format!("{config}{laptop_peer}");
     let (ta1, tb1, tpb) = (lab.name("a1"), lab.name("b1"), lab.name("pb"));
     let a1 = lab.guest("na1", &ta1, "10.1.1.11/24");
     ok(&["ip", "-n", &a1, "route", "add", "default", "via", "10.1.1.1"]);
@@ -166,7 +184,7 @@ fn iperf_ok(lab: &mut Lab, server_ns: &str, server_ip: &str, client_ns: &str, wh
 #[test]
 fn site_to_site_both_ways_encrypted_and_cryptokey_routed() {
     let mut lab = Lab::new("vs");
-    let t = topology(&mut lab, "");
+    let t = topology(&mut lab, true, "");
     let cap = lab.path("public.pcap");
     let dump = lab.spawn_in(&t.out, &["tcpdump", "-i", &lab.name("pb"), "-n", "-U", "-w", cap.to_str().unwrap()], &lab.path("tcpdump.log"));
     let wgb = branch_up(&mut lab, &t);
@@ -252,14 +270,23 @@ fn site_to_site_both_ways_encrypted_and_cryptokey_routed() {
 #[test]
 fn road_warrior_reaches_its_network_and_resolves_names_wrong_key_reaches_nothing() {
     let mut lab = Lab::new("vr");
-    let t = topology(&mut lab, "");
+    let metrics = 40_000 + (std::process::id() % 20_000) as u16;
+    let t = topology(&mut lab, false, &format!("metrics_listen = \"127.0.0.1:{metrics}\"\n"));
     let wgr = lab.name("wgr");
     let endpoint = format!("{PUBLIC_IP}:51820");
     let pid = wireguard_go(&mut lab, &t.rw, &wgr, "10.250.0.5/32", &t.rw_key, None, &t.router_pub, Some(&endpoint), "10.250.0.1/32,10.1.0.0/16");
     ok(&["ip", "-n", &t.rw, "route", "add", "10.1.0.0/16", "dev", &wgr]);
     ok(&["ip", "-n", &t.rw, "route", "add", "10.250.0.1/32", "dev", &wgr]);
+    // Not a peer yet: its handshakes are a stranger's.
+    assert!(!lab.ping(&t.rw, "10.1.1.11", 2), "an unknown key reached a guest");
+    assert!(lab.drops("public", "vpn_stranger") > 0, "{}", lab.show("stats"));
+    // Added live: the next handshake is answered.
+    let f = lab.path("with-laptop.toml");
+    std::fs::write(&f, t.config.replace("@SOCK@", lab.path("ctl.sock").to_str().unwrap()).replace("@STATE@", lab.path("state").to_str().unwrap())).unwrap();
+    let o = run(&[bin(), "ctl", "-s", lab.path("ctl.sock").to_str().unwrap(), "apply", "-f", f.to_str().unwrap()]);
+    assert!(o.status.success(), "apply: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     // vrouter knew no endpoint for it: the road warrior's first handshake taught it.
-    assert!(lab.ping(&t.rw, "10.1.1.11", 10), "road warrior -> web guest: {}", lab.show("vpn"));
+    assert!(lab.ping(&t.rw, "10.1.1.11", 15), "road warrior -> web guest: {}", lab.show("vpn"));
     let v = lab.show("vpn");
     assert!(peer(&v, "laptop")["endpoint"].as_str().unwrap_or("").starts_with(RW_WAN), "{v}");
     // Its own network only: db is not in its `networks`.
@@ -269,6 +296,11 @@ fn road_warrior_reaches_its_network_and_resolves_names_wrong_key_reaches_nothing
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "10.1.1.11", "{}", String::from_utf8_lossy(&o.stderr));
     // The guest reaches back (its reply, then a connection of its own).
     assert!(lab.ping(&t.a1, "10.250.0.5", 5), "web guest -> road warrior");
+    // The peers in the metrics, by name.
+    let body = http_get(metrics, "/metrics");
+    for m in ["vrouter_vpn_rx_bytes_total{peer=\"laptop\"}", "vrouter_vpn_handshakes_total{peer=\"laptop\"}", "vrouter_vpn_dropped_datagrams_total{reason=\"stranger\"}"] {
+        assert!(body.contains(m), "{m} missing from:\n{body}");
+    }
     stop(&mut lab, pid);
 
     // A peer whose key vrouter does not know: its handshakes go unanswered, nothing passes.
