@@ -342,6 +342,7 @@ if [ "${1:-}" = "--micro" ]; then
     if [ "$run_vr" = 1 ]; then
         benches=(--bench l2_forward)
         [ -f benches/l3_nat.rs ] && benches+=(--bench l3_nat)
+        [ -f benches/vpn.rs ] && benches+=(--bench vpn)
         cargo bench --locked "${benches[@]}" -- --noplot 2>&1 | grep -E "^[A-Za-z0-9_]+/|time:|thrpt:"
     else
         echo "(--micro skipped: BENCH_ONLY=$BENCH_ONLY)"

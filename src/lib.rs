@@ -3,7 +3,8 @@
 //! Layout (DESIGN.md, "Architecture"): `wire` (bytes only), `switch` (L2 stages), `router`
 //! (ARP, routing, ICMP, NAT decisions, the services' glue), `conntrack`, `nat`, `filter`
 //! (firewall and egress classifiers, security groups), `lb` (load balancer and health checks),
-//! `dhcp` and `dns` (the sans-IO servers), `metadata` (what cloud-init is told), `offload` (software GSO/checksum), `gro` (receive
+//! `dhcp` and `dns` (the sans-IO servers), `metadata` (what cloud-init is told), `vpn` (WireGuard
+//! peers: boringtun sessions, cryptokey routing, handshake limits), `offload` (software GSO/checksum), `gro` (receive
 //! coalescing), `entropy` (the seeded CSPRNG), `datapath` (the pure pipeline), `build` (config
 //! -> datapath tables, pure), `buf` (packet buffers with headroom), `time` (the core's clock
 //! type), `io` + `sys` (fds, poll loop, lease log, ioctls), `control` (socket API), `config`
