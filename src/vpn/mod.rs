@@ -218,6 +218,8 @@ pub struct Vpn {
     /// Decrypted packets land here (a super-frame never comes out of a tunnel: 64 KiB is
     /// WireGuard's own bound).
     scratch: Vec<u8>,
+    /// Queued packets are sealed here (a decrypted one may still be in `scratch`).
+    flush_buf: Vec<u8>,
 }
 
 fn new_tunn(secret: &StaticSecret, p: &PeerSpec, index: u16) -> Tunn {
@@ -267,6 +269,7 @@ impl Vpn {
             cookies_left: COOKIES_PER_SEC,
             counters: VpnCounters::default(),
             scratch: vec![0u8; 65_536 + 64],
+            flush_buf: vec![0u8; 65_536 + 64],
             spec,
         };
         v.index();
@@ -439,7 +442,7 @@ impl Vpn {
         };
         let p = &mut self.peers[peer as usize];
         let base = self.scratch.as_ptr() as usize;
-        let (res, flush) = match p.tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, &mut self.scratch) {
+        let (res, _) = match p.tunn.decapsulate(Some(IpAddr::V4(*from.ip())), datagram, &mut self.scratch) {
             TunnResult::Done => (Ok(Rx::Done), false),
             TunnResult::Err(e) => {
                 p.counters.rejected += 1;
@@ -459,12 +462,12 @@ impl Vpn {
         };
         // It authenticated: the peer is where it spoke from (roaming).
         p.endpoint = Some(from);
-        if flush {
-            // A session just came up: packets that waited for it go now.
-            while let TunnResult::WriteToNetwork(d) = p.tunn.decapsulate(None, &[], &mut self.scratch) {
-                p.counters.tx_packets += 1;
-                out.push((from, d.to_vec()));
-            }
+        // Packets that waited for a session go as soon as there is one: after the handshake
+        // response when we initiated, after the initiator's first message when it did (a
+        // responder may not send first). The queue is empty almost always: one check.
+        while let TunnResult::WriteToNetwork(d) = p.tunn.decapsulate(None, &[], &mut self.flush_buf) {
+            p.counters.tx_packets += 1;
+            out.push((from, d.to_vec()));
         }
         self.note_handshake(now, peer);
         res

@@ -366,3 +366,107 @@ fn router_opens_datagrams_into_networks_and_seals_guest_packets() {
     etherparse::PacketBuilder::ethernet2(G1.0, R.0).ipv4([10, 1, 2, 11], [10, 250, 0, 5], 64).udp(1, 2).write(&mut g, b"x").unwrap();
     assert_eq!(r.handle(T0, Iface::Net(NetId(1)), &mut PacketBuf::from_frame(&g, VnetHdr::default())), Verdict::Drop(DropReason::NoRoute));
 }
+
+#[test]
+fn tunnel_mtu_frag_needed_for_df_and_fragments_otherwise() {
+    let mut r = router();
+    // A session with the branch first, so what is sealed goes out as data.
+    let mut t = far(BRANCH_KEY, 1);
+    let from = ep("198.51.100.7:51820");
+    let mut buf = vec![0u8; 4096];
+    let TunnResult::WriteToNetwork(init) = t.encapsulate(&ip_packet("192.168.50.10", "10.1.1.11", b"q"), &mut buf) else { panic!() };
+    assert_eq!(r.handle(T0, Iface::Public, &mut datagram(from, init)), Verdict::Consumed);
+    let out = sent(&mut r);
+    let mut data = vec![0u8; 4096];
+    let TunnResult::WriteToNetwork(ka) = t.decapsulate(Some(IpAddr::V4(*from.ip())), &out[0], &mut data) else { panic!() };
+    // The keepalive confirms the session to the router (a responder sends only after that).
+    assert_eq!(r.handle(T0, Iface::Public, &mut datagram(from, ka)), Verdict::Consumed);
+    let big = |df: bool| {
+        let mut g = Vec::new();
+        etherparse::PacketBuilder::ethernet2(G1.0, R.0).ipv4([10, 1, 1, 11], [192, 168, 50, 10], 64).udp(6000, 5000).write(&mut g, &[7u8; 1472]).unwrap();
+        g[20] = if df { 0x40 } else { 0 };
+        crate::wire::ipv4::Ipv4Packet::new_checked(&mut g[14..]).unwrap().fill_checksum();
+        PacketBuf::from_frame(&g, VnetHdr::default())
+    };
+    // DF and over the tunnel's 1420: frag-needed back to the guest, naming 1420.
+    assert_eq!(r.handle(T0, Iface::Net(NetId(0)), &mut big(true)), Verdict::Drop(DropReason::FragNeeded));
+    let icmp = r.outbox.iter().find(|o| o.iface == Iface::Net(NetId(0))).expect("an ICMP error to the guest");
+    let f = icmp.buf.frame();
+    assert_eq!((f[14 + 20], f[14 + 21], u16::from_be_bytes([f[14 + 26], f[14 + 27]])), (3, 4, 1420));
+    r.outbox.clear();
+    // Without DF: two fragments, each sealed on its own, each opened intact by the branch.
+    assert_eq!(r.handle(T0, Iface::Net(NetId(0)), &mut big(false)), Verdict::Consumed);
+    let out = sent(&mut r);
+    assert_eq!(out.len(), 2);
+    let mut total = 0;
+    for d in out {
+        match t.decapsulate(Some(IpAddr::V4(*from.ip())), &d, &mut data) {
+            TunnResult::WriteToTunnelV4(p, _) => {
+                assert!(p.len() <= 1420);
+                total += p.len() - 20;
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+    assert_eq!(total, 8 + 1472, "the whole datagram in two fragments");
+}
+
+#[test]
+fn packets_waiting_for_a_session_leave_when_the_initiator_confirms_it() {
+    // The router has something for the branch before any session: it initiates, and the
+    // packet leaves right after the response arrives.
+    let mut v = Vpn::new(spec());
+    let mut t = far(BRANCH_KEY, 1);
+    let from = ep("198.51.100.7:51820");
+    let mut d = vec![0u8; 2048];
+    let pkt = ip_packet("10.1.1.11", "192.168.50.10", b"first");
+    let (_, n) = v.seal(0, &pkt, &mut d).unwrap();
+    let mut resp = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(r) = t.decapsulate(Some(IpAddr::V4(*from.ip())), &d[..n], &mut resp) else { panic!() };
+    let mut out = Vec::new();
+    assert_eq!(v.receive(T0, from, r, &mut out), Ok(Rx::Done));
+    let mut opened = vec![0u8; 2048];
+    let got: Vec<Vec<u8>> = out
+        .iter()
+        .filter_map(|(_, m)| match t.decapsulate(Some(IpAddr::V4(*from.ip())), m, &mut opened) {
+            TunnResult::WriteToTunnelV4(p, _) => Some(p.to_vec()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![pkt.clone()], "the waiting packet, once");
+
+    // Both sides start at once (the router has a packet waiting, the branch initiates too):
+    // whatever crosses, the packet reaches the branch exactly once, and the branch's reaches
+    // the router, within a few exchanges.
+    let mut v = Vpn::new(spec());
+    let mut t = far(BRANCH_KEY, 2);
+    let (_, n) = v.seal(0, &pkt, &mut d).unwrap();
+    let mut to_branch: Vec<Vec<u8>> = vec![d[..n].to_vec()];
+    let mut buf = vec![0u8; 2048];
+    let theirs = ip_packet("192.168.50.10", "10.1.1.11", b"x");
+    let TunnResult::WriteToNetwork(init) = t.encapsulate(&theirs, &mut buf) else { panic!() };
+    let mut to_router: Vec<Vec<u8>> = vec![init.to_vec()];
+    let (mut at_branch, mut at_router) = (Vec::new(), Vec::new());
+    for _ in 0..6 {
+        let mut out = Vec::new();
+        for m in to_router.drain(..) {
+            if let Ok(Rx::Inner { off, len, .. }) = v.receive(T0, from, &m, &mut out) {
+                at_router.push(v.inner(off, len).to_vec());
+            }
+        }
+        to_branch.extend(out.into_iter().map(|(_, m)| m));
+        for m in to_branch.drain(..) {
+            let mut r = t.decapsulate(Some(IpAddr::V4(*from.ip())), &m, &mut opened);
+            loop {
+                match r {
+                    TunnResult::WriteToTunnelV4(p, _) => at_branch.push(p.to_vec()),
+                    TunnResult::WriteToNetwork(x) => to_router.push(x.to_vec()),
+                    _ => break,
+                }
+                r = t.decapsulate(None, &[], &mut opened);
+            }
+        }
+    }
+    assert_eq!(at_branch, vec![pkt], "the router's waiting packet, once");
+    assert_eq!(at_router, vec![theirs], "the branch's waiting packet, once");
+}
