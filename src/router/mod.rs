@@ -835,7 +835,7 @@ impl Router {
     /// be cut.
     fn send(&mut self, egress: Egress, r: Resolve, origin: Option<Origin>, buf: &mut PacketBuf, tl: usize, df: bool) -> Verdict {
         if let Iface::Tunnel(_) = egress.iface {
-            return self.into_tunnel(egress.iface, buf, tl, df);
+            return self.tunnel_out(egress.iface, buf, tl, df);
         }
         match r {
             Resolve::Mac(mac) => {

@@ -52,7 +52,7 @@ impl Router {
 
     /// A routed packet for a peer: into the outbox, sealed at the next drain. Too big for the
     /// tunnel and not DF: fragmented first (DF was answered with frag-needed before).
-    pub(super) fn into_tunnel(&mut self, iface: Iface, buf: &mut PacketBuf, tl: usize, df: bool) -> Verdict {
+    pub(super) fn tunnel_out(&mut self, iface: Iface, buf: &mut PacketBuf, tl: usize, df: bool) -> Verdict {
         if buf.vnet.gso == Gso::None && tl > self.mtu(iface) && !df {
             return match self.fragment_out(iface, buf, tl) {
                 Ok(()) => Verdict::Consumed,
