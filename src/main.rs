@@ -30,6 +30,10 @@ enum Cmd {
     Run {
         #[arg(short, long, default_value = "conf/vrouter.toml")]
         config: PathBuf,
+        /// Also serve the control protocol on this virtio-serial port (the system VM's line
+        /// to its host: /dev/virtio-ports/org.vrouter.ctl), besides the control socket.
+        #[arg(long, value_name = "PORT")]
+        control_serial: Option<PathBuf>,
     },
     /// Validate a config file and print a summary; exit 1 with file:line: messages on error.
     Check {
@@ -140,7 +144,8 @@ fn main() -> ExitCode {
     let fmt = tracing_subscriber::fmt().with_max_level(filter).with_writer(std::io::stderr).with_target(false);
     match cli.log_format {
         LogFormat::Json => fmt.json().init(),
-        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        // NO_COLOR (no-color.org): a serial console is a terminal whose log ends up in a file.
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()).init(),
     }
     match real_main(cli) {
         Ok(code) => code,
@@ -185,9 +190,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run { config } => {
+        Cmd::Run { config, control_serial } => {
             let Some(v) = load_or_report(&config)? else { return Ok(ExitCode::FAILURE) };
-            vrouter::io::run(&v).context("vrouter run")?;
+            vrouter::io::run(&v, control_serial.as_deref()).context("vrouter run")?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Ctl { socket, cmd } => {

@@ -258,6 +258,62 @@ _vrg_extract_vmlinux() {
     [ "$(od -An -c -N 4 "$out" | tr -d ' ')" = '177ELF' ] || { rm -f "$out"; return 1; }
 }
 
+# _vrg_fetch_unpack DIR PKG...: apt-get download the Debian packages into DIR/debs and unpack
+# them all into DIR/x (the kernel package's /boot and /lib/modules, busybox-static's /bin, ...).
+_vrg_fetch_unpack() {
+    local dir=$1 deb; shift
+    mkdir -p "$dir/debs" "$dir/x"
+    chmod 755 "$dir" "$dir/debs"          # so apt's _apt user may write there
+    chown _apt "$dir/debs" 2>/dev/null || true
+    (cd "$dir/debs" && apt-get download -q "$@") >>"$dir/fetch.log" 2>&1 ||
+        { _vrg_err "apt-get download $* failed"; tail -n 20 "$dir/fetch.log" >&2; return 1; }
+    for deb in "$dir"/debs/*.deb; do
+        nice dpkg -x "$deb" "$dir/x" >>"$dir/fetch.log" 2>&1 || { _vrg_err "dpkg -x $deb failed"; return 1; }
+    done
+}
+
+# _vrg_stage_modules KMOD DEST MODULE...: copies each module (decompressed) and everything it
+# depends on from the kernel's module tree KMOD to DEST/NAME.ko, and prints them in load order
+# (dependencies first), one per line. Built-in modules are skipped. Runs in a subshell.
+_vrg_stage_modules() (
+    set -euo pipefail
+    kmod=$1 dest=$2; shift 2
+    declare -A modpath=() state=()
+    while IFS= read -r -d '' f; do
+        b=${f##*/}; b=${b%%.ko*}; modpath[${b//-/_}]=$f
+    done < <(find "$kmod/kernel" -name '*.ko*' -print0)
+    builtin_list=$(sed -e 's#.*/##' -e 's#\.ko.*##' -e 's#-#_#g' "$kmod/modules.builtin" 2>/dev/null || true)
+    have_moddep=0; [ -s "$kmod/modules.dep" ] && have_moddep=1
+    order=()
+    deps_of() {   # print direct dependencies of module $1 (one per line)
+        if [ $have_moddep = 1 ]; then
+            awk -v m="$1" -F': *' '{ n=$1; sub(/.*\//, "", n); sub(/\.ko.*/, "", n);
+                 gsub(/-/, "_", n); if (n == m) { print $2; exit } }' "$kmod/modules.dep" |
+                tr ' ' '\n' | sed -e 's#.*/##' -e 's#\.ko.*##' -e 's#-#_#g' | sed '/^$/d'
+        else
+            # No modules.dep in the .deb (depmod runs at install time), so
+            # read the "depends=" entry of the module's .modinfo section.
+            tr '\0' '\n' <"$dest/$1.ko" | sed -n 's/^depends=//p' |
+                tr ',' '\n' | sed -e 's#-#_#g' -e '/^$/d'
+        fi
+    }
+    visit() {
+        local m=${1//-/_} d
+        case "${state[$m]:-}" in "done") return 0 ;; active) _vrg_err "module dep cycle at $m"; exit 1 ;; esac
+        if [ -z "${modpath[$m]:-}" ]; then
+            grep -qx "$m" <<<"$builtin_list" && { state[$m]="done"; return 0; }
+            _vrg_err "module $m not found in $kmod"; exit 1
+        fi
+        state[$m]=active
+        _vrg_copy_module "${modpath[$m]}" "$dest/$m.ko" || { _vrg_err "copy $m"; exit 1; }
+        for d in $(deps_of "$m"); do visit "$d"; done
+        state[$m]="done"
+        order+=("$m")
+    }
+    for m in "$@"; do visit "$m"; done
+    printf '%s\n' "${order[@]}"
+)
+
 # guest_image_build: the whole build runs in a subshell with strict options,
 # under an exclusive flock on $VR_GUEST_DIR/.lock; results are renamed into
 # place (atomic per file) and the .stamp is written last, so a concurrent
@@ -278,14 +334,7 @@ guest_image_build() (
 
     # -- fetch and unpack the Debian packages ------------------------------
     kpkg=$(_vrg_kernel_pkg)
-    mkdir -p "$tmp/debs" "$tmp/x"
-    chmod 755 "$tmp" "$tmp/debs"          # so apt's _apt user may write there
-    chown _apt "$tmp/debs" 2>/dev/null || true
-    (cd "$tmp/debs" && apt-get download -q "$kpkg" busybox-static) >>"$log" 2>&1 ||
-        fail "apt-get download $kpkg busybox-static failed"
-    for deb in "$tmp"/debs/*.deb; do
-        nice dpkg -x "$deb" "$tmp/x" >>"$log" 2>&1 || fail "dpkg -x $deb failed"
-    done
+    _vrg_fetch_unpack "$tmp" "$kpkg" busybox-static || fail "fetching the packages"
     kver=${kpkg#linux-image-}
     [ -f "$tmp/x/boot/vmlinuz-$kver" ] || fail "no /boot/vmlinuz-$kver in $kpkg"
     kmod="$tmp/x/lib/modules/$kver"
@@ -309,39 +358,7 @@ guest_image_build() (
     guest_helper_script >"$root/lib/vrguest.sh"
 
     # -- modules: resolve dependencies, order them, copy --------------------
-    declare -A modpath=() state=()
-    while IFS= read -r -d '' f; do
-        b=${f##*/}; b=${b%%.ko*}; modpath[${b//-/_}]=$f
-    done < <(find "$kmod/kernel" -name '*.ko*' -print0)
-    builtin_list=$(sed -e 's#.*/##' -e 's#\.ko.*##' -e 's#-#_#g' "$kmod/modules.builtin" 2>/dev/null || true)
-    have_moddep=0; [ -s "$kmod/modules.dep" ] && have_moddep=1
-    order=()
-    deps_of() {   # print direct dependencies of module $1 (one per line)
-        if [ $have_moddep = 1 ]; then
-            awk -v m="$1" -F': *' '{ n=$1; sub(/.*\//, "", n); sub(/\.ko.*/, "", n);
-                 gsub(/-/, "_", n); if (n == m) { print $2; exit } }' "$kmod/modules.dep" |
-                tr ' ' '\n' | sed -e 's#.*/##' -e 's#\.ko.*##' -e 's#-#_#g' | sed '/^$/d'
-        else
-            # No modules.dep in the .deb (depmod runs at install time), so
-            # read the "depends=" entry of the module's .modinfo section.
-            tr '\0' '\n' <"$root/lib/modules/$1.ko" | sed -n 's/^depends=//p' |
-                tr ',' '\n' | sed -e 's#-#_#g' -e '/^$/d'
-        fi
-    }
-    visit() {
-        local m=${1//-/_} d
-        case "${state[$m]:-}" in "done") return 0 ;; active) fail "module dep cycle at $m" ;; esac
-        if [ -z "${modpath[$m]:-}" ]; then
-            grep -qx "$m" <<<"$builtin_list" && { state[$m]="done"; return 0; }
-            fail "module $m not found in $kpkg"
-        fi
-        state[$m]=active
-        _vrg_copy_module "${modpath[$m]}" "$root/lib/modules/$m.ko" || fail "copy $m"
-        for d in $(deps_of "$m"); do visit "$d"; done
-        state[$m]="done"
-        order+=("$m")
-    }
-    for m in $VR_GUEST_MODULES; do visit "$m"; done
+    order=($(_vrg_stage_modules "$kmod" "$root/lib/modules" $VR_GUEST_MODULES)) || fail "modules"
     printf '%s\n' "${order[@]}" >"$root/etc/vrguest/modules"
 
     # -- pack, then move into place atomically -------------------------------

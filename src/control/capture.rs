@@ -18,8 +18,6 @@ use crate::wire::vnet::{Gso, VnetHdr};
 use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -231,24 +229,14 @@ pub struct Summary {
     pub lost: u64,
 }
 
-fn chunk(s: &mut UnixStream, b: &[u8]) -> io::Result<()> {
+fn chunk(s: &mut impl Write, b: &[u8]) -> io::Result<()> {
     s.write_all(&(b.len() as u32).to_be_bytes())?;
     s.write_all(b)
 }
 
-/// Whether the client closed its end (checked while no frame comes).
-fn hung_up(s: &UnixStream) -> bool {
-    let mut b = [0u8; 1];
-    // SAFETY: recv writes at most one byte into `b`, which lives for the call; MSG_PEEK leaves
-    // the data queued and MSG_DONTWAIT keeps the call from blocking.
-    let n = unsafe { libc::recv(s.as_raw_fd(), b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
-    n == 0 || (n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock)
-}
-
 /// The control thread's side: streams the session's frames to the client until `count` frames
 /// are written or the client goes away, then the statistics and the summary.
-pub fn stream(mut s: UnixStream, ports: &[String], count: Option<u64>, rx: Receiver<Captured>, link: &Link) -> io::Result<Summary> {
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+pub fn stream(mut s: impl super::Conn, ports: &[String], count: Option<u64>, rx: Receiver<Captured>, link: &Link) -> io::Result<Summary> {
     let mut head = pcapng::section_header();
     for p in ports {
         head.extend(pcapng::interface(p));
@@ -268,7 +256,7 @@ pub fn stream(mut s: UnixStream, ports: &[String], count: Option<u64>, rx: Recei
                     if link.closed.load(Ordering::Relaxed) {
                         break;
                     }
-                    if hung_up(&s) {
+                    if s.hung_up() {
                         return Err(io::Error::from(io::ErrorKind::BrokenPipe));
                     }
                 }

@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -201,11 +202,34 @@ fn stalled(beat: &std::sync::atomic::AtomicU64) -> Response {
     Response::ok(serde_json::json!({"status": health::Status::Failing, "checks": [c]}))
 }
 
+/// A control connection: a Unix socket, or the virtio-serial port a system VM's host talks
+/// through. Either carries the same protocol: one request line, one response line (and for a
+/// capture, the stream after it).
+pub trait Conn: Read + Write {
+    /// Whether the client went away (asked while a capture has nothing to send).
+    fn hung_up(&self) -> bool;
+}
+
+impl Conn for UnixStream {
+    fn hung_up(&self) -> bool {
+        let mut b = [0u8; 1];
+        // SAFETY: recv writes at most one byte into `b`, which lives for the call; MSG_PEEK
+        // leaves the data queued and MSG_DONTWAIT keeps the call from blocking.
+        let n = unsafe { libc::recv(self.as_raw_fd(), b.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
+    }
+}
+
 fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::sync::atomic::AtomicU64, applier: &reload::Applier) -> std::io::Result<()> {
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
     let mut line = Vec::new();
     BufReader::new((&s).take(MAX_REQUEST)).read_until(b'\n', &mut line)?;
+    answer(s, &line, tx, wake, beat, applier)
+}
+
+/// Answers one request line on `s` (and streams a capture after the answer).
+fn answer<C: Conn>(mut s: C, line: &[u8], tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::sync::atomic::AtomicU64, applier: &reload::Applier) -> std::io::Result<()> {
     let mut cap = None;
     let resp = match serde_json::from_slice::<Request>(line.trim_ascii()) {
         Err(e) => Response::err(format!("bad request: {e}")),
@@ -239,7 +263,7 @@ fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::syn
     };
     let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| r#"{"ok":false}"#.into());
     out.push('\n');
-    (&s).write_all(out.as_bytes())?;
+    s.write_all(out.as_bytes())?;
     match cap {
         Some((ports, count, (link, rx))) if resp.ok => {
             let sum = capture::stream(s, &ports, count, rx, &link)?;
@@ -248,6 +272,121 @@ fn handle(s: UnixStream, tx: &Sender<Envelope>, wake: &dyn Fn(), beat: &std::syn
         Some((_, _, (link, _))) => link.closed.store(true, Ordering::Relaxed),
         None => {}
     }
+    Ok(())
+}
+
+/// A virtio-serial port (`/dev/virtio-ports/NAME`): the guest's end of a line the host maps to
+/// a Unix socket of its own. The host side connecting and going away is seen as POLLHUP
+/// clearing and returning.
+struct Serial<'a>(&'a std::fs::File);
+
+impl Read for Serial<'_> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        (&*self.0).read(b)
+    }
+}
+
+impl Write for Serial<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(b)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Conn for Serial<'_> {
+    fn hung_up(&self) -> bool {
+        poll_port(self.0, 0) & libc::POLLHUP != 0
+    }
+}
+
+/// poll(2) on one fd for input; the events seen (0 on timeout or error).
+fn poll_port(f: &std::fs::File, timeout_ms: i32) -> i16 {
+    let mut p = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd that lives for the call; the fd is open (owned by `f`).
+    let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    if n > 0 {
+        p.revents
+    } else {
+        0
+    }
+}
+
+/// Serves the control protocol on a virtio-serial port as well (a system VM's line to its
+/// host, where QEMU maps it to a Unix socket): requests are read line by line, each answered
+/// in turn. While no host client is connected the port reads end-of-file (POLLHUP): a partial
+/// request is thrown away, and the port is looked at again every 100 ms. A port that is not
+/// there yet is waited for.
+pub fn serve_serial(
+    path: &Path,
+    tx: Sender<Envelope>,
+    wake: impl Fn() + Send + Sync + 'static,
+    heartbeat: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    applier: std::sync::Arc<reload::Applier>,
+) -> Result<(), ControlError> {
+    let path = path.to_path_buf();
+    let at = path.clone();
+    let io = |source| ControlError::Io { path: at, source };
+    std::thread::Builder::new()
+        .name("control-serial".into())
+        .spawn(move || {
+            let mut warned = false;
+            loop {
+                let f = match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        if !warned {
+                            tracing::warn!(path = %path.display(), "control port not there yet: {e}");
+                            warned = true;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                tracing::info!(path = %path.display(), "control on the serial port");
+                warned = false;
+                let mut pending: Vec<u8> = Vec::new();
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    let ev = poll_port(&f, 500);
+                    if ev & libc::POLLIN == 0 {
+                        if ev & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                            // No host client: whatever half a request was there is gone.
+                            pending.clear();
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        continue;
+                    }
+                    let n = match (&f).read(&mut chunk) {
+                        Ok(0) => {
+                            pending.clear();
+                            std::thread::sleep(Duration::from_millis(100));
+                            continue;
+                        }
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), "control port: {e}");
+                            break;
+                        }
+                    };
+                    pending.extend_from_slice(&chunk[..n]);
+                    while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=i).collect();
+                        if let Err(e) = answer(Serial(&f), &line, &tx, &wake, &heartbeat, &applier) {
+                            tracing::debug!("control port answer: {e}");
+                        }
+                    }
+                    if pending.len() as u64 > MAX_REQUEST {
+                        pending.clear();
+                        let _ = (&f).write_all(b"{\"ok\":false,\"error\":\"request too long\"}\n");
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+        .map_err(io)?;
     Ok(())
 }
 

@@ -153,7 +153,8 @@ pub fn open_ports(c: &Config, ids: &build::Numbering) -> Result<(Vec<Option<Devi
             continue;
         };
         let dev = open_device(&o)?;
-        tracing::info!(port = %o.name, ifname = %o.ifname, kind = build::kind_name(o.kind), offload = ?dev.offload().names(), "port attached");
+        let ifname = o.current_ifname().unwrap_or_default();
+        tracing::info!(port = %o.name, %ifname, mac = ?o.match_mac, kind = build::kind_name(o.kind), offload = ?dev.offload().names(), "port attached");
         devs.push(Some(dev));
     }
     for (spec, dev) in dcfg.ports.iter_mut().zip(&devs) {
@@ -397,7 +398,8 @@ fn open_dns_sockets(poll: &Poll) -> io::Result<Vec<mio::net::UdpSocket>> {
 }
 
 /// Runs the account until SIGINT or SIGTERM.
-pub fn run(v: &Validated) -> Result<(), RunError> {
+/// `control_serial`: a virtio-serial port to serve the control protocol on too.
+pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<(), RunError> {
     let applier = Arc::new(control::reload::Applier::new(v.config.clone(), v.path.clone()));
     let ids = applier.ids();
     let mut config = v.config.clone();
@@ -469,6 +471,18 @@ pub fn run(v: &Validated) -> Result<(), RunError> {
     control::reload::on_sighup(applier.clone(), ctl_tx.clone(), move || {
         let _ = w2.wake();
     })?;
+    if let Some(port) = control_serial {
+        let w3 = waker.clone();
+        control::serve_serial(
+            port,
+            ctl_tx.clone(),
+            move || {
+                let _ = w3.wake();
+            },
+            heartbeat.clone(),
+            applier.clone(),
+        )?;
+    }
     control::serve(
         &sock,
         ctl_tx,
