@@ -27,6 +27,8 @@ have prometheus || need+=(prometheus)   # a real Prometheus scrapes the metrics 
 have tmux || need+=(tmux)               # drives `ctl top` in a terminal in tests
 have systemd-analyze || need+=(systemd) # `systemd-analyze verify` on conf/vrouter@.service
 have cloud-init || need+=(cloud-init)   # its datasource code asks vrouter for metadata in tests/metadata.rs
+have mkfs.ext4 || need+=(e2fsprogs)     # the system VM's state disk (scripts/systemvm.sh)
+have strip || need+=(binutils)          # the system VM's vrouter without its debug info
 have wireguard-go || need+=(wireguard-go)   # the VPN tests' branch and road-warrior peers (userspace WireGuard)
 have wg || need+=(wireguard-tools)          # `wg` configures them
 if [ ${#need[@]} -gt 0 ]; then

@@ -118,7 +118,12 @@ pub fn evaluate(h: &HealthInput) -> Vec<Check> {
         out.push(check("dhcp_pools", Status::Ok, "DHCP not served"));
     } else {
         let worst = h.pools.iter().map(|(_, b, s)| if *s > 0 && b >= s { Status::Failing } else if pct(*b, *s) >= full { Status::Degraded } else { Status::Ok }).max().unwrap_or(Status::Ok);
-        let detail = h.pools.iter().map(|(n, b, s)| format!("{n}: {b} of {s} ({} %)", pct(*b, *s))).collect::<Vec<_>>().join("; ");
+        let detail = h
+            .pools
+            .iter()
+            .map(|(n, b, s)| if *s == 0 { format!("{n}: reservations only") } else { format!("{n}: {b} of {s} ({} %)", pct(*b, *s)) })
+            .collect::<Vec<_>>()
+            .join("; ");
         out.push(check("dhcp_pools", worst, detail));
     }
 

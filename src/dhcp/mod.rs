@@ -141,6 +141,10 @@ pub struct PoolUsage {
     pub network: String,
     pub bound: u64,
     pub size: u64,
+    /// The dynamic part: `dhcp_range` less the reserved addresses in it, and its leases bound
+    /// (what can run out: a reservation always has its address).
+    pub dynamic_bound: u64,
+    pub dynamic_size: u64,
 }
 
 /// What the server wants done.
@@ -1104,7 +1108,13 @@ impl DhcpServer {
             .map(|ns| {
                 let bound = ns.recs.values().filter(|r| r.lease.state == LeaseState::Bound && r.lease.expires > self.now).count() as u64;
                 let reserved_in_pool = ns.pool.map_or(0, |(lo, hi)| ns.res_by_ip.keys().filter(|a| (lo..=hi).contains(*a)).count() as u64);
-                PoolUsage { network: ns.cfg.name.clone(), bound, size: ns.pool_hosts.saturating_sub(reserved_in_pool) + ns.res_by_ip.len() as u64 }
+                let dynamic_bound = ns
+                    .recs
+                    .values()
+                    .filter(|r| r.lease.state == LeaseState::Bound && r.lease.expires > self.now && !ns.res_by_ip.contains_key(&u32::from(r.lease.ip)))
+                    .count() as u64;
+                let dynamic_size = ns.pool_hosts.saturating_sub(reserved_in_pool);
+                PoolUsage { network: ns.cfg.name.clone(), bound, size: dynamic_size + ns.res_by_ip.len() as u64, dynamic_bound, dynamic_size }
             })
             .collect()
     }

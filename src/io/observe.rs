@@ -72,7 +72,8 @@ pub(super) fn health_input(dp: &mut Datapath, slots: &[Slot], now: Instant, cfg:
     let r = dp.router();
     let secs_ago = |t: Option<Instant>| t.map(|t| now.since(t).as_secs());
     let dns = r.dns_upstream_health().map(|(has, a, t)| (has, secs_ago(a), secs_ago(t)));
-    let pools = r.dhcp_pools().into_iter().map(|p| (p.network, p.bound, p.size)).collect();
+    // Only a dynamic pool can run out: reserved addresses are always their VMs'.
+    let pools = r.dhcp_pools().into_iter().map(|p| (p.network, p.dynamic_bound, p.dynamic_size)).collect();
     let lease_log = r.serves_any_dhcp().then(|| r.lease_store().0.map(String::from));
     let lb = r
         .lb_rows()

@@ -256,6 +256,14 @@ impl Lab {
         (0..tries).any(|_| self.exec(ns, &["ping", "-c", "1", "-W", "1", dst]).status.success())
     }
 
+    /// Sends SIGKILL to a child (a crash, a VM pulled) and reaps it.
+    pub fn kill(&mut self, pid: u32) {
+        signal(pid, "KILL");
+        if let Some(c) = self.children.iter_mut().find(|c| c.id() == pid) {
+            let _ = c.wait();
+        }
+    }
+
     /// Sends SIGINT to a child (tcpdump flushes its file) and waits for it.
     pub fn interrupt(&mut self, pid: u32) {
         signal(pid, "INT");
