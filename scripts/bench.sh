@@ -24,7 +24,9 @@
 # time, the datapath's pause, ping loss across the changes, per-packet cost at 10 and 20k rules,
 # beside nftables loading the same rules); NO_VPN=1 the VPN part (scripts/lib/bench-vpn.sh: iperf3
 # guest to a branch LAN through vrouter's WireGuard beside a wireguard-go gateway, and a handshake
-# flood). BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
+# flood); NO_SYSTEMVM=1 the system VM (scripts/lib/bench-systemvm.sh: image size, QEMU start to
+# the first DHCP ACK, iperf3 through it beside a Linux router VM of the same kernel, under TCG).
+# BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
 # Then DHCP leases/s and DNS queries/s, vrouter beside dnsmasq (scripts/lib/bench-services.sh).
 # Add --micro to also run the criterion per-stage benchmarks (ns/frame): l2_forward, and
 # l3_nat when benches/l3_nat.rs exists.
@@ -321,6 +323,11 @@ fi
 # ---- VPN: guest to a branch LAN through vrouter's WireGuard beside a wireguard-go gateway ----
 if [ -z "${NO_VPN:-}" ]; then
     VR=$VR bash scripts/lib/bench-vpn.sh
+fi
+
+# ---- System VM: boot to first ACK, iperf3 through it beside a Linux router VM (QEMU/TCG) ----
+if [ -z "${NO_SYSTEMVM:-}" ] && [ "$run_vr" = 1 ]; then
+    VR=$VR bash scripts/lib/bench-systemvm.sh
 fi
 
 # ---- Metadata: requests/s from a guest, vrouter's service beside nginx ----

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vrouter as an account's system VM: builds a bootable kernel + initrd from Debian packages.
 #
-#   scripts/systemvm.sh build DIR [--state-disk] [--binary PATH]
+#   scripts/systemvm.sh build DIR [--state-disk] [--pvh] [--binary PATH]
 #
 # Writes DIR/kernel (Debian's linux-image-*-amd64 as shipped) and DIR/initrd (busybox-static, the
 # modules the VM needs, the vrouter binary and the libraries it links, and an /init), bootable
@@ -15,6 +15,9 @@
 # --state-disk also writes DIR/state.img (64 MiB ext4, label vrouter-state) unless one is there
 # already (it holds the leases and the last applied config: never overwritten; delete it to
 # start afresh). --binary takes that vrouter binary instead of building target/release/vrouter.
+# --pvh also writes DIR/vmlinux, the same kernel decompressed (an ELF QEMU boots by PVH): 66 MB
+# instead of 8, for hosts that run the VM under TCG, where decompressing the bzImage takes ~4 s
+# of the boot (under KVM it takes milliseconds).
 #
 # At boot (/init): modules loaded in dependency order; the state disk (the first virtio disk,
 # /dev/vda) mounted at /var/lib/vrouter; the config is /var/lib/vrouter/vrouter.toml: copied
@@ -34,13 +37,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/guest-image.sh
 
-usage() { echo "usage: $0 build DIR [--state-disk] [--binary PATH]" >&2; exit 2; }
+usage() { echo "usage: $0 build DIR [--state-disk] [--pvh] [--binary PATH]" >&2; exit 2; }
 [ $# -ge 2 ] && [ "$1" = build ] || usage
 dir=$2; shift 2
-state_disk=0 binary=""
+state_disk=0 pvh=0 binary=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --state-disk) state_disk=1 ;;
+        --pvh) pvh=1 ;;
         --binary) binary=${2:?--binary needs a path}; shift ;;
         *) usage ;;
     esac
@@ -162,9 +166,13 @@ chmod 755 "$root/init"
 mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
 mknod -m 666 "$root/dev/null" c 1 3 2>/dev/null || true
 find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-(cd "$root" && find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet) | gzip -9n >"$tmp/initrd"
+(cd "$root" && find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --reproducible --quiet) | gzip -9n >"$tmp/initrd"
 cp "$tmp/x/boot/vmlinuz-$kver" "$tmp/kernel"
 mv -f "$tmp/kernel" "$dir/kernel"
+if [ "$pvh" = 1 ]; then
+    _vrg_extract_vmlinux "$dir/kernel" "$tmp/vmlinux" || { echo "systemvm: cannot decompress the kernel for PVH" >&2; exit 1; }
+    mv -f "$tmp/vmlinux" "$dir/vmlinux"
+fi
 mv -f "$tmp/initrd" "$dir/initrd"
 chmod 644 "$dir/kernel" "$dir/initrd"
 

@@ -22,12 +22,23 @@ const G2_MAC: &str = "52:54:00:5b:01:12";
 const VM_MAC: &str = "52:54:00:5b:02:11";
 const DOMAIN: &str = "acct.internal";
 
-/// The image, built once per test run with the binary under test.
+/// The image, built with the binary under test; built twice, it must be the same bytes.
 fn image(lab: &Lab) -> PathBuf {
+    let build = |dir: &Path| {
+        let o = run(&["bash", repo().join("scripts/systemvm.sh").to_str().unwrap(), "build", dir.to_str().unwrap(), "--state-disk", "--binary", bin()]);
+        assert!(o.status.success(), "systemvm.sh: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        eprintln!("{}", String::from_utf8_lossy(&o.stdout).trim());
+        ["kernel", "initrd", "state.img"].map(|f| std::fs::read(dir.join(f)).unwrap())
+    };
     let dir = lab.path("image");
-    let o = run(&["bash", repo().join("scripts/systemvm.sh").to_str().unwrap(), "build", dir.to_str().unwrap(), "--state-disk", "--binary", bin()]);
-    assert!(o.status.success(), "systemvm.sh: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    eprintln!("{}", String::from_utf8_lossy(&o.stdout).trim());
+    let first = build(&dir);
+    let again = build(&lab.path("image-again"));
+    for (i, f) in ["kernel", "initrd", "state.img"].iter().enumerate() {
+        assert!(first[i] == again[i], "{f} differs between two builds from the same inputs");
+    }
+    let _ = std::fs::remove_dir_all(lab.path("image-again"));
+    let size = first[0].len() + first[1].len();
+    assert!(size < 30_000_000, "kernel + initrd are {size} bytes");
     dir
 }
 

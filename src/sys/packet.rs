@@ -52,8 +52,14 @@ impl PacketSocket {
         let vnet = want_vnet && setsockopt_int(raw, libc::SOL_PACKET, libc::PACKET_VNET_HDR, 1).is_ok();
         setsockopt_int(raw, libc::SOL_PACKET, libc::PACKET_AUXDATA, 1)?;
         let _ = setsockopt_int(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1);
-        let _ = setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20);
-        let _ = setsockopt_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
+        // Room for a burst of 64 KiB super-frames each way: past net.core.[rw]mem_max (212 KiB
+        // by default, three super-frames) with CAP_NET_ADMIN, which vrouter has; capped by it
+        // otherwise.
+        for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+            if setsockopt_int(raw, libc::SOL_SOCKET, force, 4 << 20).is_err() {
+                let _ = setsockopt_int(raw, libc::SOL_SOCKET, plain, 4 << 20);
+            }
+        }
         // SAFETY: sockaddr_ll is plain old data.
         let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
