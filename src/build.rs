@@ -14,7 +14,7 @@ use crate::conntrack::Timeouts;
 use crate::datapath::{DatapathConfig, NetSpec, PortSpec};
 use crate::filter::{Classifier, Rule};
 use crate::router::{Forward, L3Config, NetL3, PublicL3};
-use crate::switch::{NetId, Role, Security};
+use crate::switch::{NetId, PortId, Role, Security};
 use crate::wire::ethernet::MacAddr;
 use crate::wire::ipv4::proto;
 use std::collections::HashMap;
@@ -557,11 +557,20 @@ pub fn services(c: &Config, ids: &Numbering) -> ServiceSpec {
 
 /// Every guest port's metadata (what cloud-init is told), keyed by its port slot.
 pub fn metadata(c: &Config, ids: &Numbering) -> Vec<crate::router::meta::VmSpec> {
+    let mut remote = crate::router::meta::REMOTE_BASE;
     c.ports
         .iter()
         .filter_map(|p| {
+            // A remote VM has no datapath port: the metadata service numbers it on its own.
+            let port = if p.kind == IfKind::Remote {
+                remote += 1;
+                PortId(remote - 1)
+            } else {
+                ids.port(&p.name)?
+            };
             Some(crate::router::meta::VmSpec {
-                port: ids.port(&p.name)?,
+                port,
+                via: p.via.as_deref().and_then(|v| ids.port(v)),
                 net: ids.net(&p.network)?,
                 mac: p.mac,
                 fixed_ip: p.ip,

@@ -593,8 +593,9 @@ impl Datapath {
         let mut out = std::mem::take(&mut self.router.outbox);
         for mut o in out.drain(..) {
             match (o.port, o.iface) {
-                // Only to a port of that very network.
-                (Some(p), Iface::Net(n)) if matches!(self.ports.get(p.0 as usize).map(|s| &s.role), Some(Role::Access { net, .. }) if *net == n) => {
+                // Only to a port that carries that very network (a VM's own, or the uplink a
+                // remote VM sits behind).
+                (Some(p), Iface::Net(n)) if self.ports.get(p.0 as usize).is_some_and(|s| s.role.carries(n)) => {
                     self.output(now, p, Some(n), &mut o.buf, tx);
                 }
                 (Some(_), _) => {}

@@ -169,6 +169,11 @@ fn uplink_carries_its_native_network_untagged_with_a_remote_vm() {
     assert_eq!(up["untagged"], "web", "{up}");
     assert!(!ports.as_array().unwrap().iter().any(|p| p["name"] == "vm"), "a remote VM has no port of its own");
     assert_eq!(lab.drops("webnic", "untagged_on_trunk"), 0);
+    // Its metadata, through the uplink: by its MAC there and its address.
+    let py = "import urllib.request\nprint(urllib.request.urlopen('http://169.254.169.254/latest/meta-data/local-hostname', timeout=3).read().decode())\n";
+    ok(&["ip", "-n", &vm_ns, "route", "replace", "default", "via", "10.1.1.1"]);
+    let o = lab.exec(&vm_ns, &["python3", "-c", py]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "vm", "metadata behind the uplink: {}{}", String::from_utf8_lossy(&o.stderr), lab.show("stats"));
     // A guest on another port (no port security of its own) sending from the remote VM's MAC.
     let a2 = lab.guest("n2", &lab.name("a2"), "10.1.1.50/24");
     ok(&["ip", "-n", &a2, "link", "set", &lab.name("a2"), "address", "52:54:00:42:01:30"]);

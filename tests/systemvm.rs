@@ -215,6 +215,7 @@ if busybox udhcpc -i eth0 -n -q -t 30 -T 2 -s /tmp/udhcpc.sh; then echo VRT_DHCP
 nslookup web1.acct.internal 10.1.2.1 2>&1 | grep -q 10.1.1.11 && echo VRT_NAME_OK || echo VRT_NAME_FAIL
 if vrg_wait_ping 10.1.1.11 60; then echo VRT_WEB_OK; else echo VRT_WEB_FAIL; fi
 if vrg_wait_ping 198.51.100.5 30; then echo VRT_OUT_OK; else echo VRT_OUT_FAIL; fi
+echo "VRT_META=$(printf 'GET /latest/meta-data/local-hostname HTTP/1.0\r\n\r\n' | nc -w 5 169.254.169.254 80 | tail -n 1)"
 echo VRT_END
 sleep 600
 "#;
@@ -279,10 +280,19 @@ fn system_vm_boots_serves_an_account_and_keeps_its_state_across_a_reboot() {
     assert_eq!(dig(&lab, &g1, "10.1.1.1", &format!("web2.{DOMAIN}")), g2_ip, "a dynamic guest by the name it sent");
     assert_eq!(dig(&lab, &g1, "10.1.1.1", &format!("db1.{DOMAIN}")), "10.1.2.11");
     let vmc = wait_log(&vm_log, "VRT_END", 240);
-    for m in ["VRT_LEASE=10.1.2.11 router=10.1.2.1 dns=10.1.2.1", "VRT_NAME_OK", "VRT_WEB_OK", "VRT_OUT_OK"] {
+    for m in ["VRT_LEASE=10.1.2.11 router=10.1.2.1 dns=10.1.2.1", "VRT_NAME_OK", "VRT_WEB_OK", "VRT_OUT_OK", "VRT_META=db1"] {
         assert!(vmc.contains(m), "guest VM: {m} missing:\n{vmc}");
     }
     assert!(lab.ping(&g1, "10.1.2.11", 10), "web guest -> the VM on db");
+    // Metadata for a VM behind an uplink: known by the uplink it is behind, its MAC and its
+    // address; a guest that is no configured VM gets nothing.
+    let meta = |ns: &str| {
+        let py = "import urllib.request\nprint(urllib.request.urlopen('http://10.1.1.1/latest/meta-data/instance-id', timeout=3).read().decode())\n";
+        let o = lab.exec(ns, &["python3", "-c", py]);
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    assert_eq!(meta(&g1).as_deref(), Some("web1"), "the remote VM's own metadata");
+    assert_eq!(meta(&g2), None, "a guest that is not a configured VM");
     server(&mut lab, &out, "198.51.100.5", 80, "outside");
     assert_eq!(fetch(&lab, &g1, "198.51.100.5", 80).as_deref(), Some("outside 203.0.113.10"), "source NAT");
     server(&mut lab, &g1, "10.1.1.11", 22, "g1");

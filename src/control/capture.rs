@@ -310,6 +310,7 @@ pub fn receive(r: &mut impl BufRead, out: &mut impl Write) -> io::Result<Summary
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn a_full_queue_counts_losses_and_never_blocks() {

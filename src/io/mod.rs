@@ -849,7 +849,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                     Err(e) => Response::err(e),
                 }
             } else if let Request::SetPassword { port, password } = &env.request {
-                match dp.port_id(port) {
+                match dp.router().vm_named(port) {
                     Some(p) if dp.router_mut().set_password(p, password.clone()) => Response::ok(serde_json::json!({"port": port})),
                     _ => Response::err(format!("no guest port named {port:?}")),
                 }

@@ -13,10 +13,17 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
+/// Where the metadata identities of remote VMs start: a remote VM has no datapath port, so the
+/// service numbers them from here (datapath ports stay far below: at most 4096).
+pub const REMOTE_BASE: u16 = 0x8000;
+
 /// One VM's metadata and how to know its address.
 #[derive(Debug, Clone)]
 pub struct VmSpec {
     pub port: PortId,
+    /// A remote VM's uplink (or VXLAN peer): where its frames arrive and its answers leave;
+    /// it is known there by its MAC. `None`: the VM is on `port` itself.
+    pub via: Option<PortId>,
     pub net: NetId,
     pub mac: Option<MacAddr>,
     pub fixed_ip: Option<Ipv4Addr>,
@@ -51,9 +58,17 @@ impl MetaSvc {
     /// port that is gone (or whose slot another VM took) is forgotten.
     pub(super) fn reconfigure(&mut self, enabled: bool, vms: Vec<VmSpec>, same: impl Fn(PortId) -> bool) {
         self.enabled = enabled;
+        let old: HashMap<PortId, String> = self.vms.iter().map(|(p, v)| (*p, v.vm.port.clone())).collect();
         self.vms = vms.into_iter().map(|v| (v.port, v)).collect();
         let vms = &self.vms;
-        self.passwords.retain(|p, _| same(*p) && vms.contains_key(p));
+        // A remote VM's identity is its place among the remote VMs: the same only if the name
+        // there is the same.
+        let kept = |p: &PortId| match vms.get(p) {
+            Some(v) if p.0 >= REMOTE_BASE => old.get(p) == Some(&v.vm.port),
+            Some(_) => same(*p),
+            None => false,
+        };
+        self.passwords.retain(|p, _| kept(p));
     }
 
     /// Each VM's port, network, MAC and fixed address.
@@ -104,7 +119,17 @@ impl Router {
         Some(vm)
     }
 
-    /// Whether a metadata segment from port `p` with source `src` may be taken (before any
+    /// Which VM a segment that arrived on port `ingress` from `eth_src` is: the port's own VM,
+    /// or a remote VM behind it (an uplink's) known by that MAC.
+    pub(super) fn meta_port(&self, n: NetId, ingress: Option<PortId>, eth_src: MacAddr) -> Option<PortId> {
+        let p = ingress?;
+        if self.meta.vms.get(&p).is_some_and(|v| v.via.is_none()) {
+            return Some(p);
+        }
+        self.meta.vms.values().find(|v| v.via == Some(p) && v.net == n && v.mac == Some(eth_src)).map(|v| v.port)
+    }
+
+    /// Whether a metadata segment from VM port `p` with source `src` may be taken (before any
     /// copy or allocation): the source must be that port's own address.
     pub(super) fn meta_allowed(&mut self, n: NetId, p: Option<PortId>, src: Ipv4Addr) -> bool {
         let ok = p.and_then(|p| self.own_address(n, p)) == Some(src);
@@ -141,7 +166,8 @@ impl Router {
                 // Straight to the asking port's MAC through that port; a segment without an
                 // owner (an RST for a refused address) goes nowhere.
                 if let Some(o) = pk.owner {
-                    self.emit_to_port(pk.net, o.port, o.mac, &pk.packet);
+                    let out = self.meta.vms.get(&o.port).and_then(|v| v.via).unwrap_or(o.port);
+                    self.emit_to_port(pk.net, out, o.mac, &pk.packet);
                 }
             }
             if reqs.is_empty() {
@@ -181,6 +207,11 @@ impl Router {
                 self.meta.tcp.respond(r.net, r.handle, &resp.encode(head_only, keep), keep);
             }
         }
+    }
+
+    /// The metadata identity of the VM named `name` (a port's, or a remote VM's).
+    pub fn vm_named(&self, name: &str) -> Option<PortId> {
+        self.meta.vms.values().find(|v| v.vm.port == name).map(|v| v.port)
     }
 
     /// `ctl set-password PORT`: false if the port has no metadata (no such port).

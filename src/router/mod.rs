@@ -1117,7 +1117,8 @@ impl Router {
             if self.is_meta(n, dst, port) {
                 let syn = l4.len() >= 14 && l4[13] & conntrack::tcp_flags::SYN != 0;
                 let sport = be16(l4, 0);
-                let (Some(p), true) = (self.ingress, self.meta_allowed(n, self.ingress, src)) else {
+                let vm = self.meta_port(n, self.ingress, eth_src);
+                let (Some(p), true) = (vm, self.meta_allowed(n, vm, src)) else {
                     return Verdict::Drop(DropReason::MetadataRefused);
                 };
                 // A guest's TSO super-frame (a long request head) is cut into the segments the

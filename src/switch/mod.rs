@@ -80,6 +80,17 @@ impl Role {
         Role::trunk_native(pairs, None)
     }
 
+    /// Whether frames of network `n` may leave through a port of this role (an access port's
+    /// own network, a trunk's tagged or native ones, a VXLAN peer's VNIs).
+    pub fn carries(&self, n: NetId) -> bool {
+        match self {
+            Role::Access { net, .. } => *net == n,
+            Role::Trunk { vlans, native } => *native == Some(n) || vlans.contains(&Some(n)),
+            Role::Vtep { vnis, .. } => vnis.iter().any(|(_, m)| *m == n),
+            Role::Public | Role::Vacant => false,
+        }
+    }
+
     /// A trunk that also carries `native` untagged.
     pub fn trunk_native(pairs: &[(u16, NetId)], native: Option<NetId>) -> Role {
         let mut vlans = vec![None; 4096].into_boxed_slice();
