@@ -10,7 +10,9 @@
 #              the guest leaves as source_nat_ip 203.0.113.10.
 #     kernel:  guest ns <-veth-> router ns <-veth-> outside ns, ip_forward=1 and an nft masquerade
 #              on the router's "pub" interface, same addresses.
-# Prints iperf3 single-stream TCP throughput (DURATION s, default 10) and ping RTT p50 for
+# Prints iperf3 single-stream TCP throughput (DURATION s, default 10), 64-byte UDP packets/s
+# (iperf3 -u -b 0 -l 64), TCP request/response transactions/s (scripts/lib/tcp-rr.py: netperf's
+# TCP_RR, which Debian does not ship) and ping RTT p50 and p99 for
 # each (medians of ROUNDS alternating rounds, default 3), the ratios, and vrouter's counters
 # (software-segmented super-frames; GSO frames received from the NAT guest).
 # NO_SERVICES=1 skips the DHCP/DNS part; NO_LB=1 the load balancer part (scripts/lib/bench-lb.sh:
@@ -214,10 +216,31 @@ tput() { # ns-client ns-server [target] -> Gbit/s of one iperf3 run
     wait "$spid" 2>/dev/null || true
     python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$out"
 }
-rtt() { # ns [target] -> p50 RTT in ms over $PINGS pings (after a warm-up)
+rtt() { # ns [target] -> "p50 p99" RTT in ms over $PINGS pings (after a warm-up)
     ip netns exec "$1" ping -c 20 -i 0.01 -q "${2:-10.9.0.2}" >/dev/null
     ip netns exec "$1" ping -c "$PINGS" -i 0.01 "${2:-10.9.0.2}" |
-        python3 -c 'import re,sys,statistics; t=[float(m.group(1)) for m in re.finditer(r"time=([0-9.]+)", sys.stdin.read())]; print("%.3f" % statistics.median(t))'
+        python3 -c 'import re,sys,statistics; t=sorted(float(m.group(1)) for m in re.finditer(r"time=([0-9.]+)", sys.stdin.read())); print("%.3f %.3f" % (statistics.median(t), t[min(len(t) - 1, int(len(t) * 0.99))]))'
+}
+pps() { # ns-client ns-server [target] -> 64-byte UDP datagrams/s received (iperf3 -u -b 0 -l 64)
+    # Bound to the target: an unbound server answers UDP from the address routing picks (the
+    # outside's 203.0.113.1, not 198.51.100.5), which the client's connected socket ignores.
+    ip netns exec "$2" iperf3 -s -1 -B "${3:-10.9.0.2}" >/dev/null 2>&1 &
+    local spid=$! out
+    sleep 0.5
+    if ! out=$(ip netns exec "$1" iperf3 -c "${3:-10.9.0.2}" -u -b 0 -l 64 -t "$DURATION" -J); then
+        kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+        echo "iperf3 -u $1 -> ${3:-10.9.0.2} failed" >&2; return 1
+    fi
+    wait "$spid" 2>/dev/null || true
+    python3 -c 'import json,sys; d=json.load(sys.stdin); e=d["end"].get("sum") or d["end"]["sum_received"]; print("%.0f" % ((e["packets"] - e.get("lost_packets", 0)) / e["seconds"]))' <<<"$out" || { echo "iperf3 -u: $(head -c 300 <<<"$out")" >&2; echo -; }
+}
+rr() { # ns-client ns-server [target] -> TCP 1-byte request/response transactions/s
+    local ip=${3:-10.9.0.2}
+    ip netns exec "$2" python3 scripts/lib/tcp-rr.py server "$ip" 7002 >/dev/null 2>&1 &
+    local spid=$!
+    sleep 0.3
+    ip netns exec "$1" python3 scripts/lib/tcp-rr.py client "$ip" 7002 "$DURATION" || echo -
+    kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true
 }
 peer_seen() { # ns-client ns-server -> the source address the outside server saw (NAT check)
     # shellcheck disable=SC2016 # $SOCAT_PEERADDR is expanded by the shell socat starts
@@ -242,20 +265,25 @@ stat_of() { # socket python-expression-on-stats-json (s) -> value, or "?" when u
 # ---- L2 rounds ----
 [ "$run_vr" = 1 ] && must_ping "$nsv1" 10.9.0.2 "L2 vrouter" "$work/vrouter.log"
 [ "$run_k" = 1 ] && must_ping "$nsk1" 10.9.0.2 "L2 bridge"
-vgs=() kgs=() vps=() kps=()
+vgs=() kgs=() vps=() kps=() vp99=() kp99=() vpp=() kpp=() vrr=() krr=()
 for r in $(seq "$ROUNDS"); do
     if [ "$run_vr" = 1 ]; then
         echo "L2 round $r/$ROUNDS: vrouter ..." >&2
-        vgs+=("$(tput "$nsv1" "$nsv2")"); vps+=("$(rtt "$nsv1")")
+        vgs+=("$(tput "$nsv1" "$nsv2")"); read -r a b <<<"$(rtt "$nsv1")"; vps+=("$a"); vp99+=("$b")
+        vpp+=("$(pps "$nsv1" "$nsv2")"); vrr+=("$(rr "$nsv1" "$nsv2")")
     fi
     if [ "$run_k" = 1 ]; then
         echo "L2 round $r/$ROUNDS: linux bridge ..." >&2
-        kgs+=("$(tput "$nsk1" "$nsk2")"); kps+=("$(rtt "$nsk1")")
+        kgs+=("$(tput "$nsk1" "$nsk2")"); read -r a b <<<"$(rtt "$nsk1")"; kps+=("$a"); kp99+=("$b")
+        kpp+=("$(pps "$nsk1" "$nsk2")"); krr+=("$(rr "$nsk1" "$nsk2")")
     fi
-    echo "   vrouter $(last vgs) Gbit/s $(last vps) ms   bridge $(last kgs) Gbit/s $(last kps) ms" >&2
+    echo "   vrouter $(last vgs) Gbit/s $(last vps) ms $(last vpp) pps $(last vrr) tps   bridge $(last kgs) Gbit/s $(last kps) ms $(last kpp) pps $(last krr) tps" >&2
 done
 vg=$(median ${vgs[@]+"${vgs[@]}"}) kg=$(median ${kgs[@]+"${kgs[@]}"})
 vp=$(median ${vps[@]+"${vps[@]}"}) kp=$(median ${kps[@]+"${kps[@]}"})
+vq=$(median ${vp99[@]+"${vp99[@]}"}) kq=$(median ${kp99[@]+"${kp99[@]}"})
+vpps=$(MEDIAN_FMT=%.0f median ${vpp[@]+"${vpp[@]}"}) kpps=$(MEDIAN_FMT=%.0f median ${kpp[@]+"${kpp[@]}"})
+vtps=$(MEDIAN_FMT=%.0f median ${vrr[@]+"${vrr[@]}"}) ktps=$(MEDIAN_FMT=%.0f median ${krr[@]+"${krr[@]}"})
 segs=-
 [ "$run_vr" = 1 ] && segs=$(stat_of "$work/ctl.sock" 's["totals"]["tx_sw_segmented"]')
 
@@ -270,20 +298,25 @@ if [ "$run_k" = 1 ]; then
     kpeer=$(peer_seen "$nskg" "$nsko")
 fi
 echo "L3: the outside sees the guest as: vrouter $vpeer, kernel $kpeer (expected $SNAT_IP)" >&2
-v3gs=() k3gs=() v3ps=() k3ps=()
+v3gs=() k3gs=() v3ps=() k3ps=() v3p99=() k3p99=() v3pp=() k3pp=() v3rr=() k3rr=()
 for r in $(seq "$ROUNDS"); do
     if [ "$run_vr" = 1 ]; then
         echo "L3 round $r/$ROUNDS: vrouter NAT ..." >&2
-        v3gs+=("$(tput "$nsvg" "$nsvo" "$OUT_IP")"); v3ps+=("$(rtt "$nsvg" "$OUT_IP")")
+        v3gs+=("$(tput "$nsvg" "$nsvo" "$OUT_IP")"); read -r a b <<<"$(rtt "$nsvg" "$OUT_IP")"; v3ps+=("$a"); v3p99+=("$b")
+        v3pp+=("$(pps "$nsvg" "$nsvo" "$OUT_IP")"); v3rr+=("$(rr "$nsvg" "$nsvo" "$OUT_IP")")
     fi
     if [ "$run_k" = 1 ]; then
         echo "L3 round $r/$ROUNDS: linux router NAT ..." >&2
-        k3gs+=("$(tput "$nskg" "$nsko" "$OUT_IP")"); k3ps+=("$(rtt "$nskg" "$OUT_IP")")
+        k3gs+=("$(tput "$nskg" "$nsko" "$OUT_IP")"); read -r a b <<<"$(rtt "$nskg" "$OUT_IP")"; k3ps+=("$a"); k3p99+=("$b")
+        k3pp+=("$(pps "$nskg" "$nsko" "$OUT_IP")"); k3rr+=("$(rr "$nskg" "$nsko" "$OUT_IP")")
     fi
-    echo "   vrouter $(last v3gs) Gbit/s $(last v3ps) ms   linux router $(last k3gs) Gbit/s $(last k3ps) ms" >&2
+    echo "   vrouter $(last v3gs) Gbit/s $(last v3ps) ms $(last v3pp) pps $(last v3rr) tps   linux router $(last k3gs) Gbit/s $(last k3ps) ms $(last k3pp) pps $(last k3rr) tps" >&2
 done
 v3g=$(median ${v3gs[@]+"${v3gs[@]}"}) k3g=$(median ${k3gs[@]+"${k3gs[@]}"})
 v3p=$(median ${v3ps[@]+"${v3ps[@]}"}) k3p=$(median ${k3ps[@]+"${k3ps[@]}"})
+v3q=$(median ${v3p99[@]+"${v3p99[@]}"}) k3q=$(median ${k3p99[@]+"${k3p99[@]}"})
+v3pps=$(MEDIAN_FMT=%.0f median ${v3pp[@]+"${v3pp[@]}"}) k3pps=$(MEDIAN_FMT=%.0f median ${k3pp[@]+"${k3pp[@]}"})
+v3tps=$(MEDIAN_FMT=%.0f median ${v3rr[@]+"${v3rr[@]}"}) k3tps=$(MEDIAN_FMT=%.0f median ${k3rr[@]+"${k3rr[@]}"})
 segs3=- gso3=-
 if [ "$run_vr" = 1 ]; then
     segs3=$(stat_of "$work/ctl3.sock" 's["totals"]["tx_sw_segmented"]')
@@ -293,12 +326,18 @@ fi
 printf '\n%-30s %14s %14s %10s\n' "guest-to-guest, one network" "vrouter" "linux bridge" "ratio"
 printf '%-30s %14s %14s %10s\n' "iperf3 TCP 1 stream (Gbit/s)" "$vg" "$kg" "$(ratio "$vg" "$kg")"
 printf '%-30s %14s %14s %10s\n' "ping RTT p50 (ms)" "$vp" "$kp" "$(ratio "$kp" "$vp")"
+printf '%-30s %14s %14s %10s\n' "ping RTT p99 (ms)" "$vq" "$kq" "$(ratio "$kq" "$vq")"
+printf '%-30s %14s %14s %10s\n' "UDP 64 B (packets/s)" "$vpps" "$kpps" "$(ratio "$vpps" "$kpps")"
+printf '%-30s %14s %14s %10s\n' "TCP_RR 1 B (transactions/s)" "$vtps" "$ktps" "$(ratio "$vtps" "$ktps")"
 echo "(medians of $ROUNDS alternating rounds of ${DURATION}s; throughput ratio = vrouter/bridge and"
 echo " RTT ratio = bridge/vrouter, higher is better for both; software-segmented super-frames: $segs)"
 
 printf '\n%-30s %14s %14s %10s\n' "guest -> outside, source NAT" "vrouter" "linux router" "ratio"
 printf '%-30s %14s %14s %10s\n' "iperf3 TCP 1 stream (Gbit/s)" "$v3g" "$k3g" "$(ratio "$v3g" "$k3g")"
 printf '%-30s %14s %14s %10s\n' "ping RTT p50 (ms)" "$v3p" "$k3p" "$(ratio "$k3p" "$v3p")"
+printf '%-30s %14s %14s %10s\n' "ping RTT p99 (ms)" "$v3q" "$k3q" "$(ratio "$k3q" "$v3q")"
+printf '%-30s %14s %14s %10s\n' "UDP 64 B (packets/s)" "$v3pps" "$k3pps" "$(ratio "$v3pps" "$k3pps")"
+printf '%-30s %14s %14s %10s\n' "TCP_RR 1 B (transactions/s)" "$v3tps" "$k3tps" "$(ratio "$v3tps" "$k3tps")"
 echo "(medians of $ROUNDS alternating rounds of ${DURATION}s; linux router = ip_forward + nft masquerade;"
 echo " throughput ratio = vrouter/kernel, RTT ratio = kernel/vrouter, higher is better for both;"
 echo " vrouter NAT run: software-segmented super-frames (totals.tx_sw_segmented): $segs3,"
