@@ -33,13 +33,22 @@ use std::time::Duration;
 
 /// A flow's identity in one direction, as seen on the wire entering the router.
 /// For ICMP echo, `sport` and `dport` both hold the echo identifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+}
+
+/// The five fields as two words, hashed in two writes rather than five (the lookup of every
+/// packet of every flow starts here).
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64((u32::from(self.src) as u64) << 32 | u32::from(self.dst) as u64);
+        state.write_u64((self.sport as u64) << 24 | (self.dport as u64) << 8 | self.proto as u64);
+    }
 }
 
 impl Key {

@@ -78,16 +78,17 @@ impl Fdb {
 
     /// Records that `mac` was seen on `port` in `net`.
     pub fn learn(&mut self, net: NetId, mac: MacAddr, port: PortId, now: Instant) -> Result<Learned, LearnError> {
-        if let Some(e) = self.map.get(&(net, mac)).copied() {
-            if e.fixed {
-                return if e.port == port { Ok(Learned::Refreshed) } else { Err(LearnError::Pinned) };
-            }
-            if e.port == port {
-                if let Some(e) = self.map.get_mut(&(net, mac)) {
-                    e.last_seen = now;
-                }
+        // Every frame comes here: the common case (a known MAC on its port) is one lookup.
+        let known = match self.map.get_mut(&(net, mac)) {
+            Some(e) if e.fixed => return if e.port == port { Ok(Learned::Refreshed) } else { Err(LearnError::Pinned) },
+            Some(e) if e.port == port => {
+                e.last_seen = now;
                 return Ok(Learned::Refreshed);
             }
+            Some(e) => Some(*e),
+            None => None,
+        };
+        if let Some(e) = known {
             if self.port_full(port) {
                 return Err(LearnError::PortLimit);
             }
