@@ -635,7 +635,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                             hub.record(port, Dir::In, slots[i].offload.vnet.then_some(&buf.vnet), buf.frame());
                         }
                         frames = frames.wrapping_add(1);
-                        let sample = frames % SAMPLE_EVERY == 0;
+                        let sample = frames.is_multiple_of(SAMPLE_EVERY);
                         let t = sample.then(std::time::Instant::now);
                         let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, sample, vx: vx.as_ref(), hub: &hub };
                         dp.process(now, port, &mut buf, &mut tx);

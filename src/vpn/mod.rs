@@ -222,8 +222,19 @@ pub struct Vpn {
     flush_buf: Vec<u8>,
 }
 
-fn new_tunn(secret: &StaticSecret, p: &PeerSpec, index: u16) -> Tunn {
-    Tunn::new(secret.clone(), PublicKey::from(p.public_key.0), p.preshared_key.map(|k| k.0), p.keepalive, index as u32, None)
+impl Peer {
+    /// A peer with no session yet, numbered for slot `slot`.
+    fn new(secret: &StaticSecret, spec: &PeerSpec, slot: usize) -> Peer {
+        Peer {
+            tunn: Tunn::new(secret.clone(), PublicKey::from(spec.public_key.0), spec.preshared_key.map(|k| k.0), spec.keepalive, slot as u32, None),
+            slot,
+            spec: spec.clone(),
+            endpoint: spec.endpoint,
+            counters: PeerCounters::default(),
+            last_seen_hs: None,
+            last_handshake: None,
+        }
+    }
 }
 
 /// Where a failed datagram is counted.
@@ -242,20 +253,7 @@ impl Vpn {
     pub fn new(spec: VpnSpec) -> Vpn {
         let secret = StaticSecret::from(spec.private_key.0);
         let public = PublicKey::from(&secret);
-        let peers = spec
-            .peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Peer {
-                tunn: new_tunn(&secret, p, i as u16),
-                slot: i,
-                spec: p.clone(),
-                endpoint: p.endpoint,
-                counters: PeerCounters::default(),
-                last_seen_hs: None,
-                last_handshake: None,
-            })
-            .collect();
+        let peers = spec.peers.iter().enumerate().map(|(i, p)| Peer::new(&secret, p, i)).collect();
         let mut v = Vpn {
             limiter: Arc::new(RateLimiter::new(&public, HANDSHAKES_PER_SEC)),
             secret,
@@ -303,15 +301,7 @@ impl Vpn {
                     o.spec = p.clone();
                     o
                 }
-                _ => Peer {
-                    tunn: new_tunn(&self.secret, p, i as u16),
-                    slot: i,
-                    spec: p.clone(),
-                    endpoint: p.endpoint,
-                    counters: PeerCounters::default(),
-                    last_seen_hs: None,
-                    last_handshake: None,
-                },
+                _ => Peer::new(&self.secret, p, i),
             };
             self.peers.push(peer);
         }
