@@ -96,18 +96,27 @@ impl Router {
             return;
         }
         // Offload work the guest left to the receiver: done here, since the peer gets bytes.
-        let mut segs: Vec<Vec<u8>> = Vec::new();
-        let mut scratch = std::mem::take(&mut self.vpn_scratch);
+        // The segments are laid end to end in a buffer kept between calls (no allocation per
+        // segment), then sealed one by one.
+        let (mut scratch, mut segs) = (std::mem::take(&mut self.vpn_scratch), std::mem::take(&mut self.vpn_segs));
         scratch.resize(crate::buf::MAX_FRAME, 0);
+        segs.0.clear();
+        segs.1.clear();
         let frame = &b.frame()[..14 + tl];
-        let ok = crate::offload::finish(frame, &b.vnet, &mut scratch, &mut |seg| segs.push(seg[14..].to_vec())).is_ok();
+        let ok = crate::offload::finish(frame, &b.vnet, &mut scratch, &mut |seg| {
+            segs.0.extend_from_slice(&seg[14..]);
+            segs.1.push(segs.0.len());
+        })
+        .is_ok();
+        if ok {
+            let mut start = 0;
+            for &end in &segs.1 {
+                self.seal_packet(now, peer, &segs.0[start..end]);
+                start = end;
+            }
+        }
         self.vpn_scratch = scratch;
-        if !ok {
-            return;
-        }
-        for s in segs {
-            self.seal_packet(now, peer, &s);
-        }
+        self.vpn_segs = segs;
     }
 
     /// Seals one IPv4 packet for `peer` and sends the datagram.
