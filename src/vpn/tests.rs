@@ -267,14 +267,20 @@ const GW: MacAddr = MacAddr([0x52, 0x54, 0, 0, 9, 1]);
 const G1: MacAddr = MacAddr([0x52, 0x54, 0, 0, 1, 0x11]);
 
 fn router() -> Router {
+    router_with(Vec::new())
+}
+
+/// The router with `web_egress` as the web network's egress rules.
+fn router_with(web_egress: Vec<crate::filter::Rule<crate::config::schema::Action>>) -> Router {
     use crate::config::schema::Action;
     use crate::filter::Classifier;
-    let net = |cidr: &str, gw: &str| NetL3 {
+    let mut rules = Some(web_egress);
+    let mut net = |cidr: &str, gw: &str| NetL3 {
         domain: None,
         cidr: cidr.parse().unwrap(),
         gateway: Some(a(gw)),
         mtu: 1500,
-        egress: Classifier::new(Vec::new()),
+        egress: Classifier::new(rules.take().unwrap_or_default()),
         egress_default: Action::Allow,
     };
     let mut r = Router::new(
@@ -469,4 +475,24 @@ fn packets_waiting_for_a_session_leave_when_the_initiator_confirms_it() {
     }
     assert_eq!(at_branch, vec![pkt], "the router's waiting packet, once");
     assert_eq!(at_router, vec![theirs], "the branch's waiting packet, once");
+}
+
+#[test]
+fn guest_traffic_into_the_tunnel_is_subject_to_egress_rules_and_never_translated() {
+    use crate::config::schema::{Action, Proto};
+    use crate::filter::Rule;
+    let mut r = router_with(vec![Rule { protocol: Proto::Udp, ports: Some("5000".parse().unwrap()), nets: vec!["192.168.50.0/24".parse().unwrap()], value: Action::Deny }]);
+    let udp_to = |port: u16| {
+        let mut g = Vec::new();
+        etherparse::PacketBuilder::ethernet2(G1.0, R.0).ipv4([10, 1, 1, 11], [192, 168, 50, 10], 64).udp(6000, port).write(&mut g, b"x").unwrap();
+        PacketBuf::from_frame(&g, VnetHdr::default())
+    };
+    // The network's egress rule denies UDP 5000 toward the branch: dropped before any tunnel.
+    assert_eq!(r.handle(T0, Iface::Net(NetId(0)), &mut udp_to(5000)), Verdict::Drop(DropReason::EgressDenied));
+    // Another port goes into the tunnel (sealed: a handshake initiation leaves first), and no
+    // flow into a tunnel is ever source-NATed.
+    assert_eq!(r.handle(T0, Iface::Net(NetId(0)), &mut udp_to(5001)), Verdict::Consumed);
+    let out = sent(&mut r);
+    assert_eq!((out.len(), out[0][0]), (1, 1), "a handshake initiation to the branch");
+    assert_eq!(r.ct.translated().len(), 0, "nothing translated: {:?}", r.ct.translated());
 }
