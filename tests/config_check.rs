@@ -174,6 +174,7 @@ fn wireguard_sections_are_checked() {
         ("key", good.replace("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", "short"), 36, "wireguard.peer[0].public_key", "not"),
         ("own", good.replace("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="), 36, "wireguard.peer[0].public_key", "the router's own public key"),
         ("name", good.replace("name = \"branch\"", "name = \"db\""), 35, "wireguard.peer[0].name", "also a network's name"),
+        ("mtu", good.replace("address = \"10.250.0.1/24\"", "address = \"10.250.0.1/24\"\nmtu = 65535"), 33, "wireguard.mtu", "leave 60 bytes"),
         ("address", good.replace("10.250.0.1/24", "10.1.1.5/24"), 32, "wireguard.address", "overlaps network"),
         ("unknown", good.replace("persistent_keepalive = 25", "keepalive = 25"), 40, "wireguard.peer[0].keepalive", "unknown field"),
     ];

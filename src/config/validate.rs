@@ -662,7 +662,7 @@ fn check_wireguard(c: &Config, wg: &WireGuard, public_ips: &[Ipv4Addr], r: &mut 
     }
     let public_mtu = c.public.as_ref().and_then(|p| p.mtu).unwrap_or(1500);
     if let Some(m) = wg.mtu {
-        if m < 576 || m + 60 > public_mtu {
+        if m < 576 || u32::from(m) + 60 > u32::from(public_mtu) {
             r.err(kp!("wireguard", "mtu"), format!("MTU {m} must be at least 576 and leave 60 bytes of the public MTU ({public_mtu})"));
         }
     }

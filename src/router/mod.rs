@@ -274,6 +274,8 @@ pub struct Router {
     vpn_tx: Vec<(std::net::SocketAddrV4, Vec<u8>)>,
     /// Seals packets for the tunnel (a super-frame is cut into segments here first).
     vpn_scratch: Vec<u8>,
+    /// Tunnel frames taken out of the outbox while they are sealed (kept: no allocation).
+    vpn_sealing: Vec<Out>,
     /// A super-frame's segments end to end, and where each ends, while they are sealed
     /// (kept between super-frames: no allocation per segment).
     vpn_segs: (Vec<u8>, Vec<usize>),
@@ -364,6 +366,7 @@ impl Router {
             vpn_tx: Vec::new(),
             vpn_scratch: Vec::new(),
             vpn_segs: (Vec::new(), Vec::new()),
+            vpn_sealing: Vec::new(),
             rng,
             garp: cfg.public.as_ref().map(|p| p.ips.iter().map(|i| i.addr).collect()).unwrap_or_default(),
             garp_nets: false,

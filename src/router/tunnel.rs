@@ -72,19 +72,17 @@ impl Router {
         if self.vpn.is_none() || !self.outbox.iter().any(|o| matches!(o.iface, Iface::Tunnel(_))) {
             return;
         }
-        let all = std::mem::take(&mut self.outbox);
-        let mut sealed = Vec::new();
-        for o in all {
-            let Iface::Tunnel(p) = o.iface else {
-                self.outbox.push(o);
-                continue;
-            };
-            sealed.push((p, o.buf));
+        // Taken out into a vector kept between drains (the outbox keeps its capacity too):
+        // sealing pushes the datagrams (and any ARP request) back onto the outbox.
+        let mut sealed = std::mem::take(&mut self.vpn_sealing);
+        sealed.extend(self.outbox.extract_if(.., |o| matches!(o.iface, Iface::Tunnel(_))));
+        for mut o in sealed.drain(..) {
+            if let Iface::Tunnel(p) = o.iface {
+                self.seal_one(now, p, &mut o.buf);
+            }
+            self.recycle(o.buf);
         }
-        for (p, mut b) in sealed {
-            self.seal_one(now, p, &mut b);
-            self.recycle(b);
-        }
+        self.vpn_sealing = sealed;
     }
 
     fn seal_one(&mut self, now: Instant, peer: u16, b: &mut PacketBuf) {
