@@ -5,42 +5,7 @@
 
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
-
-/// Starts a guest running `script`; returns its serial log path. Its pid is adopted by the lab.
-fn start_guest(lab: &mut Lab, name: &str, tap: &str, mac: &str, script: &str) -> std::path::PathBuf {
-    let sp = lab.path(&format!("{name}.sh"));
-    std::fs::write(&sp, script).unwrap();
-    let log = lab.path(&format!("{name}.log"));
-    let lib = repo().join("scripts/lib/qemu-guest.sh");
-    let cmd = format!(
-        "source {} && qemu_guest_start {name} {tap} {mac} {} {} && echo PID=$QEMU_GUEST_PID DIR=${{_QG_WORKDIR[$QEMU_GUEST_PID]}}",
-        lib.display(),
-        sp.display(),
-        log.display()
-    );
-    let o = run(&["bash", "-c", &cmd]);
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "qemu_guest_start: {out}{}", String::from_utf8_lossy(&o.stderr));
-    let line = out.lines().find(|l| l.starts_with("PID=")).expect("pid line");
-    let (pid, dir) = line.split_once(" DIR=").expect("pid and dir");
-    lab.adopt_pid(pid.trim_start_matches("PID=").parse().expect("pid"));
-    // The guest's initrd copy lives there; the helper's shell is gone, so the lab removes it.
-    lab.adopt_dir(dir.trim().into());
-    log
-}
-
-fn wait_marker(log: &std::path::Path, marker: &str, secs: u64) -> String {
-    let t = Instant::now();
-    loop {
-        let s = std::fs::read_to_string(log).unwrap_or_default();
-        if s.contains(marker) {
-            return s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(secs), "guest never printed {marker}; console:\n{s}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+use std::time::Duration;
 
 #[test]
 fn qemu_guest_on_netdev_port_talks_to_namespace_guest() {
@@ -70,7 +35,7 @@ echo "VRT_RX=$(rx)"
 dd if=/dev/zero bs=1024 count=4096 2>/dev/null | nc 10.1.1.11 5002
 echo VRT_TX_DONE
 "#;
-    let log = start_guest(&mut lab, "q1", &qtap, guest_mac, script);
+    let log = qemu_guest(&mut lab, "q1", &qtap, guest_mac, script, None);
     let cfg = [
         cfg::router(&lab.id),
         cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "dhcp_range = [\"10.1.1.100\", \"10.1.1.199\"]\nmtu = 1500\n"),
@@ -153,7 +118,7 @@ busybox udhcpc -i eth0.102 -n -q -t 10 -T 2 -s /tmp/udhcpc.sh || echo VRT_TRUNK_
 echo VRT_CHECKS_DONE
 sleep 8
 "#;
-    let log = start_guest(&mut lab, "t1", &qtap, "52:54:00:30:01:50", script);
+    let log = qemu_guest(&mut lab, "t1", &qtap, "52:54:00:30:01:50", script, None);
     let cfg = [
         cfg::router(&lab.id),
         cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "vlan = 101\n"),

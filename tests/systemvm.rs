@@ -254,22 +254,7 @@ fn system_vm_boots_serves_an_account_and_keeps_its_state_across_a_reboot() {
     assert_eq!(g2_ip, "10.1.1.100", "the pool's first address: {l2:?}");
     // The QEMU guest VM on the db network.
     let qtap = lab.name("qt");
-    let vm_log = lab.path("guestvm.log");
-    std::fs::write(lab.path("guestvm.sh"), VM_SCRIPT).unwrap();
-    let lib = repo().join("scripts/lib/qemu-guest.sh");
-    let cmd = format!(
-        "source {} && QEMU_GUEST_NETNS={host} qemu_guest_start gvm {qtap} {VM_MAC} {} {} && echo PID=$QEMU_GUEST_PID DIR=${{_QG_WORKDIR[$QEMU_GUEST_PID]}}",
-        lib.display(),
-        lab.path("guestvm.sh").display(),
-        vm_log.display()
-    );
-    let o = run(&["bash", "-c", &cmd]);
-    let text = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(o.status.success(), "guest VM: {text}{}", String::from_utf8_lossy(&o.stderr));
-    let line = text.lines().find(|l| l.starts_with("PID=")).expect("pid line");
-    let (pid, dir) = line.split_once(" DIR=").expect("pid and dir");
-    lab.adopt_pid(pid.trim_start_matches("PID=").parse().expect("pid"));
-    lab.adopt_dir(dir.trim().into());
+    let vm_log = qemu_guest(&mut lab, "gvm", &qtap, VM_MAC, VM_SCRIPT, Some(&host));
     ok(&["ip", "-n", &host, "link", "set", &qtap, "master", "bdb", "up"]);
 
     // Names, across networks, the outside through source NAT, and back through a forward.
@@ -279,7 +264,7 @@ fn system_vm_boots_serves_an_account_and_keeps_its_state_across_a_reboot() {
     assert_eq!(dig(&lab, &g2, "10.1.1.1", &format!("web1.{DOMAIN}")), "10.1.1.11");
     assert_eq!(dig(&lab, &g1, "10.1.1.1", &format!("web2.{DOMAIN}")), g2_ip, "a dynamic guest by the name it sent");
     assert_eq!(dig(&lab, &g1, "10.1.1.1", &format!("db1.{DOMAIN}")), "10.1.2.11");
-    let vmc = wait_log(&vm_log, "VRT_END", 240);
+    let vmc = wait_marker(&vm_log, "VRT_END", 240);
     for m in ["VRT_LEASE=10.1.2.11 router=10.1.2.1 dns=10.1.2.1", "VRT_NAME_OK", "VRT_WEB_OK", "VRT_OUT_OK", "VRT_META=db1"] {
         assert!(vmc.contains(m), "guest VM: {m} missing:\n{vmc}");
     }
@@ -336,16 +321,4 @@ fn system_vm_boots_serves_an_account_and_keeps_its_state_across_a_reboot() {
     let c = console(&vm);
     assert!(c.contains("systemvm: power button: shutting down") && c.contains("shutting down"), "{c}");
     assert!(!c.contains("\x1b["), "the console log has no colour codes");
-}
-
-fn wait_log(p: &Path, marker: &str, secs: u64) -> String {
-    let t = Instant::now();
-    loop {
-        let s = std::fs::read_to_string(p).unwrap_or_default();
-        if s.contains(marker) {
-            return s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(secs), "never saw {marker}:\n{s}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }

@@ -33,13 +33,12 @@ fn keypair(lab: &Lab, name: &str) -> (String, String) {
 }
 
 /// A veth pair between two namespaces with an address on each end.
-fn link(lab: &Lab, a: &str, a_if: &str, a_addr: &str, b: &str, b_if: &str, b_addr: &str) {
+fn link(a: &str, a_if: &str, a_addr: &str, b: &str, b_if: &str, b_addr: &str) {
     ok(&["ip", "-n", a, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b]);
     ok(&["ip", "-n", a, "addr", "add", a_addr, "dev", a_if]);
     ok(&["ip", "-n", b, "addr", "add", b_addr, "dev", b_if]);
     ok(&["ip", "-n", a, "link", "set", a_if, "up"]);
     ok(&["ip", "-n", b, "link", "set", b_if, "up"]);
-    let _ = lab;
 }
 
 fn netns(lab: &mut Lab, suffix: &str) -> String {
@@ -91,9 +90,6 @@ fn http_get(port: u16, path: &str) -> String {
     body
 }
 
-fn stop(lab: &mut Lab, pid: u32) {
-    lab.interrupt(pid);
-}
 
 struct Topo {
     a1: String,
@@ -105,7 +101,6 @@ struct Topo {
     /// Public keys: vrouter's, the branch's, the road warrior's.
     router_pub: String,
     branch_key: String,
-    branch_pub: String,
     rw_key: String,
     config: String,
 }
@@ -144,14 +139,14 @@ fn topology(lab: &mut Lab, laptop: bool, router_extra: &str) -> Topo {
     let branch = netns(lab, "br");
     let lan = netns(lab, "lan");
     let rw = netns(lab, "rw");
-    link(lab, &out, &lab.name("ob"), "198.51.100.1/24", &branch, &lab.name("bo"), &format!("{BRANCH_WAN}/24"));
+    link(&out, &lab.name("ob"), "198.51.100.1/24", &branch, &lab.name("bo"), &format!("{BRANCH_WAN}/24"));
     ok(&["ip", "-n", &branch, "route", "add", "default", "via", "198.51.100.1"]);
     ok(&["ip", "netns", "exec", &branch, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    link(lab, &branch, &lab.name("bl"), "192.168.50.1/24", &lan, &lab.name("lb"), "192.168.50.10/24");
+    link(&branch, &lab.name("bl"), "192.168.50.1/24", &lan, &lab.name("lb"), "192.168.50.10/24");
     ok(&["ip", "-n", &lan, "route", "add", "default", "via", "192.168.50.1"]);
-    link(lab, &out, &lab.name("or"), "192.0.2.1/24", &rw, &lab.name("ro"), &format!("{RW_WAN}/24"));
+    link(&out, &lab.name("or"), "192.0.2.1/24", &rw, &lab.name("ro"), &format!("{RW_WAN}/24"));
     ok(&["ip", "-n", &rw, "route", "add", "default", "via", "192.0.2.1"]);
-    Topo { a1, b1, out, branch, lan, rw, router_pub, branch_key, branch_pub, rw_key, config }
+    Topo { a1, b1, out, branch, lan, rw, router_pub, branch_key, rw_key, config }
 }
 
 /// The branch's wireguard-go: vrouter as its peer for the account's networks.
@@ -177,7 +172,7 @@ fn iperf_ok(lab: &mut Lab, server_ns: &str, server_ip: &str, client_ns: &str, wh
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
     assert!(bps > 0.0, "{what}: nothing received: {v}");
-    stop(lab, pid);
+    lab.interrupt(pid);
     bps
 }
 
@@ -234,7 +229,7 @@ fn site_to_site_both_ways_encrypted_and_cryptokey_routed() {
     }
 
     // The branch restarts: it handshakes again and traffic resumes.
-    stop(&mut lab, wgb);
+    lab.interrupt(wgb);
     let wgb = branch_up(&mut lab, &t);
     assert!(lab.ping(&t.lan, "10.1.1.11", 15), "after the branch restarted: {}", lab.show("vpn"));
     // vrouter restarts (kill -9): the next guest packet starts a handshake to the branch.
@@ -263,8 +258,7 @@ fn site_to_site_both_ways_encrypted_and_cryptokey_routed() {
     move_in(&lab, &t.out, &pb, &format!("{PUBLIC_GW}/24"), None);
     assert!(lab.ping(&t.a1, "192.168.50.10", 15), "after vrouter restarted: {}", lab.show("vpn"));
     assert!(lab.ping(&t.lan, "10.1.1.11", 5), "and the other way");
-    stop(&mut lab, wgb);
-    let _ = &t.b1;
+    lab.interrupt(wgb);
 }
 
 #[test]
@@ -301,7 +295,7 @@ fn road_warrior_reaches_its_network_and_resolves_names_wrong_key_reaches_nothing
     for m in ["vrouter_vpn_rx_bytes_total{peer=\"laptop\"}", "vrouter_vpn_handshakes_total{peer=\"laptop\"}", "vrouter_vpn_dropped_datagrams_total{reason=\"stranger\"}"] {
         assert!(body.contains(m), "{m} missing from:\n{body}");
     }
-    stop(&mut lab, pid);
+    lab.interrupt(pid);
 
     // A peer whose key vrouter does not know: its handshakes go unanswered, nothing passes.
     let (bad_key, _) = keypair(&lab, "stranger");
@@ -311,6 +305,5 @@ fn road_warrior_reaches_its_network_and_resolves_names_wrong_key_reaches_nothing
     assert!(!lab.ping(&t.rw, "10.1.1.11", 3), "a stranger's key reached a guest");
     let after = lab.drops("public", "vpn_stranger");
     assert!(after > before, "the stranger's handshakes were counted: {before} -> {after}");
-    stop(&mut lab, pid);
-    let _ = (&t.b1, &t.lan, &t.branch, &t.out, &t.branch_pub);
+    lab.interrupt(pid);
 }

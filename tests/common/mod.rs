@@ -304,6 +304,44 @@ pub fn udhcpc(lab: &Lab, ns: &str, ifname: &str, extra: &[&str]) -> std::collect
     text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// Starts a QEMU test guest (scripts/lib/qemu-guest.sh) running `script`, its tap made in
+/// `netns` (default: here); returns its serial log path. The lab ends it and removes its files.
+pub fn qemu_guest(lab: &mut Lab, name: &str, tap: &str, mac: &str, script: &str, netns: Option<&str>) -> PathBuf {
+    let sp = lab.path(&format!("{name}.sh"));
+    std::fs::write(&sp, script).unwrap();
+    let log = lab.path(&format!("{name}.log"));
+    let lib = repo().join("scripts/lib/qemu-guest.sh");
+    let ns = netns.map(|n| format!("QEMU_GUEST_NETNS={n} ")).unwrap_or_default();
+    let cmd = format!(
+        "source {} && {ns}qemu_guest_start {name} {tap} {mac} {} {} && echo PID=$QEMU_GUEST_PID DIR=${{_QG_WORKDIR[$QEMU_GUEST_PID]}}",
+        lib.display(),
+        sp.display(),
+        log.display()
+    );
+    let o = run(&["bash", "-c", &cmd]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "qemu_guest_start: {out}{}", String::from_utf8_lossy(&o.stderr));
+    let line = out.lines().find(|l| l.starts_with("PID=")).expect("pid line");
+    let (pid, dir) = line.split_once(" DIR=").expect("pid and dir");
+    lab.adopt_pid(pid.trim_start_matches("PID=").parse().expect("pid"));
+    // The guest's initrd copy lives there; the helper's shell is gone, so the lab removes it.
+    lab.adopt_dir(dir.trim().into());
+    log
+}
+
+/// Waits until `log` (a console) shows `marker`; returns the text.
+pub fn wait_marker(log: &Path, marker: &str, secs: u64) -> String {
+    let t = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(log).unwrap_or_default();
+        if s.contains(marker) {
+            return s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(secs), "never saw {marker}; console:\n{s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 pub fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
 }
