@@ -11,6 +11,7 @@
 //! (schema and validation), `fuzzing` (the fuzz targets' entry points, also smoke-run in tests).
 
 pub mod buf;
+pub mod bgp;
 pub mod build;
 pub mod config;
 pub mod conntrack;

@@ -11,6 +11,7 @@
 //! module knows about ports, networks, time or I/O.
 
 pub mod arp;
+pub mod bgp;
 pub mod checksum;
 pub mod ethernet;
 pub mod ipv4;
