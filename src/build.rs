@@ -255,7 +255,7 @@ pub fn datapath_config(c: &Config, ids: &Numbering) -> DatapathConfig {
                     name: vtep_name(peer.remote),
                     ifname: peer.remote.to_string(),
                     kind: "vxlan".into(),
-                    role: Role::Vtep { remote: peer.remote, vnis },
+                    role: Role::Vtep { remote: peer.remote, vnis, evpn: peer.evpn },
                     offload: crate::wire::vnet::Offloads::NONE,
                     mac_limit: None,
                 },
@@ -382,6 +382,60 @@ pub fn l3_config(c: &Config, ids: &Numbering) -> L3Config {
         // The I/O edge keys it from the kernel before the router is built.
         seed: [0; 32],
     }
+}
+
+/// The BGP EVPN speaker's config: every network with a `vni` is advertised with RD
+/// `router_id:N` (N its place among the networks, from 1) and its route targets (default
+/// `asn:vni`, FRR's auto-derivation).
+pub fn bgp_spec(c: &Config) -> Option<crate::bgp::SpeakerConfig> {
+    let (b, vx) = (c.bgp.as_ref()?, c.vxlan.as_ref()?);
+    let router_id = b.router_id.unwrap_or(vx.local);
+    let nets = c
+        .networks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let vni = n.vni?;
+            let rts = match &n.route_targets {
+                Some(v) => v.iter().filter_map(|s| crate::config::parse_route_target(s).ok()).collect(),
+                None => vec![crate::wire::bgp::RouteTarget { asn: b.asn, value: if b.asn > u16::MAX as u32 { vni & 0xffff } else { vni } }],
+            };
+            Some(crate::bgp::EvpnNet { name: n.name.clone(), vni, rd: crate::wire::bgp::Rd::ip(router_id, (i + 1) as u16), route_targets: rts })
+        })
+        .collect();
+    let neighbors = b
+        .neighbor
+        .iter()
+        .map(|n| crate::bgp::NeighborSpec {
+            addr: n.address,
+            remote_as: n.remote_as,
+            hold_secs: n.hold_secs.unwrap_or(9),
+            keepalive_secs: n.keepalive_secs.unwrap_or(3),
+            max_routes: n.max_routes.or(b.max_routes).unwrap_or(crate::bgp::MAX_ROUTES_DEFAULT),
+        })
+        .collect();
+    Some(crate::bgp::SpeakerConfig { asn: b.asn, router_id, local: vx.local, nets, neighbors })
+}
+
+/// The config as it runs: the file's, with the VTEPs EVPN learned added as VXLAN peers
+/// (`learned`: VTEP -> VNIs). A VTEP the file names already keeps the file's entry.
+pub fn with_learned(mut c: Config, learned: &std::collections::BTreeMap<std::net::Ipv4Addr, std::collections::BTreeSet<u32>>) -> Config {
+    if c.bgp.is_none() {
+        return c;
+    }
+    let vnis: Vec<u32> = c.networks.iter().filter_map(|n| n.vni).collect();
+    if let Some(vx) = c.vxlan.as_mut() {
+        for (ip, v) in learned {
+            if *ip == vx.local || vx.peer.iter().any(|p| p.remote == *ip) {
+                continue;
+            }
+            let v: Vec<u32> = v.iter().copied().filter(|x| vnis.contains(x)).collect();
+            if !v.is_empty() {
+                vx.peer.push(crate::config::schema::VxlanPeer { remote: *ip, vnis: Some(v), evpn: true });
+            }
+        }
+    }
+    c
 }
 
 /// The WireGuard endpoint: keys as loaded with the config, peers' networks by id, the inner

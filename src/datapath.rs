@@ -509,6 +509,11 @@ impl Datapath {
         self.ports.get(p.0 as usize).map_or("?", |s| s.name.as_str())
     }
 
+    /// The network named `name`.
+    pub fn net_named(&self, name: &str) -> Option<NetId> {
+        self.nets.iter().position(|n| !name.is_empty() && n.spec.name == name).map(|i| NetId(i as u16))
+    }
+
     pub fn net_name(&self, n: NetId) -> &str {
         self.nets.get(n.0 as usize).map_or("?", |s| s.spec.name.as_str())
     }
@@ -1005,6 +1010,9 @@ impl Datapath {
 
     /// Learning: remember where `src` lives (or refuse a port over its limit, or a pinned MAC).
     fn learn(&mut self, now: Instant, net: NetId, src: MacAddr, in_port: PortId) -> Result<(), DropReason> {
+        if let Some(Role::Vtep { evpn: true, .. }) = self.ports.get(in_port.0 as usize).map(|p| &p.role) {
+            return Ok(());
+        }
         let st = &mut self.stats[in_port.0 as usize];
         match self.fdb.learn(net, src, in_port, now) {
             Ok(Learned::Moved { .. }) => st.mac_moves += 1,
@@ -1158,7 +1166,7 @@ impl Datapath {
                     .collect(),
             },
             Role::Public | Role::Vacant => RoleRow::Public { network: None },
-            Role::Vtep { remote, vnis } => RoleRow::Vxlan {
+            Role::Vtep { remote, vnis, .. } => RoleRow::Vxlan {
                 remote: remote.to_string(),
                 networks: vnis.iter().map(|(vni, n)| VxlanNet { network: self.nets[n.0 as usize].spec.name.clone(), vni: *vni }).collect(),
             },
@@ -1191,17 +1199,57 @@ impl Datapath {
             .collect()
     }
 
+    /// EVPN: the FDB's entries from routes become exactly `want` ((network, MAC, VTEP port));
+    /// what was learned on other ports for those MACs is overridden (they moved). Returns how
+    /// many were refused (a configured MAC, or a full table).
+    pub fn evpn_sync(&mut self, now: Instant, want: &[(NetId, MacAddr, PortId)]) -> usize {
+        let set: std::collections::HashSet<(NetId, MacAddr, PortId)> = want.iter().copied().collect();
+        self.fdb.retain_remote(|n, m, p| set.contains(&(n, m, p)));
+        let mut refused = 0;
+        for &(n, m, p) in want {
+            if self.fdb.lookup(n, m, now) == Some(p) && self.fdb.iter_one(n, m).is_some_and(|e| e.remote) {
+                continue;
+            }
+            if (n.0 as usize) >= self.nets.len() || !self.is_vtep(p) || !self.fdb.install_remote(n, m, p, now) {
+                refused += 1;
+            }
+        }
+        refused
+    }
+
+    /// Addresses configured for guests (port security's `ip` and `allowed_addresses`):
+    /// (network, MAC, address).
+    pub fn configured_addresses(&self) -> Vec<(NetId, MacAddr, std::net::Ipv4Addr)> {
+        let mut v = Vec::new();
+        for p in &self.ports {
+            if let Role::Access { net, security: Some(s) } = &p.role {
+                v.extend(s.ip.into_iter().chain(s.allowed.iter()).map(|ip| (*net, s.mac, ip)));
+            }
+        }
+        v
+    }
+
+    /// The MACs of this host's guests (learned or configured on ports that are not VXLAN
+    /// peers, not aged out), by network: what EVPN advertises.
+    pub fn local_macs(&self, now: Instant) -> Vec<(NetId, MacAddr)> {
+        self.fdb
+            .iter()
+            .filter(|(n, m, e)| !e.remote && !self.is_vtep(e.port) && self.fdb.lookup(*n, *m, now).is_some())
+            .map(|(n, m, _)| (n, m))
+            .collect()
+    }
+
     pub fn show_fdb(&self, now: Instant) -> Vec<FdbRow> {
         let mut rows: Vec<FdbRow> = self
             .fdb
             .iter()
             .map(|(n, m, e)| {
-                let age_secs = (!e.fixed).then(|| now.since(e.last_seen).as_secs());
+                let age_secs = (!e.fixed && !e.remote).then(|| now.since(e.last_seen).as_secs());
                 FdbRow {
                     network: self.nets[n.0 as usize].spec.name.clone(),
                     mac: m.to_string(),
                     port: self.ports[e.port.0 as usize].name.clone(),
-                    kind: if age_secs.is_some() { "learned" } else { "static" },
+                    kind: if e.remote { "evpn" } else if age_secs.is_some() { "learned" } else { "static" },
                     age_secs,
                 }
             })

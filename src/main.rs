@@ -135,6 +135,10 @@ enum ShowTable {
     Metadata,
     /// WireGuard peers: endpoint, last handshake, bytes, drops.
     Vpn,
+    /// BGP EVPN sessions: state, uptime, routes in and out, errors.
+    Bgp,
+    /// EVPN per VNI: the flood list of VTEPs, remote MACs, local MACs advertised.
+    Evpn,
 }
 
 fn main() -> ExitCode {
@@ -237,6 +241,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         ShowTable::Stats => Table::Stats,
                         ShowTable::Metadata => Table::Metadata,
                         ShowTable::Vpn => Table::Vpn,
+                        ShowTable::Bgp => Table::Bgp,
+                        ShowTable::Evpn => Table::Evpn,
                     };
                     let data = if t == Table::Conntrack {
                         fetch_pages(&socket)?
@@ -557,6 +563,51 @@ fn render(t: Table, data: &Value) -> String {
                 "dropped: strangers {} malformed {} replays {} bad_auth {} under_load {} rate_limited {} (cookies sent {})\n",
                 data["strangers"], data["malformed"], data["replays"], data["bad_auth"], data["under_load"], data["rate_limited"], data["cookies_sent"]
             );
+            out
+        }
+        Table::Bgp => {
+            let mut out = format!("local AS {} router-id {} VTEP {}, {} routes advertised\n", data["asn"], cell(&data["router_id"]), cell(&data["local"]), data["advertised"]);
+            let rows: Vec<Value> = data["neighbors"].as_array().unwrap_or(&empty).iter().map(|n| {
+                let mut n = n.clone();
+                n["uptime"] = match n["uptime_secs"].as_u64() {
+                    Some(s) => format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60).into(),
+                    None => match n["retry_in_secs"].as_u64() {
+                        Some(r) => format!("retry {r}s").into(),
+                        None => "-".into(),
+                    },
+                };
+                n["state"] = if n["dampened"] == true { "dampened".into() } else { n["state"].clone() };
+                n["errors"] = n["counters"]["errors_sent"].clone();
+                n["refused"] = n["counters"]["routes_refused"].clone();
+                n["flaps"] = n["counters"]["flaps"].clone();
+                n["last"] = n["last_error"].as_str().unwrap_or("").into();
+                n
+            }).collect();
+            out += &table(&rows, &["address", "remote_as", "state", "uptime", "routes_in", "routes_out", "refused", "errors", "flaps", "last"]);
+            out
+        }
+        Table::Evpn => {
+            let mut out = String::new();
+            let nets = data["networks"].as_array().cloned().unwrap_or_default();
+            for n in &nets {
+                let vni = n["vni"].as_u64().unwrap_or(0).to_string();
+                let v = &data["evpn"]["vnis"][&vni];
+                let flood: Vec<String> = v["flood"].as_array().unwrap_or(&empty).iter().map(cell).collect();
+                let local = data["local_macs"][&vni].as_array().map_or(0, |a| a.len());
+                out += &format!(
+                    "{} vni {} rd {} rt {}\n  flood to: {}\n  local MACs advertised: {}\n",
+                    cell(&n["name"]), vni, cell(&n["rd"]),
+                    n["route_targets"].as_array().map(|a| a.iter().map(cell).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                    if flood.is_empty() { "(none)".to_string() } else { flood.join(" ") }, local
+                );
+                let rows: Vec<Value> = v["macs"].as_object().map(|m| m.iter().map(|(mac, r)| serde_json::json!({
+                    "mac": mac, "vtep": r["vtep"], "seq": r["seq"],
+                    "ips": r["ips"].as_array().map(|a| a.iter().map(cell).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                })).collect()).unwrap_or_default();
+                for line in table(&rows, &["mac", "vtep", "seq", "ips"]).lines() {
+                    out += &format!("  {line}\n");
+                }
+            }
             out
         }
         Table::Lb => {

@@ -81,6 +81,14 @@ pub struct SpeakerConfig {
     pub neighbors: Vec<NeighborSpec>,
 }
 
+/// A route as a key of the Adj-RIB-In: a MAC route without its label.
+fn key(r: &Route) -> Route {
+    match *r {
+        Route::Mac { rd, tag, mac, ip, .. } => Route::Mac { rd, tag, mac, ip, vni: 0 },
+        r => r,
+    }
+}
+
 /// A local guest MAC (and an IPv4 address it is known by, if any) in VNI `vni`.
 pub type LocalMac = (u32, [u8; 6], Option<Ipv4Addr>);
 
@@ -108,6 +116,9 @@ pub enum State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Learned {
     next_hop: Ipv4Addr,
+    /// A MAC route's label (its VNI), kept out of the route's key: a withdrawal may carry
+    /// another (RFC 7432 §7.2: the label is not part of the key).
+    vni: u32,
     seq: u32,
     rts: Vec<RouteTarget>,
 }
@@ -636,7 +647,7 @@ impl Speaker {
         n.c.routes_ignored += u.ignored as u64;
         let mut changed = false;
         for r in &u.unreach {
-            changed |= n.adj_in.remove(r).is_some();
+            changed |= n.adj_in.remove(&key(r)).is_some();
         }
         if u.reach.is_empty() {
             return changed;
@@ -654,10 +665,12 @@ impl Speaker {
             if !usable {
                 n.c.routes_ignored += 1;
                 // An update replaces what the route said before: it is no longer usable.
-                changed |= n.adj_in.remove(&r).is_some();
+                changed |= n.adj_in.remove(&key(&r)).is_some();
                 continue;
             }
-            let l = Learned { next_hop: nh, seq: u.attrs.mac_seq.unwrap_or(0), rts: u.attrs.route_targets.clone() };
+            let vni = if let Route::Mac { vni, .. } = r { vni } else { 0 };
+            let r = key(&r);
+            let l = Learned { next_hop: nh, vni, seq: u.attrs.mac_seq.unwrap_or(0), rts: u.attrs.route_targets.clone() };
             if !n.adj_in.contains_key(&r) && n.adj_in.len() >= n.spec.max_routes {
                 n.c.routes_refused += 1;
                 continue;
@@ -698,8 +711,8 @@ impl Speaker {
                             v.vnis.entry(vni).or_default().flood.insert(l.next_hop);
                         }
                     }
-                    Route::Mac { mac, ip, vni, .. } => {
-                        let Some(vni) = self.net_of(&l.rts, Some(vni)) else { continue };
+                    Route::Mac { mac, ip, .. } => {
+                        let Some(vni) = self.net_of(&l.rts, Some(l.vni)) else { continue };
                         let e = v.vnis.entry(vni).or_default().macs.entry(MacKey(mac)).or_insert(RemoteMac { vtep: l.next_hop, seq: l.seq, ips: Vec::new() });
                         // The highest sequence number wins, then the lowest VTEP address.
                         if (l.seq, std::cmp::Reverse(l.next_hop)) > (e.seq, std::cmp::Reverse(e.vtep)) {

@@ -337,3 +337,17 @@ fn many_macs_are_packed_into_few_updates_and_a_clean_stop_says_cease() {
     assert!(p.b.view().vnis[&VNI].macs.is_empty());
     assert!(p.b.nbrs[0].last_error.as_deref().unwrap().contains("administrative shutdown"));
 }
+
+#[test]
+fn a_withdrawal_with_another_label_still_withdraws() {
+    let (mut a, now) = scripted(100);
+    a.received(now, B, &wire::open(65000, 9, B));
+    a.received(now, B, &wire::keepalive());
+    let m = |vni| Route::Mac { rd: Rd::ip(B, 1), tag: 0, mac: mac(3), ip: None, vni };
+    let attrs = Attrs { next_hop: Some(B), route_targets: vec![RouteTarget { asn: 65000, value: VNI }], ..Default::default() };
+    a.received(now, B, &wire::update_reach(&attrs, &[m(VNI)]));
+    assert_eq!(a.view().vnis[&VNI].macs.len(), 1);
+    // FRR withdraws with label 0.
+    a.received(now, B, &wire::update_unreach(&[m(0)]));
+    assert!(a.view().vnis[&VNI].macs.is_empty());
+}

@@ -11,6 +11,7 @@ pub mod locate;
 pub mod schema;
 pub mod types;
 mod validate;
+pub use validate::parse_route_target;
 
 use locate::{KeyPath, Locator};
 pub use schema::Config;

@@ -34,6 +34,36 @@ pub struct Config {
     pub dns: Option<Dns>,
     pub conntrack: Option<ConntrackCfg>,
     pub wireguard: Option<WireGuard>,
+    pub bgp: Option<Bgp>,
+}
+
+/// `[bgp]`: a BGP speaker for L2VPN EVPN on the VXLAN underlay (VTEPs and MACs learned from
+/// the fabric's route reflectors instead of `[[vxlan.peer]]` lists).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Bgp {
+    pub asn: u32,
+    /// Default: `[vxlan] local`.
+    pub router_id: Option<Ipv4Addr>,
+    /// Routes one neighbour may hold here (default 100000); past it they are refused.
+    pub max_routes: Option<usize>,
+    #[serde(default)]
+    pub neighbor: Vec<BgpNeighbor>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BgpNeighbor {
+    pub address: Ipv4Addr,
+    pub remote_as: u32,
+    /// Default 9 (FRR's datacenter profile); 0: no hold timer.
+    pub hold_secs: Option<u16>,
+    /// Default 3.
+    pub keepalive_secs: Option<u16>,
+    /// TCP MD5 signature key (RFC 2385).
+    pub password: Option<String>,
+    /// Overrides `[bgp] max_routes` for this neighbour.
+    pub max_routes: Option<usize>,
 }
 
 /// `[wireguard]`: the VPN endpoint on one of the public addresses.
@@ -156,6 +186,8 @@ pub struct Network {
     pub dhcp_range: Option<[Ipv4Addr; 2]>,
     pub lease_secs: Option<u32>,
     pub egress_default: Option<Action>,
+    /// EVPN route targets (`ASN:N`) exported and imported (default `[bgp] asn`:`vni`).
+    pub route_targets: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -250,6 +282,9 @@ pub struct Vxlan {
 pub struct VxlanPeer {
     pub remote: Ipv4Addr,
     pub vnis: Option<Vec<u32>>,
+    /// Learned over BGP EVPN (never in a file).
+    #[serde(skip)]
+    pub evpn: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -629,6 +629,84 @@ pub fn check(c: &Config, r: &mut Report) {
     if let Some(wg) = &c.wireguard {
         check_wireguard(c, wg, &public_ips, r);
     }
+    check_bgp(c, r);
+}
+
+/// An EVPN route target as written: `ASN:N` (N below 65536 when the AS needs 4 octets).
+pub fn parse_route_target(s: &str) -> Result<crate::wire::bgp::RouteTarget, String> {
+    let bad = || format!("{s:?} is not a route target (ASN:N, e.g. \"65000:5001\")");
+    let (a, v) = s.split_once(':').ok_or_else(bad)?;
+    let asn: u32 = a.trim().parse().map_err(|_| bad())?;
+    let value: u32 = v.trim().parse().map_err(|_| bad())?;
+    if asn > u16::MAX as u32 && value > u16::MAX as u32 {
+        return Err(format!("{s:?}: with a 4-octet AS the number must be below 65536"));
+    }
+    Ok(crate::wire::bgp::RouteTarget { asn, value })
+}
+
+fn valid_asn(asn: u32) -> bool {
+    asn != 0 && asn != crate::wire::bgp::AS_TRANS as u32 && asn != u32::MAX
+}
+
+fn check_bgp(c: &Config, r: &mut Report) {
+    for (i, n) in c.networks.iter().enumerate() {
+        for (j, rt) in n.route_targets.iter().flatten().enumerate() {
+            if let Err(e) = parse_route_target(rt) {
+                r.err(kp!("network", i, "route_targets", j), e);
+            }
+        }
+        if n.route_targets.is_some() && (n.vni.is_none() || c.bgp.is_none()) {
+            r.warnings.push((kp!("network", i, "route_targets"), "has no effect without a vni and a [bgp] section".into()));
+        }
+    }
+    let Some(b) = &c.bgp else { return };
+    let Some(vx) = &c.vxlan else {
+        r.err(kp!("bgp"), "needs a [vxlan] section: EVPN routes name this host's VTEP ([vxlan] local)");
+        return;
+    };
+    if !valid_asn(b.asn) {
+        r.err(kp!("bgp", "asn"), format!("{} is not a usable AS number (0, 23456 and 4294967295 are reserved)", b.asn));
+    }
+    if b.router_id.is_some_and(|id| id.is_unspecified() || id.is_broadcast() || id.is_multicast()) {
+        r.err(kp!("bgp", "router_id"), "must be a unicast IPv4 address");
+    }
+    if b.max_routes == Some(0) {
+        r.err(kp!("bgp", "max_routes"), "must be at least 1");
+    }
+    if b.neighbor.is_empty() {
+        r.warnings.push((kp!("bgp"), "no [[bgp.neighbor]]: nothing is advertised or learned".into()));
+    }
+    let mut seen = Unique::new("BGP neighbor");
+    for (i, n) in b.neighbor.iter().enumerate() {
+        seen.add(r, n.address, kp!("bgp", "neighbor", i, "address"));
+        if n.address == vx.local || n.address.is_unspecified() || n.address.is_multicast() || n.address.is_broadcast() {
+            r.err(kp!("bgp", "neighbor", i, "address"), format!("{} cannot be a neighbour (the local VTEP address, or not unicast)", n.address));
+        }
+        if !valid_asn(n.remote_as) {
+            r.err(kp!("bgp", "neighbor", i, "remote_as"), format!("{} is not a usable AS number", n.remote_as));
+        }
+        let hold = n.hold_secs.unwrap_or(9);
+        if hold == 1 || hold == 2 {
+            r.err(kp!("bgp", "neighbor", i, "hold_secs"), "must be 0 (no hold timer) or at least 3 seconds");
+        }
+        let ka = n.keepalive_secs.unwrap_or(3);
+        if ka == 0 || (hold > 0 && ka > hold) {
+            r.err(kp!("bgp", "neighbor", i, "keepalive_secs"), format!("must be at least 1 and at most hold_secs ({hold})"));
+        }
+        if n.max_routes == Some(0) {
+            r.err(kp!("bgp", "neighbor", i, "max_routes"), "must be at least 1");
+        }
+        if let Some(p) = &n.password {
+            if p.is_empty() || p.len() > libc::TCP_MD5SIG_MAXKEYLEN {
+                r.err(kp!("bgp", "neighbor", i, "password"), format!("must be 1..{} bytes (a TCP MD5 key)", libc::TCP_MD5SIG_MAXKEYLEN));
+            }
+        }
+    }
+    if c.vxlan.as_ref().is_some_and(|v| v.peer.is_empty()) {
+        // The [vxlan] warning about no peers does not apply: peers come from BGP.
+        let k = kp!("vxlan");
+        r.warnings.retain(|(p, _)| *p != k);
+    }
 }
 
 /// Peers are 16-bit in the datapath and each one's sessions take a 24-bit index range.

@@ -34,6 +34,8 @@ pub enum Table {
     Stats,
     Metadata,
     Vpn,
+    Bgp,
+    Evpn,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

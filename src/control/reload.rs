@@ -24,7 +24,13 @@ use std::time::{Duration, Instant};
 
 /// What is running: the config and its slots.
 pub struct Current {
+    /// The file's config with the VTEPs EVPN learned as VXLAN peers (`build::with_learned`).
     pub config: Config,
+    /// The file's config alone (what `diff` compares against).
+    pub base: Config,
+    pub hash: String,
+    /// VTEPs learned over BGP EVPN, with their VNIs.
+    pub learned: Learned,
     pub ids: Numbering,
     /// The config file (`reload` reads it, `apply` replaces it).
     pub path: PathBuf,
@@ -33,6 +39,8 @@ pub struct Current {
 /// A validated config, built, on its way to the loop.
 pub struct Staged {
     pub config: Config,
+    pub base: Config,
+    pub learned: Learned,
     pub hash: String,
     pub ids: Numbering,
     /// The slots it was built on (the running ones).
@@ -51,6 +59,9 @@ pub struct Staged {
     /// caller was told failed is never applied later.
     pub claim: std::sync::Arc<std::sync::atomic::AtomicU8>,
 }
+
+/// VTEPs learned over EVPN and the VNIs each carries.
+pub type Learned = std::collections::BTreeMap<std::net::Ipv4Addr, std::collections::BTreeSet<u32>>;
 
 pub const PENDING: u8 = 0;
 pub const TAKEN: u8 = 1;
@@ -83,9 +94,24 @@ fn invalid(e: ConfigError) -> String {
 }
 
 impl Applier {
-    pub fn new(config: Config, path: PathBuf) -> Self {
+    pub fn new(config: Config, hash: String, path: PathBuf) -> Self {
         let ids = Numbering::assign(None, &config);
-        Applier { current: Mutex::new(Current { config, ids, path }) }
+        Applier { current: Mutex::new(Current { base: config.clone(), config, hash, learned: Learned::new(), ids, path }) }
+    }
+
+    /// EVPN learned a new set of VTEPs: they become (or stop being) VXLAN peer ports through
+    /// the same staged apply as a config change. The config file is not touched.
+    pub fn set_learned(&self, learned: Learned, loop_tx: &Sender<Envelope>, wake: &dyn Fn()) -> Response {
+        let t = Instant::now();
+        let Ok(mut cur) = self.current.lock() else { return Response::err("reload state poisoned") };
+        if cur.learned == learned {
+            return Response::ok(json!({"changes": 0}));
+        }
+        let (base, hash) = (cur.base.clone(), cur.hash.clone());
+        match Self::stage_built(&cur, base, hash, learned) {
+            Ok(st) => Self::commit(&mut cur, st, None, loop_tx, wake, t),
+            Err(e) => Response::err(e),
+        }
     }
 
     /// The slots the loop starts with.
@@ -98,21 +124,30 @@ impl Applier {
         // Relative user_data_files are the config file's neighbours, wherever the text came from.
         let dir = cur.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let v = crate::config::parse_at(text, shown, dir).map_err(invalid)?;
-        let ids = Numbering::assign(Some(&cur.ids), &v.config);
-        let changes = crate::config::diff::diff(&cur.config, &v.config);
+        Self::stage_built(cur, v.config, v.hash, cur.learned.clone())
+    }
+
+    /// Builds a validated file config `base`, with the VTEPs `learned` added, on the running
+    /// config's slots.
+    fn stage_built(cur: &Current, base: Config, hash: String, learned: Learned) -> Result<Staged, String> {
+        let config = build::with_learned(base.clone(), &learned);
+        let ids = Numbering::assign(Some(&cur.ids), &config);
+        let changes = crate::config::diff::diff(&cur.config, &config);
         let counts = serde_json::to_value(crate::config::diff::counts(&changes)).unwrap_or_default();
-        let devices = crate::io::reload::plan(&cur.config, &cur.ids, &v.config, &ids)?;
+        let devices = crate::io::reload::plan(&cur.config, &cur.ids, &config, &ids)?;
         Ok(Staged {
             devices: std::sync::Arc::new(Mutex::new(Some(devices))),
-            dp: build::datapath_config(&v.config, &ids),
-            services: build::services(&v.config, &ids),
-            vms: build::metadata(&v.config, &ids),
+            dp: build::datapath_config(&config, &ids),
+            services: build::services(&config, &ids),
+            vms: build::metadata(&config, &ids),
             prev: cur.ids.clone(),
             ids,
-            hash: v.hash,
+            hash,
             counts,
             changed: changes.len(),
-            config: v.config,
+            config,
+            base,
+            learned,
             claim: Default::default(),
         })
     }
@@ -124,7 +159,7 @@ impl Applier {
         let dir = cur.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         match crate::config::parse_at(text, Path::new(shown), dir) {
             Ok(new) => {
-                let changes = crate::config::diff::diff(&cur.config, &new.config);
+                let changes = crate::config::diff::diff(&cur.base, &new.config);
                 Response::ok(json!({"changes": changes, "counts": crate::config::diff::counts(&changes)}))
             }
             Err(ConfigError::Invalid(d)) => Response::err(d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")),
@@ -165,7 +200,7 @@ impl Applier {
     }
 
     fn commit(cur: &mut Current, st: Staged, tmp: Option<PathBuf>, loop_tx: &Sender<Envelope>, wake: &dyn Fn(), t: Instant) -> Response {
-        let (config, ids) = (st.config.clone(), st.ids.clone());
+        let (config, ids, base, hash, learned) = (st.config.clone(), st.ids.clone(), st.base.clone(), st.hash.clone(), st.learned.clone());
         let build_ms = t.elapsed().as_secs_f64() * 1e3;
         let claim = st.claim.clone();
         let devices = st.devices.clone();
@@ -200,6 +235,9 @@ impl Applier {
         }
         cur.config = config;
         cur.ids = ids;
+        cur.base = base;
+        cur.hash = hash;
+        cur.learned = learned;
         let mut data = resp.data.unwrap_or_else(|| json!({}));
         if let Some(tmp) = tmp {
             if let Err(e) = put_in_place(&tmp, &cur.path) {

@@ -424,7 +424,7 @@ fn dp_vxlan() -> Datapath {
         name: "vx".into(),
         ifname: "vx".into(),
         kind: "vxlan".into(),
-        role: Role::Vtep { remote: PEER, vnis: vec![(5001, A)] },
+        role: Role::Vtep { remote: PEER, vnis: vec![(5001, A)], evpn: false },
         offload: false.into(),
         mac_limit: None,
     };

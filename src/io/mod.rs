@@ -7,6 +7,7 @@ pub mod device;
 pub mod latency;
 mod observe;
 pub mod reload;
+pub mod bgp;
 pub mod store;
 
 use crate::buf::BufPool;
@@ -408,7 +409,7 @@ fn open_dns_sockets(poll: &Poll) -> io::Result<Vec<mio::net::UdpSocket>> {
 /// Runs the account until SIGINT or SIGTERM.
 /// `control_serial`: a virtio-serial port to serve the control protocol on too.
 pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<(), RunError> {
-    let applier = Arc::new(control::reload::Applier::new(v.config.clone(), v.path.clone()));
+    let applier = Arc::new(control::reload::Applier::new(v.config.clone(), v.hash.clone(), v.path.clone()));
     let ids = applier.ids();
     let mut config = v.config.clone();
     let c = &config;
@@ -472,6 +473,12 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
     poll.registry().register(&mut SourceFd(&sig_rx.as_raw_fd()), SIGNAL, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
     let (ctl_tx, inbox) = crossbeam_channel::bounded::<Envelope>(64);
+    // BGP EVPN: a thread of its own; VTEPs it learns come back as staged changes.
+    let bgp_tx = ctl_tx.clone();
+    let mut bgp = start_bgp(c, origin, &applier, &bgp_tx, &waker)?;
+    let mut bgp_spec = build::bgp_spec(c);
+    let mut evpn = EvpnNets::of(c, &dp);
+    let mut next_evpn = std::time::Instant::now();
     let sock = c.control_socket();
     let w = waker.clone();
     let heartbeat: observe::Heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(observe::unix_ms()));
@@ -761,6 +768,23 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
             }
             dp.poll(now, &mut tx);
         }
+        if let Some(b) = bgp.as_mut() {
+            // The fabric's MACs into the FDB when the view moved; ours out, at most 10 times
+            // a second.
+            let g = b.shared.generation.load(std::sync::atomic::Ordering::Acquire);
+            if g != b.synced {
+                b.synced = g;
+                let view = b.shared.view.lock().map(|v| v.clone()).unwrap_or_default();
+                let refused = dp.evpn_sync(clock(), &evpn.fdb(&dp, &view));
+                if refused > 0 {
+                    tracing::debug!(refused, "EVPN MACs not installed (configured here, or table full)");
+                }
+            }
+            if std::time::Instant::now() >= next_evpn {
+                next_evpn = std::time::Instant::now() + Duration::from_millis(100);
+                b.set_local(evpn.local(&dp, clock()));
+            }
+        }
         if hub.any() {
             let (dropped, missed) = dp.take_dropped();
             for d in &dropped {
@@ -803,6 +827,27 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                         }
                         config = a.config;
                         cfg_state.hash = a.hash;
+                        // EVPN follows: the speaker's new config, and the FDB against the new ports.
+                        evpn = EvpnNets::of(&config, &dp);
+                        let spec = build::bgp_spec(&config);
+                        if spec != bgp_spec {
+                            match (bgp.take(), &spec) {
+                                (Some(mut b), Some(s)) => {
+                                    b.reconfigure(s.clone(), bgp_passwords(&config));
+                                    bgp = Some(b);
+                                }
+                                (Some(b), None) => stop_bgp(b, &inbox),
+                                (None, Some(_)) => match start_bgp(&config, origin, &applier, &bgp_tx, &waker) {
+                                    Ok(b) => bgp = b,
+                                    Err(e) => tracing::error!("BGP: {e}"),
+                                },
+                                (None, None) => {}
+                            }
+                            bgp_spec = spec;
+                        }
+                        if let Some(b) = bgp.as_mut() {
+                            b.synced = u64::MAX;
+                        }
                         cfg_state.reloads += 1;
                         cfg_state.seen.set(None);
                         cfg_state.full_percent = config.router.health_full_percent;
@@ -871,21 +916,107 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                 let checks = control::health::evaluate(&observe::health_input(&mut dp, &slots, now, &cfg_state, &heartbeat));
                 Response::ok(serde_json::json!({"status": control::health::overall(&checks), "checks": checks}))
             } else {
-                answer(&dp, &slots, &lat, &env.request, now, origin.elapsed())
+                answer(&dp, &slots, &lat, &env.request, now, origin.elapsed(), bgp.as_ref())
             };
             let _ = env.reply.send(resp);
         }
     }
     notifier.notify("STOPPING=1");
     tracing::info!("shutting down");
+    if let Some(b) = bgp.take() {
+        stop_bgp(b, &inbox);
+    }
     let _ = std::fs::remove_file(&sock);
     Ok(())
 }
 
 use std::io::Read;
 
-fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, now: Instant, uptime: Duration) -> Response {
+/// Starts the BGP thread if the config has `[bgp]`.
+fn start_bgp(c: &Config, origin: std::time::Instant, applier: &Arc<control::reload::Applier>, tx: &crossbeam_channel::Sender<Envelope>, waker: &Arc<Waker>) -> Result<Option<bgp::BgpHandle>, RunError> {
+    let Some(spec) = build::bgp_spec(c) else { return Ok(None) };
+    tracing::info!(asn = spec.asn, router_id = %spec.router_id, neighbors = spec.neighbors.len(), vnis = spec.nets.len(), "BGP EVPN speaker up");
+    Ok(Some(bgp::BgpHandle::start(spec, bgp_passwords(c), origin, applier.clone(), tx.clone(), waker.clone())?))
+}
+
+/// Stops the BGP thread; changes it stages meanwhile are refused (the loop is stopping).
+fn stop_bgp(b: bgp::BgpHandle, inbox: &crossbeam_channel::Receiver<Envelope>) {
+    let done = b.stop_begin();
+    while !done.is_finished() {
+        while let Ok(env) = inbox.try_recv() {
+            if let Some(st) = &env.staged {
+                st.take();
+            }
+            let _ = env.reply.send(Response::err("vrouter is stopping"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = done.join();
+}
+
+fn bgp_passwords(c: &Config) -> std::collections::BTreeMap<std::net::Ipv4Addr, String> {
+    c.bgp.iter().flat_map(|b| b.neighbor.iter()).filter_map(|n| Some((n.address, n.password.clone()?))).collect()
+}
+
+/// Which network is which VNI, for EVPN.
+#[derive(Default)]
+struct EvpnNets {
+    by_net: std::collections::HashMap<crate::switch::NetId, u32>,
+    by_vni: std::collections::HashMap<u32, crate::switch::NetId>,
+}
+
+impl EvpnNets {
+    fn of(c: &Config, dp: &Datapath) -> Self {
+        let mut e = EvpnNets::default();
+        for n in &c.networks {
+            if let (Some(vni), Some(id)) = (n.vni, dp.net_named(&n.name)) {
+                e.by_net.insert(id, vni);
+                e.by_vni.insert(vni, id);
+            }
+        }
+        e
+    }
+
+    /// This host's guest MACs in VXLAN networks, each with its known addresses.
+    fn local(&self, dp: &Datapath, now: Instant) -> std::collections::BTreeSet<crate::bgp::LocalMac> {
+        let mut set = std::collections::BTreeSet::new();
+        for (n, m) in dp.local_macs(now) {
+            if let Some(vni) = self.by_net.get(&n) {
+                set.insert((*vni, m.0, None));
+            }
+        }
+        for (n, m, ip) in dp.router().guest_addresses().into_iter().chain(dp.configured_addresses()) {
+            if let Some(vni) = self.by_net.get(&n) {
+                if set.contains(&(*vni, m.0, None)) {
+                    set.insert((*vni, m.0, Some(ip)));
+                }
+            }
+        }
+        set
+    }
+
+    /// The FDB entries the view asks for: MACs behind VTEPs that have a port.
+    fn fdb(&self, dp: &Datapath, view: &crate::bgp::EvpnView) -> Vec<(crate::switch::NetId, crate::wire::ethernet::MacAddr, PortId)> {
+        let mut v = Vec::new();
+        for (vni, vv) in &view.vnis {
+            let Some(n) = self.by_vni.get(vni) else { continue };
+            for (mac, r) in &vv.macs {
+                if let Some(p) = dp.port_id(&build::vtep_name(r.vtep)) {
+                    v.push((*n, crate::wire::ethernet::MacAddr(mac.0), p));
+                }
+            }
+        }
+        v
+    }
+}
+
+fn answer(dp: &Datapath, slots: &[Slot], lat: &latency::Latency, req: &Request, now: Instant, uptime: Duration, bgp: Option<&bgp::BgpHandle>) -> Response {
     match req {
+        Request::Show { table: Table::Bgp | Table::Evpn, .. } => match bgp.and_then(|b| b.shared.snapshot.lock().ok().and_then(|s| s.clone())) {
+            Some(s) => Response::ok(serde_json::to_value(&*s).unwrap_or_default()),
+            None if bgp.is_some() => Response::err("the BGP speaker is starting; try again"),
+            None => Response::err("no [bgp] configured"),
+        },
         Request::Show { table: Table::Ports, .. } => {
             let mut v = serde_json::to_value(dp.show_ports(now)).unwrap_or_default();
             if let serde_json::Value::Array(rows) = &mut v {

@@ -217,6 +217,14 @@ impl Neighbours {
         }
     }
 
+    /// Every resolved entry: (interface, address, MAC).
+    pub fn resolved(&self) -> impl Iterator<Item = (Iface, Ipv4Addr, MacAddr)> + '_ {
+        self.map.iter().filter_map(|((i, ip), e)| match e.state {
+            State::Reachable { mac, .. } => Some((*i, *ip, mac)),
+            _ => None,
+        })
+    }
+
     pub fn poll_at(&self) -> Instant {
         self.next_timer
     }

@@ -298,6 +298,24 @@ impl Router {
         self.svc.dhcp.as_ref().map(|d| d.counters())
     }
 
+    /// IPv4 addresses known for guests' MACs on their networks: bound DHCP leases and
+    /// resolved neighbours (EVPN advertises them with the MAC).
+    pub fn guest_addresses(&self) -> Vec<(NetId, MacAddr, Ipv4Addr)> {
+        let mut v: Vec<(NetId, MacAddr, Ipv4Addr)> = self
+            .svc
+            .dhcp
+            .as_ref()
+            .map(|d| d.leases().into_iter().filter(|l| l.state == dhcp::LeaseState::Bound).map(|l| (NetId(l.net as u16), l.mac, l.ip)).collect())
+            .unwrap_or_default();
+        v.extend(self.neigh.resolved().filter_map(|(i, ip, mac)| match i {
+            super::Iface::Net(n) => Some((n, mac, ip)),
+            _ => None,
+        }));
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Lease use per served network.
     pub fn dhcp_pools(&self) -> Vec<dhcp::PoolUsage> {
         self.svc.dhcp.as_ref().map(|d| d.pool_usage()).unwrap_or_default()

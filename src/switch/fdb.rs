@@ -16,6 +16,9 @@ pub struct Entry {
     pub last_seen: Instant,
     /// Configured (a port-security guest's own MAC): never ages, never moves.
     pub fixed: bool,
+    /// From an EVPN route (behind a VTEP): never ages; stays until withdrawn, or until the
+    /// MAC shows up on another port (it moved).
+    pub remote: bool,
 }
 
 /// Why a source address was not learned.
@@ -58,13 +61,13 @@ impl Fdb {
     }
 
     fn expired(&self, e: &Entry, now: Instant) -> bool {
-        !e.fixed && now.since(e.last_seen) > self.aging
+        !e.fixed && !e.remote && now.since(e.last_seen) > self.aging
     }
 
     /// Pins `mac` to `port` (a port-security guest's configured MAC). Counts against the
     /// network's table but not against the port's learning limit.
     pub fn pin(&mut self, net: NetId, mac: MacAddr, port: PortId) {
-        let old = self.map.insert((net, mac), Entry { port, last_seen: Instant::ZERO, fixed: true });
+        let old = self.map.insert((net, mac), Entry { port, last_seen: Instant::ZERO, fixed: true, remote: false });
         match old {
             None => self.per_net[net.0 as usize] += 1,
             Some(e) if !e.fixed => self.per_port[e.port.0 as usize] -= 1,
@@ -94,7 +97,7 @@ impl Fdb {
             }
             self.per_port[e.port.0 as usize] -= 1;
             self.per_port[port.0 as usize] += 1;
-            self.map.insert((net, mac), Entry { port, last_seen: now, fixed: false });
+            self.map.insert((net, mac), Entry { port, last_seen: now, fixed: false, remote: false });
             return Ok(Learned::Moved { from: e.port });
         }
         if self.per_net[net.0 as usize] >= self.max_per_net {
@@ -105,7 +108,7 @@ impl Fdb {
         }
         self.per_net[net.0 as usize] += 1;
         self.per_port[port.0 as usize] += 1;
-        self.map.insert((net, mac), Entry { port, last_seen: now, fixed: false });
+        self.map.insert((net, mac), Entry { port, last_seen: now, fixed: false, remote: false });
         Ok(Learned::New)
     }
 
@@ -114,13 +117,18 @@ impl Fdb {
         self.map.get(&(net, mac)).filter(|e| !self.expired(e, now)).map(|e| e.port)
     }
 
+    /// The entry for `mac` in `net`, aged or not.
+    pub fn iter_one(&self, net: NetId, mac: MacAddr) -> Option<Entry> {
+        self.map.get(&(net, mac)).copied()
+    }
+
     /// Removes aged-out entries; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
         let aging = self.aging;
         let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
         let before = self.map.len();
         self.map.retain(|(net, _), e| {
-            let keep = e.fixed || now.since(e.last_seen) <= aging;
+            let keep = e.fixed || e.remote || now.since(e.last_seen) <= aging;
             if !keep {
                 per_net[net.0 as usize] -= 1;
                 per_port[e.port.0 as usize] -= 1;
@@ -148,6 +156,42 @@ impl Fdb {
         self.port_cap = port_cap;
         self.max_per_net = max_per_net;
         self.aging = aging;
+    }
+
+    /// Puts `mac` behind `port` (a VTEP) as an EVPN route says, over whatever was learned; a
+    /// configured MAC stays. False if refused (pinned here, or the network's table is full).
+    pub fn install_remote(&mut self, net: NetId, mac: MacAddr, port: PortId, now: Instant) -> bool {
+        match self.map.get_mut(&(net, mac)) {
+            Some(e) if e.fixed => false,
+            Some(e) => {
+                if e.port != port {
+                    self.per_port[e.port.0 as usize] -= 1;
+                    self.per_port[port.0 as usize] += 1;
+                }
+                *e = Entry { port, last_seen: now, fixed: false, remote: true };
+                true
+            }
+            None if self.per_net[net.0 as usize] >= self.max_per_net => false,
+            None => {
+                self.per_net[net.0 as usize] += 1;
+                self.per_port[port.0 as usize] += 1;
+                self.map.insert((net, mac), Entry { port, last_seen: now, fixed: false, remote: true });
+                true
+            }
+        }
+    }
+
+    /// Removes the EVPN entries for which `keep` is false (their routes were withdrawn).
+    pub fn retain_remote(&mut self, keep: impl Fn(NetId, MacAddr, PortId) -> bool) {
+        let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
+        self.map.retain(|(net, mac), e| {
+            let ok = !e.remote || keep(*net, *mac, e.port);
+            if !ok {
+                per_net[net.0 as usize] -= 1;
+                per_port[e.port.0 as usize] -= 1;
+            }
+            ok
+        });
     }
 
     /// Forgets everything learned on `port` (port removed or link lost).

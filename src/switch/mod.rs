@@ -69,7 +69,9 @@ pub enum Role {
     Public,
     /// A VXLAN peer (remote VTEP): each network carried with its VNI. Its frames arrive
     /// decapsulated, their network given by the VNI, not by the frame.
-    Vtep { remote: std::net::Ipv4Addr, vnis: Vec<(u32, NetId)> },
+    /// `evpn`: learned over BGP EVPN; the MACs behind it come from its routes, not from its
+    /// frames (as a kernel VTEP with `nolearning` under FRR).
+    Vtep { remote: std::net::Ipv4Addr, vnis: Vec<(u32, NetId)>, evpn: bool },
     /// A slot whose port was removed by a reload (and not yet taken by a new one): in no
     /// network, nothing arrives on it or leaves through it.
     Vacant,

@@ -6,6 +6,7 @@ pub mod notify;
 pub mod packet;
 pub mod rtnl;
 pub mod tap;
+pub mod tcp_md5;
 pub mod udp;
 
 use std::io;
