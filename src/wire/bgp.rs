@@ -566,9 +566,10 @@ fn header(out: &mut Vec<u8>, t: u8) {
     out.extend_from_slice(&[0, 0, t]);
 }
 
-fn finish(out: &mut Vec<u8>, start: usize) {
-    let len = (out.len() - start) as u16;
-    out[start + 16..start + 18].copy_from_slice(&len.to_be_bytes());
+/// Writes the message's length into its header.
+fn finish(out: &mut [u8]) {
+    let len = out.len() as u16;
+    out[16..18].copy_from_slice(&len.to_be_bytes());
 }
 
 /// An OPEN offering L2VPN EVPN, route refresh and 4-octet AS numbers.
@@ -593,14 +594,14 @@ pub fn open(asn: u32, hold: u16, id: Ipv4Addr) -> Vec<u8> {
     }
     out.push(params.len() as u8);
     out.extend_from_slice(&params);
-    finish(&mut out, 0);
+    finish(&mut out);
     out
 }
 
 pub fn keepalive() -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     header(&mut out, kind::KEEPALIVE);
-    finish(&mut out, 0);
+    finish(&mut out);
     out
 }
 
@@ -610,7 +611,7 @@ pub fn notification(code: u8, subcode: u8, data: &[u8]) -> Vec<u8> {
     out.push(code);
     out.push(subcode);
     out.extend_from_slice(&data[..data.len().min(MAX_LEN - HEADER_LEN - 2)]);
-    finish(&mut out, 0);
+    finish(&mut out);
     out
 }
 
@@ -620,7 +621,7 @@ pub fn route_refresh() -> Vec<u8> {
     out.extend_from_slice(&AFI_L2VPN.to_be_bytes());
     out.push(0);
     out.push(SAFI_EVPN);
-    finish(&mut out, 0);
+    finish(&mut out);
     out
 }
 
@@ -702,7 +703,7 @@ fn reach_into(out: &mut Vec<u8>, a: &Attrs, routes: &[Route]) {
     }
     let alen = (out.len() - attrs_at) as u16;
     out[attrs_at - 2..attrs_at].copy_from_slice(&alen.to_be_bytes());
-    finish(out, 0);
+    finish(out);
 }
 
 /// An UPDATE withdrawing `routes` (the caller keeps it within [`MAX_LEN`]: 30 bytes beyond the
@@ -720,7 +721,7 @@ pub fn update_unreach(routes: &[Route]) -> Vec<u8> {
     push_attr(&mut out, attr::OPTIONAL, attr::MP_UNREACH, &mp);
     let alen = (out.len() - 23) as u16;
     out[21..23].copy_from_slice(&alen.to_be_bytes());
-    finish(&mut out, 0);
+    finish(&mut out);
     out
 }
 
@@ -736,19 +737,49 @@ mod tests {
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
-    /// FRR 8.4's OPEN to an EVPN neighbour (captured from bgpd: AS 65000, hold 9, id
-    /// 192.0.2.1, with capabilities this speaker ignores: graceful restart, hostname, ...).
-    const FRR_OPEN: &str = "ffffffffffffffffffffffffffffffff 0053 01 04 fde8 0009 c0000201 36
-        02 06 01 04 0019 0046  02 02 02 00  02 06 41 04 0000fde8  02 02 46 00  02 06 45 04 0019 4601
-        02 0e 49 0c 03 72 72 31 07 65 78 61 6d 70 6c 65  02 04 40 02 c0 78";
+    // Captured from Debian's FRR 8.4.4 (bgpd with `advertise-all-vni`, router-id 192.0.2.12,
+    // AS 65000, a VXLAN device for VNI 5001 in a bridge with a static MAC aa:bb:cc:dd:ee:ff)
+    // by a Python peer; see the issue note.
+    /// Its OPEN (capabilities this speaker ignores too: extended nexthop, graceful restart,
+    /// hostname, ...).
+    const FRR_OPEN: &str = "ffffffffffffffffffffffffffffffff005d0104fde80009c000020c400206010400190046020280000202020002024600020641040000fde802020600020645040019460102054903016b0002044002c0780209470700194680000000";
+    /// Its type-2 routes: the bridge port's MAC and the static one, MAC only, one UPDATE.
+    const FRR_MAC: &str = "ffffffffffffffffffffffffffffffff008c0200000075900e004f00194604c000020c0002210001c000020c000200000000000000000000000000003096d0813b39700000138902210001c000020c0002000000000000000000000000000030aabbccddeeff00001389400101005002000040050400000064c01010030c0000000000080002fde800001389";
+    /// Its type-3 route with the PMSI tunnel attribute.
+    const FRR_IMET: &str = "ffffffffffffffffffffffffffffffff0065020000004e900e001c00194604c000020c0003110001c000020c00020000000020c000020c400101005002000040050400000064c01010030c0000000000080002fde800001389c016090006001389c000020c";
 
     #[test]
     fn frr_open_parses() {
         let b = hex(FRR_OPEN);
-        assert_eq!(b.len(), 0x53);
-        assert_eq!(frame(&b), Ok(Some((kind::OPEN, 0x53))));
+        assert_eq!(frame(&b), Ok(Some((kind::OPEN, b.len()))));
         let Message::Open(o) = parse(&b).unwrap() else { panic!() };
-        assert_eq!((o.asn, o.hold, o.id, o.evpn, o.route_refresh, o.as4), (65000, 9, Ipv4Addr::new(192, 0, 2, 1), true, true, true));
+        assert_eq!((o.asn, o.hold, o.id, o.evpn, o.route_refresh, o.as4), (65000, 9, Ipv4Addr::new(192, 0, 2, 12), true, true, true));
+    }
+
+    #[test]
+    fn frr_routes_parse() {
+        let k = Ipv4Addr::new(192, 0, 2, 12);
+        let Message::Update(u) = parse(&hex(FRR_MAC)).unwrap() else { panic!() };
+        assert_eq!(u.attrs.next_hop, Some(k));
+        assert_eq!(u.attrs.local_pref, Some(100));
+        assert_eq!(u.attrs.route_targets, vec![RouteTarget { asn: 65000, value: 5001 }]);
+        assert!(u.attrs.vxlan_encap);
+        let rd = Rd::ip(k, 2);
+        assert_eq!(
+            u.reach,
+            vec![
+                Route::Mac { rd, tag: 0, mac: [0x96, 0xd0, 0x81, 0x3b, 0x39, 0x70], ip: None, vni: 5001 },
+                Route::Mac { rd, tag: 0, mac: [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff], ip: None, vni: 5001 },
+            ]
+        );
+        assert_eq!(rd.to_string(), "192.0.2.12:2");
+        let Message::Update(u) = parse(&hex(FRR_IMET)).unwrap() else { panic!() };
+        assert_eq!(u.reach, vec![Route::Imet { rd, tag: 0, origin: k }]);
+        assert_eq!(u.attrs.pmsi, Some((6, 5001, k)));
+        // What this speaker emits for the same route parses to the same thing.
+        let ours = update_reach(&u.attrs, &u.reach);
+        let Message::Update(back) = parse(&ours).unwrap() else { panic!() };
+        assert_eq!((back.attrs, back.reach), (u.attrs, u.reach));
     }
 
     #[test]
@@ -764,16 +795,17 @@ mod tests {
         assert_eq!(o.asn, 4_200_000_001);
     }
 
-    /// A type-2 route as FRR sends it for a kernel VTEP's MAC+IP (RD 192.0.2.12:2, VNI 5001,
-    /// RT 65000:5001, encapsulation VXLAN, iBGP local-pref 100, next hop 192.0.2.12).
-    const FRR_MACIP: &str = "ffffffffffffffffffffffffffffffff 006c 02 0000 0055
+    /// A type-2 MAC+IP route built by hand from RFC 7432 §7.2 (RD 192.0.2.12:2, VNI 5001,
+    /// RT 65000:5001, encapsulation VXLAN, local-pref 100, next hop 192.0.2.12), with the
+    /// attribute flags FRR uses (its MAC+IP routes were not in the capture: no ARP yet).
+    const MACIP: &str = "ffffffffffffffffffffffffffffffff 006c 02 0000 0055
         40 01 01 00  40 02 00  40 05 04 00000064
         90 0e 0030 0019 46 04 c000020c 00 02 25 0001c000020c0002 00000000000000000000 00000000 30 aabbccddeeff 20 0a01010e 001389
         c0 10 10 0002fde800001389 030c000000000008";
 
     #[test]
-    fn frr_mac_ip_route_parses() {
-        let b = hex(FRR_MACIP);
+    fn mac_ip_route_parses() {
+        let b = hex(MACIP);
         assert_eq!(b.len(), 0x6c);
         let Message::Update(u) = parse(&b).unwrap() else { panic!() };
         assert_eq!(u.attrs.next_hop, Some(Ipv4Addr::new(192, 0, 2, 12)));
@@ -840,12 +872,12 @@ mod tests {
         assert_eq!(frame(&b), Err(Error { code: 1, subcode: 2 }));
         assert_eq!(frame(&b[..10]), Ok(None));
         // An attribute whose length runs past the message.
-        let mut u = hex(FRR_MACIP);
+        let mut u = hex(FRR_MAC);
         u[23 + 2] = 0x7f;
         assert!(matches!(parse(&u), Err(Error { code: 3, .. })));
         // An NLRI cut short.
-        let mut u = hex(FRR_MACIP);
-        let at = u.windows(2).position(|w| w == [0x02, 0x25]).unwrap();
+        let mut u = hex(FRR_MAC);
+        let at = u.windows(2).position(|w| w == [0x02, 0x21]).unwrap();
         u[at + 1] = 0x60;
         assert!(matches!(parse(&u), Err(Error { code: 3, .. })));
         // An OPEN with hold time 1.
@@ -854,7 +886,7 @@ mod tests {
         o[23] = 1;
         assert_eq!(parse(&o), Err(Error { code: 2, subcode: 6 }));
         // Every truncation of a valid UPDATE is an error or a shorter frame, never a panic.
-        let u = hex(FRR_MACIP);
+        let u = hex(FRR_MAC);
         for n in 0..u.len() {
             let mut c = u[..n].to_vec();
             if c.len() >= 18 {
