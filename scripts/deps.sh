@@ -31,6 +31,7 @@ have mkfs.ext4 || need+=(e2fsprogs)     # the system VM's state disk (scripts/sy
 have strip || need+=(binutils)          # the system VM's vrouter without its debug info
 have wireguard-go || need+=(wireguard-go)   # the VPN tests' branch and road-warrior peers (userspace WireGuard)
 have wg || need+=(wireguard-tools)          # `wg` configures them
+have vtysh || need+=(frr)                   # BGP EVPN tests and benchmark: FRR route reflector and kernel VTEP
 if [ ${#need[@]} -gt 0 ]; then
     echo "deps: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

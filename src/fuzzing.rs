@@ -369,6 +369,49 @@ pub fn wire(data: &[u8]) {
     }
 }
 
+/// BGP: the codec on arbitrary bytes, and a speaker with an established session fed them as
+/// a neighbour's stream (in chunks, as reads split it). Never a panic; the learned routes
+/// stay within the neighbour's cap; a session the bytes broke is down with an error counted.
+pub fn bgp(data: &[u8]) {
+    bgp_run(data);
+}
+
+/// [`bgp`], returning the routes the session holds and the errors it sent at the end.
+pub fn bgp_run(data: &[u8]) -> (usize, u64) {
+    use crate::bgp::{EvpnNet, NeighborSpec, Speaker, SpeakerConfig};
+    use crate::wire::bgp::{self as wire, Rd, RouteTarget};
+    let _ = wire::frame(data);
+    let _ = wire::parse(data);
+    let me = std::net::Ipv4Addr::new(192, 0, 2, 2);
+    let peer = std::net::Ipv4Addr::new(192, 0, 2, 1);
+    let cfg = SpeakerConfig {
+        asn: 65000,
+        router_id: me,
+        local: me,
+        nets: vec![EvpnNet { name: "web".into(), vni: 5001, rd: Rd::ip(me, 1), route_targets: vec![RouteTarget { asn: 65000, value: 5001 }] }],
+        neighbors: vec![NeighborSpec { addr: peer, remote_as: 65000, hold_secs: 9, keepalive_secs: 3, max_routes: 64 }],
+    };
+    let mut sp = Speaker::new(cfg);
+    let now = Instant::from_secs(1);
+    sp.poll(now);
+    sp.connected(now, peer);
+    sp.received(now, peer, &wire::open(65000, 9, peer));
+    sp.received(now, peer, &wire::keepalive());
+    sp.set_local(now, [(5001, [2, 0, 0, 0, 0, 1], None)].into_iter().collect());
+    let mut at = 0;
+    while at < data.len() {
+        let n = 1 + (data[at] as usize * 7) % 900;
+        let end = (at + n).min(data.len());
+        sp.received(now, peer, &data[at..end]);
+        at = end;
+    }
+    let _ = sp.take_io();
+    let s = sp.snapshot(now);
+    assert!(s.neighbors[0].routes_in <= 64, "over the cap: {}", s.neighbors[0].routes_in);
+    let _ = serde_json::to_string(&s);
+    (s.neighbors[0].routes_in, s.neighbors[0].counters.errors_sent)
+}
+
 /// Config parsing must turn any text into a config or diagnostics, never a panic.
 pub fn config(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
@@ -481,6 +524,87 @@ mod tests {
         }
         let row = dp.router().vpn_row(Instant::from_millis(t)).unwrap();
         assert!(row.peers[0].counters.rx_packets > 500, "{row:?}");
+    }
+
+    /// The BGP target on FRR's own messages (captured) and this speaker's, mutated: flipped
+    /// bytes, cut, lengths rewritten, messages spliced.
+    #[test]
+    fn bgp_fuzz() {
+        use crate::wire::bgp as wire;
+        let hex = |s: &str| -> Vec<u8> { (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect() };
+        let me = std::net::Ipv4Addr::new(192, 0, 2, 1);
+        let attrs = wire::Attrs {
+            next_hop: Some(me),
+            local_pref: Some(100),
+            route_targets: vec![wire::RouteTarget { asn: 65000, value: 5001 }],
+            vxlan_encap: true,
+            mac_seq: Some(3),
+            pmsi: Some((6, 5001, me)),
+            ..Default::default()
+        };
+        let routes: Vec<wire::Route> = (0..40u8)
+            .map(|i| wire::Route::Mac { rd: wire::Rd::ip(me, 1), tag: 0, mac: [2, 0, 0, 0, 1, i], ip: (i % 2 == 0).then_some([10, 1, 1, i].into()), vni: 5001 })
+            .chain([wire::Route::Imet { rd: wire::Rd::ip(me, 1), tag: 0, origin: me }])
+            .collect();
+        let seeds: Vec<Vec<u8>> = vec![
+            // FRR 8.4.4's type-2 and type-3 UPDATEs (see wire::bgp's tests).
+            hex("ffffffffffffffffffffffffffffffff008c0200000075900e004f00194604c000020c0002210001c000020c000200000000000000000000000000003096d0813b39700000138902210001c000020c0002000000000000000000000000000030aabbccddeeff00001389400101005002000040050400000064c01010030c0000000000080002fde800001389"),
+            hex("ffffffffffffffffffffffffffffffff0065020000004e900e001c00194604c000020c0003110001c000020c00020000000020c000020c400101005002000040050400000064c01010030c0000000000080002fde800001389c016090006001389c000020c"),
+            wire::update_reach(&attrs, &routes),
+            wire::update_unreach(&routes[..10]),
+            wire::route_refresh(),
+            wire::keepalive(),
+            wire::end_of_rib(),
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let iters: usize = std::env::var("VROUTER_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+        let (mut learned, mut refused) = (0, 0);
+        for _ in 0..iters {
+            let mut d = Vec::new();
+            for _ in 0..(1 + next() % 4) {
+                let mut m = seeds[(next() % seeds.len() as u64) as usize].clone();
+                match next() % 5 {
+                    0 => {
+                        for _ in 0..(1 + next() % 4) {
+                            let i = (next() as usize) % m.len();
+                            m[i] = next() as u8;
+                        }
+                    }
+                    1 => m.truncate((next() as usize) % m.len()),
+                    2 => {
+                        // A length field inside the body says something else.
+                        let i = 19 + (next() as usize) % (m.len() - 19).max(1);
+                        if i < m.len() {
+                            m[i] = m[i].wrapping_add(1 + (next() % 8) as u8);
+                        }
+                    }
+                    3 => {
+                        let l = (m.len() as u16).wrapping_add((next() % 16) as u16).wrapping_sub(8);
+                        m[16..18].copy_from_slice(&l.to_be_bytes());
+                    }
+                    _ => {}
+                }
+                d.extend_from_slice(&m);
+            }
+            let (r, e) = super::bgp_run(&d);
+            learned += (r > 0) as usize;
+            refused += (e > 0) as usize;
+        }
+        // Both sides of the target were exercised: sessions that learned, sessions closed.
+        assert!(learned > iters / 20 && refused > iters / 20, "learned in {learned}, errors in {refused} of {iters}");
+        // Unmutated, the seeds are taken whole (44 routes, 10 withdrawn); 80 more reach the cap
+        // of 64, which holds without an error.
+        let whole: Vec<u8> = seeds.iter().flatten().copied().collect();
+        assert_eq!(super::bgp_run(&whole), (34, 0));
+        let more: Vec<wire::Route> = (0..80u8).map(|i| wire::Route::Mac { rd: wire::Rd::ip(me, 2), tag: 0, mac: [2, 0, 0, 0, 2, i], ip: None, vni: 5001 }).collect();
+        let big = [whole, wire::update_reach(&attrs, &more)].concat();
+        assert_eq!(super::bgp_run(&big), (64, 0), "the cap is reached and holds, no error");
     }
 
     /// A bounded smoke run of the fuzz targets on pseudo-random and mutated inputs.

@@ -186,3 +186,48 @@ fn wireguard_sections_are_checked() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bgp_sections_are_checked() {
+    let dir = std::env::temp_dir().join(format!("vrouter-check-{}-bgp", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = BASE.replace("vlan = 101\n", "vni = 5001\nroute_targets = [\"65000:5001\", \"4200000001:7\"]\n")
+        + "\n[vxlan]\nlocal = \"192.0.2.10\"\n\n[bgp]\nasn = 65000\nmax_routes = 5000\n\n[[bgp.neighbor]]\naddress = \"192.0.2.1\"\nremote_as = 65000\nhold_secs = 9\nkeepalive_secs = 3\npassword = \"s3cret\"\n";
+    let checkin = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        let o = run(&[bin(), "check", "-c", p.to_str().unwrap()]);
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (code, err) = checkin("good.toml", &good);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("no [[vxlan.peer]]"), "peers come from BGP: no warning expected: {err}");
+    // (name, from, to, the key named, a phrase); the line is the one `to` lands on.
+    let bad: [(&str, &str, &str, &str, &str); 10] = [
+        ("asn", "asn = 65000", "asn = 23456", "bgp.asn", "not a usable AS number"),
+        ("rt", "\"4200000001:7\"", "\"4200000001:70000\"", "network[0].route_targets[1]", "below 65536"),
+        ("rt2", "\"65000:5001\"", "\"65000-5001\"", "network[0].route_targets[0]", "not a route target"),
+        ("self", "address = \"192.0.2.1\"", "address = \"192.0.2.10\"", "bgp.neighbor[0].address", "the local VTEP address"),
+        ("hold", "hold_secs = 9", "hold_secs = 2", "bgp.neighbor[0].hold_secs", "at least 3 seconds"),
+        ("ka", "keepalive_secs = 3", "keepalive_secs = 30", "bgp.neighbor[0].keepalive_secs", "at most hold_secs"),
+        ("ras", "remote_as = 65000", "remote_as = 0", "bgp.neighbor[0].remote_as", "not a usable AS number"),
+        ("max", "max_routes = 5000", "max_routes = 0", "bgp.max_routes", "at least 1"),
+        ("pw", "password = \"s3cret\"", "password = \"\"", "bgp.neighbor[0].password", "TCP MD5 key"),
+        ("unknown", "hold_secs = 9", "holdtime = 9", "bgp.neighbor[0].holdtime", "unknown field"),
+    ];
+    for (name, from, to, key, phrase) in bad {
+        assert!(good.contains(from), "{name}");
+        let text = good.replacen(from, to, 1);
+        let line = text[..text.find(to).unwrap()].matches('\n').count() + 1;
+        let (code, err) = checkin(&format!("{name}.toml"), &text);
+        assert_eq!(code, 1, "{name}: {err}");
+        let want = format!("{name}.toml:{line}: {key}:");
+        assert!(err.contains(&want) && err.contains(phrase), "{name}: expected {want:?} and {phrase:?} in: {err}");
+    }
+    // [bgp] without [vxlan]: EVPN needs a VTEP.
+    let text = good.replace("[vxlan]\nlocal = \"192.0.2.10\"\n", "");
+    let (code, err) = checkin("novxlan.toml", &text);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("bgp") && err.contains("needs a [vxlan] section"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
