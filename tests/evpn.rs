@@ -149,8 +149,9 @@ fn fdb_row(lab: &Lab, sock: &Path, mac: &str) -> Option<serde_json::Value> {
 
 fn vrouter_cfg(lab: &Lab, tag: &str, local: &str, gateway: bool, ports: &str) -> String {
     let web = if gateway { cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "vni = 5001") } else { format!("{}vni = 5001\n", cfg::network("web", "10.1.1.0/24", None)) };
+    let metrics = if tag == "a" { "metrics_listen = \"127.0.0.1:9910\"\n" } else { "" };
     format!(
-        "{}{web}{ports}[vxlan]\nlocal = \"{local}\"\n[bgp]\nasn = 65000\n[[bgp.neighbor]]\naddress = \"{RR}\"\nremote_as = 65000\n",
+        "{}{metrics}{web}{ports}[vxlan]\nlocal = \"{local}\"\n[bgp]\nasn = 65000\n[[bgp.neighbor]]\naddress = \"{RR}\"\nremote_as = 65000\n",
         cfg::router(&format!("{}{tag}", lab.id))
     )
 }
@@ -314,6 +315,18 @@ fn vtep_hosts_learn_each_other_through_an_frr_reflector() {
         let j = rr_frr.json(&rr, "show bgp l2vpn evpn route type macip json").to_string();
         j.contains("10.1.1.11") && j.contains("10.1.1.12")
     });
+
+    // The session and the fabric in the metrics.
+    let scrape = lab.exec(&ha, &["python3", "-c", "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9910/metrics').read().decode())"]);
+    let m = String::from_utf8_lossy(&scrape.stdout).into_owned();
+    for want in [
+        format!("vrouter_bgp_session_up{{neighbor=\"{RR}\"}} 1"),
+        "vrouter_evpn_vteps{vni=\"5001\"} 2".to_string(),
+        "vrouter_evpn_remote_macs{".to_string(),
+        "vrouter_bgp_routes_received{".to_string(),
+    ] {
+        assert!(m.contains(&want), "{want} not in the metrics:\n{}", m.lines().filter(|l| l.contains("bgp") || l.contains("evpn")).collect::<Vec<_>>().join("\n"));
+    }
 
     // A third host: a config on that host only.
     let n_gc = lab.name("gc");

@@ -56,6 +56,8 @@ pub struct Telemetry {
     pub dns: Option<DnsCounters>,
     pub lb: Vec<LbRow>,
     pub vpn: Option<crate::vpn::VpnRow>,
+    /// The BGP EVPN speaker's last snapshot.
+    pub bgp: Option<Arc<crate::bgp::BgpSnapshot>>,
     pub frame_latency: Histogram,
     /// One write (or writev) syscall to a port.
     pub write_latency: Histogram,
@@ -271,6 +273,23 @@ impl Telemetry {
             o.counter("vrouter_vpn_dropped_datagrams", "WireGuard datagrams dropped, by reason.", None, drops.iter().map(|(r, n)| (vec![("reason", r.to_string())], *n)).collect())?;
             let refused = per(&|p| p.counters.source_not_allowed);
             o.counter("vrouter_vpn_source_not_allowed", "Decrypted packets from a peer with a source outside its allowed_ips.", None, refused)?;
+        }
+        if let Some(b) = &self.bgp {
+            let per = |f: &dyn Fn(&crate::bgp::NeighborRow) -> u64| -> Vec<(Labels, u64)> { b.neighbors.iter().map(|n| (vec![("neighbor", n.address.to_string())], f(n))).collect() };
+            let up = b.neighbors.iter().map(|n| (vec![("neighbor", n.address.to_string())], (n.state == crate::bgp::State::Established) as i64)).collect();
+            o.gauge("vrouter_bgp_session_up", "1 if the BGP session with the neighbour is established.", None, up)?;
+            let routes = |f: &dyn Fn(&crate::bgp::NeighborRow) -> usize| -> Vec<(Labels, i64)> { b.neighbors.iter().map(|n| (vec![("neighbor", n.address.to_string())], f(n) as i64)).collect() };
+            o.gauge("vrouter_bgp_routes_received", "EVPN routes held from the neighbour.", None, routes(&|n| n.routes_in))?;
+            o.gauge("vrouter_bgp_routes_advertised", "EVPN routes advertised to the neighbour.", None, routes(&|n| n.routes_out))?;
+            o.counter("vrouter_bgp_routes_refused", "Routes refused: over the neighbour's max_routes.", None, per(&|n| n.counters.routes_refused))?;
+            o.counter("vrouter_bgp_errors_sent", "NOTIFICATIONs sent for what the neighbour sent (malformed or unexpected).", None, per(&|n| n.counters.errors_sent))?;
+            o.counter("vrouter_bgp_flaps", "Established sessions lost.", None, per(&|n| n.counters.flaps))?;
+            o.counter("vrouter_bgp_updates_received", "UPDATE messages received.", None, per(&|n| n.counters.updates_in))?;
+            let vnis = |f: &dyn Fn(&crate::bgp::VniView) -> usize| -> Vec<(Labels, i64)> { b.evpn.vnis.iter().map(|(v, x)| (vec![("vni", v.to_string())], f(x) as i64)).collect() };
+            o.gauge("vrouter_evpn_vteps", "Remote VTEPs in each VNI's flood list.", None, vnis(&|v| v.flood.len()))?;
+            o.gauge("vrouter_evpn_remote_macs", "MACs behind remote VTEPs, from EVPN routes.", None, vnis(&|v| v.macs.len()))?;
+            let local = b.local_macs.iter().map(|(v, m)| (vec![("vni", v.to_string())], m.len() as i64)).collect();
+            o.gauge("vrouter_evpn_local_macs", "Local MACs advertised.", None, local)?;
         }
         o.histogram("vrouter_frame_processing", "Time from reading a frame to having written all its copies.", &self.frame_latency)?;
         o.histogram("vrouter_port_write", "Time of one write syscall to a port.", &self.write_latency)?;

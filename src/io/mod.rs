@@ -569,7 +569,8 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
         if let Some(p) = &published {
             if std::time::Instant::now() >= next_publish {
                 next_publish = std::time::Instant::now() + Duration::from_secs(1);
-                let t = observe::telemetry(&mut dp, &slots, now, &cfg_state, &heartbeat, &lat, &config.router.name, unix, config.router.mac_table_size);
+                let mut t = observe::telemetry(&mut dp, &slots, now, &cfg_state, &heartbeat, &lat, &config.router.name, unix, config.router.mac_table_size);
+                t.bgp = bgp.as_ref().and_then(|b| b.shared.snapshot.lock().ok().and_then(|s| s.clone()));
                 if let Ok(mut g) = p.lock() {
                     *g = Arc::new(t);
                 }

@@ -112,6 +112,7 @@ pub(super) fn telemetry(dp: &mut Datapath, slots: &[Slot], now: Instant, cfg: &C
         dns: r.dns_counters(),
         lb: r.lb_rows(),
         vpn: r.vpn_row(now),
+        bgp: None,
         frame_latency: telemetry::from_hdr(&lat.frame),
         write_latency: telemetry::from_hdr(&lat.write),
         config: ConfigInfo { hash: cfg.hash.clone(), loaded_unix: cfg.loaded_unix, reloads: cfg.reloads },
