@@ -26,7 +26,9 @@
 # time, the datapath's pause, ping loss across the changes, per-packet cost at 10 and 20k rules,
 # beside nftables loading the same rules); NO_VPN=1 the VPN part (scripts/lib/bench-vpn.sh: iperf3
 # guest to a branch LAN through vrouter's WireGuard beside a wireguard-go gateway, and a handshake
-# flood); NO_SYSTEMVM=1 the system VM (scripts/lib/bench-systemvm.sh: image size, QEMU start to
+# flood); NO_EVPN=1 the BGP EVPN control plane (scripts/lib/bench-evpn.sh: routes/s learned and
+# advertised, a new MAC to its route, session loss to withdrawal, vrouter beside FRR on a kernel
+# VTEP, both clients of one FRR route reflector); NO_SYSTEMVM=1 the system VM (scripts/lib/bench-systemvm.sh: image size, QEMU start to
 # the first DHCP ACK, iperf3 through it beside a Linux router VM of the same kernel, under TCG).
 # BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
 # Then DHCP leases/s and DNS queries/s, vrouter beside dnsmasq (scripts/lib/bench-services.sh).
@@ -362,6 +364,11 @@ fi
 # ---- VPN: guest to a branch LAN through vrouter's WireGuard beside a wireguard-go gateway ----
 if [ -z "${NO_VPN:-}" ]; then
     VR=$VR bash scripts/lib/bench-vpn.sh
+fi
+
+# ---- EVPN: routes learned and advertised through an FRR reflector, beside FRR + kernel VTEP ----
+if [ -z "${NO_EVPN:-}" ] && [ "$run_vr" = 1 ]; then
+    VR=$VR bash scripts/lib/bench-evpn.sh
 fi
 
 # ---- System VM: boot to first ACK, iperf3 through it beside a Linux router VM (QEMU/TCG) ----
