@@ -148,10 +148,12 @@ fn fdb_row(lab: &Lab, sock: &Path, mac: &str) -> Option<serde_json::Value> {
 }
 
 fn vrouter_cfg(lab: &Lab, tag: &str, local: &str, gateway: bool, ports: &str) -> String {
+    // Host C's session is signed (TCP MD5), as the reflector has it (a wrong key: no session).
+    let password = if tag == "c" { "password = \"evpn-md5-key\"\n" } else { "" };
     let web = if gateway { cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "vni = 5001") } else { format!("{}vni = 5001\n", cfg::network("web", "10.1.1.0/24", None)) };
     let metrics = if tag == "a" { "metrics_listen = \"127.0.0.1:9910\"\n" } else { "" };
     format!(
-        "{}{metrics}{web}{ports}[vxlan]\nlocal = \"{local}\"\n[bgp]\nasn = 65000\n[[bgp.neighbor]]\naddress = \"{RR}\"\nremote_as = 65000\n",
+        "{}{metrics}{web}{ports}[vxlan]\nlocal = \"{local}\"\n[bgp]\nasn = 65000\n[[bgp.neighbor]]\naddress = \"{RR}\"\nremote_as = 65000\n{password}",
         cfg::router(&format!("{}{tag}", lab.id))
     )
 }
@@ -200,6 +202,7 @@ fn vtep_hosts_learn_each_other_through_an_frr_reflector() {
         &format!(
             "frr defaults datacenter\nhostname rr\nrouter bgp 65000\n bgp router-id {RR}\n no bgp default ipv4-unicast\n bgp cluster-id {RR}\n \
              neighbor fabric peer-group\n neighbor fabric remote-as 65000\n bgp listen range 192.0.2.0/26 peer-group fabric\n \
+             neighbor {C} peer-group fabric\n neighbor {C} password evpn-md5-key\n \
              address-family l2vpn evpn\n  neighbor fabric activate\n  neighbor fabric route-reflector-client\n exit-address-family\n"
         ),
         false,
@@ -328,7 +331,7 @@ fn vtep_hosts_learn_each_other_through_an_frr_reflector() {
         assert!(m.contains(&want), "{want} not in the metrics:\n{}", m.lines().filter(|l| l.contains("bgp") || l.contains("evpn")).collect::<Vec<_>>().join("\n"));
     }
 
-    // A third host: a config on that host only.
+    // A third host: a config on that host only (its session signed with TCP MD5).
     let n_gc = lab.name("gc");
     let cc = vrouter_cfg(&lab, "c", C, false, &cfg::port("gc", "web", "tap", &n_gc, GC, "ip = \"10.1.1.13\""));
     let sc = lab.vrouter_at("c", Some(&hc), &cc);

@@ -351,3 +351,35 @@ fn a_withdrawal_with_another_label_still_withdraws() {
     a.received(now, B, &wire::update_unreach(&[m(0)]));
     assert!(a.view().vnis[&VNI].macs.is_empty());
 }
+
+#[test]
+fn ebgp_prepends_its_as_and_refuses_loops() {
+    let mut p = Pair::new();
+    let mut ca = cfg(A, B, 1000);
+    ca.asn = 65001;
+    ca.neighbors[0].remote_as = 65002;
+    let mut cb = cfg(B, A, 1000);
+    cb.asn = 65002;
+    cb.neighbors[0].remote_as = 65001;
+    // Route targets are per AS by default; both import 65000:5001 here.
+    p.a = Speaker::new(ca);
+    p.b = Speaker::new(cb);
+    p.b.nbrs[0].next_connect = Instant(u64::MAX);
+    p.b.set_local(p.now, BTreeSet::from([(VNI, mac(1), None)]));
+    p.run(0.5);
+    assert_eq!(p.a.nbrs[0].state, State::Established);
+    assert_eq!(p.a.view().vnis[&VNI].macs[&MacKey(mac(1))].vtep, B);
+    // What A sent carries A's AS and no LOCAL_PREF.
+    let sent = p.a_sent.iter().filter_map(|m| match wire::parse(m) {
+        Ok(Message::Update(u)) if !u.reach.is_empty() => Some(u),
+        _ => None,
+    });
+    for u in sent {
+        assert_eq!((u.attrs.as_path.clone(), u.attrs.local_pref), (vec![65001], None));
+    }
+    // A route that already went through A's AS is not taken (a loop).
+    let looped = Attrs { next_hop: Some(B), as_path: vec![65002, 65001], route_targets: vec![RouteTarget { asn: 65000, value: VNI }], ..Default::default() };
+    p.a.received(p.now, B, &wire::update_reach(&looped, &[Route::Mac { rd: Rd::ip(B, 9), tag: 0, mac: mac(2), ip: None, vni: VNI }]));
+    assert!(!p.a.view().vnis[&VNI].macs.contains_key(&MacKey(mac(2))));
+    assert!(p.a.snapshot(p.now).neighbors[0].counters.routes_ignored >= 1);
+}

@@ -48,4 +48,13 @@ mod tests {
     fn layout_is_the_kernels() {
         assert_eq!(std::mem::size_of::<super::TcpMd5Sig>(), 216);
     }
+
+    /// The kernel takes the key (a wrong layout or size gets EINVAL), and refuses bad ones.
+    #[test]
+    fn the_kernel_takes_a_key() {
+        use std::os::fd::AsRawFd;
+        let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        super::set_key(s.as_raw_fd(), std::net::Ipv4Addr::new(192, 0, 2, 1), b"s3cret").unwrap();
+        assert!(super::set_key(s.as_raw_fd(), std::net::Ipv4Addr::new(192, 0, 2, 1), &[b'x'; 81]).is_err());
+    }
 }
