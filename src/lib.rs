@@ -4,7 +4,8 @@
 //! (ARP, routing, ICMP, NAT decisions, the services' glue), `conntrack`, `nat`, `filter`
 //! (firewall and egress classifiers, security groups), `lb` (load balancer and health checks),
 //! `dhcp` and `dns` (the sans-IO servers), `metadata` (what cloud-init is told), `vpn` (WireGuard
-//! peers: boringtun sessions, cryptokey routing, handshake limits), `offload` (software GSO/checksum), `gro` (receive
+//! peers: boringtun sessions, cryptokey routing, handshake limits), `bgp` (the EVPN speaker:
+//! sessions, RIBs, MAC mobility; its thread is `io::bgp`), `offload` (software GSO/checksum), `gro` (receive
 //! coalescing), `entropy` (the seeded CSPRNG), `datapath` (the pure pipeline), `build` (config
 //! -> datapath tables, pure), `buf` (packet buffers with headroom), `time` (the core's clock
 //! type), `io` + `sys` (fds, poll loop, lease log, ioctls), `control` (socket API), `config`
