@@ -125,6 +125,10 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
             .collect::<BTreeMap<_, _>>()
     };
     compare("wireguard_peer", wgp(old), wgp(new), &mut out);
+    let bgp = |c: &Config| c.bgp.as_ref().map(|b| format!("{} {:?} {:?}", b.asn, b.router_id, b.max_routes));
+    compare("bgp", keyed(bgp(old), |_| "bgp".into()), keyed(bgp(new), |_| "bgp".into()), &mut out);
+    let nbrs = |c: &Config| c.bgp.iter().flat_map(|b| b.neighbor.clone()).collect::<Vec<_>>();
+    compare("bgp_neighbor", keyed(nbrs(old), |n| n.address.to_string()), keyed(nbrs(new), |n| n.address.to_string()), &mut out);
     let ct = |c: &Config| c.conntrack.as_ref().map(|t| format!("{t:?}"));
     compare("conntrack", keyed(ct(old), |_| "conntrack".into()), keyed(ct(new), |_| "conntrack".into()), &mut out);
     out
@@ -232,5 +236,18 @@ upstreams = ["192.0.2.53:53"]
         let d = diff(&old, &parse(&BASE.replace("name = \"t\"", "name = \"t\"\nmac_aging_secs = 60\nmetrics_listen = \"127.0.0.1:9464\"")));
         let ids: Vec<&str> = d.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["mac_aging_secs", "metrics_listen"], "{d:?}");
+    }
+
+    #[test]
+    fn bgp_neighbours_by_address() {
+        let with = |n: &str| format!("{BASE}[vxlan]\nlocal = \"192.0.2.10\"\n[bgp]\nasn = 65000\n{n}");
+        let one = "[[bgp.neighbor]]\naddress = \"192.0.2.1\"\nremote_as = 65000\n";
+        let two = "[[bgp.neighbor]]\naddress = \"192.0.2.2\"\nremote_as = 65000\n";
+        let old = parse(&with(one));
+        let new = parse(&with(&format!("{two}{}", one.replace("remote_as = 65000", "remote_as = 65000\nhold_secs = 30"))));
+        let got: Vec<(&str, String, Op)> = diff(&old, &new).into_iter().map(|c| (c.kind, c.id, c.op)).collect();
+        assert_eq!(got, vec![("bgp_neighbor", "192.0.2.1".to_string(), Op::Change), ("bgp_neighbor", "192.0.2.2".to_string(), Op::Add)]);
+        let got: Vec<(&str, Op)> = diff(&old, &parse(BASE)).into_iter().map(|c| (c.kind, c.op)).collect();
+        assert!(got.contains(&("bgp", Op::Remove)) && got.contains(&("bgp_neighbor", Op::Remove)), "{got:?}");
     }
 }
