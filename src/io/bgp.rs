@@ -142,6 +142,9 @@ impl Thread {
         let mut published_gen = u64::MAX;
         let mut next_publish = std::time::Instant::now();
         let mut stopping = false;
+        // The VTEPs the view wants as ports, and when to try again after a refused apply.
+        let mut wanted: BTreeMap<Ipv4Addr, BTreeSet<u32>> = BTreeMap::new();
+        let mut retry_at = std::time::Instant::now();
         loop {
             let now = self.now();
             sp.poll(now);
@@ -149,22 +152,23 @@ impl Thread {
             if sp.generation() != published_gen {
                 published_gen = sp.generation();
                 let view = Arc::new(sp.view().clone());
-                let vteps = view.vteps();
+                wanted = view.vteps();
                 if let Ok(mut v) = self.shared.view.lock() {
                     *v = view;
                 }
                 self.shared.generation.fetch_add(1, Ordering::Release);
                 let _ = self.loop_wake.wake();
-                if vteps != self.learned && !stopping {
-                    // New or gone VTEPs: VXLAN peer ports, through the reload path.
-                    let r = self.applier.set_learned(vteps.clone(), &self.loop_tx, &|| {
-                        let _ = self.loop_wake.wake();
-                    });
-                    if r.ok {
-                        self.learned = vteps;
-                    } else {
-                        tracing::warn!("EVPN VTEPs not applied: {}", r.error.as_deref().unwrap_or("?"));
-                    }
+            }
+            if wanted != self.learned && !stopping && std::time::Instant::now() >= retry_at {
+                // New or gone VTEPs: VXLAN peer ports, through the reload path.
+                let r = self.applier.set_learned(wanted.clone(), &self.loop_tx, &|| {
+                    let _ = self.loop_wake.wake();
+                });
+                if r.ok {
+                    self.learned = wanted.clone();
+                } else {
+                    tracing::warn!("EVPN VTEPs not applied (retried in 1 s): {}", r.error.as_deref().unwrap_or("?"));
+                    retry_at = std::time::Instant::now() + Duration::from_secs(1);
                 }
             }
             if std::time::Instant::now() >= next_publish {
