@@ -1,0 +1,318 @@
+//! Attacks from a guest and from the public side, each with honest guests' traffic running
+//! beside it, each protection seen in its drop counter, and a positive control showing the test
+//! can see the attack land where nothing stops it.
+//!
+//! One account: network web (10.1.1.0/24, gateway .1, DHCP pool .100-.149), guests a1 (.11) and
+//! a2 (.12) with port security, the attacker m on a port without port security (its MACs are
+//! bounded by `mac_limit_per_port` only, as a guest running containers or a router), and a
+//! public side (203.0.113.10) whose outside namespace reaches a1's TCP port 80 through a
+//! forward on 8080.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+fn config(lab: &Lab) -> String {
+    [
+        cfg::router(&lab.id),
+        "mac_limit_per_port = 16\n".to_string(),
+        cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "dhcp_range = [\"10.1.1.100\", \"10.1.1.149\"]\nlease_secs = 600\n"),
+        cfg::port("a1", "web", "tap", &lab.name("a1"), "52:54:00:60:01:11", "ip = \"10.1.1.11\""),
+        cfg::port("a2", "web", "tap", &lab.name("a2"), "52:54:00:60:01:12", "ip = \"10.1.1.12\""),
+        cfg::port("m", "web", "tap", &lab.name("m"), "52:54:00:60:01:66", "port_security = false"),
+        cfg::port("c", "web", "tap", &lab.name("c"), "52:54:00:60:01:21", ""),
+        format!(
+            "[public]\nkind = \"tap\"\nifname = \"{}\"\nips = [\"203.0.113.10/24\"]\ngateway = \"203.0.113.1\"\n",
+            lab.name("pb")
+        ),
+        "[[port_forward]]\npublic_ip = \"203.0.113.10\"\nprotocol = \"tcp\"\npublic_port = \"8080\"\nprivate_ip = \"10.1.1.11\"\nprivate_port = \"80\"\n".to_string(),
+    ]
+    .concat()
+}
+
+struct Net {
+    a1: String,
+    a2: String,
+    m: String,
+    out: String,
+}
+
+fn topology(lab: &mut Lab) -> Net {
+    let cfg = config(lab);
+    lab.vrouter(&cfg);
+    let (ta1, ta2, tm) = (lab.name("a1"), lab.name("a2"), lab.name("m"));
+    let a1 = lab.guest("na1", &ta1, "10.1.1.11/24");
+    let a2 = lab.guest("na2", &ta2, "10.1.1.12/24");
+    let m = lab.guest("nm", &tm, "10.1.1.66/24");
+    for ns in [&a1, &a2, &m] {
+        ok(&["ip", "-n", ns, "route", "add", "default", "via", "10.1.1.1"]);
+    }
+    // The outside: the kernel side of the public tap, with the public gateway.
+    let out = lab.name("out");
+    ok(&["ip", "netns", "add", &out]);
+    lab.adopt_netns(out.clone());
+    let pb = lab.name("pb");
+    wait_for("public tap", Duration::from_secs(5), || run(&["ip", "link", "show", &pb]).status.success());
+    ok(&["ip", "link", "set", &pb, "netns", &out]);
+    ok(&["ip", "-n", &out, "addr", "add", "203.0.113.1/24", "dev", &pb]);
+    ok(&["ip", "-n", &out, "addr", "add", "203.0.113.7/24", "dev", &pb]);
+    ok(&["ip", "-n", &out, "link", "set", &pb, "up"]);
+    ok(&["ip", "-n", &out, "link", "set", "lo", "up"]);
+    assert!(lab.ping(&a1, "10.1.1.12", 5), "a1 -> a2 before any attack");
+    Net { a1, a2, m, out }
+}
+
+/// A python3 program run in `ns` (argv after the code: `args`).
+fn py(lab: &Lab, ns: &str, code: &str, args: &[&str]) -> String {
+    let mut a = vec!["python3", "-c", code];
+    a.extend_from_slice(args);
+    let o = lab.exec(ns, &a);
+    assert!(o.status.success(), "python: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Sends frames given as hex on argv[1..] from interface argv[0], `REPEAT` times each.
+/// The kernel itself refuses some (a frame shorter than an Ethernet header): those are skipped
+/// and the number sent is printed.
+const RAW: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+n = 0
+for h in sys.argv[2:]:
+    try:
+        s.send(bytes.fromhex(h)); n += 1
+    except OSError:
+        pass
+print(n)
+"#;
+
+/// Honest traffic while an attack runs: a1 pings a2 every 10 ms; returns the ping process
+/// output file, read with `ping_loss` once it ended.
+fn honest_ping(lab: &mut Lab, net: &Net, secs: u32) -> std::path::PathBuf {
+    let out = lab.path(&format!("honest-{}.log", lab.id.len() + secs as usize));
+    lab.spawn_in(&net.a1, &["ping", "-i", "0.01", "-w", &secs.to_string(), "-q", "10.1.1.12"], &out);
+    out
+}
+
+fn ping_loss(log: &std::path::Path) -> f64 {
+    let t = std::time::Instant::now();
+    loop {
+        let s = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(l) = s.lines().find(|l| l.contains("packet loss")) {
+            let pct = l.split(',').find(|p| p.contains("packet loss")).unwrap().trim().split('%').next().unwrap().parse::<f64>().unwrap();
+            return pct;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the honest ping never finished: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn fdb_on(lab: &Lab, port: &str) -> usize {
+    lab.show("fdb").as_array().unwrap().iter().filter(|r| r["port"] == port).count()
+}
+
+#[test]
+fn mac_flooding_is_capped_per_port_and_honest_guests_keep_talking() {
+    let mut lab = Lab::new("af");
+    let net = topology(&mut lab);
+    let tm = lab.name("m");
+    let ping = honest_ping(&mut lab, &net, 4);
+    // 5000 frames from 5000 source MACs, broadcast (each one would be flooded to everyone).
+    let flood = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+for i in range(5000):
+    src = bytes([0x02, 0x66, 0, (i >> 16) & 255, (i >> 8) & 255, i & 255])
+    s.send(b"\xff" * 6 + src + b"\x88\xb5" + b"\x00" * 46)
+    if i % 100 == 99:
+        time.sleep(0.002)  # a tap's queue holds a few hundred frames
+"#;
+    py(&lab, &net.m, flood, &[&tm]);
+    let loss = ping_loss(&ping);
+    assert!(loss < 5.0, "the honest ping lost {loss}% during the flood");
+    // Positive control: the attack reached the switch and taught it MACs, up to the cap.
+    assert_eq!(fdb_on(&lab, "m"), 16, "the port's MAC limit, exactly: {}", lab.show("fdb"));
+    assert!(lab.drops("m", "port_mac_limit") >= 4900, "{}", lab.drops("m", "port_mac_limit"));
+    // The honest guests' entries are where they were.
+    let fdb = lab.show("fdb");
+    for (mac, port) in [("52:54:00:60:01:11", "a1"), ("52:54:00:60:01:12", "a2")] {
+        assert!(fdb.as_array().unwrap().iter().any(|r| r["mac"] == mac && r["port"] == port), "{mac} moved: {fdb}");
+    }
+    assert!(lab.ping(&net.a2, "10.1.1.11", 2));
+}
+
+#[test]
+fn arp_spoofing_of_the_gateway_and_of_guests_is_dropped() {
+    let mut lab = Lab::new("aa");
+    let net = topology(&mut lab);
+    let tm = lab.name("m");
+    let ping = honest_ping(&mut lab, &net, 3);
+    // Gratuitous ARP replies from m claiming the gateway (10.1.1.1) and a1 (10.1.1.11), sent
+    // to broadcast and straight to a2's MAC.
+    // An ARP reply: m's MAC as the sender of `ip`, to `dst`.
+    let arp = |dst: &str, ip: [u8; 4]| {
+        let ipx: String = ip.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{dst}5254006001660806000108000604000252540060016 6{ipx}{dst}{ipx}").replace(' ', "")
+    };
+    let frames: Vec<String> = [("ffffffffffff", [10, 1, 1, 1]), ("525400600112", [10, 1, 1, 1]), ("525400600112", [10, 1, 1, 11])]
+        .iter()
+        .flat_map(|(d, ip)| std::iter::repeat_n(arp(d, *ip), 50))
+        .collect();
+    let mut args: Vec<&str> = vec![&tm];
+    args.extend(frames.iter().map(|s| s.as_str()));
+    py(&lab, &net.m, RAW, &args);
+    let loss = ping_loss(&ping);
+    assert!(loss < 5.0, "honest ping lost {loss}%");
+    assert!(lab.drops("m", "spoofed_gateway") >= 100, "gateway claims: {}", lab.drops("m", "spoofed_gateway"));
+    // a2 still reaches its gateway's MAC (the router's), not m's.
+    assert!(lab.ping(&net.a2, "10.1.1.1", 2));
+    let neigh = String::from_utf8_lossy(&lab.exec(&net.a2, &["ip", "neigh", "show", "10.1.1.1"]).stdout).into_owned();
+    assert!(!neigh.contains("52:54:00:60:01:66"), "a2 believes m is the gateway: {neigh}");
+    // Positive control: the same kind of frame claiming m's own address is not dropped.
+    let before = lab.drops("m", "spoofed_gateway");
+    py(&lab, &net.m, RAW, &[&tm, &arp("ffffffffffff", [10, 1, 1, 66])]);
+    assert_eq!(lab.drops("m", "spoofed_gateway"), before);
+    // Claims about another guest from a port without port security are not the switch's to
+    // judge (as on any bridge); a2's own traffic to a1 still works because a1 answers itself.
+    assert!(lab.ping(&net.a2, "10.1.1.11", 3));
+}
+
+#[test]
+fn dhcp_starvation_from_made_up_macs_leaves_leases_for_honest_clients() {
+    let mut lab = Lab::new("ad");
+    let net = topology(&mut lab);
+    let tm = lab.name("m");
+    // 300 DISCOVERs, each from its own MAC (Ethernet source and chaddr agree, as a real
+    // starvation tool does), paced so the server sees them all.
+    let starve = r#"
+import socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t >> 16: t = (t & 0xffff) + (t >> 16)
+    return ~t & 0xffff
+for i in range(300):
+    mac = bytes([0x02, 0x77, 0, 0, i >> 8, i & 255])
+    bootp = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, 0x1000 + i, 0, 0x8000, b"\0"*4, b"\0"*4, b"\0"*4, b"\0"*4, mac + b"\0"*10, b"\0"*64, b"\0"*128)
+    bootp += b"\x63\x82\x53\x63" + b"\x35\x01\x01" + b"\xff"
+    udp = struct.pack("!HHHH", 68, 67, 8 + len(bootp), 0) + bootp
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0, b"\0"*4, b"\xff"*4)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    s.send(b"\xff"*6 + mac + b"\x08\x00" + ip + udp)
+    if i % 20 == 19: time.sleep(0.02)
+"#;
+    py(&lab, &net.m, starve, &[&tm]);
+    std::thread::sleep(Duration::from_millis(500));
+    // Positive control: the attack reached the DHCP server (offers were made to m's MACs).
+    let fdb_m = fdb_on(&lab, "m");
+    assert!(fdb_m >= 10, "the attack's MACs were seen: {fdb_m}");
+    assert!(lab.drops("m", "port_mac_limit") >= 250, "{}", lab.drops("m", "port_mac_limit"));
+    // An honest client still gets an address from the pool.
+    let c = lab.bare_guest("nc", "c");
+    let env = udhcpc(&lab, &c, &lab.name("c"), &[]);
+    let ip = env.get("ip").cloned().unwrap_or_default();
+    assert!(ip.starts_with("10.1.1.1"), "the honest client got no lease: {env:?}");
+    let leases = lab.show("leases");
+    let from_m = leases["leases"].as_array().unwrap().iter().filter(|l| l["mac"].as_str().unwrap_or("").starts_with("02:77")).count();
+    assert!(from_m <= 16, "the attacker holds {from_m} leases, over its port's MAC limit");
+    assert!(lab.ping(&net.a1, "10.1.1.12", 2));
+}
+
+#[test]
+fn malformed_frames_are_counted_and_nothing_else_happens() {
+    let mut lab = Lab::new("am");
+    let net = topology(&mut lab);
+    let ta2 = lab.name("a2");
+    let ping = honest_ping(&mut lab, &net, 3);
+    let eth = "525400600111525400600112"; // a1's MAC <- a2's (a2 has port security: its own MAC)
+    let ipv4 = |ihl_len: &str, total: &str, rest: &str| format!("{eth}0800{ihl_len}00{total}000040004001f00d0a01010c0a01010b{rest}");
+    let frames: Vec<String> = vec![
+        // Runts: shorter than an Ethernet header, and a header alone.
+        "5254006001".to_string(),
+        eth.to_string(),
+        // IPv4: IHL 3 (< 5), total length past the frame, total length under the header, bad
+        // header checksum, version 6 in an IPv4 ethertype.
+        ipv4("43", "0054", &"00".repeat(40)),
+        ipv4("45", "0fff", &"00".repeat(40)),
+        ipv4("45", "0010", &"00".repeat(40)),
+        ipv4("45", "0054", &"00".repeat(64)),
+        format!("{eth}08006500005400004000400100000a01010c0a01010b{}", "00".repeat(64)),
+        // ARP with a bad hardware length, and cut short.
+        format!("{eth}080600010800090400015254006001120a01010c0000000000000a01010b"),
+        format!("{eth}0806000108000604"),
+        // An oversized frame (9000 bytes on a 1500 network).
+        format!("{eth}0800{}", "45".repeat(9000)),
+    ];
+    let before: u64 = ["malformed", "bad_ip", "truncated"].iter().map(|r| lab.drops("a2", r)).sum();
+    for f in &frames {
+        py(&lab, &net.a2, RAW, &[&ta2, f]);
+    }
+    let loss = ping_loss(&ping);
+    assert!(loss < 5.0, "honest ping lost {loss}%");
+    let after: u64 = ["malformed", "bad_ip", "truncated"].iter().map(|r| lab.drops("a2", r)).sum();
+    let st = lab.show("stats");
+    let a2 = st["ports"].as_array().unwrap().iter().find(|p| p["name"] == "a2").cloned().unwrap();
+    // The kernel refuses to send the runts and the jumbo itself; the rest reach vrouter.
+    assert!(after - before >= 6, "malformed frames counted: {} ({a2})", after - before);
+    // Nothing of them reached a1: its tap got no frame of these lengths (a1 only saw pings).
+    assert!(lab.vrouter_alive());
+    assert!(lab.ping(&net.a1, "10.1.1.12", 2));
+}
+
+#[test]
+fn the_public_side_gets_no_dhcp_dns_or_metadata_answers() {
+    let mut lab = Lab::new("ap");
+    let net = topology(&mut lab);
+    // Positive control: the forward works from the outside (the public side is reachable).
+    let srv = lab.path("http.log");
+    let http = "import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('10.1.1.11', 80)); s.listen(8)\nwhile True:\n    c, _ = s.accept(); c.recv(4096); c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok'); c.close()\n";
+    lab.spawn_in(&net.a1, &["python3", "-c", http], &srv);
+    let t = std::time::Instant::now();
+    while String::from_utf8_lossy(&lab.exec(&net.a1, &["ss", "-Hltn", "sport = :80"]).stdout).trim().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "a1's http server: {} / {}",
+            std::fs::read_to_string(&srv).unwrap_or_default(),
+            String::from_utf8_lossy(&lab.exec(&net.a1, &["ss", "-ltnp"]).stdout)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = lab.exec(&net.out, &["python3", "-c", "import urllib.request;print(urllib.request.urlopen('http://203.0.113.10:8080/', timeout=5).status)"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "200", "{}", String::from_utf8_lossy(&o.stderr));
+    // DNS to the public address, DHCP on the public link, metadata on port 80 of the public
+    // address and of 169.254.169.254 through it: no answer.
+    let o = lab.exec(&net.out, &["dig", "@203.0.113.10", "+time=1", "+tries=1", "a1.internal"]);
+    let d = String::from_utf8_lossy(&o.stdout).into_owned();
+    // No DNS message came back at all (dig prints a header with `status:` for any reply).
+    assert!(!d.contains("status:") && !d.contains("ANSWER SECTION"), "DNS answered on the public side: {d}");
+    let o = lab.exec(&net.out, &["python3", "-c", "import urllib.request;print(urllib.request.urlopen('http://203.0.113.10/latest/meta-data/', timeout=2).status)"]);
+    assert!(!o.status.success(), "metadata answered on the public side: {}", String::from_utf8_lossy(&o.stdout));
+    let pb = lab.name("pb");
+    let dhcp = r#"
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[1].encode())
+s.bind(("0.0.0.0", 68))
+mac = bytes([0x02, 0x55, 0, 0, 0, 1])
+m = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, 77, 0, 0x8000, b"\0"*4, b"\0"*4, b"\0"*4, b"\0"*4, mac + b"\0"*10, b"\0"*64, b"\0"*128) + b"\x63\x82\x53\x63\x35\x01\x01\xff"
+s.sendto(m, ("255.255.255.255", 67))
+s.settimeout(2)
+try:
+    s.recvfrom(2048); print("answered")
+except socket.timeout:
+    print("silent")
+"#;
+    let o = lab.exec(&net.out, &["python3", "-c", dhcp, &pb]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "silent", "{}", String::from_utf8_lossy(&o.stderr));
+    // And the service queries were counted as what they are, not served.
+    let st = lab.show("stats");
+    let public = st["ports"].as_array().unwrap().iter().find(|p| p["name"] == "public").cloned().unwrap();
+    let drops: u64 = public["drops"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
+    assert!(drops >= 2, "public-side service queries not counted: {public}");
+    assert!(lab.ping(&net.a1, "10.1.1.12", 2));
+}
