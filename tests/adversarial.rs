@@ -40,6 +40,11 @@ struct Net {
 fn topology(lab: &mut Lab) -> Net {
     let cfg = config(lab);
     lab.vrouter(&cfg);
+    topology_after_start(lab)
+}
+
+/// The guests and the outside around a vrouter already started.
+fn topology_after_start(lab: &mut Lab) -> Net {
     let (ta1, ta2, tm) = (lab.name("a1"), lab.name("a2"), lab.name("m"));
     let a1 = lab.guest("na1", &ta1, "10.1.1.11/24");
     let a2 = lab.guest("na2", &ta2, "10.1.1.12/24");
@@ -315,4 +320,90 @@ except socket.timeout:
     let drops: u64 = public["drops"].as_object().map(|m| m.values().filter_map(|v| v.as_u64()).sum()).unwrap_or(0);
     assert!(drops >= 2, "public-side service queries not counted: {public}");
     assert!(lab.ping(&net.a1, "10.1.1.12", 2));
+}
+
+/// IPv4 packets built in Python: `ipv4(src, dst, proto, ident, frag_field, payload)`.
+const IPV4: &str = r#"
+import socket, struct
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while t >> 16: t = (t & 0xffff) + (t >> 16)
+    return ~t & 0xffff
+def ipv4(src, dst, proto, ident, frag, payload):
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, frag, 64, proto, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    return h[:10] + struct.pack("!H", csum(h)) + h[12:] + payload
+"#;
+
+#[test]
+fn a_syn_flood_against_a_forward_leaves_room_for_honest_connections() {
+    let mut lab = Lab::new("as");
+    // The same topology with a small flow table, so a flood can fill it.
+    let cfg = config(&lab) + "[conntrack]\nmax_flows = 1000\n";
+    lab.vrouter(&cfg);
+    let net = topology_after_start(&mut lab);
+    let srv = lab.path("http.log");
+    // A connection per thread: the held connection must not block the others.
+    let http = "import socketserver\nclass H(socketserver.BaseRequestHandler):\n    def handle(self):\n        self.request.recv(4096); self.request.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\nsocketserver.ThreadingTCPServer.allow_reuse_address = True\nsocketserver.ThreadingTCPServer.request_queue_size = 4096\nsocketserver.ThreadingTCPServer(('10.1.1.11', 80), H).serve_forever()\n";
+    lab.spawn_in(&net.a1, &["python3", "-c", http], &srv);
+    wait_for("a1's server", Duration::from_secs(10), || !String::from_utf8_lossy(&lab.exec(&net.a1, &["ss", "-Hltn", "sport = :80"]).stdout).trim().is_empty());
+    let get = "import urllib.request;print(urllib.request.urlopen('http://203.0.113.10:8080/', timeout=3).read().decode())";
+    // An honest client holds a connection open across the flood (established: never evicted).
+    let held = lab.path("held.out");
+    let hold = "import socket,time\nc=socket.create_connection(('203.0.113.10',8080),timeout=5)\ntime.sleep(6)\nc.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nprint(c.recv(100).decode().split()[1])\n";
+    lab.spawn_in(&net.out, &["python3", "-c", hold], &held);
+    std::thread::sleep(Duration::from_millis(500));
+    // 5000 SYNs from 5000 spoofed sources.
+    let flood = format!(
+        "{IPV4}\nimport random\ns = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\nfor i in range(5000):\n    src = '198.51.%d.%d' % (100 + (i >> 8) % 50, i & 255)\n    tcp = struct.pack('!HHIIBBHHH', 20000 + i % 40000, 8080, i, 0, 5 << 4, 0x02, 65535, 0, 0)\n    ph = socket.inet_aton(src) + socket.inet_aton('203.0.113.10') + struct.pack('!BBH', 0, 6, len(tcp))\n    tcp = tcp[:16] + struct.pack('!H', csum(ph + tcp)) + tcp[18:]\n    s.sendto(ipv4(src, '203.0.113.10', 6, i, 0, tcp), ('203.0.113.10', 0))\n"
+    );
+    let o = lab.exec(&net.out, &["python3", "-c", &flood]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Positive control: the flood filled the flow table (evictions happened).
+    let ct = lab.show("stats");
+    let evicted = ct["conntrack"]["evicted"].as_u64().unwrap_or(0);
+    assert!(evicted >= 3000, "the flood did not fill the table: {}", ct["conntrack"]);
+    // New honest connections still open, and the held one survived.
+    for _ in 0..3 {
+        let o = lab.exec(&net.out, &["python3", "-c", get]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok", "an honest connection during the flood: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let t = std::time::Instant::now();
+    while std::fs::read_to_string(&held).unwrap_or_default().trim().is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(&held).unwrap_or_default().trim(), "200", "the established connection was broken by the flood");
+    assert!(lab.ping(&net.a1, "10.1.1.12", 2));
+}
+
+#[test]
+fn a_fragment_flood_from_one_guest_leaves_room_for_the_others() {
+    let mut lab = Lab::new("ag");
+    let net = topology(&mut lab);
+    // 5000 first fragments from m, each its own datagram (more than the whole fragment table,
+    // 4096), then later fragments for its last 100. They go beyond the outside (which drops
+    // them unreassembled): filling the outside kernel's own reassembly memory is not what this
+    // test is about.
+    let flood = format!(
+        "{IPV4}\nimport sys\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind((sys.argv[1], 0))\neth = bytes.fromhex('{gw}525400600166') + b'\\x08\\x00'\nfor i in range(5000):\n    s.send(eth + ipv4('10.1.1.66', '198.51.100.99', 17, i, 0x2000, struct.pack('!HHHH', 4000, 9, 1008, 0) + b'x' * 1000))\n    if i % 100 == 99:\n        import time; time.sleep(0.002)\nfor i in range(4900, 5000):\n    s.send(eth + ipv4('10.1.1.66', '198.51.100.99', 17, i, 1008 // 8, b'y' * 200))\n",
+        gw = "{GW}"
+    );
+    // Positive control of the honest side: fragmented pings go through before the flood.
+    let o = lab.exec(&net.a2, &["ping", "-c", "2", "-W", "2", "-s", "3000", "203.0.113.1"]);
+    assert!(o.status.success(), "a2's fragmented pings before the flood: {}", String::from_utf8_lossy(&o.stdout));
+    // The router's MAC: what a1 resolved for its gateway.
+    assert!(lab.ping(&net.a1, "10.1.1.1", 2));
+    let neigh = String::from_utf8_lossy(&lab.exec(&net.a1, &["ip", "neigh", "show", "10.1.1.1"]).stdout).into_owned();
+    let gw_mac = neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).expect("the gateway's MAC").replace(':', "");
+    let flood = flood.replace("{GW}", &gw_mac);
+    let tm = lab.name("m");
+    let o = lab.exec(&net.m, &["python3", "-c", &flood, &tm]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Positive control: m's later fragments found no flow: it had used up its share.
+    let no_flow = lab.drops("m", "frag_no_flow");
+    assert!(no_flow >= 90, "m's over-share fragments: {no_flow}");
+    // a2's own fragmented datagrams (3000-byte pings, fragmented both ways) still go through.
+    let o = lab.exec(&net.a2, &["ping", "-c", "3", "-W", "2", "-s", "3000", "203.0.113.1"]);
+    assert!(o.status.success(), "a2's fragmented pings after the flood: {}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(lab.drops("a2", "frag_no_flow"), 0);
 }
