@@ -139,7 +139,12 @@ for i in range(5000):
     assert!(loss < 5.0, "the honest ping lost {loss}% during the flood");
     // Positive control: the attack reached the switch and taught it MACs, up to the cap.
     assert_eq!(fdb_on(&lab, "m"), 16, "the port's MAC limit, exactly: {}", lab.show("fdb"));
-    assert!(lab.drops("m", "port_mac_limit") >= 4900, "{}", lab.drops("m", "port_mac_limit"));
+    // Every frame from a MAC past the limit was dropped (on a busy machine some never left the
+    // tap's queue: counted against what arrived).
+    let st = lab.show("stats");
+    let rx = st["ports"].as_array().unwrap().iter().find(|p| p["name"] == "m").map(|p| p["rx_frames"].as_u64().unwrap_or(0)).unwrap_or(0);
+    let dropped = lab.drops("m", "port_mac_limit");
+    assert!(dropped >= 2500 && dropped + 16 >= rx.saturating_sub(20), "{dropped} dropped of {rx} received");
     // The honest guests' entries are where they were.
     let fdb = lab.show("fdb");
     for (mac, port) in [("52:54:00:60:01:11", "a1"), ("52:54:00:60:01:12", "a2")] {
@@ -361,8 +366,11 @@ fn a_syn_flood_against_a_forward_leaves_room_for_honest_connections() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Positive control: the flood filled the flow table (evictions happened).
     let ct = lab.show("stats");
-    let evicted = ct["conntrack"]["evicted"].as_u64().unwrap_or(0);
-    assert!(evicted >= 3000, "the flood did not fill the table: {}", ct["conntrack"]);
+    // (Some of the flood may be lost in the tap's queue when the machine is busy: the table
+    // being full and evicting is what matters.)
+    let c = &ct["conntrack"];
+    let (flows, max, evicted) = (c["flows"].as_u64().unwrap_or(0), c["max"].as_u64().unwrap_or(0), c["evicted"].as_u64().unwrap_or(0));
+    assert!(flows == max && evicted >= 1000, "the flood did not fill the table: {c}");
     // New honest connections still open, and the held one survived.
     for _ in 0..3 {
         let o = lab.exec(&net.out, &["python3", "-c", get]);
