@@ -7,6 +7,9 @@
 //! of its uplink to L), guest G (10.1.1.11 behind H's veth `g`), outside O (203.0.113.1 behind
 //! H's veth `p`, vrouter's public side 203.0.113.10), and L (the host's upstream, 192.0.2.1),
 //! where any leak would show.
+//!
+//! Also: the DNS upstream dying (SERVFAIL, not silence; local names still answered; timeouts
+//! counted) and coming back (answered again with nothing restarted).
 
 mod common;
 use common::*;
@@ -117,4 +120,58 @@ fn kill_9_under_load_leaks_nothing_unnated_and_guests_keep_working() {
     lab.interrupt(cl2);
     let seen = sources(&lab, &l, &pl2);
     assert!(seen.iter().any(|s| s == "10.1.1.11"), "the leak detector saw nothing when the host did forward: {seen:?}");
+}
+
+/// A DNS server on 127.0.0.1:`port` answering every A question with 192.0.2.77.
+const UPSTREAM: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+while True:
+    q, a = s.recvfrom(4096)
+    qid = struct.unpack('>H', q[:2])[0]
+    i = 12
+    while q[i] != 0:
+        i += q[i] + 1
+    question = q[12:i + 5]
+    s.sendto(struct.pack('>HHHHHH', qid, 0x8180, 1, 1, 0, 0) + question + b'\xc0\x0c' + struct.pack('>HHIH', 1, 1, 300, 4) + bytes([192, 0, 2, 77]), a)
+"#;
+
+#[test]
+fn dns_upstreams_dying_and_coming_back() {
+    let mut lab = Lab::new("fu");
+    // A free port for the upstream, on this (the root) namespace's loopback: vrouter's own
+    // sockets ask it.
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let cfg = [
+        cfg::router(&lab.id),
+        cfg::l3_network("web", "10.1.1.0/24", "10.1.1.1", "domain = \"acct.internal\"\n"),
+        cfg::port("a1", "web", "tap", &lab.name("a1"), "52:54:00:71:01:11", "ip = \"10.1.1.11\"\nhostname = \"web1\""),
+        format!("[dns]\nupstreams = [\"127.0.0.1:{port}\"]\ncache_entries = 0\n"),
+    ]
+    .concat();
+    lab.vrouter(&cfg);
+    let ta1 = lab.name("a1");
+    let g = lab.guest("ga", &ta1, "10.1.1.11/24");
+    let dig = |lab: &Lab, name: &str| -> String {
+        String::from_utf8_lossy(&lab.exec(&g, &["dig", "@10.1.1.1", "+time=3", "+tries=1", name]).stdout).into_owned()
+    };
+    let up = lab.spawn_host(&["python3", "-c", UPSTREAM, &port.to_string()], &lab.path("upstream.log"));
+    wait_for("the upstream answers", Duration::from_secs(10), || dig(&lab, "a.example.").contains("192.0.2.77"));
+    // The upstream dies: an outside name gets SERVFAIL (not silence), local names still
+    // resolve, and the timeouts are counted.
+    lab.kill(up);
+    let d = dig(&lab, "b.example.");
+    assert!(d.contains("status: SERVFAIL"), "with the upstream dead: {d}");
+    assert!(dig(&lab, "web1.acct.internal.").contains("10.1.1.11"), "local names while the upstream is dead");
+    let st = lab.show("stats");
+    assert!(st["dns"]["upstream_timeouts"].as_u64().unwrap_or(0) >= 1 && st["dns"]["servfail"].as_u64().unwrap_or(0) >= 1, "{}", st["dns"]);
+    // It comes back on the same port: answers again, nothing to restart.
+    lab.spawn_host(&["python3", "-c", UPSTREAM, &port.to_string()], &lab.path("upstream2.log"));
+    wait_for("the upstream answers again", Duration::from_secs(10), || dig(&lab, "c.example.").contains("192.0.2.77"));
+    assert!(lab.vrouter_alive());
 }
