@@ -415,3 +415,55 @@ fn a_fragment_flood_from_one_guest_leaves_room_for_the_others() {
     assert!(o.status.success(), "a2's fragmented pings after the flood: {}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(lab.drops("a2", "frag_no_flow"), 0);
 }
+
+#[test]
+fn nat_port_exhaustion_toward_one_destination_spares_the_others() {
+    let mut lab = Lab::new("an");
+    let net = topology(&mut lab);
+    let tm = lab.name("m");
+    assert!(lab.ping(&net.m, "10.1.1.1", 2));
+    let neigh = String::from_utf8_lossy(&lab.exec(&net.m, &["ip", "neigh", "show", "10.1.1.1"]).stdout).into_owned();
+    let gw_mac = neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).expect("the gateway's MAC").replace(':', "");
+    // 70000 UDP flows to 203.0.113.1:9 from m (two of its addresses, every source port): more
+    // than the 64512 translated ports one destination can have.
+    let flood = format!(
+        "{IPV4}\nimport sys, time\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind((sys.argv[1], 0))\neth = bytes.fromhex('{gw_mac}525400600166') + b'\\x08\\x00'\nn = 0\nfor src in ('10.1.1.66', '10.1.1.67'):\n    for sport in range(1024, 65536):\n        if n == 70000: break\n        s.send(eth + ipv4(src, '203.0.113.1', 17, n & 0xffff, 0, struct.pack('!HHHH', sport, 9, 9, 0) + b'z'))\n        n += 1\n        if n % 200 == 0: time.sleep(0.002)\n"
+    );
+    let o = lab.exec(&net.m, &["python3", "-c", &flood, &tm]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Positive control: that destination's ports are used up: even an honest guest's new flow
+    // to it finds none.
+    let exhausted = lab.drops("m", "nat_exhausted");
+    assert!(exhausted >= 1000, "m's flows past the port space: {exhausted}");
+    let udp = "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor p in range(3):\n    s.sendto(b'x',(sys.argv[1],int(sys.argv[2])))\n";
+    let _ = lab.exec(&net.a2, &["python3", "-c", udp, "203.0.113.1", "9"]);
+    assert!(lab.drops("a2", "nat_exhausted") >= 1, "the destination's port space is shared");
+    // Every other destination is untouched: another address of the outside, by ping and TCP.
+    assert!(lab.ping(&net.a1, "203.0.113.7", 3), "another destination");
+    lab.spawn_in(&net.out, &["python3", "-c", "import socket\ns=socket.socket(); s.bind(('203.0.113.7', 7000)); s.listen(8)\nwhile True:\n    c,_=s.accept(); c.sendall(b'hi'); c.close()\n"], &lab.path("srv7.log"));
+    wait_for("the outside's server", Duration::from_secs(5), || !String::from_utf8_lossy(&lab.exec(&net.out, &["ss", "-Hltn", "sport = :7000"]).stdout).trim().is_empty());
+    let o = lab.exec(&net.a1, &["python3", "-c", "import socket;c=socket.create_connection(('203.0.113.7',7000),timeout=3);print(c.recv(10).decode())"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "hi", "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(lab.ping(&net.a1, "10.1.1.12", 2));
+}
+
+#[test]
+fn icmp_floods_are_answered_within_limits_and_errors_are_rate_limited() {
+    let mut lab = Lab::new("ai");
+    let net = topology(&mut lab);
+    let ping = honest_ping(&mut lab, &net, 4);
+    // An echo flood at the gateway (answered, as Linux does), and a flood of datagrams with
+    // TTL 1 toward the outside: each would earn an ICMP time exceeded, at most 200/s are sent.
+    let o = lab.exec(&net.m, &["ping", "-f", "-c", "5000", "-w", "3", "10.1.1.1"]);
+    let flood = String::from_utf8_lossy(&o.stdout).into_owned();
+    let udp = "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)\nend=time.time()+2\nn=0\nwhile time.time()<end:\n    s.sendto(b'x',('203.0.113.1',33434)); n+=1\nprint(n)\n";
+    let sent: u64 = String::from_utf8_lossy(&lab.exec(&net.m, &["python3", "-c", udp]).stdout).trim().parse().unwrap_or(0);
+    let loss = ping_loss(&ping);
+    assert!(loss < 5.0, "the honest ping lost {loss}% during the floods ({flood})");
+    assert!(flood.contains("received"), "{flood}");
+    let st = lab.show("stats");
+    let limited = st["router"]["icmp_rate_limited"].as_u64().unwrap_or(0);
+    // Positive control: the flood elicited errors (some sent), far fewer than it asked for.
+    assert!(sent > 1000 && limited > sent / 2, "{sent} TTL-1 datagrams, {limited} errors held back: {}", st["router"]);
+    assert!(lab.ping(&net.a2, "10.1.1.11", 2));
+}
