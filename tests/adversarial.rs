@@ -341,17 +341,24 @@ def ipv4(src, dst, proto, ident, frag, payload):
 "#;
 
 #[test]
-fn a_syn_flood_against_a_forward_leaves_room_for_honest_connections() {
+fn a_syn_flood_against_a_forward_and_a_load_balancer_leaves_room_for_honest_connections() {
     let mut lab = Lab::new("as");
-    // The same topology with a small flow table, so a flood can fill it.
-    let cfg = config(&lab) + "[conntrack]\nmax_flows = 1000\n";
+    // The same topology with a small flow table, so a flood can fill it, and a load balancer
+    // on port 80 in front of a1 and a2.
+    let cfg = config(&lab)
+        + "[conntrack]\nmax_flows = 1000\n"
+        + "[[load_balancer]]\nname = \"web\"\npublic_ip = \"203.0.113.10\"\nprotocol = \"tcp\"\nport = 80\nalgorithm = \"roundrobin\"\nbackends = [{ ip = \"10.1.1.11\", port = 80 }, { ip = \"10.1.1.12\", port = 80 }]\n";
     lab.vrouter(&cfg);
     let net = topology_after_start(&mut lab);
     let srv = lab.path("http.log");
     // A connection per thread: the held connection must not block the others.
     let http = "import socketserver\nclass H(socketserver.BaseRequestHandler):\n    def handle(self):\n        self.request.recv(4096); self.request.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\nsocketserver.ThreadingTCPServer.allow_reuse_address = True\nsocketserver.ThreadingTCPServer.request_queue_size = 4096\nsocketserver.ThreadingTCPServer(('10.1.1.11', 80), H).serve_forever()\n";
     lab.spawn_in(&net.a1, &["python3", "-c", http], &srv);
-    wait_for("a1's server", Duration::from_secs(10), || !String::from_utf8_lossy(&lab.exec(&net.a1, &["ss", "-Hltn", "sport = :80"]).stdout).trim().is_empty());
+    let http2 = http.replace("10.1.1.11", "10.1.1.12");
+    lab.spawn_in(&net.a2, &["python3", "-c", &http2], &lab.path("http2.log"));
+    for g in [&net.a1, &net.a2] {
+        wait_for("the servers", Duration::from_secs(10), || !String::from_utf8_lossy(&lab.exec(g, &["ss", "-Hltn", "sport = :80"]).stdout).trim().is_empty());
+    }
     let get = "import urllib.request;print(urllib.request.urlopen('http://203.0.113.10:8080/', timeout=3).read().decode())";
     // An honest client holds a connection open across the flood (established: never evicted).
     let held = lab.path("held.out");
@@ -360,7 +367,7 @@ fn a_syn_flood_against_a_forward_leaves_room_for_honest_connections() {
     std::thread::sleep(Duration::from_millis(500));
     // 5000 SYNs from 5000 spoofed sources.
     let flood = format!(
-        "{IPV4}\nimport random\ns = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\nfor i in range(5000):\n    src = '198.51.%d.%d' % (100 + (i >> 8) % 50, i & 255)\n    tcp = struct.pack('!HHIIBBHHH', 20000 + i % 40000, 8080, i, 0, 5 << 4, 0x02, 65535, 0, 0)\n    ph = socket.inet_aton(src) + socket.inet_aton('203.0.113.10') + struct.pack('!BBH', 0, 6, len(tcp))\n    tcp = tcp[:16] + struct.pack('!H', csum(ph + tcp)) + tcp[18:]\n    s.sendto(ipv4(src, '203.0.113.10', 6, i, 0, tcp), ('203.0.113.10', 0))\n"
+        "{IPV4}\nimport random\ns = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\nfor i in range(5000):\n    src = '198.51.%d.%d' % (100 + (i >> 8) % 50, i & 255)\n    tcp = struct.pack('!HHIIBBHHH', 20000 + i % 40000, (8080, 80)[i % 2], i, 0, 5 << 4, 0x02, 65535, 0, 0)\n    ph = socket.inet_aton(src) + socket.inet_aton('203.0.113.10') + struct.pack('!BBH', 0, 6, len(tcp))\n    tcp = tcp[:16] + struct.pack('!H', csum(ph + tcp)) + tcp[18:]\n    s.sendto(ipv4(src, '203.0.113.10', 6, i, 0, tcp), ('203.0.113.10', 0))\n"
     );
     let o = lab.exec(&net.out, &["python3", "-c", &flood]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -372,9 +379,9 @@ fn a_syn_flood_against_a_forward_leaves_room_for_honest_connections() {
     let (flows, max, evicted) = (c["flows"].as_u64().unwrap_or(0), c["max"].as_u64().unwrap_or(0), c["evicted"].as_u64().unwrap_or(0));
     assert!(flows == max && evicted >= 1000, "the flood did not fill the table: {c}");
     // New honest connections still open, and the held one survived.
-    for _ in 0..3 {
-        let o = lab.exec(&net.out, &["python3", "-c", get]);
-        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok", "an honest connection during the flood: {}", String::from_utf8_lossy(&o.stderr));
+    for url in ["http://203.0.113.10:8080/", "http://203.0.113.10/", "http://203.0.113.10/"] {
+        let o = lab.exec(&net.out, &["python3", "-c", &get.replace("http://203.0.113.10:8080/", url)]);
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "ok", "an honest connection to {url} after the flood: {}", String::from_utf8_lossy(&o.stderr));
     }
     let t = std::time::Instant::now();
     while std::fs::read_to_string(&held).unwrap_or_default().trim().is_empty() && t.elapsed() < Duration::from_secs(10) {
@@ -466,4 +473,62 @@ fn icmp_floods_are_answered_within_limits_and_errors_are_rate_limited() {
     // Positive control: the flood elicited errors (some sent), far fewer than it asked for.
     assert!(sent > 1000 && limited > sent / 2, "{sent} TTL-1 datagrams, {limited} errors held back: {}", st["router"]);
     assert!(lab.ping(&net.a2, "10.1.1.11", 2));
+}
+
+#[test]
+fn a_dns_flood_from_one_guest_leaves_the_resolver_to_the_others() {
+    let mut lab = Lab::new("ad2");
+    // A slow upstream on loopback: every answer 1.5 s late, so queries stay pending.
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let slow = r#"
+import socket, struct, sys, threading, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+def answer(q, a):
+    time.sleep(1.5)
+    i = 12
+    while q[i] != 0:
+        i += q[i] + 1
+    s.sendto(q[:2] + struct.pack('>HHHHH', 0x8180, 1, 1, 0, 0) + q[12:i + 5] + b'\xc0\x0c' + struct.pack('>HHIH', 1, 1, 300, 4) + bytes([192, 0, 2, 77]), a)
+while True:
+    q, a = s.recvfrom(4096)
+    threading.Thread(target=answer, args=(q, a), daemon=True).start()
+"#;
+    lab.spawn_host(&["python3", "-c", slow, &port.to_string()], &lab.path("slow.log"));
+    let cfg = config(&lab).replace("lease_secs = 600\n", "lease_secs = 600\ndomain = \"acct.internal\"\n") + &format!("[dns]\nupstreams = [\"127.0.0.1:{port}\"]\ncache_entries = 0\n");
+    lab.vrouter(&cfg);
+    let net = topology_after_start(&mut lab);
+    // 5000 queries for 5000 outside names from m (distinct names: the same one would share
+    // one upstream query), as fast as it can.
+    let flood = "import socket,struct,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(5000):\n    n=b'f%d' % i\n    q=struct.pack('>HHHHHH',i,0x0100,1,0,0,0)+bytes([len(n)])+n+bytes([7])+b'example'+bytes([0])+struct.pack('>HH',1,1)\n    s.sendto(q,('10.1.1.1',53))\n    if i % 200 == 199: time.sleep(0.002)\n";
+    let o = lab.exec(&net.m, &["python3", "-c", flood]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // While m's queries wait for the slow upstream, a2 asks for an outside name: answered.
+    let d = String::from_utf8_lossy(&lab.exec(&net.a2, &["dig", "@10.1.1.1", "+time=4", "+tries=1", "honest.example."]).stdout).into_owned();
+    assert!(d.contains("192.0.2.77"), "a2's query during m's flood: {d}");
+    // Positive control: m's flood ran into its share (128 pending queries per source).
+    let busy = lab.drops("m", "dns_busy");
+    assert!(busy >= 3000, "m's queries over its share: {busy}: {}", lab.show("stats"));
+    assert_eq!(lab.drops("a2", "dns_busy"), 0);
+}
+
+#[test]
+fn a_guest_sending_to_unresolvable_addresses_cannot_fill_the_neighbour_queue() {
+    let mut lab = Lab::new("aq");
+    let net = topology(&mut lab);
+    // m sends to 150 public addresses nobody answers ARP for, 10 datagrams each: the router
+    // queues frames while it asks (16 per address, 256 in all, 64 per sender).
+    let flood = "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor k in range(10):\n    for h in range(100, 250):\n        s.sendto(b'q',('203.0.113.%d' % h, 9))\n";
+    let o = lab.exec(&net.m, &["python3", "-c", flood]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Right away, before those entries fail: a2 reaches an outside address it never talked to
+    // (its first frame waits in the queue for ARP like m's did).
+    assert!(lab.ping(&net.a2, "203.0.113.7", 2), "a2 to a new outside address during m's flood");
+    // Positive control: m's frames ran into its share of the queue.
+    let full = lab.drops("m", "neigh_queue_full");
+    assert!(full >= 1000, "m's frames over its share: {full}");
+    assert_eq!(lab.drops("a2", "neigh_queue_full"), 0);
 }

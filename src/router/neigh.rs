@@ -101,8 +101,13 @@ pub struct Neighbours {
     next_timer: Instant,
 }
 
-/// The IPv4 source of a queued frame.
+/// Who a queued frame is counted against: its sender as it arrived (the origin's quote), not
+/// the source NAT made of it, or every guest behind one public address would share one share;
+/// the frame's own source when there is no origin (the router's own frames).
 fn source(q: &Queued) -> Option<Ipv4Addr> {
+    if let Some(b) = q.origin.as_ref().and_then(|o| o.quote.get(12..16)) {
+        return Some(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+    }
     crate::wire::ipv4::Ipv4Packet::new_checked(q.frame.get(14..)?).ok().map(|p| p.src())
 }
 
@@ -400,5 +405,36 @@ mod tests {
         let again = Ipv4Addr::new(10, 9, 2, 1);
         let _ = n.resolve(Instant(10_000), i, again, &mut w);
         assert!(n.enqueue(i, again, frame_from([10, 1, 1, 11])));
+    }
+
+    /// Frames source-NATed to one public address are counted against their senders as they
+    /// arrived (the origin's quote), not against the shared public address.
+    #[test]
+    fn shares_are_by_sender_before_nat() {
+        let natted = |sender: [u8; 4]| {
+            let mut f = vec![0u8; 14 + 20];
+            f[12..14].copy_from_slice(&[8, 0]);
+            f[14] = 0x45;
+            f[16..18].copy_from_slice(&20u16.to_be_bytes());
+            f[26..30].copy_from_slice(&[203, 0, 113, 10]);
+            let mut quote = f[14..].to_vec();
+            quote[12..16].copy_from_slice(&sender);
+            Queued { frame: f, vnet: VnetHdr::default(), origin: Some(Origin { iface: Iface::Net(NetId(0)), mac: MacAddr([2, 0, 0, 0, 0, 1]), quote }) }
+        };
+        let mut n = Neighbours::new(4096);
+        let i = Iface::Public;
+        let mut w = Work::default();
+        let t = Instant(1_000);
+        for k in 0..8u8 {
+            let ip = Ipv4Addr::new(198, 51, 100, k);
+            let _ = n.resolve(t, i, ip, &mut w);
+            for _ in 0..QUEUE_PER_NEIGH {
+                let _ = n.enqueue(i, ip, natted([10, 1, 1, 66]));
+            }
+        }
+        let other = Ipv4Addr::new(198, 51, 100, 200);
+        let _ = n.resolve(t, i, other, &mut w);
+        assert!(n.enqueue(i, other, natted([10, 1, 1, 12])), "another guest behind the same public address still queues");
+        assert!(!n.enqueue(i, other, natted([10, 1, 1, 66])), "the first guest is over its share");
     }
 }
