@@ -144,6 +144,14 @@ fn run_refuses_a_broken_config_and_a_missing_file() {
 
 /// `[wireguard]`: keys read from files only their owner may read, the endpoint on a public
 /// address, peers' prefixes clear of the account's networks and of each other.
+/// `vrouter check` on `text` written to `dir/name`: its exit code and stderr.
+fn check_in(dir: &std::path::Path, name: &str, text: &str) -> (i32, String) {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    let o = run(&[bin(), "check", "-c", p.to_str().unwrap()]);
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
 #[test]
 fn wireguard_sections_are_checked() {
     let dir = std::env::temp_dir().join(format!("vrouter-check-{}-wg", std::process::id()));
@@ -157,12 +165,7 @@ fn wireguard_sections_are_checked() {
     let good = format!(
         "{BASE}\n[public]\nkind = \"tap\"\nifname = \"vr-pub\"\nips = [\"203.0.113.10/24\"]\ngateway = \"203.0.113.1\"\n\n[wireguard]\nlisten = \"203.0.113.10:51820\"\nprivate_key_file = \"acct.key\"\naddress = \"10.250.0.1/24\"\n\n[[wireguard.peer]]\nname = \"branch\"\npublic_key = \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\nendpoint = \"198.51.100.7:51820\"\nallowed_ips = [\"192.168.50.0/24\"]\nnetworks = [\"web\"]\npersistent_keepalive = 25\n"
     );
-    let checkin = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        let o = run(&[bin(), "check", "-c", p.to_str().unwrap()]);
-        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
-    };
+    let checkin = |name: &str, text: &str| check_in(&dir, name, text);
     let (code, err) = checkin("good.toml", &good);
     assert_eq!(code, 0, "{err}");
     let bad = [
@@ -193,12 +196,7 @@ fn bgp_sections_are_checked() {
     std::fs::create_dir_all(&dir).unwrap();
     let good = BASE.replace("vlan = 101\n", "vni = 5001\nroute_targets = [\"65000:5001\", \"4200000001:7\"]\n")
         + "\n[vxlan]\nlocal = \"192.0.2.10\"\n\n[bgp]\nasn = 65000\nmax_routes = 5000\n\n[[bgp.neighbor]]\naddress = \"192.0.2.1\"\nremote_as = 65000\nhold_secs = 9\nkeepalive_secs = 3\npassword = \"s3cret\"\n";
-    let checkin = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        let o = run(&[bin(), "check", "-c", p.to_str().unwrap()]);
-        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
-    };
+    let checkin = |name: &str, text: &str| check_in(&dir, name, text);
     let (code, err) = checkin("good.toml", &good);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("no [[vxlan.peer]]"), "peers come from BGP: no warning expected: {err}");

@@ -27,34 +27,6 @@ const K: &str = "192.0.2.12";
 const C: &str = "192.0.2.13";
 const ROGUE: &str = "192.0.2.66";
 
-fn host(lab: &mut Lab, br_ns: &str, tag: &str, addr: &str) -> String {
-    let ns = lab.name(tag);
-    ok(&["ip", "netns", "add", &ns]);
-    lab.adopt_netns(ns.clone());
-    let (here, there) = (lab.name(&format!("{tag}u")), lab.name(&format!("{tag}b")));
-    ok(&["ip", "link", "add", &here, "netns", &ns, "type", "veth", "peer", "name", &there, "netns", br_ns]);
-    ok(&["ip", "-n", br_ns, "link", "set", &there, "master", "br0", "up"]);
-    ok(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &here]);
-    ok(&["ip", "-n", &ns, "link", "set", &here, "up"]);
-    ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-    ns
-}
-
-/// A guest namespace on the tap `ifname` that vrouter made inside host namespace `host`.
-fn guest(lab: &mut Lab, host: &str, ifname: &str, suffix: &str, addr: &str) -> String {
-    let ns = lab.name(suffix);
-    ok(&["ip", "netns", "add", &ns]);
-    lab.adopt_netns(ns.clone());
-    wait_for(&format!("tap {ifname}"), Duration::from_secs(5), || run(&["ip", "-n", host, "link", "show", ifname]).status.success());
-    ok(&["ip", "-n", host, "link", "set", ifname, "netns", &ns]);
-    let _ = lab.exec(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-    ok(&["ip", "-n", &ns, "link", "set", ifname, "mtu", "1450", "up"]);
-    ok(&["ip", "-n", &ns, "addr", "add", addr, "dev", ifname]);
-    ok(&["ip", "-n", &ns, "route", "add", "default", "via", "10.1.1.1"]);
-    ns
-}
-
 /// FRR daemons in namespace `ns`, their sockets and pid files in a directory of the lab's.
 struct Frr {
     dir: PathBuf,
@@ -158,20 +130,6 @@ fn vrouter_cfg(lab: &Lab, tag: &str, local: &str, gateway: bool, ports: &str) ->
     )
 }
 
-fn iperf(lab: &mut Lab, server_ns: &str, client_ns: &str, dst: &str, what: &str) -> f64 {
-    let log = lab.path(&format!("iperf-{what}.log"));
-    lab.spawn_in(server_ns, &["iperf3", "-s", "-1"], &log);
-    wait_for("iperf3 server", Duration::from_secs(5), || {
-        !String::from_utf8_lossy(&lab.exec(server_ns, &["ss", "-Hltn", "sport = :5201"]).stdout).trim().is_empty()
-    });
-    let o = lab.exec(client_ns, &["iperf3", "-c", dst, "-t", "2", "-J", "--connect-timeout", "3000"]);
-    assert!(o.status.success(), "iperf3 {what}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let bps = j["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
-    eprintln!("iperf3 {what}: {:.2} Gbit/s", bps / 1e9);
-    assert!(j["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 1_000_000, "{what}: too little went through");
-    bps
-}
 
 const GA: &str = "52:54:00:40:01:11";
 const GB: &str = "52:54:00:40:01:12";
@@ -187,12 +145,12 @@ fn vtep_hosts_learn_each_other_through_an_frr_reflector() {
     lab.adopt_netns(ul.clone());
     ok(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
     ok(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
-    let rr = host(&mut lab, &ul, "rr", RR);
-    let ha = host(&mut lab, &ul, "ha", A);
-    let hb = host(&mut lab, &ul, "hb", B);
-    let hk = host(&mut lab, &ul, "hk", K);
-    let hc = host(&mut lab, &ul, "hc", C);
-    let hx = host(&mut lab, &ul, "hx", ROGUE);
+    let rr = underlay_host(&mut lab, &ul, "rr", RR);
+    let ha = underlay_host(&mut lab, &ul, "ha", A);
+    let hb = underlay_host(&mut lab, &ul, "hb", B);
+    let hk = underlay_host(&mut lab, &ul, "hk", K);
+    let hc = underlay_host(&mut lab, &ul, "hc", C);
+    let hx = underlay_host(&mut lab, &ul, "hx", ROGUE);
     let hku = lab.name("hku");
 
     let rr_frr = frr(
@@ -258,9 +216,9 @@ fn vtep_hosts_learn_each_other_through_an_frr_reflector() {
     let pid_a = lab.vrouter_pid();
     let sb = lab.vrouter_at("b", Some(&hb), &cb);
     let pid_b = lab.vrouter_pid();
-    let ga = guest(&mut lab, &ha, &n_ga, "nga", "10.1.1.11/24");
-    let gm = guest(&mut lab, &ha, &n_gm, "ngm", "10.1.1.20/24");
-    let gb = guest(&mut lab, &hb, &n_gb, "ngb", "10.1.1.12/24");
+    let ga = host_guest(&mut lab, &ha, &n_ga, "nga", "10.1.1.11/24", Some("10.1.1.1"));
+    let gm = host_guest(&mut lab, &ha, &n_gm, "ngm", "10.1.1.20/24", Some("10.1.1.1"));
+    let gb = host_guest(&mut lab, &hb, &n_gb, "ngb", "10.1.1.12/24", Some("10.1.1.1"));
 
     wait_for("both vrouters established", Duration::from_secs(20), || bgp_state(&lab, &sa) == "established" && bgp_state(&lab, &sb) == "established");
     // Every VTEP in every flood list, from type-3 routes alone.
@@ -311,8 +269,8 @@ fn vtep_hosts_learn_each_other_through_an_frr_reflector() {
     assert!(lab.ping(&ga, "10.1.1.14", 5), "A -> kernel");
     assert!(lab.ping(&gk, "10.1.1.12", 5), "kernel -> B");
     assert!(lab.ping(&gb, "10.1.1.1", 3), "B -> the gateway on A");
-    iperf(&mut lab, &ga, &gb, "10.1.1.11", "b-to-a");
-    iperf(&mut lab, &gk, &ga, "10.1.1.14", "a-to-kernel");
+    iperf_between(&mut lab, &ga, &gb, "10.1.1.11", "b-to-a");
+    iperf_between(&mut lab, &gk, &ga, "10.1.1.14", "a-to-kernel");
     // MAC+IP routes once the addresses are known (ARP).
     wait_for("MAC+IP routes", Duration::from_secs(10), || {
         let j = rr_frr.json(&rr, "show bgp l2vpn evpn route type macip json").to_string();
@@ -336,7 +294,7 @@ fn vtep_hosts_learn_each_other_through_an_frr_reflector() {
     let cc = vrouter_cfg(&lab, "c", C, false, &cfg::port("gc", "web", "tap", &n_gc, GC, "ip = \"10.1.1.13\""));
     let sc = lab.vrouter_at("c", Some(&hc), &cc);
     let pid_c = lab.vrouter_pid();
-    let gc = guest(&mut lab, &hc, &n_gc, "ngc", "10.1.1.13/24");
+    let gc = host_guest(&mut lab, &hc, &n_gc, "ngc", "10.1.1.13/24", Some("10.1.1.1"));
     wait_for("A and B learn C", Duration::from_secs(20), || flood_list(&lab, &sa).contains(&C.to_string()) && flood_list(&lab, &sb).contains(&C.to_string()));
     assert!(lab.ping(&ga, "10.1.1.13", 5), "A -> C");
     assert!(lab.ping(&gc, "10.1.1.14", 5), "C -> kernel");
@@ -353,7 +311,7 @@ fn vtep_hosts_learn_each_other_through_an_frr_reflector() {
     let cc2 = cc.clone() + &cfg::port("gm", "web", "tap", &n_gm2, GM, "port_security = false");
     std::fs::write(lab.path("c2.toml"), cc2.replace("@SOCK@", sc.to_str().unwrap()).replace("@STATE@", lab.path("cstate").to_str().unwrap())).unwrap();
     ok(&[bin(), "ctl", "-s", sc.to_str().unwrap(), "apply", "-f", lab.path("c2.toml").to_str().unwrap()]);
-    let gm2 = guest(&mut lab, &hc, &n_gm2, "ngm2", "10.1.1.20/24");
+    let gm2 = host_guest(&mut lab, &hc, &n_gm2, "ngm2", "10.1.1.20/24", Some("10.1.1.1"));
     assert!(lab.ping(&gm2, "10.1.1.14", 5), "gm on C");
     wait_for("A yields gm to C", Duration::from_secs(10), || fdb_row(&lab, &sa, GM).is_some_and(|r| r["type"] == "evpn" && r["port"] == format!("vxlan-{C}")));
     wait_for("the reflector has gm at C only", Duration::from_secs(10), || {

@@ -21,49 +21,6 @@ const B: &str = "192.0.2.11";
 const K: &str = "192.0.2.12";
 const STRANGER: &str = "192.0.2.13";
 
-fn vxlan_host(lab: &mut Lab, br_ns: &str, tag: &str, addr: &str) -> String {
-    let ns = lab.name(tag);
-    ok(&["ip", "netns", "add", &ns]);
-    lab.adopt_netns(ns.clone());
-    let (here, there) = (lab.name(&format!("{tag}u")), lab.name(&format!("{tag}b")));
-    ok(&["ip", "link", "add", &here, "netns", &ns, "type", "veth", "peer", "name", &there, "netns", br_ns]);
-    ok(&["ip", "-n", br_ns, "link", "set", &there, "master", "br0", "up"]);
-    ok(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &here]);
-    ok(&["ip", "-n", &ns, "link", "set", &here, "up"]);
-    ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-    ns
-}
-
-/// A guest namespace on the tap `ifname` that vrouter made inside host namespace `host`.
-fn guest(lab: &mut Lab, host: &str, ifname: &str, suffix: &str, addr: &str, gw: Option<&str>) -> String {
-    let ns = lab.name(suffix);
-    ok(&["ip", "netns", "add", &ns]);
-    lab.adopt_netns(ns.clone());
-    wait_for(&format!("tap {ifname}"), Duration::from_secs(5), || run(&["ip", "-n", host, "link", "show", ifname]).status.success());
-    ok(&["ip", "-n", host, "link", "set", ifname, "netns", &ns]);
-    let _ = lab.exec(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
-    ok(&["ip", "-n", &ns, "link", "set", ifname, "mtu", "1450", "up"]);
-    ok(&["ip", "-n", &ns, "addr", "add", addr, "dev", ifname]);
-    if let Some(gw) = gw {
-        ok(&["ip", "-n", &ns, "route", "add", "default", "via", gw]);
-    }
-    ns
-}
-
-fn iperf(lab: &mut Lab, server_ns: &str, client_ns: &str, dst: &str, what: &str) {
-    let log = lab.path(&format!("iperf-{what}.log"));
-    lab.spawn_in(server_ns, &["iperf3", "-s", "-1"], &log);
-    wait_for("iperf3 server", Duration::from_secs(5), || {
-        !String::from_utf8_lossy(&lab.exec(server_ns, &["ss", "-Hltn", "sport = :5201"]).stdout).trim().is_empty()
-    });
-    let o = lab.exec(client_ns, &["iperf3", "-c", dst, "-t", "2", "-J", "--connect-timeout", "3000"]);
-    assert!(o.status.success(), "iperf3 {what}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let bps = j["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
-    eprintln!("iperf3 {what}: {:.2} Gbit/s", bps / 1e9);
-    assert!(j["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 1_000_000, "{what}: too little went through");
-}
 
 /// argv: SRC DST HEX...; sends each hex payload as one UDP datagram to DST:4789 from SRC.
 const SEND: &str = r#"
@@ -87,9 +44,9 @@ fn two_vrouters_and_the_kernel_share_a_vni() {
     lab.adopt_netns(br.clone());
     ok(&["ip", "-n", &br, "link", "add", "br0", "type", "bridge"]);
     ok(&["ip", "-n", &br, "link", "set", "br0", "up"]);
-    let ha = vxlan_host(&mut lab, &br, "ha", A);
-    let hb = vxlan_host(&mut lab, &br, "hb", B);
-    let hk = vxlan_host(&mut lab, &br, "hk", K);
+    let ha = underlay_host(&mut lab, &br, "ha", A);
+    let hb = underlay_host(&mut lab, &br, "hb", B);
+    let hk = underlay_host(&mut lab, &br, "hk", K);
     let hku = lab.name("hku");
     ok(&["ip", "-n", &hk, "addr", "add", &format!("{STRANGER}/24"), "dev", &hku]);
 
@@ -120,11 +77,11 @@ fn two_vrouters_and_the_kernel_share_a_vni() {
     let (n_ga, n_gd, n_gc, n_gb, n_gx) = (lab.name("ga"), lab.name("gd"), lab.name("gc"), lab.name("gb"), lab.name("gx"));
     let sa = lab.vrouter_at("a", Some(&ha), &ca);
     let sb = lab.vrouter_at("b", Some(&hb), &cb);
-    let ga = guest(&mut lab, &ha, &n_ga, "nga", "10.1.1.11/24", Some("10.1.1.1"));
-    let gd = guest(&mut lab, &ha, &n_gd, "ngd", "10.1.2.11/24", Some("10.1.2.1"));
-    let _gc = guest(&mut lab, &ha, &n_gc, "ngc", "10.9.0.11/24", None);
-    let gb = guest(&mut lab, &hb, &n_gb, "ngb", "10.1.1.12/24", Some("10.1.1.1"));
-    let gx = guest(&mut lab, &hb, &n_gx, "ngx", "10.1.1.13/24", None);
+    let ga = host_guest(&mut lab, &ha, &n_ga, "nga", "10.1.1.11/24", Some("10.1.1.1"));
+    let gd = host_guest(&mut lab, &ha, &n_gd, "ngd", "10.1.2.11/24", Some("10.1.2.1"));
+    let _gc = host_guest(&mut lab, &ha, &n_gc, "ngc", "10.9.0.11/24", None);
+    let gb = host_guest(&mut lab, &hb, &n_gb, "ngb", "10.1.1.12/24", Some("10.1.1.1"));
+    let gx = host_guest(&mut lab, &hb, &n_gx, "ngx", "10.1.1.13/24", None);
 
     // The kernel VTEP: vxlan device in a bridge with a veth to its guest.
     let vx = lab.name("kvx");
@@ -150,7 +107,7 @@ fn two_vrouters_and_the_kernel_share_a_vni() {
     assert!(lab.ping(&gb, "10.1.1.1", 3), "gb -> its gateway on host A");
     assert!(lab.ping(&gb, "10.1.2.11", 3), "gb -> db through host A's router");
     assert!(lab.ping(&gd, "10.1.1.12", 3), "db -> gb through host A's router");
-    iperf(&mut lab, &ga, &gb, "10.1.1.11", "vrouter-vrouter");
+    iperf_between(&mut lab, &ga, &gb, "10.1.1.11", "vrouter-vrouter");
     // Another VNI is another network, whatever addresses its guests claim.
     assert!(!lab.ping(&gx, "10.1.1.11", 2), "vni 5003 must not reach vni 5001");
 
@@ -158,8 +115,8 @@ fn two_vrouters_and_the_kernel_share_a_vni() {
     assert!(lab.ping(&gk, "10.1.1.11", 5), "kernel guest -> ga");
     assert!(lab.ping(&ga, "10.1.1.14", 3), "ga -> kernel guest");
     assert!(lab.ping(&gk, "10.1.2.11", 3), "kernel guest -> db through A's router");
-    iperf(&mut lab, &gk, &ga, "10.1.1.14", "vrouter-kernel");
-    iperf(&mut lab, &ga, &gk, "10.1.1.11", "kernel-vrouter");
+    iperf_between(&mut lab, &gk, &ga, "10.1.1.14", "vrouter-kernel");
+    iperf_between(&mut lab, &ga, &gk, "10.1.1.11", "kernel-vrouter");
 
     // Remote MACs are learned against their VTEP.
     let fdb = lab.show_at(&sa, "fdb");

@@ -383,3 +383,53 @@ impl Drop for Lab {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A "host" namespace on an underlay: a veth into the bridge `br0` of namespace `br_ns`, with
+/// `addr`/24 (multi-host VXLAN and EVPN tests).
+pub fn underlay_host(lab: &mut Lab, br_ns: &str, tag: &str, addr: &str) -> String {
+    let ns = lab.name(tag);
+    ok(&["ip", "netns", "add", &ns]);
+    lab.adopt_netns(ns.clone());
+    let (here, there) = (lab.name(&format!("{tag}u")), lab.name(&format!("{tag}b")));
+    ok(&["ip", "link", "add", &here, "netns", &ns, "type", "veth", "peer", "name", &there, "netns", br_ns]);
+    ok(&["ip", "-n", br_ns, "link", "set", &there, "master", "br0", "up"]);
+    ok(&["ip", "-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &here]);
+    ok(&["ip", "-n", &ns, "link", "set", &here, "up"]);
+    ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+    ns
+}
+
+/// A guest namespace on the tap `ifname` that vrouter made inside host namespace `host` (MTU
+/// 1450: a VXLAN network's), with `addr` and a default route via `gw` if given.
+pub fn host_guest(lab: &mut Lab, host: &str, ifname: &str, suffix: &str, addr: &str, gw: Option<&str>) -> String {
+    let ns = lab.name(suffix);
+    ok(&["ip", "netns", "add", &ns]);
+    lab.adopt_netns(ns.clone());
+    wait_for(&format!("tap {ifname}"), Duration::from_secs(5), || run(&["ip", "-n", host, "link", "show", ifname]).status.success());
+    ok(&["ip", "-n", host, "link", "set", ifname, "netns", &ns]);
+    let _ = lab.exec(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+    ok(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+    ok(&["ip", "-n", &ns, "link", "set", ifname, "mtu", "1450", "up"]);
+    ok(&["ip", "-n", &ns, "addr", "add", addr, "dev", ifname]);
+    if let Some(gw) = gw {
+        ok(&["ip", "-n", &ns, "route", "add", "default", "via", gw]);
+    }
+    ns
+}
+
+/// iperf3 for 2 s from `client_ns` to a one-shot server in `server_ns` at `dst`: prints and
+/// returns the bits per second, and fails the test under 1 MB moved.
+pub fn iperf_between(lab: &mut Lab, server_ns: &str, client_ns: &str, dst: &str, what: &str) -> f64 {
+    let log = lab.path(&format!("iperf-{what}.log"));
+    lab.spawn_in(server_ns, &["iperf3", "-s", "-1"], &log);
+    wait_for("iperf3 server", Duration::from_secs(5), || {
+        !String::from_utf8_lossy(&lab.exec(server_ns, &["ss", "-Hltn", "sport = :5201"]).stdout).trim().is_empty()
+    });
+    let o = lab.exec(client_ns, &["iperf3", "-c", dst, "-t", "2", "-J", "--connect-timeout", "3000"]);
+    assert!(o.status.success(), "iperf3 {what}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bps = j["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    eprintln!("iperf3 {what}: {:.2} Gbit/s", bps / 1e9);
+    assert!(j["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 1_000_000, "{what}: too little went through");
+    bps
+}
