@@ -763,7 +763,7 @@ impl Speaker {
             let m = self.mobility.entry((*vni, *mac)).or_default();
             m.moves.retain(|t| now.since(*t) < DUP_WINDOW);
             if r >= m.seq && m.moves.len() < DUP_MOVES {
-                m.seq = r + 1;
+                m.seq = r.saturating_add(1);
                 m.moves.push(now);
             }
         }

@@ -383,3 +383,15 @@ fn ebgp_prepends_its_as_and_refuses_loops() {
     assert!(!p.a.view().vnis[&VNI].macs.contains_key(&MacKey(mac(2))));
     assert!(p.a.snapshot(p.now).neighbors[0].counters.routes_ignored >= 1);
 }
+
+#[test]
+fn a_sequence_number_at_its_maximum_does_not_overflow() {
+    let (mut a, now) = scripted(100);
+    a.received(now, B, &wire::open(65000, 9, B));
+    a.received(now, B, &wire::keepalive());
+    let attrs = Attrs { next_hop: Some(B), mac_seq: Some(u32::MAX), route_targets: vec![RouteTarget { asn: 65000, value: VNI }], ..Default::default() };
+    a.received(now, B, &wire::update_reach(&attrs, &[Route::Mac { rd: Rd::ip(B, 1), tag: 0, mac: mac(5), ip: None, vni: VNI }]));
+    // The MAC shows up here: ours cannot go higher; the speaker stays sane.
+    a.set_local(now, BTreeSet::from([(VNI, mac(5), None)]));
+    assert_eq!(a.snapshot(now).local_macs[&VNI], vec![(MacKey(mac(5)), u32::MAX)]);
+}
