@@ -255,7 +255,12 @@ pub fn datapath_config(c: &Config, ids: &Numbering) -> DatapathConfig {
                     name: vtep_name(peer.remote),
                     ifname: peer.remote.to_string(),
                     kind: "vxlan".into(),
-                    role: Role::Vtep { remote: peer.remote, vnis, evpn: peer.evpn },
+                    role: Role::Vtep {
+                        remote: peer.remote,
+                        unicast_only: vnis.iter().filter(|(v, _)| peer.unicast_only.contains(v)).map(|(_, n)| *n).collect(),
+                        vnis,
+                        evpn: peer.evpn,
+                    },
                     offload: crate::wire::vnet::Offloads::NONE,
                     mac_limit: None,
                 },
@@ -418,8 +423,9 @@ pub fn bgp_spec(c: &Config) -> Option<crate::bgp::SpeakerConfig> {
 }
 
 /// The config as it runs: the file's, with the VTEPs EVPN learned added as VXLAN peers
-/// (`learned`: VTEP -> VNIs). A VTEP the file names already keeps the file's entry.
-pub fn with_learned(mut c: Config, learned: &std::collections::BTreeMap<std::net::Ipv4Addr, std::collections::BTreeSet<u32>>) -> Config {
+/// (`learned`: VTEP -> VNIs, and those flooded to it). A VTEP the file names already keeps the
+/// file's entry.
+pub fn with_learned(mut c: Config, learned: &std::collections::BTreeMap<std::net::Ipv4Addr, crate::bgp::VtepVnis>) -> Config {
     if c.bgp.is_none() {
         return c;
     }
@@ -429,9 +435,10 @@ pub fn with_learned(mut c: Config, learned: &std::collections::BTreeMap<std::net
             if *ip == vx.local || vx.peer.iter().any(|p| p.remote == *ip) {
                 continue;
             }
-            let v: Vec<u32> = v.iter().copied().filter(|x| vnis.contains(x)).collect();
-            if !v.is_empty() {
-                vx.peer.push(crate::config::schema::VxlanPeer { remote: *ip, vnis: Some(v), evpn: true });
+            let all: Vec<u32> = v.all.iter().copied().filter(|x| vnis.contains(x)).collect();
+            let unicast_only = all.iter().copied().filter(|x| !v.flood.contains(x)).collect();
+            if !all.is_empty() {
+                vx.peer.push(crate::config::schema::VxlanPeer { remote: *ip, vnis: Some(all), evpn: true, unicast_only });
             }
         }
     }

@@ -363,7 +363,8 @@ fn add_members(nets: &mut [Net], ports: &[PortSpec]) {
         match &p.role {
             Role::Access { net, .. } => add(*net),
             Role::Trunk { vlans, native } => vlans.iter().flatten().chain(native).for_each(|n| add(*n)),
-            Role::Vtep { vnis, .. } => vnis.iter().for_each(|(_, n)| add(*n)),
+            // Flooding goes to exactly the VTEPs that asked for it.
+            Role::Vtep { vnis, unicast_only, .. } => vnis.iter().filter(|(_, n)| !unicast_only.contains(n)).for_each(|(_, n)| add(*n)),
             Role::Public | Role::Vacant => {}
         }
     }

@@ -239,13 +239,27 @@ pub struct RemoteMac {
     pub ips: Vec<Ipv4Addr>,
 }
 
+/// The VNIs a VTEP carries (a type-3 or a type-2 route), and those it wants flooded traffic
+/// of (a type-3 route: its flood list membership).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct VtepVnis {
+    pub all: BTreeSet<u32>,
+    pub flood: BTreeSet<u32>,
+}
+
 impl EvpnView {
-    /// Every VTEP with the VNIs it carries (flood list or MACs): the VXLAN peers to have.
-    pub fn vteps(&self) -> BTreeMap<Ipv4Addr, BTreeSet<u32>> {
-        let mut m: BTreeMap<Ipv4Addr, BTreeSet<u32>> = BTreeMap::new();
+    /// Every VTEP with the VNIs it carries: the VXLAN peers to have. Flooded traffic goes to
+    /// exactly the VTEPs of a VNI's flood list; one known only by its MAC routes gets unicast.
+    pub fn vteps(&self) -> BTreeMap<Ipv4Addr, VtepVnis> {
+        let mut m: BTreeMap<Ipv4Addr, VtepVnis> = BTreeMap::new();
         for (vni, v) in &self.vnis {
-            for ip in v.flood.iter().chain(v.macs.values().map(|r| &r.vtep)) {
-                m.entry(*ip).or_default().insert(*vni);
+            for ip in &v.flood {
+                let e = m.entry(*ip).or_default();
+                e.all.insert(*vni);
+                e.flood.insert(*vni);
+            }
+            for r in v.macs.values() {
+                m.entry(r.vtep).or_default().all.insert(*vni);
             }
         }
         m

@@ -94,7 +94,7 @@ fn session_comes_up_and_routes_flow_both_ways() {
     assert_eq!(p.b.nbrs[0].state, State::Established);
     // Each learned the other's type-3 route: the flood list.
     assert_eq!(p.a.view().vnis[&VNI].flood, BTreeSet::from([B]));
-    assert_eq!(p.a.view().vteps(), BTreeMap::from([(B, BTreeSet::from([VNI]))]));
+    assert_eq!(p.a.view().vteps(), BTreeMap::from([(B, VtepVnis { all: BTreeSet::from([VNI]), flood: BTreeSet::from([VNI]) })]));
     let g = p.a.generation();
     p.b.set_local(p.now, BTreeSet::from([(VNI, mac(1), None), (VNI, mac(1), Some(Ipv4Addr::new(10, 1, 1, 12)))]));
     p.pump();
@@ -394,4 +394,18 @@ fn a_sequence_number_at_its_maximum_does_not_overflow() {
     // The MAC shows up here: ours cannot go higher; the speaker stays sane.
     a.set_local(now, BTreeSet::from([(VNI, mac(5), None)]));
     assert_eq!(a.snapshot(now).local_macs[&VNI], vec![(MacKey(mac(5)), u32::MAX)]);
+}
+
+#[test]
+fn a_vtep_known_only_by_mac_routes_gets_unicast_not_floods() {
+    let (mut a, now) = scripted(100);
+    a.received(now, B, &wire::open(65000, 9, B));
+    a.received(now, B, &wire::keepalive());
+    let c = Ipv4Addr::new(192, 0, 2, 9);
+    let attrs = |nh| Attrs { next_hop: Some(nh), route_targets: vec![RouteTarget { asn: 65000, value: VNI }], ..Default::default() };
+    a.received(now, B, &wire::update_reach(&attrs(B), &[Route::Imet { rd: Rd::ip(B, 1), tag: 0, origin: B }]));
+    a.received(now, B, &wire::update_reach(&attrs(c), &[Route::Mac { rd: Rd::ip(c, 1), tag: 0, mac: mac(4), ip: None, vni: VNI }]));
+    let v = a.view().vteps();
+    assert_eq!(v[&B], VtepVnis { all: BTreeSet::from([VNI]), flood: BTreeSet::from([VNI]) });
+    assert_eq!(v[&c], VtepVnis { all: BTreeSet::from([VNI]), flood: BTreeSet::new() });
 }

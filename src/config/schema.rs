@@ -285,6 +285,9 @@ pub struct VxlanPeer {
     /// Learned over BGP EVPN (never in a file).
     #[serde(skip)]
     pub evpn: bool,
+    /// EVPN: VNIs carried for unicast only (MAC routes, no type-3 route: not in the flood list).
+    #[serde(skip)]
+    pub unicast_only: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

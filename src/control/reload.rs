@@ -61,7 +61,7 @@ pub struct Staged {
 }
 
 /// VTEPs learned over EVPN and the VNIs each carries.
-pub type Learned = std::collections::BTreeMap<std::net::Ipv4Addr, std::collections::BTreeSet<u32>>;
+pub type Learned = std::collections::BTreeMap<std::net::Ipv4Addr, crate::bgp::VtepVnis>;
 
 pub const PENDING: u8 = 0;
 pub const TAKEN: u8 = 1;

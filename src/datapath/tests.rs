@@ -424,7 +424,7 @@ fn dp_vxlan() -> Datapath {
         name: "vx".into(),
         ifname: "vx".into(),
         kind: "vxlan".into(),
-        role: Role::Vtep { remote: PEER, vnis: vec![(5001, A)], evpn: false },
+        role: Role::Vtep { remote: PEER, vnis: vec![(5001, A)], evpn: false, unicast_only: Vec::new() },
         offload: false.into(),
         mac_limit: None,
     };
@@ -812,4 +812,39 @@ fn a_uso_frame_is_segmented_for_a_port_without_uso() {
     let tv = VnetHdr { needs_csum: true, gso: Gso::TcpV4, gso_size: 1448, hdr_len: 54, csum_start: 34, csum_offset: 16, ..Default::default() };
     let s = send(&mut d, 1, 0, &t, tv);
     assert_eq!(s.0.len(), 1);
+}
+
+/// A VTEP that carries a VNI for unicast only (EVPN: MAC routes, no type-3 route) gets no
+/// flooded frame of it, but the frames to MACs behind it.
+#[test]
+fn a_unicast_only_vtep_gets_no_flood() {
+    let vtep = |unicast_only: Vec<NetId>| PortSpec {
+        name: "vx".into(),
+        ifname: "vx".into(),
+        kind: "vxlan".into(),
+        role: Role::Vtep { remote: PEER, vnis: vec![(5001, A)], evpn: true, unicast_only },
+        offload: false.into(),
+        mac_limit: None,
+    };
+    for (unicast_only, flooded) in [(vec![], true), (vec![A], false)] {
+        let mut d = Datapath::new(DatapathConfig {
+            router_mac: ROUTER,
+            nets: vec![NetSpec { name: "a".into(), vlan: None }],
+            ports: vec![access("p0", A, true), access("p1", A, false), vtep(unicast_only)],
+            mac_aging: Duration::from_secs(300),
+            mac_table_size: 64,
+            security: Default::default(),
+            vxlan_mtu: 1450,
+            pins: Vec::new(),
+            l3: Default::default(),
+        });
+        let mut w = Wire::default();
+        d.process(Instant::from_secs(1), PortId(0), &mut PacketBuf::from_frame(&eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default()), &mut w);
+        assert_eq!(!w.udp.is_empty(), flooded, "broadcast to the VTEP");
+        // mac(9) is behind the VTEP (an EVPN route): unicast goes there either way.
+        assert_eq!(d.evpn_sync(Instant::from_secs(1), &[(A, mac(9), PortId(2))]), 0);
+        let mut w = Wire::default();
+        d.process(Instant::from_secs(1), PortId(0), &mut PacketBuf::from_frame(&eth(mac(9), mac(1), &[0; 46]), VnetHdr::default()), &mut w);
+        assert_eq!(w.udp.len(), 1, "unicast to the VTEP");
+    }
 }

@@ -128,7 +128,7 @@ struct Thread {
     loop_tx: crossbeam_channel::Sender<Envelope>,
     loop_wake: Arc<Waker>,
     /// The VTEPs (and their VNIs) the running config has as learned peers.
-    learned: BTreeMap<Ipv4Addr, BTreeSet<u32>>,
+    learned: BTreeMap<Ipv4Addr, crate::bgp::VtepVnis>,
 }
 
 impl Thread {
@@ -143,7 +143,7 @@ impl Thread {
         let mut next_publish = std::time::Instant::now();
         let mut stopping = false;
         // The VTEPs the view wants as ports, and when to try again after a refused apply.
-        let mut wanted: BTreeMap<Ipv4Addr, BTreeSet<u32>> = BTreeMap::new();
+        let mut wanted: BTreeMap<Ipv4Addr, crate::bgp::VtepVnis> = BTreeMap::new();
         let mut retry_at = std::time::Instant::now();
         loop {
             let now = self.now();

@@ -71,7 +71,9 @@ pub enum Role {
     /// decapsulated, their network given by the VNI, not by the frame.
     /// `evpn`: learned over BGP EVPN; the MACs behind it come from its routes, not from its
     /// frames (as a kernel VTEP with `nolearning` under FRR).
-    Vtep { remote: std::net::Ipv4Addr, vnis: Vec<(u32, NetId)>, evpn: bool },
+    /// `unicast_only`: networks it carries but wants no flooded traffic of (EVPN: no type-3
+    /// route for them).
+    Vtep { remote: std::net::Ipv4Addr, vnis: Vec<(u32, NetId)>, evpn: bool, unicast_only: Vec<NetId> },
     /// A slot whose port was removed by a reload (and not yet taken by a new one): in no
     /// network, nothing arrives on it or leaves through it.
     Vacant,
