@@ -92,10 +92,30 @@ for h in sys.argv[2:]:
 print(n)
 "#;
 
+/// An HTTP server on argv[1]:80 answering "ok", a connection per thread (a connection held
+/// open must not block the others).
+const HTTP: &str = r#"
+import socketserver, sys
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.recv(4096)
+        self.request.sendall(b'HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok')
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer.request_queue_size = 4096
+socketserver.ThreadingTCPServer((sys.argv[1], 80), H).serve_forever()
+"#;
+
+/// The router's MAC as guest namespace `ns` resolves its gateway (hex, no colons).
+fn gateway_mac(lab: &Lab, ns: &str) -> String {
+    assert!(lab.ping(ns, "10.1.1.1", 2));
+    let neigh = String::from_utf8_lossy(&lab.exec(ns, &["ip", "neigh", "show", "10.1.1.1"]).stdout).into_owned();
+    neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).expect("the gateway's MAC").replace(':', "")
+}
+
 /// Honest traffic while an attack runs: a1 pings a2 every 10 ms; returns the ping process
 /// output file, read with `ping_loss` once it ended.
 fn honest_ping(lab: &mut Lab, net: &Net, secs: u32) -> std::path::PathBuf {
-    let out = lab.path(&format!("honest-{}.log", lab.id.len() + secs as usize));
+    let out = lab.path(&format!("honest-{secs}.log"));
     lab.spawn_in(&net.a1, &["ping", "-i", "0.01", "-w", &secs.to_string(), "-q", "10.1.1.12"], &out);
     out
 }
@@ -279,8 +299,7 @@ fn the_public_side_gets_no_dhcp_dns_or_metadata_answers() {
     let net = topology(&mut lab);
     // Positive control: the forward works from the outside (the public side is reachable).
     let srv = lab.path("http.log");
-    let http = "import socket\ns = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('10.1.1.11', 80)); s.listen(8)\nwhile True:\n    c, _ = s.accept(); c.recv(4096); c.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok'); c.close()\n";
-    lab.spawn_in(&net.a1, &["python3", "-c", http], &srv);
+    lab.spawn_in(&net.a1, &["python3", "-c", HTTP, "10.1.1.11"], &srv);
     let t = std::time::Instant::now();
     while String::from_utf8_lossy(&lab.exec(&net.a1, &["ss", "-Hltn", "sport = :80"]).stdout).trim().is_empty() {
         assert!(
@@ -351,11 +370,8 @@ fn a_syn_flood_against_a_forward_and_a_load_balancer_leaves_room_for_honest_conn
     lab.vrouter(&cfg);
     let net = topology_after_start(&mut lab);
     let srv = lab.path("http.log");
-    // A connection per thread: the held connection must not block the others.
-    let http = "import socketserver\nclass H(socketserver.BaseRequestHandler):\n    def handle(self):\n        self.request.recv(4096); self.request.sendall(b'HTTP/1.0 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\nsocketserver.ThreadingTCPServer.allow_reuse_address = True\nsocketserver.ThreadingTCPServer.request_queue_size = 4096\nsocketserver.ThreadingTCPServer(('10.1.1.11', 80), H).serve_forever()\n";
-    lab.spawn_in(&net.a1, &["python3", "-c", http], &srv);
-    let http2 = http.replace("10.1.1.11", "10.1.1.12");
-    lab.spawn_in(&net.a2, &["python3", "-c", &http2], &lab.path("http2.log"));
+    lab.spawn_in(&net.a1, &["python3", "-c", HTTP, "10.1.1.11"], &srv);
+    lab.spawn_in(&net.a2, &["python3", "-c", HTTP, "10.1.1.12"], &lab.path("http2.log"));
     for g in [&net.a1, &net.a2] {
         wait_for("the servers", Duration::from_secs(10), || !String::from_utf8_lossy(&lab.exec(g, &["ss", "-Hltn", "sport = :80"]).stdout).trim().is_empty());
     }
@@ -407,9 +423,7 @@ fn a_fragment_flood_from_one_guest_leaves_room_for_the_others() {
     let o = lab.exec(&net.a2, &["ping", "-c", "2", "-W", "2", "-s", "3000", "203.0.113.1"]);
     assert!(o.status.success(), "a2's fragmented pings before the flood: {}", String::from_utf8_lossy(&o.stdout));
     // The router's MAC: what a1 resolved for its gateway.
-    assert!(lab.ping(&net.a1, "10.1.1.1", 2));
-    let neigh = String::from_utf8_lossy(&lab.exec(&net.a1, &["ip", "neigh", "show", "10.1.1.1"]).stdout).into_owned();
-    let gw_mac = neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).expect("the gateway's MAC").replace(':', "");
+    let gw_mac = gateway_mac(&lab, &net.a1);
     let flood = flood.replace("{GW}", &gw_mac);
     let tm = lab.name("m");
     let o = lab.exec(&net.m, &["python3", "-c", &flood, &tm]);
@@ -428,9 +442,7 @@ fn nat_port_exhaustion_toward_one_destination_spares_the_others() {
     let mut lab = Lab::new("an");
     let net = topology(&mut lab);
     let tm = lab.name("m");
-    assert!(lab.ping(&net.m, "10.1.1.1", 2));
-    let neigh = String::from_utf8_lossy(&lab.exec(&net.m, &["ip", "neigh", "show", "10.1.1.1"]).stdout).into_owned();
-    let gw_mac = neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).expect("the gateway's MAC").replace(':', "");
+    let gw_mac = gateway_mac(&lab, &net.m);
     // 70000 UDP flows to 203.0.113.1:9 from m (two of its addresses, every source port): more
     // than the 64512 translated ports one destination can have.
     let flood = format!(

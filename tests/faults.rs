@@ -15,11 +15,10 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-fn veth(lab: &Lab, host: &str, here: &str, ns: &str, there: &str) {
+fn veth(host: &str, here: &str, ns: &str, there: &str) {
     ok(&["ip", "-n", host, "link", "add", here, "type", "veth", "peer", "name", there, "netns", ns]);
     ok(&["ip", "-n", host, "link", "set", here, "up"]);
     ok(&["ip", "-n", ns, "link", "set", there, "up"]);
-    let _ = lab;
 }
 
 fn ns(lab: &mut Lab, tag: &str) -> String {
@@ -49,9 +48,9 @@ fn kill_9_under_load_leaks_nothing_unnated_and_guests_keep_working() {
     let g = ns(&mut lab, "g");
     let o = ns(&mut lab, "o");
     let l = ns(&mut lab, "l");
-    veth(&lab, &h, "g", &g, "eth0");
-    veth(&lab, &h, "p", &o, "eth0");
-    veth(&lab, &h, "u", &l, "eth0");
+    veth(&h, "g", &g, "eth0");
+    veth(&h, "p", &o, "eth0");
+    veth(&h, "u", &l, "eth0");
     // The host forwards and does not filter by reverse path: the worst case for a leak.
     for k in ["net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0", "net.ipv4.conf.g.rp_filter=0", "net.ipv4.conf.p.rp_filter=0"] {
         ok(&["ip", "netns", "exec", &h, "sysctl", "-qw", k]);

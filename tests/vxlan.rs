@@ -39,11 +39,7 @@ fn port_drops(lab: &Lab, sock: &Path, port: &str, reason: &str) -> u64 {
 #[test]
 fn two_vrouters_and_the_kernel_share_a_vni() {
     let mut lab = Lab::new("vx");
-    let br = lab.name("ul");
-    ok(&["ip", "netns", "add", &br]);
-    lab.adopt_netns(br.clone());
-    ok(&["ip", "-n", &br, "link", "add", "br0", "type", "bridge"]);
-    ok(&["ip", "-n", &br, "link", "set", "br0", "up"]);
+    let br = underlay(&mut lab);
     let ha = underlay_host(&mut lab, &br, "ha", A);
     let hb = underlay_host(&mut lab, &br, "hb", B);
     let hk = underlay_host(&mut lab, &br, "hk", K);

@@ -300,25 +300,27 @@ t0=$(now); kill -TERM "$bgpd_k"; wait "$bgpd_k" 2>/dev/null || true
 for _ in $(seq 100); do [ "$(probe_first_after "$t0" withdraw 02:aa:02)" != - ] && break; sleep 0.05; done
 stop_k=$(probe_first_after "$t0" withdraw 02:aa:02)
 printf "%-44s %12s %12s\n" "clean stop to withdrawal at the probe (s)" "$stop_vr" "$stop_k"
-# kill -9: vrouter again, with its MACs learned again.
-start_vrouter
-attach_guest
-for _ in $(seq 100); do [ "$(vr_state 2>/dev/null)" = established ] && break; sleep 0.1; done
-t1=$(now); inject "$ga" "ee$id-t" d001 20
-for _ in $(seq 100); do [ "$(probe_nth_after "$t1" 02:d0:01 20)" != - ] && break; sleep 0.05; done
-t0=$(now); kill -KILL "$vr_pid"; wait "$vr_pid" 2>/dev/null || true; vr_pid=""
-for _ in $(seq 300); do [ "$(probe_first_after "$t0" withdraw 02:d0:01)" != - ] && break; sleep 0.05; done
-kill_vr=$(probe_first_after "$t0" withdraw 02:d0:01)
+# A fresh vrouter whose 20 new MACs (prefix $2) the probe has; then the fault (the rest of
+# the arguments), and into variable $1 the seconds until the probe hears the first withdrawal
+# of them. (Not in a $(...) subshell: vrouter is started here and its pid must stay known.)
+withdrawal_after() { # var prefix(4 hex) fault-command...
+    local var=$1 pre=$2 t0 t1 m
+    shift 2
+    m="02:${pre:0:2}:${pre:2:2}"
+    start_vrouter
+    attach_guest
+    for _ in $(seq 100); do [ "$(vr_state 2>/dev/null)" = established ] && break; sleep 0.1; done
+    t1=$(now); inject "$ga" "ee$id-t" "$pre" 20
+    for _ in $(seq 100); do [ "$(probe_nth_after "$t1" "$m" 20)" != - ] && break; sleep 0.05; done
+    t0=$(now); "$@"
+    for _ in $(seq 300); do [ "$(probe_first_after "$t0" withdraw "$m")" != - ] && break; sleep 0.05; done
+    printf -v "$var" %s "$(probe_first_after "$t0" withdraw "$m")"
+}
+kill_9() { kill -KILL "$vr_pid"; wait "$vr_pid" 2>/dev/null || true; vr_pid=""; }
 # kill -9 closes the process's sockets (the kernel sends FIN): the reflector withdraws at once.
+withdrawal_after kill_vr d001 kill_9
 printf "%-44s %12s %12s\n" "kill -9 to withdrawal at the probe (s)" "$kill_vr" "-"
 # A host lost (its underlay link down, no FIN): the reflector's hold timer (9 s) decides.
-start_vrouter
-attach_guest
-for _ in $(seq 100); do [ "$(vr_state 2>/dev/null)" = established ] && break; sleep 0.1; done
-t1=$(now); inject "$ga" "ee$id-t" d101 20
-for _ in $(seq 100); do [ "$(probe_nth_after "$t1" 02:d1:01 20)" != - ] && break; sleep 0.05; done
-t0=$(now); ip -n "$ha" link set "${ha}u" down
-for _ in $(seq 300); do [ "$(probe_first_after "$t0" withdraw 02:d1:01)" != - ] && break; sleep 0.05; done
-lost_vr=$(probe_first_after "$t0" withdraw 02:d1:01)
+withdrawal_after lost_vr d101 ip -n "$ha" link set "${ha}u" down
 printf "%-44s %12s %12s\n" "host lost to withdrawal at the probe (s)" "$lost_vr" "(the RR's hold)"
 echo "(the probe, a scripted iBGP client of the same reflector, timestamps every route it is sent)"

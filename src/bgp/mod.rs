@@ -550,8 +550,8 @@ impl Speaker {
         loop {
             let n = &self.nbrs[i];
             let buf = &n.rx[at..];
-            let (t, len) = match wire::frame(buf) {
-                Ok(Some((t, len))) => (t, len),
+            let len = match wire::frame(buf) {
+                Ok(Some((_, len))) => len,
                 Ok(None) => break,
                 Err(e) => {
                     self.notify(now, i, e.code, e.subcode, true);
@@ -563,7 +563,6 @@ impl Speaker {
             }
             let msg = wire::parse(&buf[..len]);
             at += len;
-            let _ = t;
             match msg {
                 Ok(m) => match self.handle(now, i, m) {
                     Ok(c) => changed |= c,
@@ -631,14 +630,14 @@ impl Speaker {
                 n.backoff = BACKOFF_MIN;
                 n.c.established += 1;
                 n.last_error = None;
-                self.advertise_all(i);
+                self.sync(i, true);
                 Ok(false)
             }
             (State::Established, Message::Keepalive) => Ok(false),
             (State::Established, Message::RouteRefresh { afi, safi }) => {
                 if (afi, safi) == (wire::AFI_L2VPN, wire::SAFI_EVPN) {
                     self.nbrs[i].adj_out.clear();
-                    self.advertise_all(i);
+                    self.sync(i, true);
                 }
                 Ok(false)
             }
@@ -821,10 +820,6 @@ impl Speaker {
                 self.sync(i, false);
             }
         }
-    }
-
-    fn advertise_all(&mut self, i: usize) {
-        self.sync(i, true);
     }
 
     /// Brings neighbour `i`'s Adj-RIB-Out to `self.local`: withdrawals, then advertisements

@@ -420,11 +420,16 @@ const PEER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 2);
 /// p0: net A with offload; p1: net A without; p2: VXLAN peer 192.0.2.2 carrying A as VNI
 /// 5001. Overlay MTU 1450.
 fn dp_vxlan() -> Datapath {
+    dp_vxlan_with(false, Vec::new())
+}
+
+/// [`dp_vxlan`] with the peer learned over EVPN (`evpn`) and carrying `unicast_only`.
+fn dp_vxlan_with(evpn: bool, unicast_only: Vec<NetId>) -> Datapath {
     let vtep = PortSpec {
         name: "vx".into(),
         ifname: "vx".into(),
         kind: "vxlan".into(),
-        role: Role::Vtep { remote: PEER, vnis: vec![(5001, A)], evpn: false, unicast_only: Vec::new() },
+        role: Role::Vtep { remote: PEER, vnis: vec![(5001, A)], evpn, unicast_only },
         offload: false.into(),
         mac_limit: None,
     };
@@ -818,26 +823,8 @@ fn a_uso_frame_is_segmented_for_a_port_without_uso() {
 /// flooded frame of it, but the frames to MACs behind it.
 #[test]
 fn a_unicast_only_vtep_gets_no_flood() {
-    let vtep = |unicast_only: Vec<NetId>| PortSpec {
-        name: "vx".into(),
-        ifname: "vx".into(),
-        kind: "vxlan".into(),
-        role: Role::Vtep { remote: PEER, vnis: vec![(5001, A)], evpn: true, unicast_only },
-        offload: false.into(),
-        mac_limit: None,
-    };
     for (unicast_only, flooded) in [(vec![], true), (vec![A], false)] {
-        let mut d = Datapath::new(DatapathConfig {
-            router_mac: ROUTER,
-            nets: vec![NetSpec { name: "a".into(), vlan: None }],
-            ports: vec![access("p0", A, true), access("p1", A, false), vtep(unicast_only)],
-            mac_aging: Duration::from_secs(300),
-            mac_table_size: 64,
-            security: Default::default(),
-            vxlan_mtu: 1450,
-            pins: Vec::new(),
-            l3: Default::default(),
-        });
+        let mut d = dp_vxlan_with(true, unicast_only);
         let mut w = Wire::default();
         d.process(Instant::from_secs(1), PortId(0), &mut PacketBuf::from_frame(&eth(MacAddr::BROADCAST, mac(1), &[0; 46]), VnetHdr::default()), &mut w);
         assert_eq!(!w.udp.is_empty(), flooded, "broadcast to the VTEP");

@@ -269,7 +269,8 @@ impl Route {
                     _ => None,
                 }
             }
-            1 | 4 | 5 => Some(Route::Other { kind: t }),
+            // Ethernet auto-discovery, segment, IP prefix routes and unknown types: kept so
+            // their withdrawal is no error, never used.
             _ => Some(Route::Other { kind: t }),
         }
     }

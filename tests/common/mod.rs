@@ -384,6 +384,16 @@ impl Drop for Lab {
     }
 }
 
+/// An underlay: a namespace holding the bridge `br0` that [`underlay_host`]s join.
+pub fn underlay(lab: &mut Lab) -> String {
+    let ul = lab.name("ul");
+    ok(&["ip", "netns", "add", &ul]);
+    lab.adopt_netns(ul.clone());
+    ok(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
+    ok(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
+    ul
+}
+
 /// A "host" namespace on an underlay: a veth into the bridge `br0` of namespace `br_ns`, with
 /// `addr`/24 (multi-host VXLAN and EVPN tests).
 pub fn underlay_host(lab: &mut Lab, br_ns: &str, tag: &str, addr: &str) -> String {
