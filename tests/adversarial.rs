@@ -482,8 +482,16 @@ fn icmp_floods_are_answered_within_limits_and_errors_are_rate_limited() {
     assert!(flood.contains("received"), "{flood}");
     let st = lab.show("stats");
     let limited = st["router"]["icmp_rate_limited"].as_u64().unwrap_or(0);
+    let errors = st["router"]["icmp_sent"].as_u64().unwrap_or(0);
     // Positive control: the flood elicited errors (some sent), far fewer than it asked for.
-    assert!(sent > 1000 && limited > sent / 2, "{sent} TTL-1 datagrams, {limited} errors held back: {}", st["router"]);
+    // Compared with what reached the router, not with what the guest sent: its kernel drops
+    // at the tap's queue whatever the loop has not read yet, and how much depends on the
+    // machine's load.
+    assert!(
+        sent > 1000 && errors >= 1 && limited > 1000 && limited > 10 * errors,
+        "{sent} TTL-1 datagrams, {errors} errors sent, {limited} held back: {}",
+        st["router"]
+    );
     assert!(lab.ping(&net.a2, "10.1.1.11", 2));
 }
 
