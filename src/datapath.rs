@@ -530,6 +530,16 @@ impl Datapath {
         }
     }
 
+    /// A frame the I/O edge accepted (and the port counted as sent) failed when it was
+    /// written later: it moves from sent to dropped.
+    pub fn tx_failed(&mut self, port: PortId, r: DropReason, bytes: u64) {
+        if let Some(s) = self.stats.get_mut(port.0 as usize) {
+            s.tx_frames = s.tx_frames.saturating_sub(1);
+            s.tx_bytes = s.tx_bytes.saturating_sub(bytes);
+            s.drop(r);
+        }
+    }
+
     /// The port's device failed: forget the MACs learned on it (pinned ones stay: they are
     /// configuration), so traffic for them is flooded rather than sent into a dead port.
     pub fn port_lost(&mut self, port: PortId) {

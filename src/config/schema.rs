@@ -129,6 +129,10 @@ pub struct Router {
     /// default 2000; 0 = always sleep in epoll). Trades idle-CPU for latency and throughput.
     #[serde(default = "defaults::busy_poll_us")]
     pub busy_poll_us: u64,
+    /// Write bursts of small frames to taps through io_uring (default true; false, or a kernel
+    /// that refuses io_uring: one write per frame).
+    #[serde(default = "defaults::yes")]
+    pub io_uring: bool,
     /// `ctl health` calls a DHCP pool or the flow table degraded at this percentage of its
     /// size (default 90).
     #[serde(default = "defaults::health_full_percent")]

@@ -73,6 +73,20 @@ impl Device {
         Ok(Rx::Frame)
     }
 
+    /// Bytes of virtio_net_hdr in front of every frame written to the fd.
+    pub fn hdr_len(&self) -> usize {
+        match self {
+            Device::Tap(_) => vnet::HDR_LEN,
+            Device::Packet(p) if p.vnet => vnet::HDR_LEN,
+            Device::Packet(_) => 0,
+        }
+    }
+
+    /// Writes one frame already behind its header ([`Device::hdr_len`] bytes of it).
+    pub fn send_raw(&self, bytes: &[u8]) -> io::Result<()> {
+        crate::sys::packet::write1(self.as_raw_fd(), bytes)
+    }
+
     pub fn send(&self, v: Option<&VnetHdr>, frame: &[u8]) -> io::Result<()> {
         let mut hdr = [0u8; vnet::HDR_LEN];
         if let Some(v) = v {

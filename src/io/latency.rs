@@ -1,6 +1,8 @@
 //! Where the time goes, measured at the I/O edge (the pure datapath never reads a clock):
-//! per-frame time from "frame read" to "all its copies written", and per-write syscall time.
-//! hdrhistogram keeps both in fixed memory with 3 significant digits from 10 ns to 10 s.
+//! per-frame time from "frame read" to "all its copies written or queued for the turn's burst",
+//! and per-write syscall time.
+//! hdrhistogram keeps both in fixed memory with 3 significant digits from 10 ns to 10 s. Beside
+//! them, how many frames each burst of small-frame writes held, and how taps are written.
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -8,8 +10,12 @@ use serde_json::{json, Value};
 pub struct Latency {
     /// Pipeline decision plus every write of one received frame.
     pub frame: Histogram<u64>,
-    /// One write (or writev) syscall to a port.
+    /// One write (or writev) syscall to a port; a burst's time divided among its frames.
     pub write: Histogram<u64>,
+    /// Frames per burst of queued small frames (see io::txq).
+    pub burst: Histogram<u64>,
+    /// "io_uring" or "write": how bursts reach taps.
+    pub tap_io: &'static str,
 }
 
 fn hist() -> Histogram<u64> {
@@ -19,7 +25,9 @@ fn hist() -> Histogram<u64> {
 
 impl Default for Latency {
     fn default() -> Self {
-        Latency { frame: hist(), write: hist() }
+        // Up to 512 frames a burst, exactly.
+        let burst = Histogram::new_with_bounds(1, 1024, 3).expect("valid constant histogram bounds");
+        Latency { frame: hist(), write: hist(), burst, tap_io: "write" }
     }
 }
 
@@ -30,7 +38,9 @@ fn summary(h: &Histogram<u64>) -> Value {
 
 impl Latency {
     pub fn json(&self) -> Value {
-        json!({"frame": summary(&self.frame), "write": summary(&self.write)})
+        let b = &self.burst;
+        let burst = json!({"count": b.len(), "frames": b.len() as f64 * b.mean(), "p50": b.value_at_quantile(0.5), "p99": b.value_at_quantile(0.99), "max": b.max()});
+        json!({"frame": summary(&self.frame), "write": summary(&self.write), "tx_burst": burst, "tap_io": self.tap_io})
     }
 }
 

@@ -9,6 +9,7 @@ mod observe;
 pub mod reload;
 pub mod bgp;
 pub mod store;
+pub mod txq;
 
 use crate::buf::BufPool;
 use crate::config::schema::{Config, IfKind};
@@ -197,13 +198,23 @@ const SAMPLE_EVERY: u32 = 16;
 
 struct IoTx<'a> {
     slots: &'a [Slot],
-    write_ns: &'a mut hdrhistogram::Histogram<u64>,
+    lat: &'a mut latency::Latency,
     /// Time this frame's writes (one frame in SAMPLE_EVERY, each sample counted that many
     /// times): the clock costs as much as a small frame's pipeline stage, so not every frame.
     sample: bool,
     vx: Option<&'a VxIo>,
     /// Capture sessions: the egress seam records what left.
     hub: &'a crate::control::capture::Hub,
+    /// Small frames wait here for the end of the port's turn when `batch`; otherwise (and for
+    /// super-frames) what waits is written first, then the frame.
+    q: &'a mut txq::TxQueue,
+    batch: bool,
+}
+
+impl IoTx<'_> {
+    fn flush(&mut self) {
+        write_queued(self.slots, self.q, self.lat);
+    }
 }
 
 /// VXLAN at the I/O edge: the socket datagrams arrive on (the configured port), the sockets
@@ -256,14 +267,17 @@ impl Transmit for IoTx<'_> {
         if self.hub.any() {
             self.hub.record(port, Dir::Out, vnet, frame);
         }
+        if self.batch && self.q.push(port, d, vnet, frame) {
+            return Ok(());
+        }
+        self.flush();
+        if self.batch && self.q.push(port, d, vnet, frame) {
+            return Ok(());
+        }
         let t = self.sample.then(std::time::Instant::now);
-        let r = d.send(vnet, frame).map_err(|e| match e.raw_os_error() {
-            Some(libc::EIO | libc::ENETDOWN | libc::ENXIO | libc::EBADFD | libc::ENODEV) => DropReason::PortDown,
-            Some(libc::EAGAIN | libc::ENOBUFS) => DropReason::TxFull,
-            _ => DropReason::TxError,
-        });
+        let r = d.send(vnet, frame).map_err(|e| txq::reason(&e));
         if let Some(t) = t {
-            self.write_ns.saturating_record_n(t.elapsed().as_nanos() as u64, SAMPLE_EVERY as u64);
+            self.lat.write.saturating_record_n(t.elapsed().as_nanos() as u64, SAMPLE_EVERY as u64);
         }
         r
     }
@@ -284,7 +298,7 @@ impl Transmit for IoTx<'_> {
             Some(seg) => sock.send_batch(payload, seg, to),
             None => sock.send_to(payload, to).map_err(|e| (e, 0)),
         };
-        self.write_ns.saturating_record(t.elapsed().as_nanos() as u64);
+        self.lat.write.saturating_record(t.elapsed().as_nanos() as u64);
         r.map_err(|(e, sent)| Partial {
             reason: match e.raw_os_error() {
                 Some(libc::EAGAIN | libc::ENOBUFS) => DropReason::TxFull,
@@ -297,6 +311,39 @@ impl Transmit for IoTx<'_> {
 }
 
 /// Errors after which a device's fd is useless: the interface was deleted.
+/// The queue of small frames, writing to taps through io_uring when `uring` and the kernel
+/// lets it.
+fn tx_queue(uring: bool) -> txq::TxQueue {
+    let (q, refused) = txq::TxQueue::new(uring);
+    match refused {
+        Some(e) => tracing::warn!("io_uring refused ({e}): taps are written one frame per write"),
+        None => tracing::info!(io_uring = q.uring(), "tap writes"),
+    }
+    q
+}
+
+/// Writes what the port's turn queued and moves the frames whose write failed (then or
+/// earlier in the turn) from sent to dropped.
+fn flush_tx(slots: &[Slot], q: &mut txq::TxQueue, lat: &mut latency::Latency, dp: &mut Datapath) {
+    write_queued(slots, q, lat);
+    for (p, r, bytes) in q.failed.drain(..) {
+        dp.tx_failed(p, r, bytes);
+    }
+}
+
+/// Writes what is queued; the time per frame goes to the write histogram.
+fn write_queued(slots: &[Slot], q: &mut txq::TxQueue, lat: &mut latency::Latency) {
+    if q.is_empty() {
+        return;
+    }
+    let t = std::time::Instant::now();
+    let n = q.flush(|p| slots.get(p.0 as usize).and_then(|s| s.dev.as_ref()));
+    if n > 0 {
+        lat.write.saturating_record_n(t.elapsed().as_nanos() as u64 / n as u64, n as u64);
+        lat.burst.saturating_record(n as u64);
+    }
+}
+
 fn gone(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EBADFD | libc::ENODEV | libc::ENXIO))
 }
@@ -557,6 +604,9 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
     // Frames received from ports, for sampling their latency.
     let mut frames: u32 = 0;
     let mut next_port = 0usize;
+    let mut txq = tx_queue(c.router.io_uring);
+    lat.tap_io = if txq.uring() { "io_uring" } else { "write" };
+    let mut got_last = false;
     while !shutdown {
         let now = clock();
         heartbeat.store(observe::unix_ms(), std::sync::atomic::Ordering::Relaxed);
@@ -577,7 +627,11 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
             }
         }
         let spinning = busy_poll > Duration::ZERO && last_frame.elapsed() < busy_poll;
-        let timeout = if spinning || ready.iter().any(|r| *r) {
+        let pending = ready.iter().any(|r| *r);
+        if spinning && !pending && !got_last {
+            std::thread::yield_now();
+        }
+        let timeout = if spinning || pending {
             Duration::ZERO
         } else {
             Duration::from_millis(dp.poll_at().millis().saturating_sub(now.millis()).clamp(1, 1000))
@@ -645,7 +699,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                         frames = frames.wrapping_add(1);
                         let sample = frames.is_multiple_of(SAMPLE_EVERY);
                         let t = sample.then(std::time::Instant::now);
-                        let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, sample, vx: vx.as_ref(), hub: &hub };
+                        let mut tx = IoTx { slots: &slots, lat: &mut lat, sample, vx: vx.as_ref(), hub: &hub, q: &mut txq, batch: true };
                         dp.process(now, port, &mut buf, &mut tx);
                         if let Some(t) = t {
                             lat.frame.saturating_record_n(t.elapsed().as_nanos() as u64, SAMPLE_EVERY as u64);
@@ -690,6 +744,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                     }
                 }
             }
+            flush_tx(&slots, &mut txq, &mut lat, &mut dp);
             if let Some(e) = lost {
                 detach(&poll, &mut slots, i, &mut dp, &format!("receive failed: {e}"));
                 check = true;
@@ -697,7 +752,6 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
         }
         if let (Some(v), true) = (&vx, vx_ready) {
             vx_ready = false;
-            let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, sample: true, vx: vx.as_ref(), hub: &hub };
             let mut n = 0;
             loop {
                 if n >= BUDGET {
@@ -727,6 +781,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                         }
                         let msgs = vx_batch.iter().filter(|(r, _)| !r.truncated);
                         let t = std::time::Instant::now();
+                        let mut tx = IoTx { slots: &slots, lat: &mut lat, sample: true, vx: vx.as_ref(), hub: &hub, q: &mut txq, batch: true };
                         dp.vxlan_messages(now, msgs.map(|(r, b)| (*r.from.ip(), b, r.seg.unwrap_or(r.len))), &mut buf, &mut tx);
                         let d = d.max(1) as u64;
                         lat.frame.saturating_record_n(t.elapsed().as_nanos() as u64 / d, d);
@@ -737,13 +792,15 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                     Err(_) => continue,
                 }
             }
+            flush_tx(&slots, &mut txq, &mut lat, &mut dp);
         }
         pool.put(buf);
         if got {
             last_frame = std::time::Instant::now();
         }
+        got_last = got;
         {
-            let mut tx = IoTx { slots: &slots, write_ns: &mut lat.write, sample: true, vx: vx.as_ref(), hub: &hub };
+            let mut tx = IoTx { slots: &slots, lat: &mut lat, sample: true, vx: vx.as_ref(), hub: &hub, q: &mut txq, batch: false };
             for (sock, ready) in dns_socks.iter().zip(dns_ready.iter_mut()).filter(|(_, r)| **r) {
                 *ready = false;
                 for _ in 0..BUDGET {
@@ -854,6 +911,11 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                         cfg_state.full_percent = config.router.health_full_percent;
                         ready.resize(slots.len(), false);
                         busy_poll = Duration::from_micros(config.router.busy_poll_us);
+                        if config.router.io_uring != txq.uring() {
+                            flush_tx(&slots, &mut txq, &mut lat, &mut dp);
+                            txq = tx_queue(config.router.io_uring);
+                            lat.tap_io = if txq.uring() { "io_uring" } else { "write" };
+                        }
                         let mut reply = a.reply;
                         // Services a change turns on get what they need from the host.
                         if dp.router().serves_any_dhcp() && leases.is_none() {

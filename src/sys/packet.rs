@@ -121,16 +121,19 @@ impl PacketSocket {
     pub fn send(&self, hdr: Option<&[u8; vnet::HDR_LEN]>, frame: &[u8]) -> io::Result<()> {
         match hdr {
             Some(h) => writev2(self.fd.as_raw_fd(), h, frame),
-            None => {
-                // SAFETY: frame is valid for reads of frame.len() bytes.
-                let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            }
+            None => write1(self.fd.as_raw_fd(), frame),
         }
+    }
+}
+
+/// One write of a frame (one packet on taps and packet sockets).
+pub(crate) fn write1(fd: RawFd, frame: &[u8]) -> io::Result<()> {
+    // SAFETY: frame is valid for reads of frame.len() bytes.
+    let n = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
