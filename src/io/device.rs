@@ -87,6 +87,18 @@ impl Device {
         crate::sys::packet::write1(self.as_raw_fd(), bytes)
     }
 
+    /// Writes frames already behind their headers, as many as one call takes (a packet socket:
+    /// one sendmmsg; a tap: one write); returns how many left. An error is the first one's.
+    pub fn send_many(&self, frames: &[&[u8]]) -> io::Result<usize> {
+        match self {
+            Device::Packet(p) => crate::sys::packet::send_many(p.as_raw_fd(), frames),
+            Device::Tap(_) => match frames.first() {
+                Some(f) => self.send_raw(f).map(|()| 1),
+                None => Ok(0),
+            },
+        }
+    }
+
     pub fn send(&self, v: Option<&VnetHdr>, frame: &[u8]) -> io::Result<()> {
         let mut hdr = [0u8; vnet::HDR_LEN];
         if let Some(v) = v {

@@ -9,8 +9,9 @@
 //! How they are written: on taps through io_uring (one `io_uring_enter` for the whole burst,
 //! so the loop meets one preemption point per burst instead of one per frame: on this kernel,
 //! `PREEMPT_NONE`, the receiver a write wakes takes the CPU at the write's return), else, and
-//! where the kernel refuses io_uring, one `write` per frame. Packet sockets keep `write`: a
-//! write to one can wait for buffer space, which a burst must not.
+//! where the kernel refuses io_uring, one `write` per frame. On packet sockets (how QEMU's taps
+//! are attached) a port's run of frames leaves in one `sendmmsg` (non-blocking: a full socket
+//! ends the run with EAGAIN, counted, instead of waiting).
 //!
 //! Invariants: frames to one port leave in the order the pipeline sent them (a frame that is
 //! not queued, a super-frame or one sent outside a port's turn, first writes everything
@@ -19,6 +20,7 @@
 //! dropped. The queue is one arena allocated once: no allocation per frame.
 
 use super::device::Device;
+use crate::sys::packet::SEND_MANY;
 use io_uring::{opcode, types, IoUring};
 use std::os::fd::AsRawFd;
 use crate::switch::stats::DropReason;
@@ -133,28 +135,47 @@ impl TxQueue {
             r.gen = r.gen.wrapping_add(1);
             r.gen
         });
-        for (i, it) in self.items.iter().enumerate() {
+        let mut i = 0;
+        while i < self.items.len() {
+            let it = self.items[i];
             let bytes = &self.data[it.off as usize..(it.off + it.len) as usize];
-            let r = match (dev(it.port), ring.as_mut()) {
+            let d = match (dev(it.port), ring.as_mut()) {
                 (Some(d @ Device::Tap(_)), Some(r)) => {
                     let e = opcode::Write::new(types::Fd(d.as_raw_fd()), bytes.as_ptr(), bytes.len() as u32).build().user_data((gen as u64) << 32 | i as u64);
                     // SAFETY: the entry points into `self.data`, which is neither written nor
                     // freed until its completion is seen below (or, past the wait, it is parked
                     // with its writes until their completions arrive).
-                    match unsafe { r.ring.submission().push(&e) } {
-                        Ok(()) => {
-                            submitted += 1;
-                            continue;
-                        }
-                        Err(_) => d.send_raw(bytes).map_err(|e| reason(&e)),
+                    if unsafe { r.ring.submission().push(&e) }.is_ok() {
+                        submitted += 1;
+                        i += 1;
+                        continue;
                     }
+                    d
                 }
-                (Some(d), _) => d.send_raw(bytes).map_err(|e| reason(&e)),
-                (None, _) => Err(DropReason::PortDown),
+                (Some(d), _) => d,
+                (None, _) => {
+                    self.failed.push((it.port, DropReason::PortDown, (it.len - it.hdr as u32) as u64));
+                    i += 1;
+                    continue;
+                }
             };
-            match r {
-                Ok(()) => sent += 1,
-                Err(r) => self.failed.push((it.port, r, (bytes.len() - it.hdr as usize) as u64)),
+            // The run of frames to this port from here: one sendmmsg on a packet socket.
+            let mut run: [&[u8]; SEND_MANY] = [&[]; SEND_MANY];
+            let mut k = 0;
+            for next in self.items[i..].iter().take(SEND_MANY).take_while(|n| n.port == it.port) {
+                run[k] = &self.data[next.off as usize..(next.off + next.len) as usize];
+                k += 1;
+            }
+            match d.send_many(&run[..k]) {
+                Ok(n) if n > 0 => {
+                    sent += n;
+                    i += n;
+                }
+                r => {
+                    let why = r.err().map_or(DropReason::TxError, |e| reason(&e));
+                    self.failed.push((it.port, why, (it.len - it.hdr as u32) as u64));
+                    i += 1;
+                }
             }
         }
         if let Some(r) = ring.as_mut() {

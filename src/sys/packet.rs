@@ -126,6 +126,33 @@ impl PacketSocket {
     }
 }
 
+/// Most frames one [`send_many`] call takes.
+pub const SEND_MANY: usize = 64;
+
+/// Sends up to [`SEND_MANY`] frames (each one packet, with its vnet header in front when the
+/// socket has them) with one sendmmsg; returns how many left, in order. An error means the
+/// first one failed; the caller goes on after it.
+pub(crate) fn send_many(fd: RawFd, frames: &[&[u8]]) -> io::Result<usize> {
+    let n = frames.len().min(SEND_MANY);
+    // SAFETY: iovec and mmsghdr are plain old data; zero is a valid value for both.
+    let mut iov: [libc::iovec; SEND_MANY] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut msgs: [libc::mmsghdr; SEND_MANY] = unsafe { zeroed() };
+    for (k, f) in frames[..n].iter().enumerate() {
+        iov[k] = libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() };
+        msgs[k].msg_hdr.msg_iov = &mut iov[k];
+        msgs[k].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: each header points at one iovec above, each iovec at a live frame; sendmmsg
+    // only reads them (and writes msg_len into the headers, which are ours).
+    let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), n as u32, 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
 /// One write of a frame (one packet on taps and packet sockets).
 pub(crate) fn write1(fd: RawFd, frame: &[u8]) -> io::Result<()> {
     // SAFETY: frame is valid for reads of frame.len() bytes.
