@@ -606,7 +606,6 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
     let mut next_port = 0usize;
     let mut txq = tx_queue(c.router.io_uring);
     lat.tap_io = if txq.uring() { "io_uring" } else { "write" };
-    let mut got_last = false;
     while !shutdown {
         let now = clock();
         heartbeat.store(observe::unix_ms(), std::sync::atomic::Ordering::Relaxed);
@@ -627,11 +626,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
             }
         }
         let spinning = busy_poll > Duration::ZERO && last_frame.elapsed() < busy_poll;
-        let pending = ready.iter().any(|r| *r);
-        if spinning && !pending && !got_last {
-            std::thread::yield_now();
-        }
-        let timeout = if spinning || pending {
+        let timeout = if spinning || ready.iter().any(|r| *r) {
             Duration::ZERO
         } else {
             Duration::from_millis(dp.poll_at().millis().saturating_sub(now.millis()).clamp(1, 1000))
@@ -798,7 +793,6 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
         if got {
             last_frame = std::time::Instant::now();
         }
-        got_last = got;
         {
             let mut tx = IoTx { slots: &slots, lat: &mut lat, sample: true, vx: vx.as_ref(), hub: &hub, q: &mut txq, batch: false };
             for (sock, ready) in dns_socks.iter().zip(dns_ready.iter_mut()).filter(|(_, r)| **r) {
