@@ -30,7 +30,8 @@
 # advertised, a new MAC to its route, session loss to withdrawal, vrouter beside FRR on a kernel
 # VTEP, both clients of one FRR route reflector); NO_SYSTEMVM=1 the system VM (scripts/lib/bench-systemvm.sh: image size, QEMU start to
 # the first DHCP ACK, iperf3 through it beside a Linux router VM of the same kernel, under TCG).
-# BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups.
+# BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 2000) for both vrouter setups;
+# IO_URING=false sets [router] io_uring = false (one write per small frame, for comparison).
 # Then DHCP leases/s and DNS queries/s, vrouter beside dnsmasq (scripts/lib/bench-services.sh).
 # Add --micro to also run the criterion per-stage benchmarks (ns/frame): l2_forward, and
 # l3_nat when benches/l3_nat.rs exists.
@@ -87,6 +88,7 @@ setup_l2_vrouter() {
 [router]
 name = "bench$id"
 busy_poll_us = ${BUSY_POLL_US:-2000}
+io_uring = ${IO_URING:-true}
 control_socket = "$work/ctl.sock"
 [[network]]
 name = "net"
@@ -144,6 +146,7 @@ setup_l3_vrouter() {
 [router]
 name = "bench$id-l3"
 busy_poll_us = ${BUSY_POLL_US:-2000}
+io_uring = ${IO_URING:-true}
 control_socket = "$work/ctl3.sock"
 [[network]]
 name = "net"

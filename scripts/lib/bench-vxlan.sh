@@ -17,7 +17,7 @@
 # vrouter/kernel (target >= 0.8, goal >= 1.0), and vrouter A's counters on its VXLAN port.
 # BENCH_ONLY=kernel runs only the kernel VTEPs, BENCH_ONLY=vrouter only vrouter (as in
 # scripts/bench.sh). The vrouter half is skipped, with a message, when $VR does not exist or says
-# [vxlan] has no effect yet. BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 0 here:
+# [vxlan] has no effect yet. IO_URING=false sets [router] io_uring = false. BUSY_POLL_US sets vrouter's [router] busy_poll_us (default 0 here:
 # both "hosts" and both iperf3 ends share this machine's cores, so a vrouter spinning after
 # traffic takes the CPU its peer and the guests need; 10.0 Gbit/s at 0 against 8.6 at 2000 on 2
 # cores. On a real host each instance has its own cores and the config's default applies).
@@ -64,6 +64,7 @@ name = "vb$id$1"
 control_socket = "$work/$1.sock"
 state_dir = "$work/$1-state"
 busy_poll_us = ${BUSY_POLL_US:-0}
+io_uring = ${IO_URING:-true}
 [[network]]
 name = "web"
 cidr = "10.1.1.0/24"

@@ -38,8 +38,27 @@ pub enum Learned {
     Moved { from: PortId },
 }
 
+/// (network, MAC) packed in one word: every frame hashes it twice (learn and lookup), and one
+/// u64 is one multiply for foldhash where the tuple was three writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key(u64);
+
+impl Key {
+    fn new(net: NetId, mac: MacAddr) -> Key {
+        let m = mac.0;
+        Key(u64::from(net.0) << 48 | u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]]))
+    }
+    fn net(self) -> NetId {
+        NetId((self.0 >> 48) as u16)
+    }
+    fn mac(self) -> MacAddr {
+        let b = self.0.to_be_bytes();
+        MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+}
+
 pub struct Fdb {
-    map: HashMap<(NetId, MacAddr), Entry, foldhash::fast::RandomState>,
+    map: HashMap<Key, Entry, foldhash::fast::RandomState>,
     per_net: Vec<usize>,
     per_port: Vec<usize>,
     /// `None`: this port is bounded by the network cap only (trunks).
@@ -67,7 +86,7 @@ impl Fdb {
     /// Pins `mac` to `port` (a port-security guest's configured MAC). Counts against the
     /// network's table but not against the port's learning limit.
     pub fn pin(&mut self, net: NetId, mac: MacAddr, port: PortId) {
-        let old = self.map.insert((net, mac), Entry { port, last_seen: Instant::ZERO, fixed: true, remote: false });
+        let old = self.map.insert(Key::new(net, mac), Entry { port, last_seen: Instant::ZERO, fixed: true, remote: false });
         match old {
             None => self.per_net[net.0 as usize] += 1,
             Some(e) if !e.fixed => self.per_port[e.port.0 as usize] -= 1,
@@ -82,7 +101,9 @@ impl Fdb {
     /// Records that `mac` was seen on `port` in `net`.
     pub fn learn(&mut self, net: NetId, mac: MacAddr, port: PortId, now: Instant) -> Result<Learned, LearnError> {
         // Every frame comes here: the common case (a known MAC on its port) is one lookup.
-        let known = match self.map.get_mut(&(net, mac)) {
+        let key = Key::new(net, mac);
+        let p = port.0 as usize;
+        let known = match self.map.get_mut(&key) {
             Some(e) if e.fixed => return if e.port == port { Ok(Learned::Refreshed) } else { Err(LearnError::Pinned) },
             Some(e) if e.port == port => {
                 e.last_seen = now;
@@ -96,8 +117,8 @@ impl Fdb {
                 return Err(LearnError::PortLimit);
             }
             self.per_port[e.port.0 as usize] -= 1;
-            self.per_port[port.0 as usize] += 1;
-            self.map.insert((net, mac), Entry { port, last_seen: now, fixed: false, remote: false });
+            self.per_port[p] += 1;
+            self.map.insert(key, Entry { port, last_seen: now, fixed: false, remote: false });
             return Ok(Learned::Moved { from: e.port });
         }
         if self.per_net[net.0 as usize] >= self.max_per_net {
@@ -107,19 +128,19 @@ impl Fdb {
             return Err(LearnError::PortLimit);
         }
         self.per_net[net.0 as usize] += 1;
-        self.per_port[port.0 as usize] += 1;
-        self.map.insert((net, mac), Entry { port, last_seen: now, fixed: false, remote: false });
+        self.per_port[p] += 1;
+        self.map.insert(key, Entry { port, last_seen: now, fixed: false, remote: false });
         Ok(Learned::New)
     }
 
     /// The port `mac` was learned on, unless the entry has aged out.
     pub fn lookup(&self, net: NetId, mac: MacAddr, now: Instant) -> Option<PortId> {
-        self.map.get(&(net, mac)).filter(|e| !self.expired(e, now)).map(|e| e.port)
+        self.map.get(&Key::new(net, mac)).filter(|e| !self.expired(e, now)).map(|e| e.port)
     }
 
     /// The entry for `mac` in `net`, aged or not.
     pub fn iter_one(&self, net: NetId, mac: MacAddr) -> Option<Entry> {
-        self.map.get(&(net, mac)).copied()
+        self.map.get(&Key::new(net, mac)).copied()
     }
 
     /// Removes aged-out entries; returns how many.
@@ -127,7 +148,8 @@ impl Fdb {
         let aging = self.aging;
         let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
         let before = self.map.len();
-        self.map.retain(|(net, _), e| {
+        self.map.retain(|k, e| {
+            let net = k.net();
             let keep = e.fixed || e.remote || now.since(e.last_seen) <= aging;
             if !keep {
                 per_net[net.0 as usize] -= 1;
@@ -143,8 +165,9 @@ impl Fdb {
     /// pins again) goes.
     pub fn reconfigure(&mut self, nets: usize, port_cap: Vec<Option<usize>>, max_per_net: usize, aging: Duration, keep: impl Fn(NetId, PortId) -> bool) {
         let (mut per_net, mut per_port) = (vec![0usize; nets], vec![0usize; port_cap.len()]);
-        self.map.retain(|(net, _), e| {
-            let ok = !e.fixed && (net.0 as usize) < nets && (e.port.0 as usize) < port_cap.len() && keep(*net, e.port);
+        self.map.retain(|k, e| {
+            let net = k.net();
+            let ok = !e.fixed && (net.0 as usize) < nets && (e.port.0 as usize) < port_cap.len() && keep(net, e.port);
             if ok {
                 per_net[net.0 as usize] += 1;
                 per_port[e.port.0 as usize] += 1;
@@ -161,7 +184,7 @@ impl Fdb {
     /// Puts `mac` behind `port` (a VTEP) as an EVPN route says, over whatever was learned; a
     /// configured MAC stays. False if refused (pinned here, or the network's table is full).
     pub fn install_remote(&mut self, net: NetId, mac: MacAddr, port: PortId, now: Instant) -> bool {
-        match self.map.get_mut(&(net, mac)) {
+        match self.map.get_mut(&Key::new(net, mac)) {
             Some(e) if e.fixed => false,
             Some(e) => {
                 if e.port != port {
@@ -175,7 +198,7 @@ impl Fdb {
             None => {
                 self.per_net[net.0 as usize] += 1;
                 self.per_port[port.0 as usize] += 1;
-                self.map.insert((net, mac), Entry { port, last_seen: now, fixed: false, remote: true });
+                self.map.insert(Key::new(net, mac), Entry { port, last_seen: now, fixed: false, remote: true });
                 true
             }
         }
@@ -184,8 +207,9 @@ impl Fdb {
     /// Removes the EVPN entries for which `keep` is false (their routes were withdrawn).
     pub fn retain_remote(&mut self, keep: impl Fn(NetId, MacAddr, PortId) -> bool) {
         let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
-        self.map.retain(|(net, mac), e| {
-            let ok = !e.remote || keep(*net, *mac, e.port);
+        self.map.retain(|k, e| {
+            let net = k.net();
+            let ok = !e.remote || keep(net, k.mac(), e.port);
             if !ok {
                 per_net[net.0 as usize] -= 1;
                 per_port[e.port.0 as usize] -= 1;
@@ -197,7 +221,8 @@ impl Fdb {
     /// Forgets everything learned on `port` (port removed or link lost).
     pub fn flush_port(&mut self, port: PortId) {
         let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
-        self.map.retain(|(net, _), e| {
+        self.map.retain(|k, e| {
+            let net = k.net();
             if e.port == port && !e.fixed {
                 per_net[net.0 as usize] -= 1;
                 per_port[port.0 as usize] -= 1;
@@ -221,7 +246,7 @@ impl Fdb {
         self.per_net[n.0 as usize]
     }
     pub fn iter(&self) -> impl Iterator<Item = (NetId, MacAddr, Entry)> + '_ {
-        self.map.iter().map(|((n, m), e)| (*n, *m, *e))
+        self.map.iter().map(|(k, e)| (k.net(), k.mac(), *e))
     }
 }
 
@@ -233,6 +258,23 @@ mod tests {
         MacAddr([2, 0, 0, 0, 0, i])
     }
     const N: NetId = NetId(0);
+
+    #[test]
+    fn key_packs_network_and_mac_and_gives_them_back() {
+        let k = Key::new(NetId(0x0102), MacAddr([0xfe, 0x54, 0x00, 0x12, 0x34, 0x56]));
+        assert_eq!(k.0, 0x0102_fe54_0012_3456);
+        assert_eq!(k.net(), NetId(0x0102));
+        assert_eq!(k.mac(), MacAddr([0xfe, 0x54, 0x00, 0x12, 0x34, 0x56]));
+        // The same MAC in two networks is two entries.
+        let mut f = Fdb::new(2, vec![None, None], 100, Duration::from_secs(300));
+        f.learn(NetId(0), mac(1), PortId(0), Instant::from_secs(1)).unwrap();
+        f.learn(NetId(1), mac(1), PortId(1), Instant::from_secs(1)).unwrap();
+        assert_eq!(f.lookup(NetId(0), mac(1), Instant::from_secs(2)), Some(PortId(0)));
+        assert_eq!(f.lookup(NetId(1), mac(1), Instant::from_secs(2)), Some(PortId(1)));
+        let mut all: Vec<_> = f.iter().map(|(n, m, e)| (n, m, e.port)).collect();
+        all.sort_by_key(|(n, _, _)| n.0);
+        assert_eq!(all, vec![(NetId(0), mac(1), PortId(0)), (NetId(1), mac(1), PortId(1))]);
+    }
 
     #[test]
     fn aging_on_virtual_time() {
