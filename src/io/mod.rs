@@ -130,7 +130,7 @@ pub fn open_device(o: &PortOpen) -> Result<Device, RunError> {
     let ifname = o.current_ifname().ok_or_else(|| err(io::Error::new(io::ErrorKind::NotFound, "no interface has this MAC address")))?;
     match o.kind {
         // The tap's kernel side is the guest NIC: it gets the guest's MAC.
-        IfKind::Tap => Ok(Device::Tap(Tap::open(&ifname, o.mac).map_err(err)?)),
+        IfKind::Tap => Ok(Box::new(Tap::open(&ifname, o.mac).map_err(err)?)),
         IfKind::Remote => Err(err(io::Error::new(io::ErrorKind::InvalidInput, "a remote port has no device"))),
         IfKind::Netdev => {
             // An interface nobody had brought up (a fresh QEMU tap) becomes a pure L2 port: no
@@ -139,7 +139,7 @@ pub fn open_device(o: &PortOpen) -> Result<Device, RunError> {
             if !netif::is_up(&ifname).map_err(err)? {
                 netif::disable_ipv6(&ifname);
             }
-            Ok(Device::Packet(PacketSocket::open(&ifname, true).map_err(err)?))
+            Ok(Box::new(PacketSocket::open(&ifname, true).map_err(err)?))
         }
     }
 }
@@ -375,7 +375,7 @@ fn check_links(poll: &Poll, slots: &mut [Slot], dp: &mut Datapath) -> bool {
             // visible from here: a deleted tap shows itself by failing reads (EBADFD) instead.
             let deleted = match open.kind {
                 IfKind::Netdev => now_index != slots[i].ifindex,
-                IfKind::Tap | IfKind::Remote => !slots[i].dev.as_ref().is_some_and(Device::attached),
+                IfKind::Tap | IfKind::Remote => !slots[i].dev.as_ref().is_some_and(|d| d.attached()),
             };
             if deleted {
                 detach(poll, slots, i, dp, "interface deleted");

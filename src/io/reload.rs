@@ -136,7 +136,7 @@ pub(super) fn apply(st: Staged, now: Instant, poll: &Poll, slots: &mut Vec<Slot>
                     let _ = poll.registry().reregister(&mut SourceFd(&d.as_raw_fd()), Token(i), Interest::READABLE);
                 }
                 // A tap vrouter made carries the guest's MAC: a new `mac` goes to the guest's NIC.
-                if let (Some(super::Device::Tap(t)), Some(o)) = (&s.dev, &opens[i]) {
+                if let (Some(t), Some(o)) = (s.dev.as_ref().and_then(|d| d.as_tap()), &opens[i]) {
                     let was = s.open.as_ref().and_then(|p| p.mac);
                     if let (true, Some(mac)) = (t.created() && o.mac != was, o.mac) {
                         if let Err(e) = t.set_mac(mac) {

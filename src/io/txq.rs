@@ -22,7 +22,6 @@
 use super::device::Device;
 use crate::sys::packet::SEND_MANY;
 use io_uring::{opcode, types, IoUring};
-use std::os::fd::AsRawFd;
 use crate::switch::stats::DropReason;
 use crate::switch::PortId;
 use crate::wire::vnet::{self, VnetHdr};
@@ -140,7 +139,7 @@ impl TxQueue {
             let it = self.items[i];
             let bytes = &self.data[it.off as usize..(it.off + it.len) as usize];
             let d = match (dev(it.port), ring.as_mut()) {
-                (Some(d @ Device::Tap(_)), Some(r)) => {
+                (Some(d), Some(r)) if d.writes_never_wait() => {
                     let e = opcode::Write::new(types::Fd(d.as_raw_fd()), bytes.as_ptr(), bytes.len() as u32).build().user_data((gen as u64) << 32 | i as u64);
                     // SAFETY: the entry points into `self.data`, which is neither written nor
                     // freed until its completion is seen below (or, past the wait, it is parked
