@@ -24,7 +24,7 @@ use crate::sys::packet::SEND_MANY;
 use io_uring::{opcode, types, IoUring};
 use crate::switch::stats::DropReason;
 use crate::switch::PortId;
-use crate::wire::vnet::{self, VnetHdr};
+use crate::wire::vnet::VnetHdr;
 
 /// Frames up to this size (vnet header included) are queued; larger ones (super-frames) are
 /// written at once: one write already carries many segments, and copying them would cost more
@@ -63,6 +63,15 @@ struct Ring {
     gen: u32,
 }
 
+/// What a failed write means for the frame.
+pub fn reason(e: &std::io::Error) -> DropReason {
+    match e.raw_os_error() {
+        Some(libc::EIO | libc::ENETDOWN | libc::ENXIO | libc::EBADFD | libc::ENODEV) => DropReason::PortDown,
+        Some(libc::EAGAIN | libc::ENOBUFS) => DropReason::TxFull,
+        _ => DropReason::TxError,
+    }
+}
+
 /// How long a flush waits for its writes before it parks them and goes on.
 const WAIT: types::Timespec = types::Timespec::new().sec(1);
 
@@ -87,18 +96,7 @@ impl TxQueue {
     pub fn uring(&self) -> bool {
         self.ring.is_some()
     }
-}
 
-/// What a failed write means for the frame.
-pub fn reason(e: &std::io::Error) -> DropReason {
-    match e.raw_os_error() {
-        Some(libc::EIO | libc::ENETDOWN | libc::ENXIO | libc::EBADFD | libc::ENODEV) => DropReason::PortDown,
-        Some(libc::EAGAIN | libc::ENOBUFS) => DropReason::TxFull,
-        _ => DropReason::TxError,
-    }
-}
-
-impl TxQueue {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
@@ -113,11 +111,7 @@ impl TxQueue {
         }
         let off = self.data.len();
         if hdr > 0 {
-            let mut h = [0u8; vnet::HDR_LEN];
-            if let Some(v) = v {
-                v.emit(&mut h);
-            }
-            self.data.extend_from_slice(&h);
+            self.data.extend_from_slice(&super::device::hdr_bytes(v)[..hdr]);
         }
         self.data.extend_from_slice(frame);
         self.items.push(Item { port, off: off as u32, len: len as u32, hdr: hdr as u8 });

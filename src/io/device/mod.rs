@@ -75,7 +75,7 @@ pub enum Rx {
 }
 
 /// `hdr` as the 12 bytes on the wire (zeros without one).
-fn hdr_bytes(v: Option<&VnetHdr>) -> [u8; vnet::HDR_LEN] {
+pub(crate) fn hdr_bytes(v: Option<&VnetHdr>) -> [u8; vnet::HDR_LEN] {
     let mut hdr = [0u8; vnet::HDR_LEN];
     if let Some(v) = v {
         v.emit(&mut hdr);
