@@ -94,6 +94,9 @@ fn bursts_arrive_whole_in_order_and_failures_are_counted(tag: &str, e: Egress) {
     let st = lab.show("stats");
     let burst = &st["latency"]["tx_burst"];
     assert!(burst["max"].as_u64().unwrap() >= 100, "no burst of small frames: {burst}");
+    let text = ok(&[bin(), "ctl", "-s", lab.path("ctl.sock").to_str().unwrap(), "show", "stats"]);
+    let mode = if e == Egress::TapWrite { "write" } else { "io_uring" };
+    assert!(text.contains(&format!("small-frame bursts to taps by {mode}: ")), "{text}");
     // Every frame counted as sent to a2 is one a2's kernel took, and the other way round (a
     // veth drops what it is given while its peer is down on its own counter, and says nothing).
     let tx = port(&st, "a2")["tx_frames"].as_u64().unwrap();

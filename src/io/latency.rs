@@ -39,7 +39,7 @@ fn summary(h: &Histogram<u64>) -> Value {
 impl Latency {
     pub fn json(&self) -> Value {
         let b = &self.burst;
-        let burst = json!({"count": b.len(), "frames": b.len() as f64 * b.mean(), "p50": b.value_at_quantile(0.5), "p99": b.value_at_quantile(0.99), "max": b.max()});
+        let burst = json!({"count": b.len(), "frames": (b.len() as f64 * b.mean()).round() as u64, "p50": b.value_at_quantile(0.5), "p99": b.value_at_quantile(0.99), "max": b.max()});
         json!({"frame": summary(&self.frame), "write": summary(&self.write), "tx_burst": burst, "tap_io": self.tap_io})
     }
 }
