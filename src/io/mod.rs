@@ -310,15 +310,15 @@ impl Transmit for IoTx<'_> {
     }
 }
 
-/// Errors after which a device's fd is useless: the interface was deleted.
 /// The queue of small frames, writing to taps through io_uring when `uring` and the kernel
-/// lets it.
-fn tx_queue(uring: bool) -> txq::TxQueue {
+/// lets it (which `lat` reports).
+fn tx_queue(uring: bool, lat: &mut latency::Latency) -> txq::TxQueue {
     let (q, refused) = txq::TxQueue::new(uring);
     match refused {
         Some(e) => tracing::warn!("io_uring refused ({e}): taps are written one frame per write"),
         None => tracing::info!(io_uring = q.uring(), "tap writes"),
     }
+    lat.tap_io = if q.uring() { "io_uring" } else { "write" };
     q
 }
 
@@ -344,6 +344,7 @@ fn write_queued(slots: &[Slot], q: &mut txq::TxQueue, lat: &mut latency::Latency
     }
 }
 
+/// Errors after which a device's fd is useless: the interface was deleted.
 fn gone(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EBADFD | libc::ENODEV | libc::ENXIO))
 }
@@ -604,8 +605,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
     // Frames received from ports, for sampling their latency.
     let mut frames: u32 = 0;
     let mut next_port = 0usize;
-    let mut txq = tx_queue(c.router.io_uring);
-    lat.tap_io = if txq.uring() { "io_uring" } else { "write" };
+    let mut txq = tx_queue(c.router.io_uring, &mut lat);
     while !shutdown {
         let now = clock();
         heartbeat.store(observe::unix_ms(), std::sync::atomic::Ordering::Relaxed);
@@ -907,8 +907,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                         busy_poll = Duration::from_micros(config.router.busy_poll_us);
                         if config.router.io_uring != txq.uring() {
                             flush_tx(&slots, &mut txq, &mut lat, &mut dp);
-                            txq = tx_queue(config.router.io_uring);
-                            lat.tap_io = if txq.uring() { "io_uring" } else { "write" };
+                            txq = tx_queue(config.router.io_uring, &mut lat);
                         }
                         let mut reply = a.reply;
                         // Services a change turns on get what they need from the host.

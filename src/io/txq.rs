@@ -200,7 +200,7 @@ impl TxQueue {
                 r.inflight = r.inflight.saturating_sub(1);
                 continue;
             };
-            left -= 1;
+            left = left.saturating_sub(1);
             if cqe.result() >= 0 {
                 sent += 1;
             } else {
