@@ -12,6 +12,16 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// The floods here count what vrouter does with what reaches it. Side by side on two cores
+/// they starve each other's loops, and frames are lost in the taps' queues before vrouter sees
+/// them (how many depends on the load: CI failed twice on a positive control so). One at a
+/// time; a failed test does not stop the others.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn config(lab: &Lab) -> String {
     [
         cfg::router(&lab.id),
@@ -139,6 +149,7 @@ fn fdb_on(lab: &Lab, port: &str) -> usize {
 
 #[test]
 fn mac_flooding_is_capped_per_port_and_honest_guests_keep_talking() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("af");
     let net = topology(&mut lab);
     let tm = lab.name("m");
@@ -175,6 +186,7 @@ for i in range(5000):
 
 #[test]
 fn arp_spoofing_of_the_gateway_and_of_guests_is_dropped() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("aa");
     let net = topology(&mut lab);
     let tm = lab.name("m");
@@ -211,6 +223,7 @@ fn arp_spoofing_of_the_gateway_and_of_guests_is_dropped() {
 
 #[test]
 fn dhcp_starvation_from_made_up_macs_leaves_leases_for_honest_clients() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("ad");
     let net = topology(&mut lab);
     let tm = lab.name("m");
@@ -254,6 +267,7 @@ for i in range(300):
 
 #[test]
 fn malformed_frames_are_counted_and_nothing_else_happens() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("am");
     let net = topology(&mut lab);
     let ta2 = lab.name("a2");
@@ -295,6 +309,7 @@ fn malformed_frames_are_counted_and_nothing_else_happens() {
 
 #[test]
 fn the_public_side_gets_no_dhcp_dns_or_metadata_answers() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("ap");
     let net = topology(&mut lab);
     // Positive control: the forward works from the outside (the public side is reachable).
@@ -361,6 +376,7 @@ def ipv4(src, dst, proto, ident, frag, payload):
 
 #[test]
 fn a_syn_flood_against_a_forward_and_a_load_balancer_leaves_room_for_honest_connections() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("as");
     // The same topology with a small flow table, so a flood can fill it, and a load balancer
     // on port 80 in front of a1 and a2.
@@ -409,6 +425,7 @@ fn a_syn_flood_against_a_forward_and_a_load_balancer_leaves_room_for_honest_conn
 
 #[test]
 fn a_fragment_flood_from_one_guest_leaves_room_for_the_others() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("ag");
     let net = topology(&mut lab);
     // 5000 first fragments from m, each its own datagram (more than the whole fragment table,
@@ -439,6 +456,7 @@ fn a_fragment_flood_from_one_guest_leaves_room_for_the_others() {
 
 #[test]
 fn nat_port_exhaustion_toward_one_destination_spares_the_others() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("an");
     let net = topology(&mut lab);
     let tm = lab.name("m");
@@ -468,6 +486,7 @@ fn nat_port_exhaustion_toward_one_destination_spares_the_others() {
 
 #[test]
 fn icmp_floods_are_answered_within_limits_and_errors_are_rate_limited() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("ai");
     let net = topology(&mut lab);
     let ping = honest_ping(&mut lab, &net, 4);
@@ -497,6 +516,7 @@ fn icmp_floods_are_answered_within_limits_and_errors_are_rate_limited() {
 
 #[test]
 fn a_dns_flood_from_one_guest_leaves_the_resolver_to_the_others() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("ad2");
     // A slow upstream on loopback: every answer 1.5 s late, so queries stay pending.
     let port = {
@@ -537,19 +557,23 @@ while True:
 
 #[test]
 fn a_guest_sending_to_unresolvable_addresses_cannot_fill_the_neighbour_queue() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("aq");
     let net = topology(&mut lab);
     // m sends to 150 public addresses nobody answers ARP for, 10 datagrams each: the router
     // queues frames while it asks (16 per address, 256 in all, 64 per sender).
-    let flood = "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor k in range(10):\n    for h in range(100, 250):\n        s.sendto(b'q',('203.0.113.%d' % h, 9))\n";
+    let flood = "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor k in range(10):\n    for h in range(100, 250):\n        s.sendto(b'q',('203.0.113.%d' % h, 9))\n        if h % 100 == 99: time.sleep(0.002)\n";
     let o = lab.exec(&net.m, &["python3", "-c", flood]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Right away, before those entries fail: a2 reaches an outside address it never talked to
     // (its first frame waits in the queue for ARP like m's did).
     assert!(lab.ping(&net.a2, "203.0.113.7", 2), "a2 to a new outside address during m's flood");
-    // Positive control: m's frames ran into its share of the queue.
+    // Positive control: m's frames ran into its share of the queue, many times over (1500
+    // frames against a share of 64; how many of the rest are refused as over the share rather
+    // than lost in m's tap queue or refused after their entries failed depends on the
+    // machine's load: 935 in one CI run).
     let full = lab.drops("m", "neigh_queue_full");
-    assert!(full >= 1000, "m's frames over its share: {full}");
+    assert!(full >= 200, "m's frames over its share: {full}");
     assert_eq!(lab.drops("a2", "neigh_queue_full"), 0);
 }
 
@@ -577,6 +601,7 @@ time.sleep(3)
 
 #[test]
 fn a_vm_writing_bad_offload_headers_is_counted_and_harms_nobody() {
+    let _one = one_at_a_time();
     let mut lab = Lab::new("av");
     let tq = lab.name("q");
     let go = lab.path("go");
