@@ -18,13 +18,14 @@
 //! ports; today one datapath thread owns all of it.
 
 use crate::buf::PacketBuf;
+use crate::frame::FrameCtx;
 use crate::offload;
 use crate::router::{Iface, L3Config, Router, Verdict};
 use crate::switch::fdb::{Fdb, LearnError, Learned};
 use crate::switch::stats::{DropReason, PortStats};
 use crate::switch::{self, NetId, PortId, Role};
 use crate::time::Instant;
-use crate::wire::ethernet::{EthernetFrame, MacAddr};
+use crate::wire::ethernet::MacAddr;
 use crate::wire::vnet::VnetHdr;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -286,8 +287,7 @@ pub const ROUTER_PORT: PortId = PortId(u16::MAX);
 /// What ingress established about a frame.
 struct Ingress {
     net: NetId,
-    src: MacAddr,
-    dst: MacAddr,
+    ctx: FrameCtx,
 }
 
 struct Net {
@@ -612,7 +612,7 @@ impl Datapath {
                 // Only to a port that carries that very network (a VM's own, or the uplink a
                 // remote VM sits behind).
                 (Some(p), Iface::Net(n)) if self.ports.get(p.0 as usize).is_some_and(|s| s.role.carries(n)) => {
-                    self.output(now, p, Some(n), &mut o.buf, tx);
+                    self.output(now, p, Some(n), &mut o.buf, tx, None);
                 }
                 (Some(_), _) => {}
                 (None, iface) => self.egress_routed(now, iface, &mut o.buf, tx),
@@ -627,12 +627,12 @@ impl Datapath {
         match iface {
             Iface::Net(net) if (net.0 as usize) < self.nets.len() => {
                 let dst = MacAddr::from_bytes(buf.frame()).unwrap_or(MacAddr::BROADCAST);
-                let _ = self.forward(now, net, dst, ROUTER_PORT, buf, tx);
+                let _ = self.forward(now, net, dst, ROUTER_PORT, buf, tx, None);
             }
             Iface::Net(_) => {}
             Iface::Public => {
                 if let Some(p) = self.public_port {
-                    self.output(now, p, None, buf, tx);
+                    self.output(now, p, None, buf, tx, None);
                 }
             }
             // Sealed by the router before the outbox is drained; nothing is routed here raw.
@@ -705,34 +705,25 @@ impl Datapath {
         if matches!(self.ports[in_port.0 as usize].role, Role::Public) {
             return self.public_in(now, buf, tx);
         }
-        let Ingress { net, src, dst } = self.ingress(in_port, buf)?;
-        self.switch_in(now, net, src, dst, in_port, buf, tx)
+        let Ingress { net, ctx } = self.ingress(in_port, buf)?;
+        self.switch_in(now, net, &ctx, in_port, buf, tx)
     }
 
-    /// From learning on: security groups, DHCP, the router, L2 forwarding.
-    #[allow(clippy::too_many_arguments)]
-    fn switch_in(
-        &mut self,
-        now: Instant,
-        net: NetId,
-        src: MacAddr,
-        dst: MacAddr,
-        in_port: PortId,
-        buf: &mut PacketBuf,
-        tx: &mut dyn Transmit,
-    ) -> Result<(), DropReason> {
-        self.learn(now, net, src, in_port)?;
+    /// From learning on: security groups, DHCP, the router, L2 forwarding. `ctx` is what
+    /// ingress read of the frame's headers.
+    fn switch_in(&mut self, now: Instant, net: NetId, ctx: &FrameCtx, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
+        self.learn(now, net, ctx.src, in_port)?;
         if self.sg.filtered(in_port) {
             let r = &self.router;
-            self.sg.check(now, in_port, crate::filter::sg::Way::FromGuest, buf.frame(), &|a| r.lease_holder(a))?;
+            self.sg.check(now, in_port, crate::filter::sg::Way::FromGuest, ctx, buf.frame(), &|a| r.lease_holder(a))?;
         }
-        if let Some(r) = self.dhcp(now, net, in_port, src, dst, buf) {
+        if let Some(r) = self.dhcp(now, net, in_port, ctx, buf) {
             self.drain_outbox(now, tx);
             return r;
         }
-        if self.for_router(dst, buf) {
+        if self.for_router(ctx) {
             self.router.set_ingress(Some(in_port));
-            let v = self.router.handle(now, Iface::Net(net), buf);
+            let v = self.router.handle(now, Iface::Net(net), buf, ctx);
             self.router.set_ingress(None);
             let r = self.l3_verdict(now, v, buf, tx);
             self.drain_outbox(now, tx);
@@ -740,7 +731,7 @@ impl Datapath {
                 return r;
             }
         }
-        self.forward(now, net, dst, in_port, buf, tx)
+        self.forward(now, net, ctx.dst, in_port, buf, tx, Some(ctx))
     }
 
     fn is_vtep(&self, p: PortId) -> bool {
@@ -845,11 +836,11 @@ impl Datapath {
         };
         buf.vnet = v;
         // RFC 7348: a VTEP drops inner frames carrying a VLAN tag unless configured otherwise.
-        let (dst, src) = self.untagged_edge(buf)?;
+        let ctx = self.untagged_edge(buf)?;
         if leaked {
             self.stats[port.0 as usize].rx_gso_frames += 1;
         }
-        self.switch_in(now, net, src, dst, port, buf, tx)
+        self.switch_in(now, net, &ctx, port, buf, tx)
     }
 
     /// Egress to a VXLAN peer: the header goes in the headroom (no copy) for a plain frame; a
@@ -907,17 +898,13 @@ impl Datapath {
     /// DHCP on a network vrouter serves: client messages (UDP to port 67, broadcast or to the
     /// router) go to the server and nowhere else; server messages from guests (UDP from port 67
     /// to 68) are a rogue server and dropped. `None`: not DHCP, or a network without the service.
-    fn dhcp(&mut self, now: Instant, net: NetId, in_port: PortId, src: MacAddr, dst: MacAddr, buf: &PacketBuf) -> Option<Result<(), DropReason>> {
-        let f = buf.frame();
-        if f.get(12..14) != Some(&crate::wire::ethernet::ethertype::IPV4.to_be_bytes()[..]) || !self.router.serves_dhcp(net) {
+    fn dhcp(&mut self, now: Instant, net: NetId, in_port: PortId, ctx: &FrameCtx, buf: &PacketBuf) -> Option<Result<(), DropReason>> {
+        let udp = ctx.ipv4()?.udp()?;
+        if !self.router.serves_dhcp(net) {
             return None;
         }
-        let ip = crate::wire::ipv4::Ipv4Packet::new_checked(&f[14..]).ok()?;
-        if ip.protocol() != crate::wire::ipv4::proto::UDP || ip.frag_offset() != 0 {
-            return None;
-        }
-        let udp = ip.payload();
-        let (sport, dport) = (u16::from_be_bytes([*udp.first()?, *udp.get(1)?]), u16::from_be_bytes([*udp.get(2)?, *udp.get(3)?]));
+        let (src, dst, f) = (ctx.src, ctx.dst, buf.frame());
+        let (sport, dport) = (udp.src_port, udp.dst_port);
         if sport == 67 && dport == 68 {
             return Some(Err(DropReason::RogueDhcp));
         }
@@ -934,9 +921,8 @@ impl Datapath {
     }
 
     /// The router takes frames for its MAC and the broadcasts it answers (ARP).
-    fn for_router(&self, dst: MacAddr, buf: &PacketBuf) -> bool {
-        dst == self.router_mac
-            || (dst.is_broadcast() && buf.frame().get(12..14) == Some(&crate::wire::ethernet::ethertype::ARP.to_be_bytes()[..]))
+    fn for_router(&self, ctx: &FrameCtx) -> bool {
+        ctx.dst == self.router_mac || (ctx.dst.is_broadcast() && ctx.ethertype == crate::wire::ethernet::ethertype::ARP)
     }
 
     fn l3_verdict(&mut self, now: Instant, v: Verdict, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
@@ -953,12 +939,12 @@ impl Datapath {
     /// The public port: not part of any network; what is addressed to the router (or a
     /// broadcast ARP) goes to it, everything else stops here.
     fn public_in(&mut self, now: Instant, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
-        let (dst, _) = self.untagged_edge(buf)?;
-        offload::validate(buf.frame(), &buf.vnet).map_err(|_| DropReason::BadVnetHdr)?;
-        if !self.for_router(dst, buf) {
-            return Err(if dst.is_multicast() { DropReason::UnsupportedL3 } else { DropReason::NotForwarded });
+        let ctx = self.untagged_edge(buf)?;
+        offload::validate_ctx(buf.frame(), &buf.vnet, &ctx).map_err(|_| DropReason::BadVnetHdr)?;
+        if !self.for_router(&ctx) {
+            return Err(if ctx.dst.is_multicast() { DropReason::UnsupportedL3 } else { DropReason::NotForwarded });
         }
-        let v = self.router.handle(now, Iface::Public, buf);
+        let v = self.router.handle(now, Iface::Public, buf, &ctx);
         let r = match v {
             Verdict::NotMine => Ok(()),
             v => self.l3_verdict(now, v, buf, tx),
@@ -969,11 +955,11 @@ impl Datapath {
 
     /// The checks of an edge that carries untagged frames of one network and no guest of its
     /// own (the public port, a VXLAN peer): no tag, a plausible source, no 802.1D group.
-    /// Returns (destination, source).
-    fn untagged_edge(&self, buf: &PacketBuf) -> Result<(MacAddr, MacAddr), DropReason> {
-        let eth = EthernetFrame::new_checked(buf.frame()).map_err(|_| DropReason::Malformed)?;
-        let (dst, src) = (eth.dst(), eth.src());
-        if crate::wire::vlan::is_tag_ethertype(eth.ethertype()) {
+    /// Returns what the frame's headers say.
+    fn untagged_edge(&self, buf: &PacketBuf) -> Result<FrameCtx, DropReason> {
+        let ctx = FrameCtx::parse(buf.frame()).map_err(|_| DropReason::Malformed)?;
+        let (dst, src) = (ctx.dst, ctx.src);
+        if crate::wire::vlan::is_tag_ethertype(ctx.ethertype) {
             return Err(DropReason::TaggedOnAccess);
         }
         if !src.is_unicast() || src == self.router_mac {
@@ -982,21 +968,20 @@ impl Datapath {
         if dst.is_link_local() {
             return Err(DropReason::LinkLocal);
         }
-        Ok((dst, src))
+        Ok(ctx)
     }
 
     /// Ingress: which network the frame belongs to (popping a trunk tag), and whether it may
     /// enter at all (source address, 802.1D link-local groups, port security, offload metadata).
     fn ingress(&self, in_port: PortId, buf: &mut PacketBuf) -> Result<Ingress, DropReason> {
-        let (dst, src) = {
-            let eth = EthernetFrame::new_checked(buf.frame()).map_err(|_| DropReason::Malformed)?;
-            (eth.dst(), eth.src())
-        };
         let role = &self.ports[in_port.0 as usize].role;
         let (net, tagged) = switch::classify(role, buf.frame())?;
         if tagged && !buf.pop_vlan() {
             return Err(DropReason::TagPopFailed);
         }
+        // The one read of the frame's headers that every later stage works from.
+        let ctx = FrameCtx::parse(buf.frame()).map_err(|_| DropReason::Malformed)?;
+        let (dst, src) = (ctx.dst, ctx.src);
         if !src.is_unicast() || src == self.router_mac {
             return Err(DropReason::BadSrcMac);
         }
@@ -1005,18 +990,18 @@ impl Datapath {
             return Err(DropReason::LinkLocal);
         }
         if let Role::Access { net: n, .. } = role {
-            switch::guest_guard(buf.frame(), self.router.gateway(*n))?;
+            switch::guest_guard(&ctx, buf.frame(), self.router.gateway(*n))?;
         }
         if let Role::Access { net: n, security: Some(sec) } = role {
             // Without a fixed address, a guest on a network vrouter serves DHCP to may source
             // exactly its current lease's address (and 0.0.0.0 while it asks for one).
             let dynamic = (sec.ip.is_none() && self.router.serves_dhcp(*n)).then(|| self.router.lease_of(*n, sec.mac));
-            switch::check_security(sec, dynamic, buf.frame())?;
+            switch::check_security(sec, dynamic, &ctx, buf.frame())?;
         }
         // Offload metadata is guest-controlled too: it must describe this frame, or a receiver
         // finishing the checksum could rewrite headers that port security has just passed.
-        offload::validate(buf.frame(), &buf.vnet).map_err(|_| DropReason::BadVnetHdr)?;
-        Ok(Ingress { net, src, dst })
+        offload::validate_ctx(buf.frame(), &buf.vnet, &ctx).map_err(|_| DropReason::BadVnetHdr)?;
+        Ok(Ingress { net, ctx })
     }
 
     /// Learning: remember where `src` lives (or refuse a port over its limit, or a pinned MAC).
@@ -1037,6 +1022,8 @@ impl Datapath {
 
     /// L2 forwarding: a learned unicast destination gets the frame alone; group and unknown
     /// destinations are flooded to the network's other ports.
+    /// `ctx`: what the frame's headers say, when they were read and not rewritten since.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
         now: Instant,
@@ -1045,39 +1032,50 @@ impl Datapath {
         in_port: PortId,
         buf: &mut PacketBuf,
         tx: &mut dyn Transmit,
+        ctx: Option<&FrameCtx>,
     ) -> Result<(), DropReason> {
         if !dst.is_multicast() {
             match self.fdb.lookup(net, dst, now) {
                 Some(p) if p == in_port => return Err(DropReason::Hairpin),
                 Some(p) => {
-                    self.output(now, p, Some(net), buf, tx);
+                    self.output(now, p, Some(net), buf, tx, ctx);
                     return Ok(());
                 }
                 None => {}
             }
         }
-        self.flood(now, net, in_port, buf, tx);
+        self.flood(now, net, in_port, buf, tx, ctx);
         Ok(())
     }
 
-    fn flood(&mut self, now: Instant, net: NetId, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+    fn flood(&mut self, now: Instant, net: NetId, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit, ctx: Option<&FrameCtx>) {
         let n = net.0 as usize;
         // Split horizon: what came from one VTEP was replicated to every VTEP by its sender.
         let from_vtep = self.is_vtep(in_port);
         for i in 0..self.nets[n].members.len() {
             let p = self.nets[n].members[i];
             if p != in_port && !(from_vtep && self.is_vtep(p)) {
-                self.output(now, p, Some(net), buf, tx);
+                self.output(now, p, Some(net), buf, tx, ctx);
             }
         }
     }
 
     /// Egress: tag for trunks, then hand the frame (or its software-finished segments) to `tx`.
-    fn output(&mut self, now: Instant, port: PortId, net: Option<NetId>, buf: &mut PacketBuf, tx: &mut dyn Transmit) {
+    /// `ctx`: what the frame's headers say, if read and not rewritten since (else they are read
+    /// here, only for a port with security groups).
+    fn output(&mut self, now: Instant, port: PortId, net: Option<NetId>, buf: &mut PacketBuf, tx: &mut dyn Transmit, ctx: Option<&FrameCtx>) {
         let pi = port.0 as usize;
         if self.sg.filtered(port) {
+            let fresh;
+            let ctx = match ctx {
+                Some(c) => Ok(c),
+                None => {
+                    fresh = FrameCtx::parse(buf.frame());
+                    fresh.as_ref().map_err(|_| DropReason::SecurityGroup)
+                }
+            };
             let r = &self.router;
-            if let Err(e) = self.sg.check(now, port, crate::filter::sg::Way::ToGuest, buf.frame(), &|a| r.lease_holder(a)) {
+            if let Err(e) = ctx.and_then(|c| self.sg.check(now, port, crate::filter::sg::Way::ToGuest, c, buf.frame(), &|a| r.lease_holder(a))) {
                 self.stats[pi].drop(e);
                 return;
             }

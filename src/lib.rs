@@ -22,6 +22,7 @@ pub mod dhcp;
 pub mod dns;
 pub mod entropy;
 pub mod filter;
+pub mod frame;
 pub mod gro;
 pub mod fuzzing;
 pub mod io;

@@ -88,9 +88,28 @@ pub fn validate(f: &[u8], v: &VnetHdr) -> Result<(), OffloadError> {
     checked_layout(f, v).map(|_| ())
 }
 
+/// [`validate`] for a frame whose headers ingress already read: an IPv4 packet's layout comes
+/// from the context instead of a second parse.
+pub fn validate_ctx(f: &[u8], v: &VnetHdr, ctx: &crate::frame::FrameCtx) -> Result<(), OffloadError> {
+    if v.is_plain() {
+        return Ok(());
+    }
+    match ctx.ipv4() {
+        Some(ip) => {
+            let lay = Layout { l3: crate::frame::L3_OFFSET, v4: true, l4: ip.l4_offset(), proto: ip.ip.protocol, end: ip.end() };
+            check_layout(lay, v).map(|_| ())
+        }
+        None => validate(f, v),
+    }
+}
+
 /// The frame's layout, once its non-plain offload metadata has been checked against it.
 fn checked_layout(f: &[u8], v: &VnetHdr) -> Result<Layout, OffloadError> {
-    let lay = layout(f)?;
+    check_layout(layout(f)?, v)
+}
+
+/// `lay` if the non-plain offload metadata `v` describes it.
+fn check_layout(lay: Layout, v: &VnetHdr) -> Result<Layout, OffloadError> {
     if v.needs_csum {
         let (cs, co) = (v.csum_start as usize, v.csum_offset as usize);
         match lay.proto {

@@ -29,9 +29,9 @@ use crate::router::Iface;
 use crate::switch::stats::DropReason;
 use crate::switch::{NetId, PortId};
 use crate::time::Instant;
-use crate::wire::be16;
-use crate::wire::ethernet::{ethertype, MacAddr};
-use crate::wire::ipv4::{self, icmp, proto, Ipv4Packet};
+use crate::frame::{FrameCtx, L3};
+use crate::wire::ethernet::MacAddr;
+use crate::wire::ipv4::{icmp, proto};
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
@@ -202,16 +202,27 @@ impl SecurityGroups {
         self.ports.iter().flatten().map(|p| p.ct.len()).sum()
     }
 
-    /// Checks one frame (untagged Ethernet) crossing filtered port `port`.
+    /// Checks one frame (untagged Ethernet) crossing filtered port `port`: `ctx` is what its
+    /// headers say, `frame` its bytes (read only for an ICMP error's quote).
     pub fn check(
         &mut self,
         now: Instant,
         port: PortId,
         way: Way,
+        ctx: &FrameCtx,
         frame: &[u8],
         lease_holder: &dyn Fn(Ipv4Addr) -> Option<(NetId, MacAddr)>,
     ) -> Result<(), DropReason> {
-        self.check_inner(now, port, way, frame, lease_holder).inspect_err(|_| self.stats.denied += 1)
+        self.check_inner(now, port, way, ctx, frame, lease_holder).inspect_err(|_| self.stats.denied += 1)
+    }
+
+    /// [`Self::check`] on a frame not read yet.
+    #[cfg(test)]
+    pub fn check_frame(&mut self, now: Instant, port: PortId, way: Way, frame: &[u8], lease_holder: &dyn Fn(Ipv4Addr) -> Option<(NetId, MacAddr)>) -> Result<(), DropReason> {
+        match FrameCtx::parse(frame) {
+            Ok(c) => self.check(now, port, way, &c, frame, lease_holder),
+            Err(_) => Err(DropReason::SecurityGroup),
+        }
     }
 
     fn check_inner(
@@ -219,21 +230,20 @@ impl SecurityGroups {
         now: Instant,
         port: PortId,
         way: Way,
+        ctx: &FrameCtx,
         frame: &[u8],
         lease_holder: &dyn Fn(Ipv4Addr) -> Option<(NetId, MacAddr)>,
     ) -> Result<(), DropReason> {
-        match frame.get(12..14).map(|e| be16(e, 0)) {
-            Some(ethertype::ARP) => return Ok(()),
-            Some(ethertype::IPV4) => {}
-            _ => return Err(DropReason::SecurityGroup),
-        }
-        let ip = Ipv4Packet::new_checked(&frame[14..]).map_err(|_| DropReason::SecurityGroup)?;
-        if ip.frag_offset() != 0 {
+        let ip = match &ctx.l3 {
+            L3::Arp(_) | L3::BadArp => return Ok(()),
+            L3::Ipv4(ip) => ip,
+            L3::BadIpv4 | L3::Other => return Err(DropReason::SecurityGroup),
+        };
+        if ip.ip.frag_offset != 0 {
             return Ok(());
         }
-        let protocol = ip.protocol();
-        let l4 = ip.payload();
-        let ports = ipv4::l4_ports(protocol, l4).ok_or(DropReason::SecurityGroup)?;
+        let protocol = ip.ip.protocol;
+        let ports = ip.ports().ok_or(DropReason::SecurityGroup)?;
         let dhcp = match way {
             Way::FromGuest => (68, 67),
             Way::ToGuest => (67, 68),
@@ -242,17 +252,17 @@ impl SecurityGroups {
             return Ok(());
         }
         let Some(Some(p)) = self.ports.get_mut(port.0 as usize) else { return Ok(()) };
-        if protocol == proto::ICMP && l4.len() >= 8 && icmp::is_error(l4[0]) {
+        if ip.icmp().is_some_and(|i| icmp::is_error(i.msg_type)) {
             // Related: an error about a packet of a tracked flow (either way).
-            if let Some(q) = crate::nat::quoted_key(l4) {
+            if let Some(q) = frame.get(ip.l4_offset()..ip.end()).and_then(crate::nat::quoted_key) {
                 if p.ct.lookup(now, &q).is_some() {
                     self.stats.related_allowed += 1;
                     return Ok(());
                 }
             }
         }
-        let key = Key { src: ip.src(), dst: ip.dst(), sport: ports.0, dport: ports.1, proto: protocol };
-        let tcp = if protocol == proto::TCP && l4.len() >= 14 { l4[13] } else { 0 };
+        let key = Key { src: ip.ip.src, dst: ip.ip.dst, sport: ports.0, dport: ports.1, proto: protocol };
+        let tcp = ip.tcp_flags();
         if let Some((idx, dir)) = p.ct.lookup(now, &key) {
             let f = p.ct.flow(idx);
             if f.epoch != p.ct.epoch {
@@ -266,7 +276,7 @@ impl SecurityGroups {
                 let e = f.egress;
                 p.ct.refresh(idx, e);
             }
-            p.ct.update(now, idx, dir, tcp, ip.total_len());
+            p.ct.update(now, idx, dir, tcp, ip.ip.total_len);
             return Ok(());
         }
         if !allows(p, &self.members, way, &key, lease_holder) {
@@ -277,7 +287,7 @@ impl SecurityGroups {
         if way == Way::ToGuest {
             p.ct.set_aux(idx, AUX_TO_GUEST);
         }
-        p.ct.update(now, idx, crate::conntrack::Dir::Orig, tcp, ip.total_len());
+        p.ct.update(now, idx, crate::conntrack::Dir::Orig, tcp, ip.ip.total_len);
         self.stats.flows_allowed += 1;
         Ok(())
     }

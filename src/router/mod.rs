@@ -35,7 +35,8 @@ use crate::nat;
 use crate::switch::stats::DropReason;
 use crate::switch::NetId;
 use crate::time::Instant;
-use crate::wire::arp::{self, ArpPacket, ArpRepr};
+use crate::frame::{FrameCtx, Ipv4Ctx, L3, L4};
+use crate::wire::arp::{self, ArpRepr};
 use crate::wire::{be16, checksum};
 use crate::wire::ethernet::{ethertype, MacAddr};
 use crate::wire::ipv4::{self, icmp, proto, Ipv4Packet};
@@ -559,23 +560,29 @@ impl Router {
     }
 
     /// Runs one frame addressed to the router (its MAC, or a broadcast ARP) that arrived on
-    /// `from`. The frame is untagged (ingress popped any tag).
-    pub fn handle(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf) -> Verdict {
-        let f = buf.frame();
-        if f.len() < 14 {
-            return Verdict::Drop(DropReason::Malformed);
-        }
-        match be16(f, 12) {
-            ethertype::ARP => self.arp(now, from, buf),
-            ethertype::IPV4 => self.ipv4(now, from, buf),
-            _ if f[0] & 1 != 0 => Verdict::NotMine,
-            _ => Verdict::Drop(DropReason::UnsupportedL3),
+    /// `from`. The frame is untagged (ingress popped any tag); `ctx` is what its headers say.
+    pub fn handle(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf, ctx: &FrameCtx) -> Verdict {
+        match &ctx.l3 {
+            L3::Arp(a) => self.arp(now, from, a, ctx.dst),
+            L3::BadArp => Verdict::Drop(DropReason::Malformed),
+            L3::Ipv4(ip) => self.ipv4(now, from, buf, ip),
+            L3::BadIpv4 => Verdict::Drop(DropReason::BadIp),
+            L3::Other if ctx.dst.is_multicast() => Verdict::NotMine,
+            L3::Other => Verdict::Drop(DropReason::UnsupportedL3),
         }
     }
 
-    fn arp(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf) -> Verdict {
-        let Ok(a) = ArpPacket::new_checked(&buf.frame()[14..]) else { return Verdict::Drop(DropReason::Malformed) };
-        let (op, sha, spa, tpa) = (a.operation(), a.sender_mac(), a.sender_ip(), a.target_ip());
+    /// [`Self::handle`] on a frame not read yet.
+    #[cfg(test)]
+    pub fn handle_frame(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf) -> Verdict {
+        match FrameCtx::parse(buf.frame()) {
+            Ok(c) => self.handle(now, from, buf, &c),
+            Err(_) => Verdict::Drop(DropReason::Malformed),
+        }
+    }
+
+    fn arp(&mut self, now: Instant, from: Iface, a: &ArpRepr, eth_dst: MacAddr) -> Verdict {
+        let (op, sha, spa, tpa) = (a.operation, a.sender_mac, a.sender_ip, a.target_ip);
         let ours = match from {
             Iface::Net(n) => self.gateway(n) == Some(tpa),
             Iface::Public => self.public_ips.contains(&tpa),
@@ -601,7 +608,7 @@ impl Router {
             self.stats.arp_replies += 1;
             return Verdict::Consumed;
         }
-        if ours || buf.frame()[0] & 1 == 0 {
+        if ours || !eth_dst.is_multicast() {
             Verdict::Consumed
         } else {
             Verdict::NotMine
@@ -614,14 +621,14 @@ impl Router {
         repr.emit(self.new_frame(iface, eth_dst, ethertype::ARP, 46));
     }
 
-    fn ipv4(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf) -> Verdict {
-        let (src, dst, protocol, ttl, frag_off, mf, df, tl, hl, ident) = {
-            let Ok(ip) = Ipv4Packet::new_checked(&buf.frame()[14..]) else { return Verdict::Drop(DropReason::BadIp) };
-            if !ip.verify_checksum() {
-                return Verdict::Drop(DropReason::BadIp);
-            }
-            (ip.src(), ip.dst(), ip.protocol(), ip.ttl(), ip.frag_offset(), ip.more_frags(), ip.dont_frag(), ip.total_len(), ip.header_len(), ip.ident())
-        };
+    /// An IPv4 packet (`ip`: what its headers say) through the router: source checks, the
+    /// VPN endpoint, fragments, ICMP errors, conntrack, NAT and the TTL step.
+    pub(crate) fn ipv4(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf, ip: &Ipv4Ctx) -> Verdict {
+        let r = &ip.ip;
+        let (src, dst, protocol, ttl, frag_off, mf, df, tl, hl, ident) = (r.src, r.dst, r.protocol, r.ttl, r.frag_offset, r.more_frags, r.dont_frag, r.total_len, r.header_len, r.ident);
+        if !ipv4::header_checksum_ok(&buf.frame()[14..14 + hl]) {
+            return Verdict::Drop(DropReason::BadIp);
+        }
         // Source checks: the public side may not speak for our networks or our own addresses;
         // a guest only from its own network's prefix (strict reverse-path filtering).
         match from {
@@ -649,9 +656,8 @@ impl Router {
         // The WireGuard endpoint: whole datagrams to the listen address (the router's own UDP
         // socket, so to speak; fragments of one are not reassembled and end below).
         if from == Iface::Public && protocol == proto::UDP && frag_off == 0 && !mf {
-            if let Some(l) = self.vpn.as_ref().map(|v| v.listen()) {
-                let f = buf.frame();
-                if *l.ip() == dst && tl >= hl + 8 && be16(f, 14 + hl + 2) == l.port() {
+            if let (Some(l), Some(u)) = (self.vpn.as_ref().map(|v| v.listen()), ip.udp()) {
+                if *l.ip() == dst && u.dst_port == l.port() {
                     return self.vpn_in(now, buf, hl, tl);
                 }
             }
@@ -663,23 +669,18 @@ impl Router {
         if frag_off > 0 {
             return self.fragment_in(now, from, buf, (src, dst, protocol, ident), ttl, df, tl, eth_src);
         }
-        let l4 = &buf.frame()[14 + hl..14 + tl];
-        if protocol == proto::ICMP && l4.len() >= 8 && icmp::is_error(l4[0]) {
+        let icmp_type = ip.icmp().map(|i| i.msg_type);
+        if icmp_type.is_some_and(icmp::is_error) {
             return self.icmp_error_in(now, from, buf, hl, tl);
         }
         // A header cut short would have its ports rewritten without its checksum.
-        let whole = match protocol {
-            proto::TCP => l4.len() >= 20,
-            proto::UDP => l4.len() >= 8,
-            _ => true,
-        };
-        let Some((sport, dport)) = ipv4::l4_ports(protocol, l4).filter(|_| whole) else { return Verdict::Drop(DropReason::BadL4) };
-        let tcp = if protocol == proto::TCP { l4[13] } else { 0 };
+        let Some((sport, dport)) = ip.ports() else { return Verdict::Drop(DropReason::BadL4) };
+        let tcp = ip.tcp_flags();
         // ICMP other than echo (and errors, handled above) is for the router or dropped.
-        if protocol == proto::ICMP && !matches!(l4[0], icmp::ECHO_REQUEST | icmp::ECHO_REPLY) {
+        if icmp_type.is_some_and(|t| !matches!(t, icmp::ECHO_REQUEST | icmp::ECHO_REPLY)) {
             return Verdict::Drop(DropReason::NotForwarded);
         }
-        let echo_reply = protocol == proto::ICMP && l4[0] == icmp::ECHO_REPLY;
+        let echo_reply = icmp_type == Some(icmp::ECHO_REPLY);
         let key = Key { src, dst, sport, dport, proto: protocol };
         let mut found = self.ct.lookup(now, &key);
         if let Some((i, Dir::Orig)) = found {
@@ -705,10 +706,8 @@ impl Router {
                     let f = self.ct.flow(i).clone();
                     self.ct.remove(i);
                     self.stats.reload_revoked += 1;
-                    if protocol == proto::TCP && tcp & conntrack::tcp_flags::RST == 0 {
-                        let t = &buf.frame()[14 + hl..14 + tl];
-                        let (seq, ack) = (u32::from_be_bytes([t[4], t[5], t[6], t[7]]), u32::from_be_bytes([t[8], t[9], t[10], t[11]]));
-                        self.revoke_reset(now, from, eth_src, &f, d, seq, ack, tcp);
+                    if let (L4::Tcp(t), true) = (ip.l4, tcp & conntrack::tcp_flags::RST == 0) {
+                        self.revoke_reset(now, from, eth_src, &f, d, t.seq, t.ack, tcp);
                     }
                     return Verdict::Drop(DropReason::ReloadRevoked);
                 }

@@ -45,7 +45,10 @@ impl Router {
                 fr[0..6].copy_from_slice(&self.mac.0);
                 fr[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
                 fr[14..].copy_from_slice(inner);
-                self.ipv4(now, Iface::Tunnel(peer), buf)
+                match crate::frame::FrameCtx::parse(buf.frame()).map(|c| c.l3) {
+                    Ok(crate::frame::L3::Ipv4(ip)) => self.ipv4(now, Iface::Tunnel(peer), buf, &ip),
+                    _ => Verdict::Drop(DropReason::BadIp),
+                }
             }
         }
     }

@@ -5,9 +5,8 @@
 pub mod fdb;
 pub mod stats;
 
-use crate::wire::arp::ArpPacket;
-use crate::wire::ethernet::{ethertype, EthernetFrame, MacAddr};
-use crate::wire::ipv4::{proto, Ipv4Packet};
+use crate::frame::{FrameCtx, L3};
+use crate::wire::ethernet::{ethertype, MacAddr};
 use crate::wire::vlan::{self, VlanFrame};
 use stats::DropReason;
 use std::net::Ipv4Addr;
@@ -157,9 +156,8 @@ pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> 
 /// 0.0.0.0 for DHCP discovery and ARP probes) and IPv6 sources must be link-local or `::`.
 /// `dynamic`: the port has no fixed IP but its network is served by DHCP: `Some(lease)` is the
 /// address it may use (`Some(None)`: none yet, only 0.0.0.0); `None`: addresses are not checked.
-pub fn check_security(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, frame: &[u8]) -> Result<(), DropReason> {
-    let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
-    if eth.src() != sec.mac {
+pub fn check_security(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, ctx: &FrameCtx, frame: &[u8]) -> Result<(), DropReason> {
+    if ctx.src != sec.mac {
         return Err(DropReason::SpoofedMac);
     }
     let ip = match (sec.ip, dynamic) {
@@ -169,41 +167,37 @@ pub fn check_security(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, frame: 
         (None, Some(None)) => Ipv4Addr::UNSPECIFIED,
         (None, None) => return Ok(()),
     };
-    let l3 = &frame[14..];
-    match eth.ethertype() {
-        ethertype::IPV4 => {
-            // The checked view: version 4, IHL >= 5, lengths inside the frame.
-            let p = Ipv4Packet::new_checked(l3).map_err(|_| DropReason::Malformed)?;
-            if p.src() == ip || sec.allowed.contains(p.src()) {
+    match &ctx.l3 {
+        // The checked view: version 4, IHL >= 5, lengths inside the frame.
+        L3::BadIpv4 | L3::BadArp => Err(DropReason::Malformed),
+        L3::Ipv4(p) => {
+            if p.ip.src == ip || sec.allowed.contains(p.ip.src) {
                 return Ok(());
             }
             // DHCP from an unconfigured client: 0.0.0.0:68 -> 67 (first fragment, UDP).
-            let dhcp = p.src().is_unspecified()
-                && p.protocol() == proto::UDP
-                && p.frag_offset() == 0
-                && p.payload().get(2..4) == Some(&[0, 67][..]);
+            let dhcp = p.ip.src.is_unspecified() && p.ip.frag_offset == 0 && p.udp().is_some_and(|u| u.dst_port == 67);
             if dhcp {
                 Ok(())
             } else {
                 Err(DropReason::SpoofedIp)
             }
         }
-        ethertype::ARP => {
-            let a = ArpPacket::new_checked(l3).map_err(|_| DropReason::Malformed)?;
-            if a.sender_mac() != sec.mac {
+        L3::Arp(a) => {
+            if a.sender_mac != sec.mac {
                 return Err(DropReason::SpoofedMac);
             }
-            let spa = a.sender_ip();
+            let spa = a.sender_ip;
             if spa == ip || spa.is_unspecified() || sec.allowed.contains(spa) {
                 Ok(())
             } else {
                 Err(DropReason::SpoofedIp)
             }
         }
+        L3::Other => match ctx.ethertype {
         ethertype::IPV6 => {
             // Networks are IPv4; a locked port may speak IPv6 only link-locally (neighbour
             // discovery, DAD from ::), never from a routable address it could claim.
-            let h = etherparse::Ipv6HeaderSlice::from_slice(l3).map_err(|_| DropReason::Malformed)?;
+            let h = etherparse::Ipv6HeaderSlice::from_slice(&frame[crate::frame::L3_OFFSET..]).map_err(|_| DropReason::Malformed)?;
             let src = h.source_addr();
             let link_local = src.segments()[0] & 0xffc0 == 0xfe80;
             if link_local || src.is_unspecified() {
@@ -212,32 +206,22 @@ pub fn check_security(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, frame: 
                 Err(DropReason::SpoofedIp)
             }
         }
-        // Other protocols carry no address to check; the source MAC was checked above.
-        _ => Ok(()),
+            // Other protocols carry no address to check; the source MAC was checked above.
+            _ => Ok(()),
+        },
     }
 }
 
 /// What no guest may send, with or without port security: frames claiming its network's
 /// gateway address (ARP sender or IPv4 source), IPv6 router advertisements, and DHCPv6 server
 /// messages (the router, and nobody else, serves the network).
-pub fn guest_guard(frame: &[u8], gateway: Option<Ipv4Addr>) -> Result<(), DropReason> {
-    let Ok(eth) = EthernetFrame::new_checked(frame) else { return Ok(()) };
-    let l3 = &frame[14..];
-    match eth.ethertype() {
-        ethertype::ARP => {
-            if let (Ok(a), Some(gw)) = (ArpPacket::new_checked(l3), gateway) {
-                if a.sender_ip() == gw {
-                    return Err(DropReason::SpoofedGateway);
-                }
-            }
-        }
-        ethertype::IPV4 => {
-            if let (Ok(p), Some(gw)) = (Ipv4Packet::new_checked(l3), gateway) {
-                if p.src() == gw {
-                    return Err(DropReason::SpoofedGateway);
-                }
-            }
-        }
+pub fn guest_guard(ctx: &FrameCtx, frame: &[u8], gateway: Option<Ipv4Addr>) -> Result<(), DropReason> {
+    match (&ctx.l3, gateway) {
+        (L3::Arp(a), Some(gw)) if a.sender_ip == gw => return Err(DropReason::SpoofedGateway),
+        (L3::Ipv4(p), Some(gw)) if p.ip.src == gw => return Err(DropReason::SpoofedGateway),
+        _ => {}
+    }
+    match ctx.ethertype {
         ethertype::IPV6 => {
             use etherparse::TransportSlice;
             if let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) {
@@ -256,6 +240,14 @@ pub fn guest_guard(frame: &[u8], gateway: Option<Ipv4Addr>) -> Result<(), DropRe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gg(f: &[u8], gw: Option<Ipv4Addr>) -> Result<(), DropReason> {
+        guest_guard(&FrameCtx::parse(f).unwrap(), f, gw)
+    }
+
+    fn cs(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, f: &[u8]) -> Result<(), DropReason> {
+        check_security(sec, dynamic, &FrameCtx::parse(f).unwrap(), f)
+    }
 
     fn frame(src: [u8; 6], et: u16, rest: &[u8]) -> Vec<u8> {
         let mut f = vec![0xff; 6];
@@ -301,9 +293,9 @@ mod tests {
         let mut arp = [0u8; 28];
         arp[..6].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
         arp[14..18].copy_from_slice(&[10, 1, 1, 1]);
-        assert_eq!(guest_guard(&frame([2; 6], 0x0806, &arp), gw), Err(DropReason::SpoofedGateway));
+        assert_eq!(gg(&frame([2; 6], 0x0806, &arp), gw), Err(DropReason::SpoofedGateway));
         arp[14..18].copy_from_slice(&[10, 1, 1, 9]);
-        assert_eq!(guest_guard(&frame([2; 6], 0x0806, &arp), gw), Ok(()));
+        assert_eq!(gg(&frame([2; 6], 0x0806, &arp), gw), Ok(()));
         let v6 = |build: &dyn Fn(etherparse::PacketBuilderStep<etherparse::IpHeaders>, &mut Vec<u8>)| {
             let mut out = Vec::new();
             let b = etherparse::PacketBuilder::ethernet2([2; 6], [0x33, 0x33, 0, 0, 0, 1]).ipv6([0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 255);
@@ -313,9 +305,9 @@ mod tests {
         let ra = v6(&|b, out| b.icmpv6_raw(134, 0, [0; 4]).write(out, &[0; 8]).unwrap());
         let rs = v6(&|b, out| b.icmpv6_raw(133, 0, [0; 4]).write(out, &[]).unwrap());
         let dhcp6 = v6(&|b, out| b.udp(547, 546).write(out, &[7, 0, 0, 1]).unwrap());
-        assert_eq!(guest_guard(&ra, gw), Err(DropReason::RogueRa));
-        assert_eq!(guest_guard(&rs, gw), Ok(()), "router solicitations are a client's");
-        assert_eq!(guest_guard(&dhcp6, gw), Err(DropReason::RogueDhcpv6));
+        assert_eq!(gg(&ra, gw), Err(DropReason::RogueRa));
+        assert_eq!(gg(&rs, gw), Ok(()), "router solicitations are a client's");
+        assert_eq!(gg(&dhcp6, gw), Err(DropReason::RogueDhcpv6));
     }
 
     #[test]
@@ -327,44 +319,44 @@ mod tests {
         ip[3] = 28;
         ip[9] = 17;
         ip[12..16].copy_from_slice(&[10, 1, 1, 11]);
-        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &ip)), Ok(()));
-        assert_eq!(check_security(&sec, None, &frame([2; 6], 0x0800, &ip)), Err(DropReason::SpoofedMac));
+        assert_eq!(cs(&sec, None, &frame(mac.0, 0x0800, &ip)), Ok(()));
+        assert_eq!(cs(&sec, None, &frame([2; 6], 0x0800, &ip)), Err(DropReason::SpoofedMac));
         ip[12..16].copy_from_slice(&[10, 1, 1, 12]);
-        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &ip)), Err(DropReason::SpoofedIp));
+        assert_eq!(cs(&sec, None, &frame(mac.0, 0x0800, &ip)), Err(DropReason::SpoofedIp));
         let mut vip = ip;
         vip[12..16].copy_from_slice(&[10, 1, 1, 200]);
-        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &vip)), Ok(()), "allowed_addresses (a VRRP VIP)");
+        assert_eq!(cs(&sec, None, &frame(mac.0, 0x0800, &vip)), Ok(()), "allowed_addresses (a VRRP VIP)");
         ip[12..16].copy_from_slice(&[0, 0, 0, 0]);
         ip[22..24].copy_from_slice(&[0, 67]);
-        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &ip)), Ok(()), "DHCP discover");
+        assert_eq!(cs(&sec, None, &frame(mac.0, 0x0800, &ip)), Ok(()), "DHCP discover");
         let mut arp = [0u8; 28];
         arp[..6].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
         arp[8..14].copy_from_slice(&mac.0);
         arp[14..18].copy_from_slice(&[10, 1, 1, 99]);
-        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0806, &arp)), Err(DropReason::SpoofedIp));
-        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &ip[..10])), Err(DropReason::Malformed));
+        assert_eq!(cs(&sec, None, &frame(mac.0, 0x0806, &arp)), Err(DropReason::SpoofedIp));
+        assert_eq!(cs(&sec, None, &frame(mac.0, 0x0800, &ip[..10])), Err(DropReason::Malformed));
         // No fixed address, DHCP on the network: the lease, and nothing else, once there is one.
         let dynsec = Security { mac, ip: None, allowed: Allowed::default() };
         let mut leased = ip;
         leased[12..16].copy_from_slice(&[10, 1, 1, 100]);
         let l = Some(Ipv4Addr::new(10, 1, 1, 100));
-        assert_eq!(check_security(&dynsec, Some(l), &frame(mac.0, 0x0800, &leased)), Ok(()));
-        assert_eq!(check_security(&dynsec, Some(None), &frame(mac.0, 0x0800, &leased)), Err(DropReason::SpoofedIp), "no lease yet");
-        assert_eq!(check_security(&dynsec, Some(None), &frame(mac.0, 0x0800, &ip)), Ok(()), "DHCP from 0.0.0.0 before a lease");
-        assert_eq!(check_security(&dynsec, None, &frame(mac.0, 0x0800, &leased)), Ok(()), "no DHCP: not checked");
+        assert_eq!(cs(&dynsec, Some(l), &frame(mac.0, 0x0800, &leased)), Ok(()));
+        assert_eq!(cs(&dynsec, Some(None), &frame(mac.0, 0x0800, &leased)), Err(DropReason::SpoofedIp), "no lease yet");
+        assert_eq!(cs(&dynsec, Some(None), &frame(mac.0, 0x0800, &ip)), Ok(()), "DHCP from 0.0.0.0 before a lease");
+        assert_eq!(cs(&dynsec, None, &frame(mac.0, 0x0800, &leased)), Ok(()), "no DHCP: not checked");
         let mut bad_ihl = ip;
         bad_ihl[0] = 0x44;
-        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &bad_ihl)), Err(DropReason::Malformed), "IHL < 5");
+        assert_eq!(cs(&sec, None, &frame(mac.0, 0x0800, &bad_ihl)), Err(DropReason::Malformed), "IHL < 5");
         let mut v6 = ip;
         v6[0] = 0x65;
-        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x0800, &v6)), Err(DropReason::Malformed), "version 6 in an IPv4 frame");
+        assert_eq!(cs(&sec, None, &frame(mac.0, 0x0800, &v6)), Err(DropReason::Malformed), "version 6 in an IPv4 frame");
         let mut v6 = [0u8; 40];
         v6[0] = 0x60;
-        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x86dd, &v6)), Ok(()), "DAD from ::");
+        assert_eq!(cs(&sec, None, &frame(mac.0, 0x86dd, &v6)), Ok(()), "DAD from ::");
         v6[8..10].copy_from_slice(&[0xfe, 0x80]);
         v6[23] = 1;
-        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x86dd, &v6)), Ok(()), "link-local");
+        assert_eq!(cs(&sec, None, &frame(mac.0, 0x86dd, &v6)), Ok(()), "link-local");
         v6[8..10].copy_from_slice(&[0x20, 0x01]);
-        assert_eq!(check_security(&sec, None, &frame(mac.0, 0x86dd, &v6)), Err(DropReason::SpoofedIp), "global");
+        assert_eq!(cs(&sec, None, &frame(mac.0, 0x86dd, &v6)), Err(DropReason::SpoofedIp), "global");
     }
 }

@@ -299,7 +299,7 @@ fn router_with(web_egress: Vec<crate::filter::Rule<crate::config::schema::Action
         f[6..12].copy_from_slice(&mac.0);
         f[12..14].copy_from_slice(&[8, 6]);
         crate::wire::arp::ArpRepr { operation: crate::wire::arp::OP_REPLY, sender_mac: mac, sender_ip: a(ip), target_mac: R, target_ip: a(ours) }.emit(&mut f[14..]);
-        r.handle(T0, iface, &mut PacketBuf::from_frame(&f, VnetHdr::default()));
+        r.handle_frame(T0, iface, &mut PacketBuf::from_frame(&f, VnetHdr::default()));
     }
     r.outbox.clear();
     r
@@ -336,22 +336,22 @@ fn router_opens_datagrams_into_networks_and_seals_guest_packets() {
     let from = ep("198.51.100.7:51820");
     let mut buf = vec![0u8; 2048];
     let TunnResult::WriteToNetwork(init) = t.encapsulate(&ip_packet("192.168.50.10", "10.1.1.11", b"q"), &mut buf) else { panic!() };
-    assert_eq!(r.handle(T0, Iface::Public, &mut datagram(from, init)), Verdict::Consumed);
+    assert_eq!(r.handle_frame(T0, Iface::Public, &mut datagram(from, init)), Verdict::Consumed);
     let out = sent(&mut r);
     assert_eq!(out.len(), 1);
     let mut data = vec![0u8; 2048];
     let TunnResult::WriteToNetwork(keepalive) = t.decapsulate(Some(IpAddr::V4(*from.ip())), &out[0], &mut data) else { panic!() };
-    assert_eq!(r.handle(T0, Iface::Public, &mut datagram(from, keepalive)), Verdict::Consumed);
+    assert_eq!(r.handle_frame(T0, Iface::Public, &mut datagram(from, keepalive)), Verdict::Consumed);
     let TunnResult::WriteToNetwork(first) = t.decapsulate(None, &[], &mut data) else { panic!() };
     // The queued packet, opened and routed to the guest on web, untranslated.
     let mut b = datagram(from, first);
-    assert_eq!(r.handle(T0, Iface::Public, &mut b), Verdict::Forward(Iface::Net(NetId(0))));
+    assert_eq!(r.handle_frame(T0, Iface::Public, &mut b), Verdict::Forward(Iface::Net(NetId(0))));
     let f = b.frame();
     assert_eq!((&f[0..6], &f[14 + 12..14 + 16]), (&G1.0[..], &[192, 168, 50, 10][..]), "to the guest, from the LAN's own address");
     // A guest's answer: sealed to the branch, opened there intact.
     let mut g = Vec::new();
     etherparse::PacketBuilder::ethernet2(G1.0, R.0).ipv4([10, 1, 1, 11], [192, 168, 50, 10], 64).udp(6000, 5000).write(&mut g, b"answer").unwrap();
-    assert_eq!(r.handle(T0, Iface::Net(NetId(0)), &mut PacketBuf::from_frame(&g, VnetHdr::default())), Verdict::Consumed);
+    assert_eq!(r.handle_frame(T0, Iface::Net(NetId(0)), &mut PacketBuf::from_frame(&g, VnetHdr::default())), Verdict::Consumed);
     let out = sent(&mut r);
     assert_eq!(out.len(), 1);
     match t.decapsulate(Some(IpAddr::V4(*from.ip())), &out[0], &mut data) {
@@ -364,13 +364,13 @@ fn router_opens_datagrams_into_networks_and_seals_guest_packets() {
     }
     // Cryptokey routing: the branch speaking for an address that is not its own.
     let TunnResult::WriteToNetwork(d) = t.encapsulate(&ip_packet("172.16.9.9", "10.1.1.11", b"spoof"), &mut buf) else { panic!() };
-    assert_eq!(r.handle(T0, Iface::Public, &mut datagram(from, d)), Verdict::Drop(DropReason::VpnSourceNotAllowed));
+    assert_eq!(r.handle_frame(T0, Iface::Public, &mut datagram(from, d)), Verdict::Drop(DropReason::VpnSourceNotAllowed));
     assert_eq!(r.vpn_row(T0).unwrap().peers[0].counters.source_not_allowed, 1);
     // The laptop's prefix is not reachable from db (its networks are web only); the router's
     // own VPN address answers ping from the branch.
     let mut g = Vec::new();
     etherparse::PacketBuilder::ethernet2(G1.0, R.0).ipv4([10, 1, 2, 11], [10, 250, 0, 5], 64).udp(1, 2).write(&mut g, b"x").unwrap();
-    assert_eq!(r.handle(T0, Iface::Net(NetId(1)), &mut PacketBuf::from_frame(&g, VnetHdr::default())), Verdict::Drop(DropReason::NoRoute));
+    assert_eq!(r.handle_frame(T0, Iface::Net(NetId(1)), &mut PacketBuf::from_frame(&g, VnetHdr::default())), Verdict::Drop(DropReason::NoRoute));
 }
 
 #[test]
@@ -381,12 +381,12 @@ fn tunnel_mtu_frag_needed_for_df_and_fragments_otherwise() {
     let from = ep("198.51.100.7:51820");
     let mut buf = vec![0u8; 4096];
     let TunnResult::WriteToNetwork(init) = t.encapsulate(&ip_packet("192.168.50.10", "10.1.1.11", b"q"), &mut buf) else { panic!() };
-    assert_eq!(r.handle(T0, Iface::Public, &mut datagram(from, init)), Verdict::Consumed);
+    assert_eq!(r.handle_frame(T0, Iface::Public, &mut datagram(from, init)), Verdict::Consumed);
     let out = sent(&mut r);
     let mut data = vec![0u8; 4096];
     let TunnResult::WriteToNetwork(ka) = t.decapsulate(Some(IpAddr::V4(*from.ip())), &out[0], &mut data) else { panic!() };
     // The keepalive confirms the session to the router (a responder sends only after that).
-    assert_eq!(r.handle(T0, Iface::Public, &mut datagram(from, ka)), Verdict::Consumed);
+    assert_eq!(r.handle_frame(T0, Iface::Public, &mut datagram(from, ka)), Verdict::Consumed);
     let big = |df: bool| {
         let mut g = Vec::new();
         etherparse::PacketBuilder::ethernet2(G1.0, R.0).ipv4([10, 1, 1, 11], [192, 168, 50, 10], 64).udp(6000, 5000).write(&mut g, &[7u8; 1472]).unwrap();
@@ -395,13 +395,13 @@ fn tunnel_mtu_frag_needed_for_df_and_fragments_otherwise() {
         PacketBuf::from_frame(&g, VnetHdr::default())
     };
     // DF and over the tunnel's 1420: frag-needed back to the guest, naming 1420.
-    assert_eq!(r.handle(T0, Iface::Net(NetId(0)), &mut big(true)), Verdict::Drop(DropReason::FragNeeded));
+    assert_eq!(r.handle_frame(T0, Iface::Net(NetId(0)), &mut big(true)), Verdict::Drop(DropReason::FragNeeded));
     let icmp = r.outbox.iter().find(|o| o.iface == Iface::Net(NetId(0))).expect("an ICMP error to the guest");
     let f = icmp.buf.frame();
     assert_eq!((f[14 + 20], f[14 + 21], u16::from_be_bytes([f[14 + 26], f[14 + 27]])), (3, 4, 1420));
     r.outbox.clear();
     // Without DF: two fragments, each sealed on its own, each opened intact by the branch.
-    assert_eq!(r.handle(T0, Iface::Net(NetId(0)), &mut big(false)), Verdict::Consumed);
+    assert_eq!(r.handle_frame(T0, Iface::Net(NetId(0)), &mut big(false)), Verdict::Consumed);
     let out = sent(&mut r);
     assert_eq!(out.len(), 2);
     let mut total = 0;
@@ -488,10 +488,10 @@ fn guest_traffic_into_the_tunnel_is_subject_to_egress_rules_and_never_translated
         PacketBuf::from_frame(&g, VnetHdr::default())
     };
     // The network's egress rule denies UDP 5000 toward the branch: dropped before any tunnel.
-    assert_eq!(r.handle(T0, Iface::Net(NetId(0)), &mut udp_to(5000)), Verdict::Drop(DropReason::EgressDenied));
+    assert_eq!(r.handle_frame(T0, Iface::Net(NetId(0)), &mut udp_to(5000)), Verdict::Drop(DropReason::EgressDenied));
     // Another port goes into the tunnel (sealed: a handshake initiation leaves first), and no
     // flow into a tunnel is ever source-NATed.
-    assert_eq!(r.handle(T0, Iface::Net(NetId(0)), &mut udp_to(5001)), Verdict::Consumed);
+    assert_eq!(r.handle_frame(T0, Iface::Net(NetId(0)), &mut udp_to(5001)), Verdict::Consumed);
     let out = sent(&mut r);
     assert_eq!((out.len(), out[0][0]), (1, 1), "a handshake initiation to the branch");
     assert_eq!(r.ct.translated().len(), 0, "nothing translated: {:?}", r.ct.translated());

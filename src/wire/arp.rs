@@ -56,9 +56,12 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
         let b = &self.b()[field::TPA];
         Ipv4Addr::new(b[0], b[1], b[2], b[3])
     }
+    pub fn target_mac(&self) -> MacAddr {
+        MacAddr::from_bytes(&self.b()[field::THA]).unwrap_or_default()
+    }
 }
 
-/// The ARP message fields, for building one.
+/// The ARP message fields, read from a checked view or written into a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArpRepr {
     pub operation: u16,
@@ -69,6 +72,9 @@ pub struct ArpRepr {
 }
 
 impl ArpRepr {
+    pub fn parse<T: AsRef<[u8]>>(p: &ArpPacket<T>) -> Self {
+        ArpRepr { operation: p.operation(), sender_mac: p.sender_mac(), sender_ip: p.sender_ip(), target_mac: p.target_mac(), target_ip: p.target_ip() }
+    }
     /// Writes the 28-byte message into `b` (at least [`LEN`] bytes).
     pub fn emit(&self, b: &mut [u8]) {
         b[field::HTYPE].copy_from_slice(&[0, 1]);
@@ -104,6 +110,7 @@ mod tests {
             target_mac: MacAddr::ZERO,
             target_ip: p.target_ip(),
         };
+        assert_eq!(ArpRepr::parse(&p), r);
         let mut out = [0u8; LEN];
         r.emit(&mut out);
         assert_eq!(out, g);

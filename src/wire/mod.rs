@@ -3,18 +3,22 @@
 //! The headers with views follow the smoltcp pattern: a `Packet<T: AsRef<[u8]>>`-style view
 //! whose `new_checked` constructor is the only way untrusted bytes become a view, and a `field`
 //! module with the byte ranges. That is Ethernet (`EthernetFrame`), 802.1Q (`VlanFrame`), ARP
-//! (`ArpPacket`, with an `ArpRepr` to `parse` / `emit`), IPv4 (`Ipv4Packet`, no `Repr` yet:
-//! `emit_header` writes one) and VXLAN (`VxlanPacket`). virtio_net_hdr is a plain `VnetHdr`
-//! with `parse` / `emit`. TCP, UDP and ICMP have no types yet: the router, NAT and offload code
-//! read them at checked offsets (`ipv4::l4_ports`, `ipv4::l4_checksum_offset`, the `icmp`
-//! constants); typed views for them come with the one-parse-per-frame work. Nothing in this
-//! module knows about ports, networks, time or I/O.
+//! (`ArpPacket`, with an `ArpRepr` to `parse` / `emit`), IPv4 (`Ipv4Packet`, `Ipv4Repr`), TCP
+//! (`TcpPacket`, `TcpRepr`), UDP (`UdpPacket`, `UdpRepr`), ICMPv4 (`IcmpPacket`, `IcmpRepr`)
+//! and VXLAN (`VxlanPacket`). virtio_net_hdr is a plain `VnetHdr` with `parse` / `emit`. What a
+//! frame's headers say is read once per frame into a `crate::frame::FrameCtx` built from these
+//! views; NAT's in-place rewrites still address fields by offset (`field` ranges) since they
+//! change bytes a view was made over. Nothing in this module knows about ports, networks,
+//! time or I/O.
 
 pub mod arp;
 pub mod bgp;
 pub mod checksum;
 pub mod ethernet;
+pub mod icmp;
 pub mod ipv4;
+pub mod tcp;
+pub mod udp;
 pub mod vlan;
 pub mod vnet;
 pub mod vxlan;

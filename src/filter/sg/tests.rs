@@ -1,4 +1,6 @@
 use super::*;
+use crate::wire::ethernet::ethertype;
+use crate::wire::ipv4;
 use crate::config::schema::Proto;
 use crate::config::types::Ipv4Net;
 
@@ -68,28 +70,28 @@ fn ingress_allows_only_its_rules_and_replies_to_egress_pass() {
     let p = PortId(0);
     assert!(sg.filtered(p) && !sg.filtered(PortId(3)));
     // tcp/22 in: allowed, and its reply out follows the flow.
-    assert_eq!(sg.check(t, p, Way::ToGuest, &frame(OUTSIDE, GUEST, proto::TCP, 40000, 22, SYN), &no_leases), Ok(()));
-    assert_eq!(sg.check(t, p, Way::FromGuest, &frame(GUEST, OUTSIDE, proto::TCP, 22, 40000, SYN | ACK), &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, p, Way::ToGuest, &frame(OUTSIDE, GUEST, proto::TCP, 40000, 22, SYN), &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, p, Way::FromGuest, &frame(GUEST, OUTSIDE, proto::TCP, 22, 40000, SYN | ACK), &no_leases), Ok(()));
     // tcp/80 in: refused.
-    assert_eq!(sg.check(t, p, Way::ToGuest, &frame(OUTSIDE, GUEST, proto::TCP, 40001, 80, SYN), &no_leases), Err(DropReason::SecurityGroup));
+    assert_eq!(sg.check_frame(t, p, Way::ToGuest, &frame(OUTSIDE, GUEST, proto::TCP, 40001, 80, SYN), &no_leases), Err(DropReason::SecurityGroup));
     // The guest's own connection out: its replies come in, whatever the port.
-    assert_eq!(sg.check(t, p, Way::FromGuest, &frame(GUEST, OUTSIDE, proto::TCP, 50000, 443, SYN), &no_leases), Ok(()));
-    assert_eq!(sg.check(t, p, Way::ToGuest, &frame(OUTSIDE, GUEST, proto::TCP, 443, 50000, SYN | ACK), &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, p, Way::FromGuest, &frame(GUEST, OUTSIDE, proto::TCP, 50000, 443, SYN), &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, p, Way::ToGuest, &frame(OUTSIDE, GUEST, proto::TCP, 443, 50000, SYN | ACK), &no_leases), Ok(()));
     // ... but not a different remote port posing as one.
-    assert_eq!(sg.check(t, p, Way::ToGuest, &frame(OUTSIDE, GUEST, proto::TCP, 444, 50000, ACK), &no_leases), Err(DropReason::SecurityGroup));
+    assert_eq!(sg.check_frame(t, p, Way::ToGuest, &frame(OUTSIDE, GUEST, proto::TCP, 444, 50000, ACK), &no_leases), Err(DropReason::SecurityGroup));
     // Echo out, reply in.
-    assert_eq!(sg.check(t, p, Way::FromGuest, &frame(GUEST, OUTSIDE, proto::ICMP, 7, 7, 0), &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, p, Way::FromGuest, &frame(GUEST, OUTSIDE, proto::ICMP, 7, 7, 0), &no_leases), Ok(()));
     let mut reply = frame(OUTSIDE, GUEST, proto::ICMP, 7, 7, 0);
     reply[34] = icmp::ECHO_REPLY;
-    assert_eq!(sg.check(t, p, Way::ToGuest, &reply, &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, p, Way::ToGuest, &reply, &no_leases), Ok(()));
     // DHCP and ARP always; IPv6 never.
-    assert_eq!(sg.check(t, p, Way::ToGuest, &frame(Ipv4Addr::new(10, 1, 1, 1), GUEST, proto::UDP, 67, 68, 0), &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, p, Way::ToGuest, &frame(Ipv4Addr::new(10, 1, 1, 1), GUEST, proto::UDP, 67, 68, 0), &no_leases), Ok(()));
     let mut arp = vec![0u8; 42];
     arp[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
-    assert_eq!(sg.check(t, p, Way::ToGuest, &arp, &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, p, Way::ToGuest, &arp, &no_leases), Ok(()));
     let mut v6 = vec![0u8; 60];
     v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-    assert_eq!(sg.check(t, p, Way::FromGuest, &v6, &no_leases), Err(DropReason::SecurityGroup));
+    assert_eq!(sg.check_frame(t, p, Way::FromGuest, &v6, &no_leases), Err(DropReason::SecurityGroup));
     assert_eq!(sg.stats.denied, 3);
 }
 
@@ -100,10 +102,10 @@ fn each_port_keeps_its_own_state() {
     // PEER (port 1) may send anything, but GUEST's ingress decides on its own: tcp/80 from a
     // member of "admins" passes, the same from a non-member does not.
     let f = frame(PEER, GUEST, proto::TCP, 40000, 80, SYN);
-    assert_eq!(sg.check(t, PortId(1), Way::FromGuest, &f, &no_leases), Ok(()));
-    assert_eq!(sg.check(t, PortId(0), Way::ToGuest, &f, &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, PortId(1), Way::FromGuest, &f, &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, PortId(0), Way::ToGuest, &f, &no_leases), Ok(()));
     let stranger = Ipv4Addr::new(10, 1, 1, 99);
-    assert_eq!(sg.check(t, PortId(0), Way::ToGuest, &frame(stranger, GUEST, proto::TCP, 40000, 80, SYN), &no_leases), Err(DropReason::SecurityGroup));
+    assert_eq!(sg.check_frame(t, PortId(0), Way::ToGuest, &frame(stranger, GUEST, proto::TCP, 40000, 80, SYN), &no_leases), Err(DropReason::SecurityGroup));
 }
 
 #[test]
@@ -111,13 +113,13 @@ fn remote_group_follows_the_lease() {
     let mut sg = groups();
     let t = Instant::ZERO;
     let f = frame(DHCP_GUEST, GUEST, proto::TCP, 40000, 80, SYN);
-    assert_eq!(sg.check(t, PortId(0), Way::ToGuest, &f, &no_leases), Err(DropReason::SecurityGroup));
+    assert_eq!(sg.check_frame(t, PortId(0), Way::ToGuest, &f, &no_leases), Err(DropReason::SecurityGroup));
     let leased = |a: Ipv4Addr| (a == DHCP_GUEST).then_some((NetId(0), DHCP_MAC));
-    assert_eq!(sg.check(t, PortId(0), Way::ToGuest, &f, &leased), Ok(()));
+    assert_eq!(sg.check_frame(t, PortId(0), Way::ToGuest, &f, &leased), Ok(()));
     // The lease moved to another MAC (a port not in the group): no longer a member.
     let other = |a: Ipv4Addr| (a == DHCP_GUEST).then_some((NetId(0), MacAddr([2, 0, 0, 0, 0, 9])));
     let g = frame(DHCP_GUEST, GUEST, proto::TCP, 40001, 80, SYN);
-    assert_eq!(sg.check(t, PortId(0), Way::ToGuest, &g, &other), Err(DropReason::SecurityGroup));
+    assert_eq!(sg.check_frame(t, PortId(0), Way::ToGuest, &g, &other), Err(DropReason::SecurityGroup));
 }
 
 #[test]
@@ -125,7 +127,7 @@ fn related_icmp_errors_pass() {
     let mut sg = groups();
     let t = Instant::ZERO;
     let out = frame(GUEST, OUTSIDE, proto::UDP, 5000, 53, 0);
-    assert_eq!(sg.check(t, PortId(0), Way::FromGuest, &out, &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, PortId(0), Way::FromGuest, &out, &no_leases), Ok(()));
     // Port unreachable quoting that datagram.
     let quote = &out[14..14 + 28];
     let mut f = vec![0u8; 14 + 20 + 8 + quote.len()];
@@ -134,6 +136,6 @@ fn related_icmp_errors_pass() {
     f[34] = icmp::DEST_UNREACH;
     f[35] = icmp::CODE_PORT_UNREACH;
     f[42..].copy_from_slice(quote);
-    assert_eq!(sg.check(t, PortId(0), Way::ToGuest, &f, &no_leases), Ok(()));
+    assert_eq!(sg.check_frame(t, PortId(0), Way::ToGuest, &f, &no_leases), Ok(()));
     assert_eq!(sg.stats.related_allowed, 1);
 }
