@@ -285,11 +285,6 @@ pub struct SgRow {
 pub const ROUTER_PORT: PortId = PortId(u16::MAX);
 
 /// What ingress established about a frame.
-struct Ingress {
-    net: NetId,
-    ctx: FrameCtx,
-}
-
 struct Net {
     spec: NetSpec,
     /// Every port carrying this network (guest ports and trunks), in config order.
@@ -705,7 +700,9 @@ impl Datapath {
         if matches!(self.ports[in_port.0 as usize].role, Role::Public) {
             return self.public_in(now, buf, tx);
         }
-        let Ingress { net, ctx } = self.ingress(in_port, buf)?;
+        // Filled in place: a context returned by value would be copied on the way.
+        let mut ctx = FrameCtx::EMPTY;
+        let net = self.ingress(in_port, buf, &mut ctx)?;
         self.switch_in(now, net, &ctx, in_port, buf, tx)
     }
 
@@ -836,7 +833,8 @@ impl Datapath {
         };
         buf.vnet = v;
         // RFC 7348: a VTEP drops inner frames carrying a VLAN tag unless configured otherwise.
-        let ctx = self.untagged_edge(buf)?;
+        let mut ctx = FrameCtx::EMPTY;
+        self.untagged_edge(buf, &mut ctx)?;
         if leaked {
             self.stats[port.0 as usize].rx_gso_frames += 1;
         }
@@ -939,7 +937,8 @@ impl Datapath {
     /// The public port: not part of any network; what is addressed to the router (or a
     /// broadcast ARP) goes to it, everything else stops here.
     fn public_in(&mut self, now: Instant, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
-        let ctx = self.untagged_edge(buf)?;
+        let mut ctx = FrameCtx::EMPTY;
+        self.untagged_edge(buf, &mut ctx)?;
         offload::validate_ctx(buf.frame(), &buf.vnet, &ctx).map_err(|_| DropReason::BadVnetHdr)?;
         if !self.for_router(&ctx) {
             return Err(if ctx.dst.is_multicast() { DropReason::UnsupportedL3 } else { DropReason::NotForwarded });
@@ -955,9 +954,9 @@ impl Datapath {
 
     /// The checks of an edge that carries untagged frames of one network and no guest of its
     /// own (the public port, a VXLAN peer): no tag, a plausible source, no 802.1D group.
-    /// Returns what the frame's headers say.
-    fn untagged_edge(&self, buf: &PacketBuf) -> Result<FrameCtx, DropReason> {
-        let ctx = FrameCtx::parse(buf.frame()).map_err(|_| DropReason::Malformed)?;
+    /// Fills `ctx` with what the frame's headers say.
+    fn untagged_edge(&self, buf: &PacketBuf, ctx: &mut FrameCtx) -> Result<(), DropReason> {
+        ctx.parse_into(buf.frame()).map_err(|_| DropReason::Malformed)?;
         let (dst, src) = (ctx.dst, ctx.src);
         if crate::wire::vlan::is_tag_ethertype(ctx.ethertype) {
             return Err(DropReason::TaggedOnAccess);
@@ -968,19 +967,19 @@ impl Datapath {
         if dst.is_link_local() {
             return Err(DropReason::LinkLocal);
         }
-        Ok(ctx)
+        Ok(())
     }
 
     /// Ingress: which network the frame belongs to (popping a trunk tag), and whether it may
     /// enter at all (source address, 802.1D link-local groups, port security, offload metadata).
-    fn ingress(&self, in_port: PortId, buf: &mut PacketBuf) -> Result<Ingress, DropReason> {
+    fn ingress(&self, in_port: PortId, buf: &mut PacketBuf, ctx: &mut FrameCtx) -> Result<NetId, DropReason> {
         let role = &self.ports[in_port.0 as usize].role;
         let (net, tagged) = switch::classify(role, buf.frame())?;
         if tagged && !buf.pop_vlan() {
             return Err(DropReason::TagPopFailed);
         }
         // The one read of the frame's headers that every later stage works from.
-        let ctx = FrameCtx::parse(buf.frame()).map_err(|_| DropReason::Malformed)?;
+        ctx.parse_into(buf.frame()).map_err(|_| DropReason::Malformed)?;
         let (dst, src) = (ctx.dst, ctx.src);
         if !src.is_unicast() || src == self.router_mac {
             return Err(DropReason::BadSrcMac);
@@ -990,18 +989,18 @@ impl Datapath {
             return Err(DropReason::LinkLocal);
         }
         if let Role::Access { net: n, .. } = role {
-            switch::guest_guard(&ctx, buf.frame(), self.router.gateway(*n))?;
+            switch::guest_guard(ctx, buf.frame(), self.router.gateway(*n))?;
         }
         if let Role::Access { net: n, security: Some(sec) } = role {
             // Without a fixed address, a guest on a network vrouter serves DHCP to may source
             // exactly its current lease's address (and 0.0.0.0 while it asks for one).
             let dynamic = (sec.ip.is_none() && self.router.serves_dhcp(*n)).then(|| self.router.lease_of(*n, sec.mac));
-            switch::check_security(sec, dynamic, &ctx, buf.frame())?;
+            switch::check_security(sec, dynamic, ctx, buf.frame())?;
         }
         // Offload metadata is guest-controlled too: it must describe this frame, or a receiver
         // finishing the checksum could rewrite headers that port security has just passed.
-        offload::validate_ctx(buf.frame(), &buf.vnet, &ctx).map_err(|_| DropReason::BadVnetHdr)?;
-        Ok(Ingress { net, ctx })
+        offload::validate_ctx(buf.frame(), &buf.vnet, ctx).map_err(|_| DropReason::BadVnetHdr)?;
+        Ok(net)
     }
 
     /// Learning: remember where `src` lives (or refuse a port over its limit, or a pinned MAC).

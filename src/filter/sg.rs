@@ -234,9 +234,9 @@ impl SecurityGroups {
         frame: &[u8],
         lease_holder: &dyn Fn(Ipv4Addr) -> Option<(NetId, MacAddr)>,
     ) -> Result<(), DropReason> {
-        let ip = match &ctx.l3 {
-            L3::Arp(_) | L3::BadArp => return Ok(()),
-            L3::Ipv4(ip) => ip,
+        let ip = match ctx.l3 {
+            L3::Arp | L3::BadArp => return Ok(()),
+            L3::Ipv4 => &ctx.ip,
             L3::BadIpv4 | L3::Other => return Err(DropReason::SecurityGroup),
         };
         if ip.ip.frag_offset != 0 {
@@ -276,7 +276,7 @@ impl SecurityGroups {
                 let e = f.egress;
                 p.ct.refresh(idx, e);
             }
-            p.ct.update(now, idx, dir, tcp, ip.ip.total_len);
+            p.ct.update(now, idx, dir, tcp, ip.ip.total_len as usize);
             return Ok(());
         }
         if !allows(p, &self.members, way, &key, lease_holder) {
@@ -287,7 +287,7 @@ impl SecurityGroups {
         if way == Way::ToGuest {
             p.ct.set_aux(idx, AUX_TO_GUEST);
         }
-        p.ct.update(now, idx, crate::conntrack::Dir::Orig, tcp, ip.ip.total_len);
+        p.ct.update(now, idx, crate::conntrack::Dir::Orig, tcp, ip.ip.total_len as usize);
         self.stats.flows_allowed += 1;
         Ok(())
     }

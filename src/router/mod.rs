@@ -35,7 +35,7 @@ use crate::nat;
 use crate::switch::stats::DropReason;
 use crate::switch::NetId;
 use crate::time::Instant;
-use crate::frame::{FrameCtx, Ipv4Ctx, L3, L4};
+use crate::frame::{FrameCtx, Ipv4Ctx, L3};
 use crate::wire::arp::{self, ArpRepr};
 use crate::wire::{be16, checksum};
 use crate::wire::ethernet::{ethertype, MacAddr};
@@ -562,10 +562,10 @@ impl Router {
     /// Runs one frame addressed to the router (its MAC, or a broadcast ARP) that arrived on
     /// `from`. The frame is untagged (ingress popped any tag); `ctx` is what its headers say.
     pub fn handle(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf, ctx: &FrameCtx) -> Verdict {
-        match &ctx.l3 {
-            L3::Arp(a) => self.arp(now, from, a, ctx.dst),
+        match ctx.l3 {
+            L3::Arp => self.arp(now, from, &ctx.arp, ctx.dst),
             L3::BadArp => Verdict::Drop(DropReason::Malformed),
-            L3::Ipv4(ip) => self.ipv4(now, from, buf, ip),
+            L3::Ipv4 => self.ipv4(now, from, buf, &ctx.ip),
             L3::BadIpv4 => Verdict::Drop(DropReason::BadIp),
             L3::Other if ctx.dst.is_multicast() => Verdict::NotMine,
             L3::Other => Verdict::Drop(DropReason::UnsupportedL3),
@@ -625,7 +625,7 @@ impl Router {
     /// VPN endpoint, fragments, ICMP errors, conntrack, NAT and the TTL step.
     pub(crate) fn ipv4(&mut self, now: Instant, from: Iface, buf: &mut PacketBuf, ip: &Ipv4Ctx) -> Verdict {
         let r = &ip.ip;
-        let (src, dst, protocol, ttl, frag_off, mf, df, tl, hl, ident) = (r.src, r.dst, r.protocol, r.ttl, r.frag_offset, r.more_frags, r.dont_frag, r.total_len, r.header_len, r.ident);
+        let (src, dst, protocol, ttl, frag_off, mf, df, tl, hl, ident) = (r.src, r.dst, r.protocol, r.ttl, r.frag_offset as usize, r.more_frags, r.dont_frag, r.total_len as usize, r.header_len as usize, r.ident);
         if !ipv4::header_checksum_ok(&buf.frame()[14..14 + hl]) {
             return Verdict::Drop(DropReason::BadIp);
         }
@@ -706,7 +706,7 @@ impl Router {
                     let f = self.ct.flow(i).clone();
                     self.ct.remove(i);
                     self.stats.reload_revoked += 1;
-                    if let (L4::Tcp(t), true) = (ip.l4, tcp & conntrack::tcp_flags::RST == 0) {
+                    if let (Some(t), true) = (ip.tcp(), tcp & conntrack::tcp_flags::RST == 0) {
                         self.revoke_reset(now, from, eth_src, &f, d, t.seq, t.ack, tcp);
                     }
                     return Verdict::Drop(DropReason::ReloadRevoked);

@@ -45,8 +45,8 @@ impl Router {
                 fr[0..6].copy_from_slice(&self.mac.0);
                 fr[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
                 fr[14..].copy_from_slice(inner);
-                match crate::frame::FrameCtx::parse(buf.frame()).map(|c| c.l3) {
-                    Ok(crate::frame::L3::Ipv4(ip)) => self.ipv4(now, Iface::Tunnel(peer), buf, &ip),
+                match crate::frame::FrameCtx::parse(buf.frame()) {
+                    Ok(c) if c.l3 == crate::frame::L3::Ipv4 => self.ipv4(now, Iface::Tunnel(peer), buf, &c.ip),
                     _ => Verdict::Drop(DropReason::BadIp),
                 }
             }

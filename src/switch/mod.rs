@@ -167,10 +167,11 @@ pub fn check_security(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, ctx: &F
         (None, Some(None)) => Ipv4Addr::UNSPECIFIED,
         (None, None) => return Ok(()),
     };
-    match &ctx.l3 {
+    match ctx.l3 {
         // The checked view: version 4, IHL >= 5, lengths inside the frame.
         L3::BadIpv4 | L3::BadArp => Err(DropReason::Malformed),
-        L3::Ipv4(p) => {
+        L3::Ipv4 => {
+            let p = &ctx.ip;
             if p.ip.src == ip || sec.allowed.contains(p.ip.src) {
                 return Ok(());
             }
@@ -182,7 +183,8 @@ pub fn check_security(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, ctx: &F
                 Err(DropReason::SpoofedIp)
             }
         }
-        L3::Arp(a) => {
+        L3::Arp => {
+            let a = &ctx.arp;
             if a.sender_mac != sec.mac {
                 return Err(DropReason::SpoofedMac);
             }
@@ -216,23 +218,20 @@ pub fn check_security(sec: &Security, dynamic: Option<Option<Ipv4Addr>>, ctx: &F
 /// gateway address (ARP sender or IPv4 source), IPv6 router advertisements, and DHCPv6 server
 /// messages (the router, and nobody else, serves the network).
 pub fn guest_guard(ctx: &FrameCtx, frame: &[u8], gateway: Option<Ipv4Addr>) -> Result<(), DropReason> {
-    match (&ctx.l3, gateway) {
-        (L3::Arp(a), Some(gw)) if a.sender_ip == gw => return Err(DropReason::SpoofedGateway),
-        (L3::Ipv4(p), Some(gw)) if p.ip.src == gw => return Err(DropReason::SpoofedGateway),
+    match (ctx.l3, gateway) {
+        (L3::Arp, Some(gw)) if ctx.arp.sender_ip == gw => return Err(DropReason::SpoofedGateway),
+        (L3::Ipv4, Some(gw)) if ctx.ip.ip.src == gw => return Err(DropReason::SpoofedGateway),
         _ => {}
     }
-    match ctx.ethertype {
-        ethertype::IPV6 => {
-            use etherparse::TransportSlice;
-            if let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) {
-                match p.transport {
-                    Some(TransportSlice::Icmpv6(i)) if i.type_u8() == 134 => return Err(DropReason::RogueRa),
-                    Some(TransportSlice::Udp(u)) if u.source_port() == 547 => return Err(DropReason::RogueDhcpv6),
-                    _ => {}
-                }
+    if ctx.ethertype == ethertype::IPV6 {
+        use etherparse::TransportSlice;
+        if let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) {
+            match p.transport {
+                Some(TransportSlice::Icmpv6(i)) if i.type_u8() == 134 => return Err(DropReason::RogueRa),
+                Some(TransportSlice::Udp(u)) if u.source_port() == 547 => return Err(DropReason::RogueDhcpv6),
+                _ => {}
             }
         }
-        _ => {}
     }
     Ok(())
 }

@@ -72,6 +72,7 @@ pub struct ArpRepr {
 }
 
 impl ArpRepr {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &ArpPacket<T>) -> Self {
         ArpRepr { operation: p.operation(), sender_mac: p.sender_mac(), sender_ip: p.sender_ip(), target_mac: p.target_mac(), target_ip: p.target_ip() }
     }

@@ -78,6 +78,7 @@ pub struct IcmpRepr {
 }
 
 impl IcmpRepr {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &IcmpPacket<T>) -> Self {
         let echo = matches!(p.msg_type(), ECHO_REQUEST | ECHO_REPLY);
         IcmpRepr { msg_type: p.msg_type(), code: p.code(), ident: if echo { p.ident() } else { 0 } }

@@ -182,34 +182,35 @@ pub fn header_checksum_ok(header: &[u8]) -> bool {
 }
 
 /// The header fields the datapath acts on, read once from a checked view. Lengths are in
-/// bytes; `frag_offset` too.
+/// bytes; `frag_offset` too. Kept small (20 bytes): it travels with every frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Repr {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub protocol: u8,
     pub ttl: u8,
-    pub header_len: usize,
-    pub total_len: usize,
-    pub ident: u16,
+    pub header_len: u8,
     pub dont_frag: bool,
+    pub total_len: u16,
+    pub ident: u16,
+    pub frag_offset: u16,
     pub more_frags: bool,
-    pub frag_offset: usize,
 }
 
 impl Ipv4Repr {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &Ipv4Packet<T>) -> Self {
         Ipv4Repr {
             src: p.src(),
             dst: p.dst(),
             protocol: p.protocol(),
             ttl: p.ttl(),
-            header_len: p.header_len(),
-            total_len: p.total_len(),
+            header_len: p.header_len() as u8,
+            total_len: p.total_len() as u16,
             ident: p.ident(),
             dont_frag: p.dont_frag(),
             more_frags: p.more_frags(),
-            frag_offset: p.frag_offset(),
+            frag_offset: p.frag_offset() as u16,
         }
     }
     pub fn is_fragment(&self) -> bool {
@@ -218,7 +219,7 @@ impl Ipv4Repr {
     /// Writes a 20-byte header (options are not emitted: `header_len` is taken as 20) with a
     /// valid checksum.
     pub fn emit(&self, b: &mut [u8]) {
-        let payload = self.total_len.saturating_sub(self.header_len);
+        let payload = self.total_len.saturating_sub(self.header_len as u16) as usize;
         emit_header(b, self.src, self.dst, self.protocol, self.ttl, payload, self.ident);
         let w = (self.dont_frag as u16) << 14 | (self.more_frags as u16) << 13 | (self.frag_offset / 8) as u16;
         if w != 0 {

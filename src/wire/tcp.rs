@@ -92,6 +92,7 @@ pub struct TcpRepr {
 }
 
 impl TcpRepr {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &TcpPacket<T>) -> Self {
         TcpRepr { src_port: p.src_port(), dst_port: p.dst_port(), seq: p.seq(), ack: p.ack(), flags: p.flags(), window: p.window() }
     }

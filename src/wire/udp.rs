@@ -38,7 +38,8 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     pub fn dst_port(&self) -> u16 {
         be16(self.b(), field::DST_PORT.start)
     }
-    pub fn len(&self) -> u16 {
+    /// The length field (header and payload), as the sender wrote it.
+    pub fn length(&self) -> u16 {
         be16(self.b(), field::LENGTH.start)
     }
     pub fn checksum(&self) -> u16 {
@@ -56,6 +57,7 @@ pub struct UdpRepr {
 }
 
 impl UdpRepr {
+    #[inline]
     pub fn parse<T: AsRef<[u8]>>(p: &UdpPacket<T>) -> Self {
         UdpRepr { src_port: p.src_port(), dst_port: p.dst_port() }
     }
@@ -78,7 +80,7 @@ mod tests {
     #[test]
     fn checked_view_and_repr() {
         let p = UdpPacket::new_checked(&H[..]).unwrap();
-        assert_eq!((p.src_port(), p.dst_port(), p.len(), p.checksum()), (68, 67, 308, 0x1e4b));
+        assert_eq!((p.src_port(), p.dst_port(), p.length(), p.checksum()), (68, 67, 308, 0x1e4b));
         let r = UdpRepr::parse(&p);
         assert_eq!(r, UdpRepr { src_port: 68, dst_port: 67 });
         let mut out = [0xffu8; 8];
