@@ -415,7 +415,9 @@ impl Router {
         }
         let mut w = Work::default();
         let r = self.neigh.resolve(now, iface, ip, &mut w);
-        self.run_work(now, w);
+        if !w.is_empty() {
+            self.run_work(now, w);
+        }
         r
     }
 

@@ -92,13 +92,42 @@ pub struct Work {
     pub failed: Vec<(Iface, Queued)>,
 }
 
+/// Slots of the resolved-neighbour cache in front of the map.
+const FAST_SLOTS: usize = 64;
+
+/// A resolved neighbour, cached for the per-packet path: valid while the table has not changed
+/// since (`gen`) and until the entry needs a probe (`until`).
+#[derive(Clone, Copy)]
+struct Fast {
+    iface: Iface,
+    ip: Ipv4Addr,
+    mac: MacAddr,
+    gen: u32,
+    until: Instant,
+}
+
+impl Work {
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.ready.is_empty() && self.failed.is_empty()
+    }
+}
+
 pub struct Neighbours {
     map: HashMap<(Iface, Ipv4Addr), Entry, foldhash::fast::RandomState>,
+    /// Direct-mapped by address: most packets go to a few next hops (the public gateway, the
+    /// guests of a network), found here without hashing the map's key.
+    fast: [Option<Fast>; FAST_SLOTS],
+    /// Bumped by every change to the map, so a cached answer never outlives what it cached.
+    gen: u32,
     cap: usize,
     queued: usize,
     /// Frames queued per sender.
     by_src: HashMap<Ipv4Addr, u16>,
     next_timer: Instant,
+}
+
+fn fast_slot(ip: Ipv4Addr) -> usize {
+    (u32::from(ip).wrapping_mul(0x9e37_79b1) >> (32 - FAST_SLOTS.trailing_zeros())) as usize
 }
 
 /// Who a queued frame is counted against: its sender as it arrived (the origin's quote), not
@@ -125,7 +154,15 @@ fn release(by_src: &mut HashMap<Ipv4Addr, u16>, q: &Queued) {
 
 impl Neighbours {
     pub fn new(cap: usize) -> Self {
-        Neighbours { map: HashMap::with_capacity_and_hasher(64, Default::default()), cap, queued: 0, by_src: HashMap::new(), next_timer: Instant(u64::MAX) }
+        Neighbours {
+            map: HashMap::with_capacity_and_hasher(64, Default::default()),
+            fast: [None; FAST_SLOTS],
+            gen: 0,
+            cap,
+            queued: 0,
+            by_src: HashMap::new(),
+            next_timer: Instant(u64::MAX),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -136,11 +173,30 @@ impl Neighbours {
     }
 
     /// The MAC for `ip` on `iface`, starting resolution (and asking for a request) if needed.
+    #[inline]
     pub fn resolve(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr, work: &mut Work) -> Resolve {
+        let slot = fast_slot(ip);
+        if let Some(f) = &self.fast[slot] {
+            if f.ip == ip && f.iface == iface && f.gen == self.gen && now < f.until {
+                return Resolve::Mac(f.mac);
+            }
+        }
+        self.resolve_slow(now, iface, ip, work, slot)
+    }
+
+    fn resolve_slow(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr, work: &mut Work, slot: usize) -> Resolve {
+        // Whatever happens below may change an entry.
+        self.gen = self.gen.wrapping_add(1);
         if let Some(e) = self.map.get_mut(&(iface, ip)) {
             return match &mut e.state {
                 State::Reachable { mac, confirmed, probed, probes } => {
                     let m = *mac;
+                    // Until it needs probing, the answer is the same for every packet.
+                    let until = *confirmed + REACHABLE;
+                    if now < until {
+                        self.fast[slot] = Some(Fast { iface, ip, mac: m, gen: self.gen, until });
+                        return Resolve::Mac(m);
+                    }
                     if now.since(*confirmed) >= REACHABLE && now.since(*probed) >= PROBE_EVERY {
                         if *probes >= RETRIES {
                             // Stale and silent (it moved, or went away without a word): resolve
@@ -210,6 +266,7 @@ impl Neighbours {
     /// `ip` is at `mac` on `iface` (an ARP reply or a request from it). `create`: add an entry
     /// if there is none (only when the ARP was aimed at us, as Linux does).
     pub fn confirm(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr, mac: MacAddr, create: bool, work: &mut Work) {
+        self.gen = self.gen.wrapping_add(1);
         if !self.map.contains_key(&(iface, ip)) && !(create && (self.map.len() < self.cap || self.gc(now))) {
             return;
         }
@@ -239,6 +296,7 @@ impl Neighbours {
         if now < self.next_timer {
             return;
         }
+        self.gen = self.gen.wrapping_add(1);
         let mut next = Instant(u64::MAX);
         let mut drained = 0;
         for ((iface, ip), e) in self.map.iter_mut() {
@@ -268,6 +326,7 @@ impl Neighbours {
     /// Forgets every neighbour (and queued frame) on interfaces `keep` rejects: a network a
     /// reload removed or renumbered.
     pub fn forget(&mut self, keep: impl Fn(Iface) -> bool) {
+        self.gen = self.gen.wrapping_add(1);
         let (by_src, queued) = (&mut self.by_src, &mut self.queued);
         self.map.retain(|(iface, _), e| {
             if keep(*iface) {
@@ -283,6 +342,7 @@ impl Neighbours {
 
     /// Forgets one neighbour (and its queued frames): its address now belongs to another VM.
     pub fn forget_addr(&mut self, iface: Iface, ip: Ipv4Addr) {
+        self.gen = self.gen.wrapping_add(1);
         if let Some(e) = self.map.remove(&(iface, ip)) {
             for q in &e.queue {
                 release(&mut self.by_src, q);
@@ -293,6 +353,7 @@ impl Neighbours {
 
     /// Makes room: drops failed entries and long-stale ones. True if something was freed.
     fn gc(&mut self, now: Instant) -> bool {
+        self.gen = self.gen.wrapping_add(1);
         let before = self.map.len();
         self.map.retain(|_, e| match e.state {
             State::Failed { until } => until > now,
@@ -310,6 +371,42 @@ mod tests {
 
     fn q() -> Queued {
         Queued { frame: vec![0; 60], vnet: VnetHdr::default(), origin: None }
+    }
+
+    fn mac_of(r: Resolve) -> Option<MacAddr> {
+        match r {
+            Resolve::Mac(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn cached_answers_follow_the_table() {
+        let mut n = Neighbours::new(8);
+        let (i, j) = (Iface::Net(NetId(0)), Iface::Net(NetId(1)));
+        let ip = Ipv4Addr::new(10, 1, 1, 11);
+        let (a, b) = (MacAddr([2, 0, 0, 0, 0, 0xa]), MacAddr([2, 0, 0, 0, 0, 0xb]));
+        let t0 = Instant::from_secs(1);
+        let mut w = Work::default();
+        n.confirm(t0, i, ip, a, true, &mut w);
+        assert_eq!(mac_of(n.resolve(t0, i, ip, &mut w)), Some(a));
+        assert_eq!(mac_of(n.resolve(t0, i, ip, &mut w)), Some(a), "from the cache");
+        // The same address on another interface is another neighbour.
+        assert!(matches!(n.resolve(t0, j, ip, &mut w), Resolve::Pending));
+        // It moved: the cache does not keep the old MAC.
+        n.confirm(t0, i, ip, b, false, &mut w);
+        assert_eq!(mac_of(n.resolve(t0, i, ip, &mut w)), Some(b));
+        // Forgotten (its address went to another VM): resolved afresh.
+        n.forget_addr(i, ip);
+        w = Work::default();
+        assert!(matches!(n.resolve(t0, i, ip, &mut w), Resolve::Pending));
+        assert_eq!(w.requests.len(), 1);
+        // Past the reachable time the cache steps aside and the entry is probed.
+        n.confirm(t0, i, ip, a, true, &mut w);
+        let _ = n.resolve(t0, i, ip, &mut w);
+        let mut w = Work::default();
+        assert_eq!(mac_of(n.resolve(t0 + REACHABLE, i, ip, &mut w)), Some(a));
+        assert_eq!(w.requests, vec![(i, ip, Some(a))], "a unicast probe");
     }
 
     #[test]

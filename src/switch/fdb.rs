@@ -65,6 +65,18 @@ pub struct Fdb {
     port_cap: Vec<Option<usize>>,
     max_per_net: usize,
     aging: Duration,
+    /// Per port, the source it last refreshed and until when that refresh stands: a port's
+    /// frames mostly come from one MAC, so the per-frame learn is a compare, not a hash
+    /// lookup. Valid only while `gen` is unchanged.
+    recent: Vec<Option<(Key, Instant, u32)>>,
+    /// Bumped by every change to the map other than a refresh of `last_seen`.
+    gen: u32,
+}
+
+/// How stale a cached refresh may make `last_seen`: a small share of the aging time, so an
+/// entry can age out at most this much early, and never more than a second.
+fn refresh_every(aging: Duration) -> Duration {
+    (aging / 16).min(Duration::from_secs(1))
 }
 
 impl Fdb {
@@ -73,10 +85,16 @@ impl Fdb {
             map: HashMap::with_capacity_and_hasher(64, foldhash::fast::RandomState::default()),
             per_net: vec![0; nets],
             per_port: vec![0; port_cap.len()],
+            recent: vec![None; port_cap.len()],
             port_cap,
             max_per_net,
             aging,
+            gen: 0,
         }
+    }
+
+    fn changed(&mut self) {
+        self.gen = self.gen.wrapping_add(1);
     }
 
     fn expired(&self, e: &Entry, now: Instant) -> bool {
@@ -86,6 +104,7 @@ impl Fdb {
     /// Pins `mac` to `port` (a port-security guest's configured MAC). Counts against the
     /// network's table but not against the port's learning limit.
     pub fn pin(&mut self, net: NetId, mac: MacAddr, port: PortId) {
+        self.changed();
         let old = self.map.insert(Key::new(net, mac), Entry { port, last_seen: Instant::ZERO, fixed: true, remote: false });
         match old {
             None => self.per_net[net.0 as usize] += 1,
@@ -100,13 +119,23 @@ impl Fdb {
 
     /// Records that `mac` was seen on `port` in `net`.
     pub fn learn(&mut self, net: NetId, mac: MacAddr, port: PortId, now: Instant) -> Result<Learned, LearnError> {
-        // Every frame comes here: the common case (a known MAC on its port) is one lookup.
+        // Every frame comes here: the common case (the port's usual MAC, refreshed moments
+        // ago) is a compare; the next most common (a known MAC on its port) one lookup.
         let key = Key::new(net, mac);
         let p = port.0 as usize;
+        if let Some(Some((k, until, gen))) = self.recent.get(p) {
+            if *k == key && *gen == self.gen && now < *until {
+                return Ok(Learned::Refreshed);
+            }
+        }
+        let refresh = refresh_every(self.aging);
         let known = match self.map.get_mut(&key) {
             Some(e) if e.fixed => return if e.port == port { Ok(Learned::Refreshed) } else { Err(LearnError::Pinned) },
             Some(e) if e.port == port => {
                 e.last_seen = now;
+                if let Some(r) = self.recent.get_mut(p) {
+                    *r = Some((key, now + refresh, self.gen));
+                }
                 return Ok(Learned::Refreshed);
             }
             Some(e) => Some(*e),
@@ -116,6 +145,7 @@ impl Fdb {
             if self.port_full(port) {
                 return Err(LearnError::PortLimit);
             }
+            self.changed();
             self.per_port[e.port.0 as usize] -= 1;
             self.per_port[p] += 1;
             self.map.insert(key, Entry { port, last_seen: now, fixed: false, remote: false });
@@ -127,6 +157,7 @@ impl Fdb {
         if self.port_full(port) {
             return Err(LearnError::PortLimit);
         }
+        self.changed();
         self.per_net[net.0 as usize] += 1;
         self.per_port[p] += 1;
         self.map.insert(key, Entry { port, last_seen: now, fixed: false, remote: false });
@@ -145,6 +176,7 @@ impl Fdb {
 
     /// Removes aged-out entries; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
+        self.changed();
         let aging = self.aging;
         let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
         let before = self.map.len();
@@ -176,6 +208,8 @@ impl Fdb {
         });
         self.per_net = per_net;
         self.per_port = per_port;
+        self.recent = vec![None; port_cap.len()];
+        self.changed();
         self.port_cap = port_cap;
         self.max_per_net = max_per_net;
         self.aging = aging;
@@ -184,6 +218,7 @@ impl Fdb {
     /// Puts `mac` behind `port` (a VTEP) as an EVPN route says, over whatever was learned; a
     /// configured MAC stays. False if refused (pinned here, or the network's table is full).
     pub fn install_remote(&mut self, net: NetId, mac: MacAddr, port: PortId, now: Instant) -> bool {
+        self.changed();
         match self.map.get_mut(&Key::new(net, mac)) {
             Some(e) if e.fixed => false,
             Some(e) => {
@@ -206,6 +241,7 @@ impl Fdb {
 
     /// Removes the EVPN entries for which `keep` is false (their routes were withdrawn).
     pub fn retain_remote(&mut self, keep: impl Fn(NetId, MacAddr, PortId) -> bool) {
+        self.changed();
         let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
         self.map.retain(|k, e| {
             let net = k.net();
@@ -220,6 +256,7 @@ impl Fdb {
 
     /// Forgets everything learned on `port` (port removed or link lost).
     pub fn flush_port(&mut self, port: PortId) {
+        self.changed();
         let (per_net, per_port) = (&mut self.per_net, &mut self.per_port);
         self.map.retain(|k, e| {
             let net = k.net();
@@ -274,6 +311,33 @@ mod tests {
         let mut all: Vec<_> = f.iter().map(|(n, m, e)| (n, m, e.port)).collect();
         all.sort_by_key(|(n, _, _)| n.0);
         assert_eq!(all, vec![(NetId(0), mac(1), PortId(0)), (NetId(1), mac(1), PortId(1))]);
+    }
+
+    #[test]
+    fn cached_refresh_never_hides_a_change() {
+        let mut f = Fdb::new(1, vec![None, None], 100, Duration::from_secs(300));
+        let t = Instant::from_secs(10);
+        assert_eq!(f.learn(N, mac(1), PortId(0), t), Ok(Learned::New));
+        assert_eq!(f.learn(N, mac(1), PortId(0), t), Ok(Learned::Refreshed));
+        assert_eq!(f.learn(N, mac(1), PortId(0), t), Ok(Learned::Refreshed), "from port 0's cache");
+        // It moved to port 1 and back: port 0's cached refresh must not pass for the entry.
+        assert_eq!(f.learn(N, mac(1), PortId(1), t), Ok(Learned::Moved { from: PortId(0) }));
+        assert_eq!(f.learn(N, mac(1), PortId(0), t), Ok(Learned::Moved { from: PortId(1) }));
+        assert_eq!(f.lookup(N, mac(1), t), Some(PortId(0)));
+        // Flushed with its port: learned anew, not refreshed from the cache.
+        assert_eq!(f.learn(N, mac(1), PortId(0), t), Ok(Learned::Refreshed));
+        f.flush_port(PortId(0));
+        assert_eq!(f.learn(N, mac(1), PortId(0), t), Ok(Learned::New));
+        // A refresh from the cache leaves last_seen at most a second behind: with traffic every
+        // 100 ms the entry never ages out.
+        let mut g = Fdb::new(1, vec![None], 100, Duration::from_secs(2));
+        for ms in (0..10_000).step_by(100) {
+            g.learn(N, mac(2), PortId(0), Instant::from_millis(1000 + ms)).unwrap();
+            if ms % 1000 == 0 {
+                g.expire(Instant::from_millis(1000 + ms));
+            }
+            assert_eq!(g.lookup(N, mac(2), Instant::from_millis(1000 + ms)), Some(PortId(0)), "at {ms} ms");
+        }
     }
 
     #[test]

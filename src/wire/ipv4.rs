@@ -221,7 +221,7 @@ impl Ipv4Repr {
     pub fn emit(&self, b: &mut [u8]) {
         let payload = self.total_len.saturating_sub(self.header_len as u16) as usize;
         emit_header(b, self.src, self.dst, self.protocol, self.ttl, payload, self.ident);
-        let w = (self.dont_frag as u16) << 14 | (self.more_frags as u16) << 13 | (self.frag_offset / 8) as u16;
+        let w = (self.dont_frag as u16) << 14 | (self.more_frags as u16) << 13 | (self.frag_offset / 8);
         if w != 0 {
             b[field::FLG_OFF].copy_from_slice(&w.to_be_bytes());
             b[field::CHECKSUM].copy_from_slice(&[0, 0]);
