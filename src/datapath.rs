@@ -1034,7 +1034,7 @@ impl Datapath {
         ctx: Option<&FrameCtx>,
     ) -> Result<(), DropReason> {
         if !dst.is_multicast() {
-            match self.fdb.lookup(net, dst, now) {
+            match self.fdb.lookup_from(in_port, net, dst, now) {
                 Some(p) if p == in_port => return Err(DropReason::Hairpin),
                 Some(p) => {
                     self.output(now, p, Some(net), buf, tx, ctx);

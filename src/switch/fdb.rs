@@ -69,6 +69,10 @@ pub struct Fdb {
     /// frames mostly come from one MAC, so the per-frame learn is a compare, not a hash
     /// lookup. Valid only while `gen` is unchanged.
     recent: Vec<Option<(Key, Instant, u32)>>,
+    /// Per ingress port, the destination it last looked up, where that was, and until when the
+    /// entry is sure not to age out: a flow's frames are a compare here, not a hash lookup.
+    /// Valid only while `gen` is unchanged.
+    recent_dst: Vec<Option<(Key, PortId, Instant, u32)>>,
     /// Bumped by every change to the map other than a refresh of `last_seen`.
     gen: u32,
 }
@@ -86,6 +90,7 @@ impl Fdb {
             per_net: vec![0; nets],
             per_port: vec![0; port_cap.len()],
             recent: vec![None; port_cap.len()],
+            recent_dst: vec![None; port_cap.len() + 1],
             port_cap,
             max_per_net,
             aging,
@@ -169,6 +174,27 @@ impl Fdb {
         self.map.get(&Key::new(net, mac)).filter(|e| !self.expired(e, now)).map(|e| e.port)
     }
 
+    /// [`Self::lookup`] for a frame that arrived on `from`, remembering the answer for that
+    /// port's next frames (ports past the table's, such as the router's, share one slot).
+    #[inline]
+    pub fn lookup_from(&mut self, from: PortId, net: NetId, mac: MacAddr, now: Instant) -> Option<PortId> {
+        let key = Key::new(net, mac);
+        let slot = (from.0 as usize).min(self.recent_dst.len() - 1);
+        if let Some(Some((k, p, until, gen))) = self.recent_dst.get(slot) {
+            if *k == key && *gen == self.gen && now < *until {
+                return Some(*p);
+            }
+        }
+        let e = *self.map.get(&key).filter(|e| !self.expired(e, now))?;
+        if let Some(r) = self.recent_dst.get_mut(slot) {
+            // A fixed or remote entry never ages; a learned one is sure to live until its
+            // last_seen plus the aging time.
+            let until = if e.fixed || e.remote { Instant(u64::MAX) } else { e.last_seen + self.aging };
+            *r = Some((key, e.port, until, self.gen));
+        }
+        Some(e.port)
+    }
+
     /// The entry for `mac` in `net`, aged or not.
     pub fn iter_one(&self, net: NetId, mac: MacAddr) -> Option<Entry> {
         self.map.get(&Key::new(net, mac)).copied()
@@ -209,6 +235,7 @@ impl Fdb {
         self.per_net = per_net;
         self.per_port = per_port;
         self.recent = vec![None; port_cap.len()];
+        self.recent_dst = vec![None; port_cap.len() + 1];
         self.changed();
         self.port_cap = port_cap;
         self.max_per_net = max_per_net;
@@ -338,6 +365,26 @@ mod tests {
             }
             assert_eq!(g.lookup(N, mac(2), Instant::from_millis(1000 + ms)), Some(PortId(0)), "at {ms} ms");
         }
+    }
+
+    #[test]
+    fn cached_lookups_follow_the_table() {
+        let mut f = Fdb::new(1, vec![None, None, None], 100, Duration::from_secs(300));
+        let t = Instant::from_secs(10);
+        f.learn(N, mac(1), PortId(1), t).unwrap();
+        assert_eq!(f.lookup_from(PortId(0), N, mac(1), t), Some(PortId(1)));
+        assert_eq!(f.lookup_from(PortId(0), N, mac(1), t), Some(PortId(1)), "from port 0's cache");
+        f.learn(N, mac(1), PortId(2), t).unwrap();
+        assert_eq!(f.lookup_from(PortId(0), N, mac(1), t), Some(PortId(2)), "it moved");
+        // The cache never outlives the entry's age.
+        assert_eq!(f.lookup_from(PortId(0), N, mac(1), Instant::from_secs(310)), Some(PortId(2)));
+        assert_eq!(f.lookup_from(PortId(0), N, mac(1), Instant::from_millis(310_001)), None);
+        // The router's port (past the table's ports) has a slot too.
+        f.learn(N, mac(1), PortId(1), t).unwrap();
+        assert_eq!(f.lookup_from(PortId(u16::MAX), N, mac(1), t), Some(PortId(1)));
+        f.flush_port(PortId(1));
+        assert_eq!(f.lookup_from(PortId(u16::MAX), N, mac(1), t), None);
+        assert_eq!(f.lookup_from(PortId(0), N, mac(3), t), None);
     }
 
     #[test]
