@@ -306,6 +306,7 @@ impl Conntrack {
         }
     }
 
+    #[inline]
     fn find(&self, k: &Key) -> Option<u32> {
         let h = self.hasher.hash_one(k);
         self.map.find(h, |&s| Self::key_of(&self.flows, s) == k).copied()
@@ -333,6 +334,7 @@ impl Conntrack {
     }
 
     /// The flow a packet with key `k` belongs to, and its direction. Expired flows are removed.
+    #[inline]
     pub fn lookup(&mut self, now: Instant, k: &Key) -> Option<(u32, Dir)> {
         let s = self.find(k)?;
         let idx = s >> 1;
