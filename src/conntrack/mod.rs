@@ -339,11 +339,17 @@ impl Conntrack {
         let s = self.find(k)?;
         let idx = s >> 1;
         if self.flows[idx as usize].expires <= now.millis() {
-            self.remove(idx);
-            self.stats.expired += 1;
+            self.expire_found(idx);
             return None;
         }
         Some((idx, if s & 1 == 0 { Dir::Orig } else { Dir::Reply }))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn expire_found(&mut self, idx: u32) {
+        self.remove(idx);
+        self.stats.expired += 1;
     }
 
     pub fn flow(&self, idx: u32) -> &Flow {
