@@ -413,6 +413,9 @@ impl Router {
         if let Iface::Tunnel(_) = iface {
             return Resolve::Mac(MacAddr::ZERO);
         }
+        if let Some(m) = self.neigh.cached(now, iface, ip) {
+            return Resolve::Mac(m);
+        }
         let mut w = Work::default();
         let r = self.neigh.resolve(now, iface, ip, &mut w);
         if !w.is_empty() {

@@ -175,13 +175,17 @@ impl Neighbours {
     /// The MAC for `ip` on `iface`, starting resolution (and asking for a request) if needed.
     #[inline]
     pub fn resolve(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr, work: &mut Work) -> Resolve {
-        let slot = fast_slot(ip);
-        if let Some(f) = &self.fast[slot] {
-            if f.ip == ip && f.iface == iface && f.gen == self.gen && now < f.until {
-                return Resolve::Mac(f.mac);
-            }
+        match self.cached(now, iface, ip) {
+            Some(m) => Resolve::Mac(m),
+            None => self.resolve_slow(now, iface, ip, work, fast_slot(ip)),
         }
-        self.resolve_slow(now, iface, ip, work, slot)
+    }
+
+    /// The answer [`Self::resolve`] would give from its cache alone: a MAC that needs no work.
+    #[inline]
+    pub fn cached(&self, now: Instant, iface: Iface, ip: Ipv4Addr) -> Option<MacAddr> {
+        let f = self.fast[fast_slot(ip)].as_ref()?;
+        (f.ip == ip && f.iface == iface && f.gen == self.gen && now < f.until).then_some(f.mac)
     }
 
     fn resolve_slow(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr, work: &mut Work, slot: usize) -> Resolve {

@@ -186,7 +186,12 @@ pub fn header_checksum_ok(header: &[u8]) -> bool {
         let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
         // The ones'-complement sum does not depend on byte order (RFC 1071 2(B)): all ones
         // either way.
-        return checksum::fold(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff;
+        // Folded without fold()'s loop: < 2^35, then < 2^32 + 8, then three 16-bit folds.
+        let s = w(0) + w(4) + w(8) + w(12) + w(16);
+        let s = (s & 0xffff_ffff) + (s >> 32);
+        let s = (s & 0xffff) + (s >> 16);
+        let s = (s & 0xffff) + (s >> 16);
+        return (s & 0xffff) + (s >> 16) == 0xffff;
     }
     checksum::fold(checksum::add(0, header)) == 0xffff
 }
