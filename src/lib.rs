@@ -1,6 +1,7 @@
 //! vrouter: a userspace virtual switch/router appliance, one process per cloud account.
 //!
-//! Layout (DESIGN.md, "Architecture"): `wire` (bytes only), `switch` (L2 stages), `router`
+//! Layout (DESIGN.md, "Architecture"): `wire` (bytes only), `frame` (what a frame's headers
+//! say, read once at ingress and shared by every stage), `switch` (L2 stages), `router`
 //! (ARP, routing, ICMP, NAT decisions, the services' glue), `conntrack`, `nat`, `filter`
 //! (firewall and egress classifiers, security groups), `lb` (load balancer and health checks),
 //! `dhcp` and `dns` (the sans-IO servers), `metadata` (what cloud-init is told), `vpn` (WireGuard
