@@ -845,7 +845,7 @@ impl Datapath {
     /// super-frame is segmented in software, each segment encapsulated, and the lot handed over
     /// in batches (UDP_SEGMENT at the I/O edge). Frames over the overlay MTU are counted,
     /// never sent to be lost on the underlay.
-    fn output_vxlan(&mut self, port: PortId, vni: u32, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
+    fn output_vxlan(&mut self, port: PortId, vni: u32, buf: &mut PacketBuf, tx: &mut dyn Transmit, ctx: Option<&FrameCtx>) -> Result<(), DropReason> {
         use crate::wire::vxlan;
         let v = buf.vnet;
         let gso = v.gso != crate::wire::vnet::Gso::None;
@@ -853,7 +853,10 @@ impl Datapath {
         if l3 > self.vxlan_mtu {
             return Err(DropReason::VxlanTooBig);
         }
-        let entropy = flow_entropy(buf.frame());
+        let entropy = match ctx {
+            Some(c) => flow_entropy(c),
+            None => FrameCtx::parse(buf.frame()).map_or(0, |c| flow_entropy(&c)),
+        };
         let mut hdr = [0u8; vxlan::HEADER_LEN];
         vxlan::emit(&mut hdr, vni);
         let pi = port.0 as usize;
@@ -1083,7 +1086,7 @@ impl Datapath {
             let vni = net.and_then(|n| vnis.iter().find(|(_, m)| *m == n)).map(|(v, _)| *v);
             let (errors_before, sent_before) = (self.stats[pi].dropped(DropReason::PortDown), self.stats[pi].tx_frames);
             let r = match vni {
-                Some(vni) => self.output_vxlan(port, vni, buf, tx),
+                Some(vni) => self.output_vxlan(port, vni, buf, tx, ctx),
                 None => Err(DropReason::UnknownVni),
             };
             if let Err(r) = r {
@@ -1537,20 +1540,23 @@ fn leaked_udp_superframe(f: &mut [u8], v: &mut VnetHdr, seg: usize, mtu: usize) 
 
 /// A hash of the inner flow (MACs, and IPv4 addresses and ports when present) for the outer
 /// UDP source port, so the underlay's ECMP can spread flows (RFC 7348 section 5).
-fn flow_entropy(f: &[u8]) -> u16 {
+fn flow_entropy(ctx: &FrameCtx) -> u16 {
     let mut h: u32 = 0x811c_9dc5;
     let mut eat = |b: &[u8]| {
         for &x in b {
             h = (h ^ x as u32).wrapping_mul(0x0100_0193);
         }
     };
-    eat(&f[..f.len().min(12)]);
-    if f.len() >= 14 + 20 && f[12..14] == [0x08, 0x00] {
-        eat(&f[14 + 9..14 + 10]);
-        eat(&f[14 + 12..14 + 20]);
-        let ihl = ((f[14] & 0x0f) as usize) * 4;
-        if let Some(ports) = f.get(14 + ihl..14 + ihl + 4) {
-            eat(ports);
+    eat(&ctx.dst.0);
+    eat(&ctx.src.0);
+    if let Some(ip) = ctx.ipv4() {
+        eat(&[ip.ip.protocol]);
+        eat(&ip.ip.src.octets());
+        eat(&ip.ip.dst.octets());
+        // Every fragment of a datagram takes its first fragment's path: no ports for any.
+        if let (Some((sp, dp)), false) = (ip.ports(), ip.ip.is_fragment()) {
+            eat(&sp.to_be_bytes());
+            eat(&dp.to_be_bytes());
         }
     }
     (h ^ (h >> 16)) as u16

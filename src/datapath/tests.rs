@@ -835,3 +835,31 @@ fn a_unicast_only_vtep_gets_no_flood() {
         assert_eq!(w.udp.len(), 1, "unicast to the VTEP");
     }
 }
+
+#[test]
+fn vxlan_entropy_keeps_a_datagrams_fragments_together() {
+    let udp = |sport: u16, frag: u16| {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2([0x52, 0x54, 0, 0, 0, 1], [0x52, 0x54, 0, 0, 0, 2])
+            .ipv4([10, 1, 1, 11], [10, 1, 1, 12], 64)
+            .udp(sport, 53)
+            .write(&mut f, &[7u8; 64])
+            .unwrap();
+        // Turn it into a fragment (MF, offset `frag` units) without touching the rest.
+        f[20..22].copy_from_slice(&(0x2000 | frag).to_be_bytes());
+        f
+    };
+    let e = |f: &[u8]| flow_entropy(&FrameCtx::parse(f).unwrap());
+    // The first fragment and a later one (whose "ports" would be payload bytes) agree.
+    let (first, later) = (udp(40000, 0), udp(40000, 10));
+    let mut later = later;
+    later[34..38].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    assert_eq!(e(&first), e(&later));
+    // Whole datagrams of two flows differ (their ports are hashed).
+    let whole = |sport: u16| {
+        let mut f = udp(sport, 0);
+        f[20..22].copy_from_slice(&[0, 0]);
+        f
+    };
+    assert_ne!(e(&whole(40000)), e(&whole(40001)));
+}
