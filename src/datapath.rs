@@ -826,15 +826,20 @@ impl Datapath {
         let Role::Vtep { vnis, .. } = &self.ports[port.0 as usize].role else { return Err(DropReason::UnknownVni) };
         let net = vnis.iter().find(|(v, _)| *v == vni).map(|(_, n)| *n).ok_or(DropReason::UnknownVni)?;
         buf.pull(crate::wire::vxlan::HEADER_LEN);
-        let mut v = inner_checksum_state(buf.frame());
+        // The inner frame's headers, read once: the checksum state and a leaked super-frame's
+        // metadata come from them (a leaked super-frame's rewrite touches only its L4
+        // checksum field, which the context does not hold).
+        let mut ctx = FrameCtx::EMPTY;
+        ctx.parse_into(buf.frame()).map_err(|_| DropReason::Malformed)?;
+        let l4 = inner_l4(&ctx, buf.frame());
+        let mut v = inner_checksum_state(buf.frame(), l4.as_ref());
         let leaked = match udp_gso {
-            Some(seg) => leaked_udp_superframe(buf.frame_mut(), &mut v, seg, self.vxlan_mtu)?,
-            None => leaked_superframe(buf.frame_mut(), &mut v, self.vxlan_mtu),
+            Some(seg) => leaked_udp_superframe(buf.frame_mut(), &mut v, seg, self.vxlan_mtu, l4.as_ref())?,
+            None => leaked_superframe(buf.frame_mut(), &mut v, self.vxlan_mtu, l4.as_ref()),
         };
         buf.vnet = v;
         // RFC 7348: a VTEP drops inner frames carrying a VLAN tag unless configured otherwise.
-        let mut ctx = FrameCtx::EMPTY;
-        self.untagged_edge(buf, &mut ctx)?;
+        self.edge_checks(&ctx)?;
         if leaked {
             self.stats[port.0 as usize].rx_gso_frames += 1;
         }
@@ -960,6 +965,11 @@ impl Datapath {
     /// Fills `ctx` with what the frame's headers say.
     fn untagged_edge(&self, buf: &PacketBuf, ctx: &mut FrameCtx) -> Result<(), DropReason> {
         ctx.parse_into(buf.frame()).map_err(|_| DropReason::Malformed)?;
+        self.edge_checks(ctx)
+    }
+
+    /// [`Self::untagged_edge`]'s checks on a frame already read into `ctx`.
+    fn edge_checks(&self, ctx: &FrameCtx) -> Result<(), DropReason> {
         let (dst, src) = (ctx.dst, ctx.src);
         if crate::wire::vlan::is_tag_ethertype(ctx.ethertype) {
             return Err(DropReason::TaggedOnAccess);
@@ -1309,11 +1319,11 @@ impl Datapath {
 /// pseudo-header sum only), and a UDP socket hands that over unfinished: such a frame is
 /// marked as needing its checksum (finished at egress, or by the guest's virtio driver); one
 /// whose checksum verifies is marked valid, so the guest need not verify it again.
-fn inner_checksum_state(f: &[u8]) -> VnetHdr {
+fn inner_checksum_state(f: &[u8], l4: Option<&InnerL4>) -> VnetHdr {
     use crate::wire::checksum;
     use crate::wire::ipv4::proto;
     let mut v = VnetHdr::default();
-    let Some(InnerL4 { at, proto: p, pseudo, end }) = inner_l4(f) else { return v };
+    let Some(&InnerL4 { at, proto: p, pseudo, end }) = l4 else { return v };
     let co = match p {
         proto::TCP => 16,
         proto::UDP => 6,
@@ -1339,6 +1349,7 @@ fn inner_checksum_state(f: &[u8]) -> VnetHdr {
 
 /// A decapsulated frame's transport layer: where it starts and ends, its protocol, and its
 /// pseudo-header sum. IPv4 unfragmented, IPv6 without extension headers; `None` otherwise.
+#[derive(Clone, Copy)]
 struct InnerL4 {
     at: usize,
     proto: u8,
@@ -1346,19 +1357,18 @@ struct InnerL4 {
     end: usize,
 }
 
-fn inner_l4(f: &[u8]) -> Option<InnerL4> {
+/// IPv4 from what the frame's context says; IPv6 (which the context does not read) from the
+/// bytes of `f`, the frame the context was read from.
+fn inner_l4(ctx: &FrameCtx, f: &[u8]) -> Option<InnerL4> {
     use crate::wire::checksum;
-    use crate::wire::ipv4::Ipv4Packet;
-    match f.get(12..14)? {
-        [0x08, 0x00] => {
-            let ip = Ipv4Packet::new_checked(f.get(14..)?).ok()?;
-            if ip.frag_offset() != 0 || ip.more_frags() {
-                return None;
-            }
-            let (p, at, end) = (ip.protocol(), 14 + ip.header_len(), 14 + ip.total_len());
-            f.get(at..end)?;
-            Some(InnerL4 { at, proto: p, pseudo: checksum::pseudo_v4(ip.src().octets(), ip.dst().octets(), p, (end - at) as u32), end })
+    if let Some(ip) = ctx.ipv4() {
+        if ip.ip.is_fragment() {
+            return None;
         }
+        let (p, at, end) = (ip.ip.protocol, ip.l4_offset(), ip.end());
+        return Some(InnerL4 { at, proto: p, pseudo: checksum::pseudo_v4(ip.ip.src.octets(), ip.ip.dst.octets(), p, (end - at) as u32), end });
+    }
+    match f.get(12..14)? {
         [0x86, 0xdd] if f.len() >= 54 && f[14] >> 4 == 6 => {
             let end = 54 + crate::wire::be16(f, 18) as usize;
             f.get(54..end)?;
@@ -1466,12 +1476,12 @@ fn gro_sent(stats: &mut [PortStats], tx: &mut dyn Transmit, port: PortId, v: &Vn
 /// overlay's segment size (what a segment on a real underlay could carry) and a partial
 /// checksum, so a guest takes it as one frame and any other egress cuts it to size. True if
 /// the frame was marked so.
-fn leaked_superframe(f: &mut [u8], v: &mut VnetHdr, mtu: usize) -> bool {
+fn leaked_superframe(f: &mut [u8], v: &mut VnetHdr, mtu: usize, l4: Option<&InnerL4>) -> bool {
     use crate::wire::checksum;
     if !(v.needs_csum || v.data_valid) || f.get(12..14) != Some(&[0x08, 0x00][..]) {
         return false;
     }
-    let Some(InnerL4 { at: l4, proto, pseudo, end }) = inner_l4(f) else { return false };
+    let Some(&InnerL4 { at: l4, proto, pseudo, end }) = l4 else { return false };
     let hl = l4 - 14;
     if end - 14 <= mtu || proto != crate::wire::ipv4::proto::TCP {
         return false;
@@ -1512,8 +1522,8 @@ fn inner_ip_len(d: &[u8]) -> Option<usize> {
 /// delivers the guest's datagrams as they were sent. One that cannot be (not UDP with a
 /// known checksum state, segments over the overlay MTU) is dropped: delivered whole it would
 /// merge datagrams. True if marked.
-fn leaked_udp_superframe(f: &mut [u8], v: &mut VnetHdr, seg: usize, mtu: usize) -> Result<bool, DropReason> {
-    let Some(InnerL4 { at: l4, proto, pseudo, .. }) = inner_l4(f) else { return Err(DropReason::VxlanBadSuperframe) };
+fn leaked_udp_superframe(f: &mut [u8], v: &mut VnetHdr, seg: usize, mtu: usize, l4: Option<&InnerL4>) -> Result<bool, DropReason> {
+    let Some(&InnerL4 { at: l4, proto, pseudo, .. }) = l4 else { return Err(DropReason::VxlanBadSuperframe) };
     let hl = l4 - 14;
     if proto != crate::wire::ipv4::proto::UDP || !(v.needs_csum || v.data_valid) || seg < 8 {
         return Err(DropReason::VxlanBadSuperframe);
