@@ -86,12 +86,7 @@ impl Router {
         let mut o = [0u8; 40];
         ipv4::emit_header(&mut o[..20], src, dst, proto::TCP, 64, 20, self.ident);
         let r = &mut o[20..];
-        r[0..2].copy_from_slice(&sport.to_be_bytes());
-        r[2..4].copy_from_slice(&dport.to_be_bytes());
-        r[4..8].copy_from_slice(&seq.to_be_bytes());
-        r[8..12].copy_from_slice(&ack.to_be_bytes());
-        r[12] = 5 << 4;
-        r[13] = flags;
+        crate::wire::tcp::TcpRepr { src_port: sport, dst_port: dport, seq, ack, flags, window: 0 }.emit(r);
         let sum = checksum::add(checksum::pseudo_v4(src.octets(), dst.octets(), proto::TCP, 20), r);
         r[16..18].copy_from_slice(&(!checksum::fold(sum)).to_be_bytes());
         o

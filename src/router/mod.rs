@@ -1299,9 +1299,8 @@ impl Router {
         let ident = self.ident;
         let f = self.new_frame(from, eth_src, ethertype::IPV4, 20 + 8 + quote.len());
         ipv4::emit_header(&mut f[..20], src, dst, proto::ICMP, 64, 8 + quote.len(), ident);
-        f[20] = typ;
-        f[21] = code;
-        f[26..28].copy_from_slice(&mtu.to_be_bytes());
+        let [m0, m1] = mtu.to_be_bytes();
+        crate::wire::icmp::IcmpRepr { msg_type: typ, code, ident: 0 }.emit(&mut f[20..28], [0, 0, m0, m1]);
         f[28..].copy_from_slice(quote);
         let c = checksum::checksum(&f[20..]);
         f[22..24].copy_from_slice(&c.to_be_bytes());
