@@ -2,14 +2,15 @@
 //!
 //! Ingress builds a [`FrameCtx`] from the checked wire views after any VLAN tag is popped (so
 //! L3 starts at byte 14), and every later stage (the guest guard, port security, offload
-//! checks, security groups, DHCP interception, the router, conntrack, NAT) reads it instead of
-//! parsing the headers again. A header that fails its checks is recorded as such (`BadIpv4`,
+//! checks, security groups, DHCP interception, the router's checks and its conntrack key,
+//! VXLAN's checksum state and flow entropy) reads it instead of parsing the headers again. A header that fails its checks is recorded as such (`BadIpv4`,
 //! `BadArp`, `L4::Truncated`) and each stage turns that into its own drop reason.
 //!
 //! Invariant: a context describes the bytes of its frame as they were when it was built. The
 //! stage that rewrites headers in place (the router: NAT and the TTL step) is the last to read
 //! it; a frame that goes on after a rewrite, and only to a stage that needs its headers (a
-//! security group on the egress port), is read afresh with [`FrameCtx::parse`].
+//! security group on the egress port, a VXLAN peer's flow entropy), is read afresh with
+//! [`FrameCtx::parse`].
 
 use crate::wire::arp::{ArpPacket, ArpRepr};
 use crate::wire::ethernet::{ethertype, EthernetFrame, MacAddr};
@@ -151,12 +152,6 @@ impl FrameCtx {
 }
 
 impl Ipv4Ctx {
-    pub fn parse<T: AsRef<[u8]>>(p: &Ipv4Packet<T>) -> Ipv4Ctx {
-        let mut c = Ipv4Ctx::EMPTY;
-        c.fill(p);
-        c
-    }
-
     #[inline]
     fn fill<T: AsRef<[u8]>>(&mut self, p: &Ipv4Packet<T>) {
         self.ip = Ipv4Repr::parse(p);

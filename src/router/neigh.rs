@@ -117,7 +117,8 @@ pub struct Neighbours {
     /// Direct-mapped by address: most packets go to a few next hops (the public gateway, the
     /// guests of a network), found here without hashing the map's key.
     fast: [Option<Fast>; FAST_SLOTS],
-    /// Bumped by every change to the map, so a cached answer never outlives what it cached.
+    /// Bumped by every change that can alter or remove a reachable entry (confirmations,
+    /// forgetting, making room), so a cached answer never outlives what it cached.
     gen: u32,
     cap: usize,
     queued: usize,
@@ -188,9 +189,11 @@ impl Neighbours {
         (f.ip == ip && f.iface == iface && f.gen == self.gen && now < f.until).then_some(f.mac)
     }
 
+    /// Nothing here changes an entry the cache may hold (a cached entry is reachable and not
+    /// yet due for a probe; this changes only entries that are not, and makes room through
+    /// `gc`, which counts as a change), so it leaves the generation alone: a flood of misses
+    /// for other addresses does not empty the cache.
     fn resolve_slow(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr, work: &mut Work, slot: usize) -> Resolve {
-        // Whatever happens below may change an entry.
-        self.gen = self.gen.wrapping_add(1);
         if let Some(e) = self.map.get_mut(&(iface, ip)) {
             return match &mut e.state {
                 State::Reachable { mac, confirmed, probed, probes } => {
@@ -300,7 +303,7 @@ impl Neighbours {
         if now < self.next_timer {
             return;
         }
-        self.gen = self.gen.wrapping_add(1);
+        // Only incomplete entries change here, and the cache holds none.
         let mut next = Instant(u64::MAX);
         let mut drained = 0;
         for ((iface, ip), e) in self.map.iter_mut() {

@@ -73,7 +73,8 @@ pub struct Fdb {
     /// entry is sure not to age out: a flow's frames are a compare here, not a hash lookup.
     /// Valid only while `gen` is unchanged.
     recent_dst: Vec<Option<(Key, PortId, Instant, u32)>>,
-    /// Bumped by every change to the map other than a refresh of `last_seen`.
+    /// Bumped by every change that can move or remove an existing entry (a new entry changes
+    /// none), so a cached answer never outlives what it cached.
     gen: u32,
 }
 
@@ -162,7 +163,7 @@ impl Fdb {
         if self.port_full(port) {
             return Err(LearnError::PortLimit);
         }
-        self.changed();
+        // A new entry changes no existing one: the caches stay valid.
         self.per_net[net.0 as usize] += 1;
         self.per_port[p] += 1;
         self.map.insert(key, Entry { port, last_seen: now, fixed: false, remote: false });

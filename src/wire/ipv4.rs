@@ -1,4 +1,5 @@
-//! IPv4 headers, the ICMPv4 messages the router speaks, and the TCP/UDP fields NAT touches.
+//! IPv4 headers (a checked view and a Repr) and where NAT finds a TCP/UDP checksum; ICMPv4
+//! lives in `wire::icmp` (re-exported here as `ipv4::icmp`).
 //!
 //! Invariant: an [`Ipv4Packet`] made by [`Ipv4Packet::new_checked`] has version 4, an IHL of at
 //! least 5, a header that fits the buffer and a total length between the header length and the
@@ -264,24 +265,6 @@ pub fn emit_header(b: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, ttl
 }
 
 pub use super::icmp;
-
-/// The flow identity of an L4 payload: (source port, destination port), with ICMP echo's
-/// identifier standing for both. `None` when the header is cut short.
-pub fn l4_ports(protocol: u8, l4: &[u8]) -> Option<(u16, u16)> {
-    match protocol {
-        proto::TCP | proto::UDP => (l4.len() >= 4).then(|| (be16(l4, 0), be16(l4, 2))),
-        proto::ICMP => {
-            if l4.len() < 8 {
-                return None;
-            }
-            match l4[0] {
-                icmp::ECHO_REQUEST | icmp::ECHO_REPLY => Some((be16(l4, 4), be16(l4, 4))),
-                _ => Some((0, 0)),
-            }
-        }
-        _ => Some((0, 0)),
-    }
-}
 
 #[cfg(test)]
 mod tests {
