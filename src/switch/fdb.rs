@@ -38,22 +38,21 @@ pub enum Learned {
     Moved { from: PortId },
 }
 
-/// (network, MAC) packed in one word: every frame hashes it twice (learn and lookup), and one
-/// u64 is one multiply for foldhash where the tuple was three writes.
+/// (network, MAC) packed in one word (the MAC as [`MacAddr::to_bits`]): every frame hashes it
+/// twice (learn and lookup), and one u64 is one multiply for foldhash where the tuple was
+/// three writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key(u64);
 
 impl Key {
     fn new(net: NetId, mac: MacAddr) -> Key {
-        let m = mac.0;
-        Key(u64::from(net.0) << 48 | u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]]))
+        Key(u64::from(net.0) << 48 | mac.to_bits())
     }
     fn net(self) -> NetId {
         NetId((self.0 >> 48) as u16)
     }
     fn mac(self) -> MacAddr {
-        let b = self.0.to_be_bytes();
-        MacAddr([b[2], b[3], b[4], b[5], b[6], b[7]])
+        MacAddr::from_bits(self.0)
     }
 }
 
@@ -327,7 +326,7 @@ mod tests {
     #[test]
     fn key_packs_network_and_mac_and_gives_them_back() {
         let k = Key::new(NetId(0x0102), MacAddr([0xfe, 0x54, 0x00, 0x12, 0x34, 0x56]));
-        assert_eq!(k.0, 0x0102_fe54_0012_3456);
+        assert_eq!(k.0, 0x0102_5634_1200_54fe);
         assert_eq!(k.net(), NetId(0x0102));
         assert_eq!(k.mac(), MacAddr([0xfe, 0x54, 0x00, 0x12, 0x34, 0x56]));
         // The same MAC in two networks is two entries.

@@ -37,25 +37,45 @@ impl MacAddr {
     pub const ZERO: MacAddr = MacAddr([0; 6]);
 
     /// Reads a MAC from the first six bytes of `b`; `None` if `b` is shorter.
+    #[inline]
     pub fn from_bytes(b: &[u8]) -> Option<MacAddr> {
         let a: [u8; 6] = b.get(..6)?.try_into().ok()?;
         Some(MacAddr(a))
     }
+    /// The six bytes as the low 48 bits of a word (first byte lowest), read as a 4-byte and a
+    /// 2-byte load: the shape a MAC copied into a struct is stored in, so a read right after
+    /// the copy is forwarded from the store instead of stalling on it.
+    #[inline]
+    pub fn to_bits(self) -> u64 {
+        let m = self.0;
+        u64::from(u32::from_le_bytes([m[0], m[1], m[2], m[3]])) | u64::from(u16::from_le_bytes([m[4], m[5]])) << 32
+    }
+    /// [`Self::to_bits`] back (bits above 48 ignored).
+    #[inline]
+    pub fn from_bits(b: u64) -> MacAddr {
+        let l = b.to_le_bytes();
+        MacAddr([l[0], l[1], l[2], l[3], l[4], l[5]])
+    }
     /// Group (multicast or broadcast) addresses have the I/G bit set.
+    #[inline]
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 != 0
     }
+    #[inline]
     pub fn is_broadcast(&self) -> bool {
-        *self == Self::BROADCAST
+        self.to_bits() == 0xffff_ffff_ffff
     }
     /// 01:80:c2:00:00:00..0f, reserved by IEEE 802.1D for link-local protocols (STP, LACP,
     /// LLDP, 802.1X, pause) that a bridge must not forward.
+    #[inline]
     pub fn is_link_local(&self) -> bool {
-        self.0[..5] == [0x01, 0x80, 0xc2, 0x00, 0x00] && self.0[5] <= 0x0f
+        self.to_bits() & !(0x0f << 40) == 0x0000_00c2_8001
     }
     /// A valid station address: not group, not all-zero.
+    #[inline]
     pub fn is_unicast(&self) -> bool {
-        !self.is_multicast() && *self != Self::ZERO
+        let b = self.to_bits();
+        b & 1 == 0 && b != 0
     }
 }
 
@@ -124,18 +144,22 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         }
         Ok(EthernetFrame { buffer })
     }
+    #[inline]
     pub fn dst(&self) -> MacAddr {
         let b = self.buffer.as_ref();
         MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]])
     }
+    #[inline]
     pub fn src(&self) -> MacAddr {
         let b = self.buffer.as_ref();
         MacAddr([b[6], b[7], b[8], b[9], b[10], b[11]])
     }
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         let b = self.buffer.as_ref();
         u16::from_be_bytes([b[12], b[13]])
     }
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD..]
     }
@@ -187,6 +211,23 @@ mod tests {
         f.set_src("52:54:00:12:34:56".parse().unwrap());
         f.set_ethertype(ethertype::ARP);
         assert_eq!(b, FRAME[..14]);
+    }
+
+    #[test]
+    fn mac_classes_from_bits() {
+        let m = |s: &str| s.parse::<MacAddr>().unwrap();
+        assert_eq!(m("52:54:00:12:34:56").to_bits(), 0x5634_1200_5452);
+        assert_eq!(MacAddr::from_bits(0xffff_5634_1200_5452), m("52:54:00:12:34:56"));
+        assert!(m("52:54:00:12:34:56").is_unicast());
+        assert!(!MacAddr::ZERO.is_unicast() && !m("01:00:5e:00:00:01").is_unicast() && !MacAddr::BROADCAST.is_unicast());
+        assert!(m("00:00:00:00:00:01").is_unicast() && m("00:00:00:00:01:00").is_unicast());
+        assert!(MacAddr::BROADCAST.is_broadcast() && !m("ff:ff:ff:ff:ff:fe").is_broadcast() && !m("7f:ff:ff:ff:ff:ff").is_broadcast());
+        for last in 0..=0x0f {
+            assert!(MacAddr([0x01, 0x80, 0xc2, 0, 0, last]).is_link_local());
+        }
+        for other in ["01:80:c2:00:00:10", "01:80:c2:00:00:f0", "01:80:c2:00:01:00", "01:80:c3:00:00:00", "03:80:c2:00:00:00", "01:00:c2:00:00:00"] {
+            assert!(!m(other).is_link_local(), "{other}");
+        }
     }
 
     #[test]
