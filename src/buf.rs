@@ -100,15 +100,19 @@ impl PacketBuf {
         }
     }
 
+    #[inline]
     pub fn frame(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
+    #[inline]
     pub fn frame_mut(&mut self) -> &mut [u8] {
         &mut self.data[self.start..self.end]
     }
+    #[inline]
     pub fn len(&self) -> usize {
         self.end - self.start
     }
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.end == self.start
     }

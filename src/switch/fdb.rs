@@ -123,6 +123,7 @@ impl Fdb {
     }
 
     /// Records that `mac` was seen on `port` in `net`.
+    #[inline]
     pub fn learn(&mut self, net: NetId, mac: MacAddr, port: PortId, now: Instant) -> Result<Learned, LearnError> {
         // Every frame comes here: the common case (the port's usual MAC, refreshed moments
         // ago) is a compare; the next most common (a known MAC on its port) one lookup.
@@ -133,6 +134,13 @@ impl Fdb {
                 return Ok(Learned::Refreshed);
             }
         }
+        self.learn_lookup(key, net, port, now)
+    }
+
+    /// [`Self::learn`] past the port's cached source: the table itself.
+    #[inline(never)]
+    fn learn_lookup(&mut self, key: Key, net: NetId, port: PortId, now: Instant) -> Result<Learned, LearnError> {
+        let p = port.0 as usize;
         let refresh = refresh_every(self.aging);
         let known = match self.map.get_mut(&key) {
             Some(e) if e.fixed => return if e.port == port { Ok(Learned::Refreshed) } else { Err(LearnError::Pinned) },

@@ -108,7 +108,20 @@ impl Role {
 
 /// Decides the network of a frame arriving on a port with `role`. Returns the network and
 /// whether a tag must be popped first.
+#[inline]
 pub fn classify(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> {
+    // Most frames: untagged on an access port.
+    if let (Role::Access { net, .. }, Some(et)) = (role, frame.get(12..14)) {
+        if !vlan::is_tag_ethertype(u16::from_be_bytes([et[0], et[1]])) {
+            return Ok((*net, false));
+        }
+    }
+    classify_tagged(role, frame)
+}
+
+/// [`classify`] for everything but an untagged frame on an access port.
+#[inline(never)]
+fn classify_tagged(role: &Role, frame: &[u8]) -> Result<(NetId, bool), DropReason> {
     let et = frame.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]])).ok_or(DropReason::Malformed)?;
     match role {
         Role::Access { net, .. } => {
