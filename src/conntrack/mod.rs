@@ -33,11 +33,17 @@ use std::time::Duration;
 
 /// A flow's identity in one direction, as seen on the wire entering the router.
 /// For ICMP echo, `sport` and `dport` both hold the echo identifier.
+///
+/// The addresses are kept apart in memory (`repr(C)`, a port between them): a key is built as
+/// separate fields just before it is hashed, and adjacent addresses were read back by the hash
+/// as one 8-byte load, which cannot be forwarded from two 4-byte stores and stalled every
+/// packet (~4 ns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
 pub struct Key {
     pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
     pub sport: u16,
+    pub dst: Ipv4Addr,
     pub dport: u16,
     pub proto: u8,
 }
