@@ -441,7 +441,7 @@ impl Conntrack {
     /// Accounts one packet of `len` bytes in direction `dir` and advances the state machine
     /// (`tcp`: the TCP flags, 0 for other protocols).
     pub fn update(&mut self, now: Instant, idx: u32, dir: Dir, tcp: u8, len: usize) {
-        let t = self.timeouts;
+        let t = &self.timeouts;
         let f = &mut self.flows[idx as usize];
         f.packets = f.packets.wrapping_add(1);
         f.bytes = f.bytes.wrapping_add(len as u64);
@@ -459,7 +459,7 @@ impl Conntrack {
         if f.orig.proto == proto::ICMP {
             timeout = t.icmp;
         }
-        f.expires = now.millis() + timeout.as_millis() as u64;
+        f.expires = now.millis() + millis(timeout);
     }
 
     pub fn remove(&mut self, idx: u32) {
@@ -579,6 +579,12 @@ impl Conntrack {
         let buckets = (2 * max * 8 / 7).next_power_of_two();
         std::mem::size_of::<Flow>() + buckets * (std::mem::size_of::<u32>() + 1) / max.max(1)
     }
+}
+
+/// `d` in whole milliseconds, in u64 arithmetic (`Duration::as_millis` is u128).
+#[inline]
+fn millis(d: Duration) -> u64 {
+    d.as_secs().saturating_mul(1000).saturating_add(u64::from(d.subsec_millis()))
 }
 
 impl Timeouts {

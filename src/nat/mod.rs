@@ -36,14 +36,20 @@ fn csum_update32(field: u16, partial: bool, old: u32, new: u32) -> u16 {
 /// `partial`: the L4 checksum is pending (offload). A non-first fragment carries no L4 header:
 /// only its addresses change.
 pub fn rewrite(ip: &mut [u8], partial: bool, from: &Key, to: &Key) {
+    rewrite_inner(ip, partial, from, to, false)
+}
+
+/// [`rewrite`] of a packet the router forwards: its TTL also goes down by one, in the same
+/// header checksum update.
+pub fn rewrite_forwarded(ip: &mut [u8], partial: bool, from: &Key, to: &Key) {
+    rewrite_inner(ip, partial, from, to, true)
+}
+
+#[inline]
+fn rewrite_inner(ip: &mut [u8], partial: bool, from: &Key, to: &Key, ttl_step: bool) {
     let Ok(mut p) = Ipv4Packet::new_checked(&mut *ip) else { return };
     let has_l4 = p.frag_offset() == 0;
-    if from.src != to.src {
-        p.set_src(to.src);
-    }
-    if from.dst != to.dst {
-        p.set_dst(to.dst);
-    }
+    p.rewrite_forwarded((from.src != to.src).then_some(to.src), (from.dst != to.dst).then_some(to.dst), ttl_step);
     if !has_l4 {
         return;
     }

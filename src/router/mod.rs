@@ -760,10 +760,7 @@ impl Router {
         let partial = buf.vnet.needs_csum;
         {
             let ipb = &mut buf.frame_mut()[14..14 + tl];
-            nat::rewrite(ipb, partial, &key, &target);
-            if let Ok(mut p) = Ipv4Packet::new_checked(ipb) {
-                p.decrement_ttl();
-            }
+            nat::rewrite_forwarded(ipb, partial, &key, &target);
         }
         self.send(egress, r, origin, buf, tl, df)
     }

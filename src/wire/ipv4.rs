@@ -143,6 +143,28 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.m()[field::TTL] = (new >> 8) as u8;
         self.set_csum(c);
     }
+    /// Rewrites the addresses (where given) and steps the TTL down by one (when `ttl_step`),
+    /// with one incremental header checksum update for all of it (a forwarded, translated
+    /// packet's header in one pass).
+    #[inline]
+    pub fn rewrite_forwarded(&mut self, src: Option<Ipv4Addr>, dst: Option<Ipv4Addr>, ttl_step: bool) {
+        let mut sum = !self.checksum() as u64;
+        if let Some(a) = src {
+            sum += checksum::delta32(u32::from(self.src()), u32::from(a));
+            self.m()[field::SRC].copy_from_slice(&a.octets());
+        }
+        if let Some(a) = dst {
+            sum += checksum::delta32(u32::from(self.dst()), u32::from(a));
+            self.m()[field::DST].copy_from_slice(&a.octets());
+        }
+        if ttl_step {
+            let old = be16(self.b(), 8);
+            let new = old.wrapping_sub(0x0100);
+            sum += !old as u64 + new as u64;
+            self.m()[field::TTL] = (new >> 8) as u8;
+        }
+        self.set_csum(!checksum::fold(sum));
+    }
     /// Sets the TTL, updating the header checksum incrementally.
     pub fn set_ttl(&mut self, ttl: u8) {
         let old = be16(self.b(), 8);
@@ -316,6 +338,23 @@ mod tests {
         let inc = p.checksum();
         p.fill_checksum();
         assert_eq!(inc, p.checksum());
+    }
+
+    #[test]
+    fn forwarded_rewrite_is_one_update_of_all_three() {
+        for (src, dst, ttl_step) in [(Some([203, 0, 113, 10]), None, true), (None, Some([10, 1, 1, 11]), true), (Some([1, 2, 3, 4]), Some([255, 255, 255, 255]), false), (None, None, true), (None, None, false)] {
+            let mut h = golden();
+            let mut p = Ipv4Packet::new_checked(&mut h[..]).unwrap();
+            let (ttl, old_src, old_dst) = (p.ttl(), p.src(), p.dst());
+            p.rewrite_forwarded(src.map(Ipv4Addr::from), dst.map(Ipv4Addr::from), ttl_step);
+            assert_eq!(p.ttl(), ttl - ttl_step as u8);
+            assert_eq!(p.src(), src.map_or(old_src, Ipv4Addr::from));
+            assert_eq!(p.dst(), dst.map_or(old_dst, Ipv4Addr::from));
+            assert!(p.verify_checksum());
+            let inc = p.checksum();
+            p.fill_checksum();
+            assert_eq!(inc, p.checksum());
+        }
     }
 
     #[test]
