@@ -594,10 +594,15 @@ impl Datapath {
 
     /// Sends what the router made (ARP, ICMP, frames released by ARP resolution) through the
     /// normal egress.
+    #[inline]
     fn drain_outbox(&mut self, now: Instant, tx: &mut dyn Transmit) {
-        if self.router.outbox.is_empty() {
-            return;
+        if !self.router.outbox.is_empty() {
+            self.drain_outbox_now(now, tx);
         }
+    }
+
+    #[inline(never)]
+    fn drain_outbox_now(&mut self, now: Instant, tx: &mut dyn Transmit) {
         self.router.seal_tunnel(now);
         // Egress never makes new router frames, so one pass empties it; the Vec (and its
         // capacity) goes back for the next ones.

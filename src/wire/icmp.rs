@@ -48,18 +48,23 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
     fn b(&self) -> &[u8] {
         self.buffer.as_ref()
     }
+    #[inline]
     pub fn msg_type(&self) -> u8 {
         self.b()[field::TYPE]
     }
+    #[inline]
     pub fn code(&self) -> u8 {
         self.b()[field::CODE]
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.b(), field::CHECKSUM.start)
     }
+    #[inline]
     pub fn ident(&self) -> u16 {
         be16(self.b(), field::IDENT.start)
     }
+    #[inline]
     pub fn seq(&self) -> u16 {
         be16(self.b(), field::SEQ.start)
     }
@@ -83,6 +88,7 @@ impl IcmpRepr {
         let echo = matches!(p.msg_type(), ECHO_REQUEST | ECHO_REPLY);
         IcmpRepr { msg_type: p.msg_type(), code: p.code(), ident: if echo { p.ident() } else { 0 } }
     }
+    #[inline]
     pub fn is_echo(&self) -> bool {
         matches!(self.msg_type, ECHO_REQUEST | ECHO_REPLY)
     }

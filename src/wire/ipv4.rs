@@ -75,46 +75,59 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     fn b(&self) -> &[u8] {
         self.buffer.as_ref()
     }
+    #[inline]
     pub fn header_len(&self) -> usize {
         (self.b()[0] & 0x0f) as usize * 4
     }
+    #[inline]
     pub fn total_len(&self) -> usize {
         be16(self.b(), 2) as usize
     }
+    #[inline]
     pub fn ident(&self) -> u16 {
         be16(self.b(), 4)
     }
+    #[inline]
     pub fn dont_frag(&self) -> bool {
         self.b()[6] & 0x40 != 0
     }
+    #[inline]
     pub fn more_frags(&self) -> bool {
         self.b()[6] & 0x20 != 0
     }
     /// Fragment offset in bytes.
+    #[inline]
     pub fn frag_offset(&self) -> usize {
         ((be16(self.b(), 6) & 0x1fff) as usize) * 8
     }
+    #[inline]
     pub fn is_fragment(&self) -> bool {
         self.more_frags() || self.frag_offset() != 0
     }
+    #[inline]
     pub fn ttl(&self) -> u8 {
         self.b()[field::TTL]
     }
+    #[inline]
     pub fn protocol(&self) -> u8 {
         self.b()[field::PROTOCOL]
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.b(), 10)
     }
+    #[inline]
     pub fn src(&self) -> Ipv4Addr {
         let b = self.b();
         Ipv4Addr::new(b[12], b[13], b[14], b[15])
     }
+    #[inline]
     pub fn dst(&self) -> Ipv4Addr {
         let b = self.b();
         Ipv4Addr::new(b[16], b[17], b[18], b[19])
     }
     /// The header checksum verifies.
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
         header_checksum_ok(&self.b()[..self.header_len()])
     }
@@ -251,6 +264,7 @@ impl Ipv4Repr {
             frag_offset: p.frag_offset() as u16,
         }
     }
+    #[inline]
     pub fn is_fragment(&self) -> bool {
         self.more_frags || self.frag_offset != 0
     }

@@ -53,28 +53,36 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     fn b(&self) -> &[u8] {
         self.buffer.as_ref()
     }
+    #[inline]
     pub fn src_port(&self) -> u16 {
         be16(self.b(), field::SRC_PORT.start)
     }
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.b(), field::DST_PORT.start)
     }
+    #[inline]
     pub fn seq(&self) -> u32 {
         be32(self.b(), field::SEQ.start)
     }
+    #[inline]
     pub fn ack(&self) -> u32 {
         be32(self.b(), field::ACK.start)
     }
     /// Header length in bytes as the segment states it (not checked against the buffer).
+    #[inline]
     pub fn header_len(&self) -> usize {
         (self.b()[field::DATA_OFF] >> 4) as usize * 4
     }
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.b()[field::FLAGS]
     }
+    #[inline]
     pub fn window(&self) -> u16 {
         be16(self.b(), field::WINDOW.start)
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.b(), field::CHECKSUM.start)
     }

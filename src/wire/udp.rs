@@ -32,16 +32,20 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     fn b(&self) -> &[u8] {
         self.buffer.as_ref()
     }
+    #[inline]
     pub fn src_port(&self) -> u16 {
         be16(self.b(), field::SRC_PORT.start)
     }
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.b(), field::DST_PORT.start)
     }
     /// The length field (header and payload), as the sender wrote it.
+    #[inline]
     pub fn length(&self) -> u16 {
         be16(self.b(), field::LENGTH.start)
     }
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.b(), field::CHECKSUM.start)
     }
