@@ -16,6 +16,8 @@ pub struct Latency {
     pub burst: Histogram<u64>,
     /// "io_uring" or "write": how bursts reach taps.
     pub tap_io: &'static str,
+    /// Bursts written so far (one in SAMPLE_EVERY is timed).
+    pub bursts: u32,
 }
 
 fn hist() -> Histogram<u64> {
@@ -27,7 +29,7 @@ impl Default for Latency {
     fn default() -> Self {
         // Up to 512 frames a burst, exactly.
         let burst = Histogram::new_with_bounds(1, 1024, 3).expect("valid constant histogram bounds");
-        Latency { frame: hist(), write: hist(), burst, tap_io: "write" }
+        Latency { frame: hist(), write: hist(), burst, tap_io: "write", bursts: 0 }
     }
 }
 
