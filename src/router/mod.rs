@@ -408,7 +408,7 @@ impl Router {
 
     /// The next hop's MAC (sending ARP requests and releasing or failing queued frames as the
     /// neighbour table says).
-    #[inline]
+    #[inline(always)]
     fn resolve(&mut self, now: Instant, iface: Iface, ip: Ipv4Addr) -> Resolve {
         // A tunnel has no link layer: its packets are sealed, then resolved as datagrams.
         if let Iface::Tunnel(_) = iface {
@@ -469,7 +469,7 @@ impl Router {
         self.cfg.nets.iter().any(|n| n.gateway == Some(ip))
     }
 
-    #[inline]
+    #[inline(always)]
     fn mtu(&self, i: Iface) -> usize {
         match i {
             Iface::Net(n) => self.cfg.nets.get(n.0 as usize).map_or(1500, |n| n.mtu as usize),
@@ -828,7 +828,7 @@ impl Router {
     }
 
     /// For a frame about to wait for ARP: who sent it and what it looked like on arrival.
-    #[inline]
+    #[inline(always)]
     fn origin_if_pending(&self, r: &Resolve, from: Iface, eth_src: MacAddr, buf: &PacketBuf, tl: usize) -> Option<Origin> {
         matches!(r, Resolve::Pending).then(|| Origin { iface: from, mac: eth_src, quote: buf.frame()[14..14 + tl.min(ICMP_QUOTE)].to_vec() })
     }
@@ -836,7 +836,7 @@ impl Router {
     /// Frag-needed for DF packets (and GSO super-frames, whose segments would be too big)
     /// larger than the egress MTU. `None`: it fits (or will be fragmented on the way out).
     #[allow(clippy::too_many_arguments)]
-    #[inline]
+    #[inline(always)]
     fn check_mtu(&mut self, now: Instant, from: Iface, eth_src: MacAddr, buf: &PacketBuf, tl: usize, df: bool, mtu: usize) -> Option<Verdict> {
         let v = &buf.vnet;
         let wire = if v.gso != Gso::None { (v.hdr_len as usize).saturating_sub(14) + v.gso_size as usize } else { tl };
