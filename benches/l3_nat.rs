@@ -1,7 +1,8 @@
 //! Per-frame cost of the L3 path (criterion, ns per frame): source NAT of an established flow
 //! (one conntrack lookup and an incremental rewrite; one flow, and 1000 flows in turn), the
 //! first packet of a new flow (rule
-//! stages, port allocation, conntrack insert), the routed path between two networks, and an
+//! stages, port allocation, conntrack insert), the routed path between two networks (with 2
+//! networks on the router and with 2002), and an
 //! established and a new flow through a port forward with 10 and with 10,000 forwards and
 //! firewall rules on the same address (the cost must not grow with the rules).
 //! Also prints the conntrack table's memory per flow, measured by filling it with a million
@@ -34,13 +35,14 @@ const H: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
 const GW: [u8; 6] = [0x52, 0x54, 0, 0, 9, 1];
 
 fn dp(max_flows: usize) -> Datapath {
-    dp_rules(max_flows, 0)
+    dp_rules(max_flows, 0, 0)
 }
 
 /// The datapath with `rules` port forwards (203.0.113.10 tcp 10000.. -> 10.1.1.11:80) and as
 /// many firewall rules on that address (one source and port each), plus the measured forward
 /// tcp 8080 -> 10.1.1.11:80 open to all.
-fn dp_rules(max_flows: usize, rules: usize) -> Datapath {
+/// `extra_nets`: that many more networks (10.100.0.0/24 on, no ports), after the two measured.
+fn dp_rules(max_flows: usize, rules: usize, extra_nets: usize) -> Datapath {
     use vrouter::config::schema::Proto;
     use vrouter::filter::Rule;
     use vrouter::router::Forward;
@@ -63,7 +65,10 @@ fn dp_rules(max_flows: usize, rules: usize) -> Datapath {
     };
     Datapath::new(DatapathConfig {
         router_mac: MacAddr(R),
-        nets: vec![NetSpec { name: "web".into(), vlan: None }, NetSpec { name: "db".into(), vlan: None }],
+        nets: [NetSpec { name: "web".into(), vlan: None }, NetSpec { name: "db".into(), vlan: None }]
+            .into_iter()
+            .chain((0..extra_nets).map(|i| NetSpec { name: format!("x{i}"), vlan: None }))
+            .collect(),
         ports: vec![
             acc("g", NetId(0)),
             acc("h", NetId(1)),
@@ -75,7 +80,10 @@ fn dp_rules(max_flows: usize, rules: usize) -> Datapath {
         vxlan_mtu: 1450,
         pins: Vec::new(),
         l3: L3Config {
-            nets: vec![net("10.1.1.0/24", [10, 1, 1, 1]), net("10.1.2.0/24", [10, 1, 2, 1])],
+            nets: [net("10.1.1.0/24", [10, 1, 1, 1]), net("10.1.2.0/24", [10, 1, 2, 1])]
+                .into_iter()
+                .chain((0..extra_nets).map(|i| net(&format!("10.{}.{}.0/24", 100 + i / 256, i % 256), [10, (100 + i / 256) as u8, (i % 256) as u8, 1])))
+                .collect(),
             public: Some(PublicL3 {
                 ips: vec!["203.0.113.10/24".parse().unwrap()],
                 gateway: [203, 0, 113, 1].into(),
@@ -151,6 +159,24 @@ fn bench(c: &mut Criterion) {
             d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)
         })
     });
+    // The same with 2000 more networks on the router: what the router asks of the networks
+    // per packet (is the destination a network's broadcast address, which network holds an
+    // address) must not grow with them.
+    {
+        let mut d = dp_rules(1 << 16, 0, 2000);
+        for (port, f) in [(2u16, arp(GW, [203, 0, 113, 1], [203, 0, 113, 10])), (0, arp(G, [10, 1, 1, 11], [10, 1, 1, 1])), (1, arp(H, [10, 1, 2, 11], [10, 1, 2, 1]))] {
+            d.process(now, PortId(port), &mut PacketBuf::from_frame(&f, VnetHdr::default()), &mut tx);
+        }
+        d.process(now, PortId(0), &mut PacketBuf::from_frame(&routed, VnetHdr::default()), &mut tx);
+        let forwarded = tx.0;
+        g.bench_function("routed_established_64B_2000_nets", |bn| {
+            bn.iter(|| {
+                b.load(&routed, VnetHdr::default());
+                d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)
+            })
+        });
+        assert!(tx.0 > forwarded, "the routed frames were not forwarded");
+    }
     // New flows: a fresh source port and address each time (the table holds up to 1M; past
     // that, each new flow also evicts an unanswered one).
     let mut n: u32 = 0;
@@ -174,7 +200,7 @@ fn bench(c: &mut Criterion) {
     // An established flow through a port forward, and new ones, with 10 and with 10,000
     // forwards and firewall rules on the same address: per-packet cost must not grow with them.
     for rules in [10usize, 10_000] {
-        let mut d = dp_rules(1 << 16, rules);
+        let mut d = dp_rules(1 << 16, rules, 0);
         for (port, f) in [(2u16, arp(GW, [203, 0, 113, 1], [203, 0, 113, 10])), (0, arp(G, [10, 1, 1, 11], [10, 1, 1, 1]))] {
             d.process(now, PortId(port), &mut PacketBuf::from_frame(&f, VnetHdr::default()), &mut tx);
         }

@@ -18,6 +18,7 @@
 //! forwarded (a drop leaves the buffer as it came).
 
 mod balance;
+mod nets;
 mod tunnel;
 pub mod reload;
 pub mod meta;
@@ -237,6 +238,8 @@ enum FlowKind {
 pub struct Router {
     mac: MacAddr,
     cfg: L3Config,
+    /// Which of `cfg.nets` holds an address (rebuilt with `cfg`).
+    net_index: nets::NetIndex,
     static_by_public: HashMap<Ipv4Addr, Ipv4Addr>,
     static_by_private: HashMap<Ipv4Addr, Ipv4Addr>,
     forwards_by_ip: HashMap<(Ipv4Addr, u8), Forwards>,
@@ -347,6 +350,7 @@ impl Router {
             lb,
             hc,
             mac,
+            net_index: nets::NetIndex::new(&cfg.nets),
             static_by_public: cfg.static_nat.iter().copied().collect(),
             static_by_private: cfg.static_nat.iter().map(|&(p, q)| (q, p)).collect(),
             forwards_by_ip,
@@ -461,8 +465,9 @@ impl Router {
         self.cfg.nets.get(n.0 as usize)?.gateway
     }
 
+    #[inline]
     fn net_of(&self, ip: Ipv4Addr) -> Option<NetId> {
-        self.cfg.nets.iter().position(|n| n.cidr.contains(ip)).map(|i| NetId(i as u16))
+        self.net_index.find(&self.cfg.nets, ip)
     }
 
     fn is_gateway(&self, ip: Ipv4Addr) -> bool {
@@ -674,7 +679,7 @@ impl Router {
                 }
             }
         }
-        if dst.is_broadcast() || dst.is_multicast() || self.cfg.nets.iter().any(|n| n.cidr.broadcast() == dst) {
+        if dst.is_broadcast() || dst.is_multicast() || self.net_index.is_broadcast(&self.cfg.nets, dst) {
             return Verdict::Drop(DropReason::NoRoute);
         }
         let eth_src = MacAddr::from_bytes(&buf.frame()[6..]).unwrap_or_default();

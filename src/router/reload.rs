@@ -105,6 +105,7 @@ impl Router {
             (Some(v), Some(spec)) => v.reconfigure(spec),
             (_, spec) => self.vpn = spec.map(crate::vpn::Vpn::new),
         }
+        self.net_index = super::nets::NetIndex::new(&cfg.nets);
         self.cfg = cfg;
         let targets = self.lb.check_targets();
         let seed = self.rng.u64();

@@ -171,8 +171,8 @@ impl Router {
 
     /// Who DHCP currently leases `ip` to: its network and the client's MAC.
     pub fn lease_holder(&self, ip: Ipv4Addr) -> Option<(NetId, MacAddr)> {
-        let n = self.cfg.nets.iter().position(|c| c.cidr.contains(ip))?;
-        Some((NetId(n as u16), self.svc.dhcp.as_ref()?.holder_of(n, ip)?))
+        let n = self.net_of(ip)?;
+        Some((n, self.svc.dhcp.as_ref()?.holder_of(n.0 as usize, ip)?))
     }
 
     /// Runs `f` on the DHCP server and carries out what it asks for.
