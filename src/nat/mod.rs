@@ -50,7 +50,8 @@ fn rewrite_inner(ip: &mut [u8], partial: bool, from: &Key, to: &Key, ttl_step: b
     let Ok(mut p) = Ipv4Packet::new_checked(&mut *ip) else { return };
     let has_l4 = p.frag_offset() == 0;
     p.rewrite_forwarded((from.src != to.src).then_some(to.src), (from.dst != to.dst).then_some(to.dst), ttl_step);
-    if !has_l4 {
+    // A routed packet keeps its tuple: its L4 header and checksum stay as they are.
+    if !has_l4 || from == to {
         return;
     }
     let l4 = p.payload_mut();

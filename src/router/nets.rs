@@ -43,10 +43,7 @@ impl NetIndex {
         if !self.disjoint {
             return nets.iter().position(|n| n.cidr.contains(ip)).map(|i| NetId(i as u16));
         }
-        let a = u32::from(ip);
-        let i = self.sorted.partition_point(|e| e.0 <= a);
-        let &(_, last, id) = self.sorted.get(i.checked_sub(1)?)?;
-        (a <= last).then_some(NetId(id))
+        self.entry(u32::from(ip)).map(|e| NetId(e.2))
     }
 
     /// Whether `ip` is some network's broadcast address, as
@@ -57,7 +54,18 @@ impl NetIndex {
         if !self.disjoint {
             return nets.iter().any(|n| n.cidr.broadcast() == ip);
         }
-        self.find(nets, ip).and_then(|n| nets.get(n.0 as usize)).is_some_and(|n| n.cidr.broadcast() == ip)
+        // A prefix's broadcast address is its last one, which the entry holds: the network
+        // itself is not read (a chain of dependent loads on every routed packet).
+        let a = u32::from(ip);
+        self.entry(a).is_some_and(|&(_, last, _)| last == a)
+    }
+
+    /// The entry whose range holds `a` (disjoint ranges only).
+    #[inline]
+    fn entry(&self, a: u32) -> Option<&(u32, u32, u16)> {
+        let i = self.sorted.partition_point(|e| e.0 <= a);
+        let e = self.sorted.get(i.checked_sub(1)?)?;
+        (a <= e.1).then_some(e)
     }
 }
 
@@ -84,6 +92,7 @@ mod tests {
         for p in probes {
             let ip: Ipv4Addr = p.parse().unwrap();
             assert_eq!(idx.find(&nets, ip), scan(&nets, ip), "{p}");
+            assert_eq!(idx.is_broadcast(&nets, ip), nets.iter().any(|n| n.cidr.broadcast() == ip), "{p}");
         }
         assert_eq!(idx.find(&nets, "255.255.255.255".parse().unwrap()), Some(NetId(1)));
         assert_eq!(idx.find(&nets, "10.1.2.7".parse().unwrap()), Some(NetId(0)));
