@@ -163,6 +163,10 @@ pub fn check(c: &Config, r: &mut Report) {
     if c.router.busy_poll_us > 100_000 {
         r.err(kp!("router", "busy_poll_us"), "must be at most 100000 (0.1 s)");
     }
+    // A tap holds 1000 frames (its txqueuelen): at a million frames/s that is 1 ms.
+    if c.router.coalesce_us > 1000 {
+        r.err(kp!("router", "coalesce_us"), "must be at most 1000 (1 ms; a tap's queue holds about that much of a flood)");
+    }
     // Every answer of the metadata service must fit its connection's send buffer.
     if c.router.user_data_max > 60 * 1024 {
         r.err(kp!("router", "user_data_max"), "at most 61440 bytes (one answer must fit the service's send buffer)");

@@ -18,6 +18,10 @@ pub struct Latency {
     pub tap_io: &'static str,
     /// Bursts written so far (one in SAMPLE_EVERY is timed).
     pub bursts: u32,
+    /// Receive coalescing (see io::coalesce): pauses taken, and 1 ms windows of continuous
+    /// input.
+    pub rx_pauses: u64,
+    pub rx_busy_windows: u64,
 }
 
 fn hist() -> Histogram<u64> {
@@ -29,7 +33,7 @@ impl Default for Latency {
     fn default() -> Self {
         // Up to 512 frames a burst, exactly.
         let burst = Histogram::new_with_bounds(1, 1024, 3).expect("valid constant histogram bounds");
-        Latency { frame: hist(), write: hist(), burst, tap_io: "write", bursts: 0 }
+        Latency { frame: hist(), write: hist(), burst, tap_io: "write", bursts: 0, rx_pauses: 0, rx_busy_windows: 0 }
     }
 }
 
@@ -42,7 +46,8 @@ impl Latency {
     pub fn json(&self) -> Value {
         let b = &self.burst;
         let burst = json!({"count": b.len(), "frames": (b.len() as f64 * b.mean()).round() as u64, "p50": b.value_at_quantile(0.5), "p99": b.value_at_quantile(0.99), "max": b.max()});
-        json!({"frame": summary(&self.frame), "write": summary(&self.write), "tx_burst": burst, "tap_io": self.tap_io})
+        let rx = json!({"pauses": self.rx_pauses, "busy_windows": self.rx_busy_windows});
+        json!({"frame": summary(&self.frame), "write": summary(&self.write), "tx_burst": burst, "tap_io": self.tap_io, "rx_coalesce": rx})
     }
 }
 
@@ -58,5 +63,6 @@ mod tests {
         assert_eq!(j["frame"]["count"], 4);
         assert!(j["frame"]["max_ns"].as_u64().unwrap() >= 10_000);
         assert_eq!(j["write"]["count"], 0);
+        assert_eq!(j["rx_coalesce"]["pauses"], 0);
     }
 }

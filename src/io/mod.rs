@@ -8,6 +8,7 @@ pub mod latency;
 mod observe;
 pub mod reload;
 pub mod bgp;
+mod coalesce;
 pub mod store;
 pub mod txq;
 
@@ -618,6 +619,9 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
     let mut wall = std::time::Instant::now();
     let at = |w: std::time::Instant| Instant::from_millis(w.duration_since(origin).as_millis() as u64);
     let mut next_beat = wall;
+    // Frames taken in the last turn, and whether input has been continuous (io::coalesce).
+    let mut taken: u32 = 0;
+    let mut coalesce = coalesce::Coalesce::new(Duration::from_micros(c.router.coalesce_us), wall);
     while !shutdown {
         let now = at(wall);
         if wall >= next_beat {
@@ -639,6 +643,12 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                     *g = Arc::new(t);
                 }
             }
+        }
+        // Continuous input, every port drained: let the next frames gather, then take them as
+        // one burst.
+        if let Some(p) = coalesce.pause(taken).filter(|_| !vx_ready && !ready.iter().any(|r| *r)) {
+            lat.rx_pauses += 1;
+            std::thread::sleep(p);
         }
         let spinning = busy_poll > Duration::ZERO && wall.duration_since(last_frame) < busy_poll;
         let timeout = if spinning || ready.iter().any(|r| *r) {
@@ -677,6 +687,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
         let now = at(wall);
         let mut buf = pool.get();
         let mut got = false;
+        taken = 0;
         // A round ends after ROUND_TIME even with ports still ready (they keep their turn for
         // the next one, which starts where this one stopped): signals, timers and control
         // requests are seen within a bounded time however much traffic (or flooding to many
@@ -717,6 +728,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                             lat.frame.saturating_record_n(t.elapsed().as_nanos() as u64, SAMPLE_EVERY as u64);
                         }
                         got = true;
+                        taken = taken.saturating_add(1);
                         slots[i].last_err = None;
                     }
                     Ok(Rx::Dropped(r)) => dp.count_drop(port, r),
@@ -796,6 +808,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                         let mut tx = IoTx { slots: &slots, lat: &mut lat, sample: true, vx: vx.as_ref(), hub: &hub, q: &mut txq, batch: true };
                         dp.vxlan_messages(now, msgs.map(|(r, b)| (*r.from.ip(), b, r.seg.unwrap_or(r.len))), &mut buf, &mut tx);
                         let d = d.max(1) as u64;
+                        taken = taken.saturating_add(d as u32);
                         lat.frame.saturating_record_n(t.elapsed().as_nanos() as u64 / d, d);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -810,6 +823,8 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
         if got {
             last_frame = wall;
         }
+        coalesce.turn(wall, taken);
+        lat.rx_busy_windows = coalesce.windows_active;
         {
             let mut tx = IoTx { slots: &slots, lat: &mut lat, sample: true, vx: vx.as_ref(), hub: &hub, q: &mut txq, batch: false };
             for (sock, ready) in dns_socks.iter().zip(dns_ready.iter_mut()).filter(|(_, r)| **r) {
@@ -922,6 +937,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                         cfg_state.full_percent = config.router.health_full_percent;
                         ready.resize(slots.len(), false);
                         busy_poll = Duration::from_micros(config.router.busy_poll_us);
+                        coalesce.set_pause(Duration::from_micros(config.router.coalesce_us));
                         if config.router.io_uring != txq.uring() {
                             flush_tx(&slots, &mut txq, &mut lat, &mut dp);
                             txq = tx_queue(config.router.io_uring, &mut lat);
