@@ -1,6 +1,7 @@
 //! Per-frame cost of the L2 pipeline (criterion, ns per frame): known unicast between two guest
 //! ports, a broadcast flood, a trunk ingress (tag pop), and software segmentation of a 64 KiB
-//! TCP super-frame for a port without offloads.
+//! TCP super-frame for a port without offloads; a 64-byte frame in from and out to a VXLAN
+//! peer carrying 4000 networks.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vrouter::buf::PacketBuf;
@@ -85,7 +86,76 @@ fn bench(c: &mut Criterion) {
     let mut b = PacketBuf::from_frame(&sf, v);
     g.throughput(Throughput::Bytes(65_000));
     g.bench_function("sw_segment_64k_superframe", |bn| bn.iter(|| d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)));
+    g.throughput(Throughput::Elements(1));
+    vxlan(&mut g);
     g.finish();
+}
+
+/// A VXLAN peer carrying 4000 networks: a 64-byte frame in from it (the VNI's network, then a
+/// guest port) and one out to it (the network's VNI). The guest is on the last network, the
+/// far end of a scan of the peer's VNIs: the cost must not grow with them.
+fn vxlan(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    struct Udp(u64);
+    impl Transmit for Udp {
+        fn transmit(&mut self, _: PortId, _: Option<&VnetHdr>, f: &[u8]) -> Result<(), DropReason> {
+            self.0 += f.len() as u64;
+            Ok(())
+        }
+        fn transmit_udp(&mut self, _: PortId, _: u16, p: &[u8], _: Option<usize>) -> Result<(), vrouter::datapath::Partial> {
+            self.0 += p.len() as u64;
+            Ok(())
+        }
+    }
+    const NETS: u16 = 4000;
+    let peer: std::net::Ipv4Addr = [192, 0, 2, 2].into();
+    let last = NetId(NETS - 1);
+    let mut d = Datapath::new(DatapathConfig {
+        router_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        nets: (0..NETS).map(|i| NetSpec { name: format!("n{i}"), vlan: None }).collect(),
+        ports: vec![
+            PortSpec { name: "g".into(), ifname: "g".into(), kind: "tap".into(), role: Role::Access { net: last, security: None }, offload: true.into(), mac_limit: Some(16) },
+            PortSpec {
+                name: "vx".into(),
+                ifname: peer.to_string(),
+                kind: "vxlan".into(),
+                role: Role::Vtep { remote: peer, vnis: vrouter::switch::VniMap::new((0..NETS).map(|i| (5000 + i as u32, NetId(i)))), evpn: false, unicast_only: Vec::new() },
+                offload: vrouter::wire::vnet::Offloads::NONE,
+                mac_limit: None,
+            },
+        ],
+        mac_aging: std::time::Duration::from_secs(300),
+        mac_table_size: 1024,
+        security: Default::default(),
+        vxlan_mtu: 1450,
+        pins: Vec::new(),
+        l3: Default::default(),
+    });
+    let (guest, remote) = ([0x52, 0x54, 0, 0, 0, 1], [0x52, 0x54, 0, 0, 7, 7]);
+    let now = Instant::from_secs(1);
+    let mut tx = Udp(0);
+    let mut encap = vec![0x08, 0, 0, 0];
+    encap.extend_from_slice(&(5000 + u32::from(last.0)).to_be_bytes()[1..]);
+    encap.push(0);
+    encap.extend_from_slice(&frame(guest, remote, 64));
+    d.process(now, PortId(0), &mut PacketBuf::from_frame(&frame([0xff; 6], guest, 64), VnetHdr::default()), &mut tx);
+    let sent = tx.0;
+    let mut b = PacketBuf::new();
+    g.bench_function("vxlan_decap_64B_4000_vnis", |bn| {
+        bn.iter(|| {
+            b.load(&encap, VnetHdr::default());
+            d.vxlan_in(std::hint::black_box(now), peer, &mut b, &mut tx)
+        })
+    });
+    assert!(tx.0 > sent, "decapsulated frames were not forwarded");
+    let sent = tx.0;
+    let out = frame(remote, guest, 64);
+    g.bench_function("vxlan_encap_64B_4000_vnis", |bn| {
+        bn.iter(|| {
+            b.load(&out, VnetHdr::default());
+            d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)
+        })
+    });
+    assert!(tx.0 > sent, "frames to the peer were not encapsulated");
 }
 
 criterion_group!(benches, bench);

@@ -243,11 +243,14 @@ pub fn datapath_config(c: &Config, ids: &Numbering) -> DatapathConfig {
     // One port per VXLAN peer, carrying its VNIs (all networks with a vni if unsaid).
     if let Some(vx) = &c.vxlan {
         for peer in &vx.peer {
+            // Sets: an EVPN peer may carry thousands of VNIs, and a reload builds every peer.
+            let wanted: Option<std::collections::HashSet<u32>> = peer.vnis.as_ref().map(|v| v.iter().copied().collect());
+            let quiet: std::collections::HashSet<u32> = peer.unicast_only.iter().copied().collect();
             let vnis: Vec<(u32, NetId)> = c
                 .networks
                 .iter()
                 .filter_map(|n| Some((n.vni?, net_id(&n.name)?)))
-                .filter(|(vni, _)| peer.vnis.as_ref().is_none_or(|v| v.contains(vni)))
+                .filter(|(vni, _)| wanted.as_ref().is_none_or(|v| v.contains(vni)))
                 .collect();
             put(
                 &vtep_name(peer.remote),
@@ -257,8 +260,8 @@ pub fn datapath_config(c: &Config, ids: &Numbering) -> DatapathConfig {
                     kind: "vxlan".into(),
                     role: Role::Vtep {
                         remote: peer.remote,
-                        unicast_only: vnis.iter().filter(|(v, _)| peer.unicast_only.contains(v)).map(|(_, n)| *n).collect(),
-                        vnis,
+                        unicast_only: vnis.iter().filter(|(v, _)| quiet.contains(v)).map(|(_, n)| *n).collect(),
+                        vnis: crate::switch::VniMap::new(vnis),
                         evpn: peer.evpn,
                     },
                     offload: crate::wire::vnet::Offloads::NONE,
@@ -429,7 +432,7 @@ pub fn with_learned(mut c: Config, learned: &std::collections::BTreeMap<std::net
     if c.bgp.is_none() {
         return c;
     }
-    let vnis: Vec<u32> = c.networks.iter().filter_map(|n| n.vni).collect();
+    let vnis: std::collections::HashSet<u32> = c.networks.iter().filter_map(|n| n.vni).collect();
     if let Some(vx) = c.vxlan.as_mut() {
         for (ip, v) in learned {
             if *ip == vx.local || vx.peer.iter().any(|p| p.remote == *ip) {

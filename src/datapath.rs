@@ -359,7 +359,10 @@ fn add_members(nets: &mut [Net], ports: &[PortSpec]) {
             Role::Access { net, .. } => add(*net),
             Role::Trunk { vlans, native } => vlans.iter().flatten().chain(native).for_each(|n| add(*n)),
             // Flooding goes to exactly the VTEPs that asked for it.
-            Role::Vtep { vnis, unicast_only, .. } => vnis.iter().filter(|(_, n)| !unicast_only.contains(n)).for_each(|(_, n)| add(*n)),
+            Role::Vtep { vnis, unicast_only, .. } => {
+                let quiet: std::collections::HashSet<NetId> = unicast_only.iter().copied().collect();
+                vnis.iter().filter(|(_, n)| !quiet.contains(n)).for_each(|(_, n)| add(n))
+            }
             Role::Public | Role::Vacant => {}
         }
     }
@@ -829,7 +832,7 @@ impl Datapath {
     fn vxlan_ingress(&mut self, now: Instant, port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit, udp_gso: Option<usize>) -> Result<(), DropReason> {
         let vni = crate::wire::vxlan::VxlanPacket::new_checked(buf.frame()).map_err(|_| DropReason::BadVxlan)?.vni();
         let Role::Vtep { vnis, .. } = &self.ports[port.0 as usize].role else { return Err(DropReason::UnknownVni) };
-        let net = vnis.iter().find(|(v, _)| *v == vni).map(|(_, n)| *n).ok_or(DropReason::UnknownVni)?;
+        let net = vnis.net(vni).ok_or(DropReason::UnknownVni)?;
         buf.pull(crate::wire::vxlan::HEADER_LEN);
         // The inner frame's headers, read once: the checksum state and a leaked super-frame's
         // metadata come from them (a leaked super-frame's rewrite touches only its L4
@@ -1098,7 +1101,7 @@ impl Datapath {
             }
         }
         if let Role::Vtep { vnis, .. } = &self.ports[pi].role {
-            let vni = net.and_then(|n| vnis.iter().find(|(_, m)| *m == n)).map(|(v, _)| *v);
+            let vni = net.and_then(|n| vnis.vni(n));
             let (errors_before, sent_before) = (self.stats[pi].dropped(DropReason::PortDown), self.stats[pi].tx_frames);
             let r = match vni {
                 Some(vni) => self.output_vxlan(port, vni, buf, tx, ctx),
@@ -1194,7 +1197,7 @@ impl Datapath {
             Role::Public | Role::Vacant => RoleRow::Public { network: None },
             Role::Vtep { remote, vnis, .. } => RoleRow::Vxlan {
                 remote: remote.to_string(),
-                networks: vnis.iter().map(|(vni, n)| VxlanNet { network: self.nets[n.0 as usize].spec.name.clone(), vni: *vni }).collect(),
+                networks: vnis.iter().map(|(vni, n)| VxlanNet { network: self.nets[n.0 as usize].spec.name.clone(), vni }).collect(),
             },
         }
     }

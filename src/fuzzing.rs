@@ -56,7 +56,7 @@ fn fuzz_config(v: u8) -> (DatapathConfig, crate::build::ServiceSpec) {
                 name: "vxlan".into(),
                 ifname: "192.0.2.11".into(),
                 kind: "vxlan".into(),
-                role: Role::Vtep { remote: FUZZ_VTEP.into(), vnis: vec![(5001, NetId(0))], evpn: false, unicast_only: Vec::new() },
+                role: Role::Vtep { remote: FUZZ_VTEP.into(), vnis: crate::switch::VniMap::new([(5001, NetId(0))]), evpn: false, unicast_only: Vec::new() },
                 offload: false.into(),
                 mac_limit: None,
             },

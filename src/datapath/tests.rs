@@ -429,7 +429,7 @@ fn dp_vxlan_with(evpn: bool, unicast_only: Vec<NetId>) -> Datapath {
         name: "vx".into(),
         ifname: "vx".into(),
         kind: "vxlan".into(),
-        role: Role::Vtep { remote: PEER, vnis: vec![(5001, A)], evpn, unicast_only },
+        role: Role::Vtep { remote: PEER, vnis: crate::switch::VniMap::new([(5001, A)]), evpn, unicast_only },
         offload: false.into(),
         mac_limit: None,
     };

@@ -72,10 +72,61 @@ pub enum Role {
     /// frames (as a kernel VTEP with `nolearning` under FRR).
     /// `unicast_only`: networks it carries but wants no flooded traffic of (EVPN: no type-3
     /// route for them).
-    Vtep { remote: std::net::Ipv4Addr, vnis: Vec<(u32, NetId)>, evpn: bool, unicast_only: Vec<NetId> },
+    Vtep { remote: std::net::Ipv4Addr, vnis: VniMap, evpn: bool, unicast_only: Vec<NetId> },
     /// A slot whose port was removed by a reload (and not yet taken by a new one): in no
     /// network, nothing arrives on it or leaves through it.
     Vacant,
+}
+
+/// A VXLAN peer's VNIs and the networks they carry, looked up either way by binary search:
+/// every frame from a peer asks for its VNI's network and every frame to it for its network's
+/// VNI, and an EVPN peer may carry thousands (a scan cost microseconds a frame).
+///
+/// Invariant: one table sorted by VNI, one by network, each key once; of pairs given for one
+/// key the first wins, as the scan it replaces answered. (Config validation gives each
+/// network one VNI, so both tables hold the same pairs.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VniMap {
+    by_vni: Vec<(u32, NetId)>,
+    by_net: Vec<(NetId, u32)>,
+}
+
+impl VniMap {
+    pub fn new(pairs: impl IntoIterator<Item = (u32, NetId)>) -> VniMap {
+        let mut by_vni: Vec<(u32, NetId)> = pairs.into_iter().collect();
+        let mut by_net: Vec<(NetId, u32)> = by_vni.iter().map(|&(v, n)| (n, v)).collect();
+        // Stable sorts: of pairs with one key, the first given stays first and is kept.
+        by_vni.sort_by_key(|p| p.0);
+        by_vni.dedup_by_key(|p| p.0);
+        by_net.sort_by_key(|p| p.0);
+        by_net.dedup_by_key(|p| p.0);
+        VniMap { by_vni, by_net }
+    }
+
+    /// The network VNI `vni` carries.
+    #[inline]
+    pub fn net(&self, vni: u32) -> Option<NetId> {
+        self.by_vni.binary_search_by_key(&vni, |p| p.0).ok().map(|i| self.by_vni[i].1)
+    }
+
+    /// The VNI network `n` travels in.
+    #[inline]
+    pub fn vni(&self, n: NetId) -> Option<u32> {
+        self.by_net.binary_search_by_key(&n, |p| p.0).ok().map(|i| self.by_net[i].1)
+    }
+
+    /// The pairs, by VNI.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, NetId)> + '_ {
+        self.by_vni.iter().copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_vni.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_vni.is_empty()
+    }
 }
 
 impl Role {
@@ -89,7 +140,7 @@ impl Role {
         match self {
             Role::Access { net, .. } => *net == n,
             Role::Trunk { vlans, native } => *native == Some(n) || vlans.contains(&Some(n)),
-            Role::Vtep { vnis, .. } => vnis.iter().any(|(_, m)| *m == n),
+            Role::Vtep { vnis, .. } => vnis.vni(n).is_some(),
             Role::Public | Role::Vacant => false,
         }
     }
@@ -267,6 +318,33 @@ mod tests {
         f.extend_from_slice(&et.to_be_bytes());
         f.extend_from_slice(rest);
         f
+    }
+
+    #[test]
+    fn vni_map_answers_as_the_scan_of_its_pairs_does() {
+        // Out of order, a VNI given twice and a network given twice: the first pair wins,
+        // as `find` over the list said.
+        let pairs = [(7000, NetId(3)), (5001, NetId(0)), (6000, NetId(9)), (5001, NetId(4)), (8000, NetId(9)), (16_777_215, NetId(1))];
+        let m = VniMap::new(pairs);
+        for vni in [0, 5000, 5001, 6000, 7000, 8000, 9999, 16_777_215] {
+            assert_eq!(m.net(vni), pairs.iter().find(|p| p.0 == vni).map(|p| p.1), "{vni}");
+        }
+        for n in 0..12 {
+            assert_eq!(m.vni(NetId(n)), pairs.iter().find(|p| p.1 == NetId(n)).map(|p| p.0), "{n}");
+            assert_eq!(Role::Vtep { remote: Ipv4Addr::LOCALHOST, vnis: m.clone(), evpn: false, unicast_only: Vec::new() }.carries(NetId(n)), pairs.iter().any(|p| p.1 == NetId(n)));
+        }
+        assert_eq!(m.iter().map(|p| p.0).collect::<Vec<_>>(), [5001, 6000, 7000, 8000, 16_777_215]);
+        let one_to_one = [(7000, NetId(3)), (5001, NetId(0)), (6000, NetId(9))];
+        assert_eq!(VniMap::new(one_to_one), VniMap::new(one_to_one.iter().rev().copied()), "order does not matter");
+        // Thousands, against the scan.
+        let many: Vec<(u32, NetId)> = (0..4000u32).map(|i| (10_000 + i * 7 % 4000, NetId((i * 13 % 4000) as u16))).collect();
+        let m = VniMap::new(many.iter().copied());
+        assert_eq!(m.len(), 4000);
+        for k in 0..4100u32 {
+            assert_eq!(m.net(10_000 + k), many.iter().find(|p| p.0 == 10_000 + k).map(|p| p.1));
+            assert_eq!(m.vni(NetId(k as u16)), many.iter().find(|p| p.1 == NetId(k as u16)).map(|p| p.0));
+        }
+        assert!(VniMap::default().is_empty() && VniMap::default().net(1).is_none());
     }
 
     #[test]
