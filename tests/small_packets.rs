@@ -1,7 +1,8 @@
 //! Small frames written in bursts (io::txq): to a tap with io_uring and with one write per
 //! frame, and to a packet socket (a `netdev` port) with sendmmsg, a burst arrives whole and in
 //! order, the port's sent counter equals what the guest's kernel took, and writes that fail
-//! (the guest's NIC down) move from sent to dropped.
+//! (the guest's NIC down) move from sent to dropped. Under a flood the loop pauses to take
+//! frames in bursts (receive coalescing); pings never make it pause.
 
 mod common;
 use common::*;
@@ -136,4 +137,57 @@ fn write_per_frame_bursts_arrive_whole_in_order_and_failures_are_counted() {
 #[test]
 fn sendmmsg_bursts_to_a_netdev_port_arrive_whole_and_in_order() {
     bursts_arrive_whole_in_order_and_failures_are_counted("sm", Egress::Netdev);
+}
+
+/// 50 bursts of 2000 numbered datagrams to 10.7.1.12:9000, 10 ms apart.
+const BURSTS: &str = "import socket,struct,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor b in range(50):\n    for i in range(b*2000, b*2000+2000):\n        try: s.sendto(struct.pack('!Q', i), ('10.7.1.12', 9000))\n        except OSError: pass\n    time.sleep(0.01)\n";
+
+/// Receive coalescing (io::coalesce): pings never make the loop pause; a flood does, and its
+/// frames still arrive whole and in order; `coalesce_us = 0`, applied live, stops it.
+#[test]
+fn a_flood_is_taken_in_bursts_and_pings_never_wait() {
+    let mut lab = Lab::new("sc");
+    let (i1, i2) = (lab.name("a1"), lab.name("a2"));
+    lab.vrouter(&config(&lab, Egress::TapUring));
+    let (a1, a2) = (lab.guest("n1", &i1, "10.7.1.11/24"), lab.guest("n2", &i2, "10.7.1.12/24"));
+    let pauses = |lab: &Lab| {
+        let st = lab.show("stats");
+        (st["latency"]["rx_coalesce"]["pauses"].as_u64().unwrap(), st["latency"]["rx_coalesce"]["busy_windows"].as_u64().unwrap())
+    };
+    assert!(lab.ping(&a1, "10.7.1.12", 5));
+    let o = lab.exec(&a1, &["ping", "-q", "-c", "50", "-i", "0.01", "10.7.1.12"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(pauses(&lab), (0, 0), "pings made the loop pause");
+
+    let flood = |lab: &mut Lab, tag: &str| -> (u64, u64) {
+        let ready = lab.path(&format!("ready{tag}"));
+        let out = lab.path(&format!("recv{tag}.out"));
+        lab.spawn_in(&a2, &["python3", "-c", RECV, ready.to_str().unwrap()], &out);
+        wait_for("the receiver", Duration::from_secs(5), || ready.exists());
+        // Bursts of 2000 as fast as Python sends them, 10 ms apart: the end of every burst
+        // finds the loop draining continuous input, however fast this build of it is.
+        let o = lab.exec(&a1, &["python3", "-c", BURSTS]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        wait_for("the receiver's report", Duration::from_secs(30), || std::fs::read_to_string(&out).is_ok_and(|s| s.trim().contains(' ')));
+        let report = std::fs::read_to_string(&out).unwrap();
+        let mut w = report.split_whitespace().map(|x| x.parse().unwrap());
+        (w.next().unwrap(), w.next().unwrap())
+    };
+    let (got, late) = flood(&mut lab, "1");
+    assert_eq!(late, 0, "datagrams out of order");
+    let (p, busy) = pauses(&lab);
+    assert!(p > 0 && busy > 0, "a flood of {got} datagrams (of 100000) made no pause: {p} pauses, {busy} busy windows");
+    // Every frame the guest's kernel took was one vrouter counted as sent, pauses or not.
+    let st = lab.show("stats");
+    assert_eq!(port(&st, "a2")["tx_frames"].as_u64().unwrap(), sysfs(&lab, &a2, &i2, "rx_packets"));
+
+    // Off, live: no more pauses.
+    let cfg = lab.path("vrouter.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen("[router]\n", "[router]\ncoalesce_us = 0\n", 1);
+    std::fs::write(&cfg, text).unwrap();
+    ok(&[bin(), "ctl", "-s", lab.path("ctl.sock").to_str().unwrap(), "reload"]);
+    let (before, _) = pauses(&lab);
+    let (_, late) = flood(&mut lab, "2");
+    assert_eq!(late, 0);
+    assert_eq!(pauses(&lab).0, before, "coalesce_us = 0 still paused");
 }
