@@ -61,6 +61,8 @@ pub struct Telemetry {
     pub frame_latency: Histogram,
     /// One write (or writev) syscall to a port.
     pub write_latency: Histogram,
+    /// Receive coalescing's pauses so far (io::coalesce).
+    pub rx_pauses: u64,
     pub config: ConfigInfo,
     pub health: Vec<Check>,
 }
@@ -293,6 +295,7 @@ impl Telemetry {
         }
         o.histogram("vrouter_frame_processing", "Time from reading a frame to having written all its copies.", &self.frame_latency)?;
         o.histogram("vrouter_port_write", "Time of one write syscall to a port.", &self.write_latency)?;
+        o.counter("vrouter_rx_coalesce_pauses", "Pauses the loop took to let continuous input gather into bursts (receive coalescing).", None, one(self.rx_pauses))?;
         o.gauge("vrouter_config_info", "The running config's hash (the value is 1).", None, vec![(vec![("hash", self.config.hash.clone())], 1)])?;
         o.gauge("vrouter_config_load_time", "When the running config was loaded, unix time.", Some(Unit::Seconds), g1(self.config.loaded_unix as i64))?;
         o.counter("vrouter_config_reloads", "Configs applied while running.", None, one(self.config.reloads))?;

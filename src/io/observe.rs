@@ -115,6 +115,7 @@ pub(super) fn telemetry(dp: &mut Datapath, slots: &[Slot], now: Instant, cfg: &C
         bgp: None,
         frame_latency: telemetry::from_hdr(&lat.frame),
         write_latency: telemetry::from_hdr(&lat.write),
+        rx_pauses: lat.rx_pauses,
         config: ConfigInfo { hash: cfg.hash.clone(), loaded_unix: cfg.loaded_unix, reloads: cfg.reloads },
         health,
     }
