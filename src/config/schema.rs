@@ -129,10 +129,10 @@ pub struct Router {
     /// default 2000; 0 = always sleep in epoll). Trades idle-CPU for latency and throughput.
     #[serde(default = "defaults::busy_poll_us")]
     pub busy_poll_us: u64,
-    /// Receive coalescing: when input is continuous (64k frames/s or more with the ports
+    /// Receive coalescing: when UDP input is continuous (64k frames/s or more with the ports
     /// never found empty), pause this long (microseconds, default 50; 0 = never) after
     /// draining the ports, so frames are taken in bursts and the CPU is free meanwhile.
-    /// Request/response traffic and ping never pause.
+    /// Request/response traffic, TCP and ping never make it pause.
     #[serde(default = "defaults::coalesce_us")]
     pub coalesce_us: u64,
     /// Write bursts of small frames to taps through io_uring (default true; false, or a kernel

@@ -163,7 +163,7 @@ pub fn check(c: &Config, r: &mut Report) {
     if c.router.busy_poll_us > 100_000 {
         r.err(kp!("router", "busy_poll_us"), "must be at most 100000 (0.1 s)");
     }
-    // A tap holds 1000 frames (its txqueuelen): at a million frames/s that is 1 ms.
+    // A tap holds 500 frames (tun's queue): at 500k frames/s that is 1 ms.
     if c.router.coalesce_us > 1000 {
         r.err(kp!("router", "coalesce_us"), "must be at most 1000 (1 ms; a tap's queue holds about that much of a flood)");
     }

@@ -10,6 +10,15 @@
 //! and the CPU is free meanwhile. Input that is not continuous (request/response, ping, a
 //! quiet network) never pauses, so its latency is the spinning loop's.
 //!
+//! Only UDP frames count toward continuity ([`counts`]). TCP is closed-loop: each connection
+//! waits for acknowledgements and answers, so a pause slows every one of them down, and many
+//! connections at once (a load balancer's clients) look continuous to the loop: counting TCP,
+//! the load balancer's new connections/s fell from 18.8k to 14.8k. UDP floods are open-loop
+//! (nobody waits for the frames ahead). A feedback trial instead (pause for 10 ms, keep
+//! pausing if as many frames came) was tried and could not tell the two apart: with the
+//! sender, vrouter and the receiver sharing cores, single epochs vary more than the effect.
+//! Frames from VXLAN peers do not count either (their inner frames are mostly TCP).
+//!
 //! Invariants: pure (time is passed in, nothing is read or slept here); a window's verdict
 //! holds for the next window only; a pause is only ever asked for right after a turn that
 //! took frames, and never while a port still has frames waiting (the caller checks that).
@@ -24,6 +33,22 @@ pub const MIN_FRAMES: u32 = 64;
 /// request/response exchange leaves the loop spinning on empty ports between each frame and
 /// the next (tens of polls a frame); a flood, almost never.
 pub const IDLE_PER_FRAME: u32 = 1;
+
+/// Whether a received frame counts toward continuous input: IPv4 or IPv6 UDP, untagged or
+/// with one 802.1Q tag (see the module doc for why only UDP).
+#[inline]
+pub fn counts(frame: &[u8]) -> bool {
+    let (et, l3) = match frame.get(12..14) {
+        Some([0x81, 0x00]) => (frame.get(16..18), 18),
+        et => (et, 14),
+    };
+    let proto = match et {
+        Some([0x08, 0x00]) => frame.get(l3 + 9),
+        Some([0x86, 0xdd]) => frame.get(l3 + 6),
+        _ => None,
+    };
+    proto == Some(&17)
+}
 
 /// What the loop counted in the current window, and the last window's verdict.
 #[derive(Debug)]
@@ -158,6 +183,26 @@ mod tests {
         assert_eq!(c.pause(3), Some(P));
         c.set_pause(Duration::ZERO);
         assert_eq!(c.pause(3), None, "coalesce_us = 0");
+    }
+
+    #[test]
+    fn only_udp_counts() {
+        let eth = |et: [u8; 2], rest: &[u8]| [&[0u8; 12][..], &et, rest].concat();
+        let v4 = |p: u8| [&[0x45u8, 0, 0, 28, 0, 0, 0, 0, 64][..], &[p], &[0; 10]].concat();
+        let v6 = |p: u8| [&[0x60u8, 0, 0, 0, 0, 8][..], &[p], &[64], &[0; 32]].concat();
+        assert!(counts(&eth([0x08, 0x00], &v4(17))));
+        assert!(!counts(&eth([0x08, 0x00], &v4(6))), "TCP");
+        assert!(!counts(&eth([0x08, 0x00], &v4(1))), "ICMP");
+        assert!(counts(&eth([0x86, 0xdd], &v6(17))));
+        assert!(!counts(&eth([0x86, 0xdd], &v6(6))));
+        let tagged = |inner: [u8; 2], rest: &[u8]| [&[0u8; 12][..], &[0x81, 0x00, 0x00, 101], &inner, rest].concat();
+        assert!(counts(&tagged([0x08, 0x00], &v4(17))));
+        assert!(!counts(&tagged([0x08, 0x00], &v4(6))));
+        assert!(!counts(&eth([0x08, 0x06], &[0; 28])), "ARP");
+        // Cut short anywhere: not counted, no panic.
+        let f = eth([0x08, 0x00], &v4(17));
+        assert!((0..24).all(|n| !counts(&f[..n])));
+        assert!(!counts(&tagged([0x08, 0x00], &[0x45; 9])));
     }
 
     #[test]

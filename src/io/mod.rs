@@ -720,6 +720,8 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                             hub.record(port, Dir::In, slots[i].offload.vnet.then_some(&buf.vnet), buf.frame());
                         }
                         frames = frames.wrapping_add(1);
+                        // Read before the pipeline rewrites the frame (a tag popped or pushed).
+                        let udp = coalesce::counts(buf.frame());
                         let sample = frames.is_multiple_of(SAMPLE_EVERY);
                         let t = sample.then(std::time::Instant::now);
                         let mut tx = IoTx { slots: &slots, lat: &mut lat, sample, vx: vx.as_ref(), hub: &hub, q: &mut txq, batch: true };
@@ -728,7 +730,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                             lat.frame.saturating_record_n(t.elapsed().as_nanos() as u64, SAMPLE_EVERY as u64);
                         }
                         got = true;
-                        taken = taken.saturating_add(1);
+                        taken = taken.saturating_add(u32::from(udp));
                         slots[i].last_err = None;
                     }
                     Ok(Rx::Dropped(r)) => dp.count_drop(port, r),
@@ -808,7 +810,6 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                         let mut tx = IoTx { slots: &slots, lat: &mut lat, sample: true, vx: vx.as_ref(), hub: &hub, q: &mut txq, batch: true };
                         dp.vxlan_messages(now, msgs.map(|(r, b)| (*r.from.ip(), b, r.seg.unwrap_or(r.len))), &mut buf, &mut tx);
                         let d = d.max(1) as u64;
-                        taken = taken.saturating_add(d as u32);
                         lat.frame.saturating_record_n(t.elapsed().as_nanos() as u64 / d, d);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
