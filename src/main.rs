@@ -492,7 +492,7 @@ fn render(t: Table, data: &Value) -> String {
             };
             let mut out = format!(
                 "uptime {}s, {} MAC entries\ntotals: rx {} frames / {} bytes, tx {} frames / {} bytes, {} software-segmented, {} coalesced, drops {}\n\
-                 latency: per frame (decision + writes or queueing) {}; per write {}\n                 small-frame bursts to taps by {}: {} bursts, {} frames, p50 {} / p99 {} / max {} frames\n                 receive coalescing: {} pauses, {} ms of continuous UDP input\n\n",
+                 latency: per frame (decision + writes or queueing) {}; per write {}\n                 small-frame bursts to taps by {}: {} bursts, {} frames, p50 {} / p99 {} / max {} frames\n                 receive coalescing: {} pauses, {} ms of continuous small UDP input\n\n",
                 data["uptime_secs"], data["fdb_entries"], data["totals"]["rx_frames"], data["totals"]["rx_bytes"],
                 data["totals"]["tx_frames"], data["totals"]["tx_bytes"], data["totals"]["tx_sw_segmented"],
                 data["totals"]["tx_coalesced"], cell(&data["totals"]["drops"]), lat("frame"), lat("write"),

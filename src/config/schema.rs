@@ -129,7 +129,7 @@ pub struct Router {
     /// default 2000; 0 = always sleep in epoll). Trades idle-CPU for latency and throughput.
     #[serde(default = "defaults::busy_poll_us")]
     pub busy_poll_us: u64,
-    /// Receive coalescing: when UDP input is continuous (64k frames/s or more with the ports
+    /// Receive coalescing: when small UDP input (not DNS or DHCP) is continuous (64k frames/s or more with the ports
     /// never found empty), pause this long (microseconds, default 50; 0 = never) after
     /// draining the ports, so frames are taken in bursts and the CPU is free meanwhile.
     /// Request/response traffic, TCP and ping never make it pause.
