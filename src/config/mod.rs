@@ -184,4 +184,15 @@ mod tests {
         let Err(ConfigError::Invalid(d)) = parse(&t, Path::new("big.toml")) else { panic!("accepted") };
         assert!(d.iter().any(|d| d.key == "port" && d.message.contains("at most 4096")), "{d:?}");
     }
+
+    #[test]
+    fn coalesce_us_defaults_to_50_and_is_bounded() {
+        let t = |extra: &str| format!("[router]\nname = \"t\"\n{extra}[[network]]\nname = \"n\"\ncidr = \"10.0.0.0/24\"\n");
+        let ok = |extra: &str| parse(&t(extra), Path::new("c.toml")).map(|v| v.config.router.coalesce_us).map_err(|e| format!("{e:?}"));
+        assert_eq!(ok(""), Ok(50));
+        assert_eq!(ok("coalesce_us = 0\n"), Ok(0));
+        assert_eq!(ok("coalesce_us = 1000\n"), Ok(1000));
+        let Err(ConfigError::Invalid(d)) = parse(&t("coalesce_us = 1001\n"), Path::new("c.toml")) else { panic!("accepted") };
+        assert!(d.iter().any(|d| d.key == "router.coalesce_us" && d.line == Some(3) && d.message.contains("at most 1000")), "{d:?}");
+    }
 }
