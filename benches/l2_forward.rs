@@ -24,15 +24,23 @@ fn dp() -> Datapath {
     let acc = |n: &str, offload: bool| PortSpec {
         name: n.into(), ifname: n.into(), kind: "tap".into(), role: Role::Access { net: NetId(0), security: None }, offload: offload.into(), mac_limit: Some(16),
     };
-    Datapath::new(DatapathConfig {
-        router_mac: MacAddr([2, 0, 0, 0, 0, 1]),
-        nets: vec![NetSpec { name: "a".into(), vlan: Some(101) }],
-        ports: vec![
+    l2_datapath(
+        vec![NetSpec { name: "a".into(), vlan: Some(101) }],
+        vec![
             acc("p0", true),
             acc("p1", true),
             acc("p2", false),
             PortSpec { name: "t".into(), ifname: "t".into(), kind: "netdev".into(), role: Role::trunk(&[(101, NetId(0))]), offload: true.into(), mac_limit: None },
         ],
+    )
+}
+
+/// A switch-only datapath (no router) with these networks and ports.
+fn l2_datapath(nets: Vec<NetSpec>, ports: Vec<PortSpec>) -> Datapath {
+    Datapath::new(DatapathConfig {
+        router_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+        nets,
+        ports,
         mac_aging: std::time::Duration::from_secs(300),
         mac_table_size: 1024,
         security: Default::default(),
@@ -109,10 +117,9 @@ fn vxlan(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>
     const NETS: u16 = 4000;
     let peer: std::net::Ipv4Addr = [192, 0, 2, 2].into();
     let last = NetId(NETS - 1);
-    let mut d = Datapath::new(DatapathConfig {
-        router_mac: MacAddr([2, 0, 0, 0, 0, 1]),
-        nets: (0..NETS).map(|i| NetSpec { name: format!("n{i}"), vlan: None }).collect(),
-        ports: vec![
+    let mut d = l2_datapath(
+        (0..NETS).map(|i| NetSpec { name: format!("n{i}"), vlan: None }).collect(),
+        vec![
             PortSpec { name: "g".into(), ifname: "g".into(), kind: "tap".into(), role: Role::Access { net: last, security: None }, offload: true.into(), mac_limit: Some(16) },
             PortSpec {
                 name: "vx".into(),
@@ -123,13 +130,7 @@ fn vxlan(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>
                 mac_limit: None,
             },
         ],
-        mac_aging: std::time::Duration::from_secs(300),
-        mac_table_size: 1024,
-        security: Default::default(),
-        vxlan_mtu: 1450,
-        pins: Vec::new(),
-        l3: Default::default(),
-    });
+    );
     let (guest, remote) = ([0x52, 0x54, 0, 0, 0, 1], [0x52, 0x54, 0, 0, 7, 7]);
     let now = Instant::from_secs(1);
     let mut tx = Udp(0);
