@@ -71,7 +71,7 @@ pub struct Coalesce {
     frames: u32,
     idle: u32,
     active: bool,
-    /// Windows judged continuous since start (`show`/metrics could use it; tests do).
+    /// Windows judged continuous since start (`ctl show stats`: ms of continuous input).
     pub windows_active: u64,
 }
 

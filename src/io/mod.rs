@@ -644,8 +644,8 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                 }
             }
         }
-        // Continuous input, every port drained: let the next frames gather, then take them as
-        // one burst.
+        // Continuous small-UDP input, every port drained: let the next frames gather, then take
+        // them as one burst.
         if let Some(p) = coalesce.pause(taken).filter(|_| !vx_ready && !ready.iter().any(|r| *r)) {
             lat.rx_pauses += 1;
             std::thread::sleep(p);
