@@ -1,8 +1,9 @@
 //! Per-frame cost of the L3 path (criterion, ns per frame): source NAT of an established flow
-//! (one conntrack lookup and an incremental rewrite; one flow, and 1000 flows in turn), the
+//! (one conntrack lookup, the flow cache's replay and an incremental rewrite; one flow, and
+//! 1000 flows in turn; and one flow with the flow cache off), the
 //! first packet of a new flow (rule
 //! stages, port allocation, conntrack insert), the routed path between two networks (with 2
-//! networks on the router and with 2002), and an
+//! networks on the router and with 2002; and with the flow cache off), and an
 //! established and a new flow through a port forward with 10 and with 10,000 forwards and
 //! firewall rules on the same address (the cost must not grow with the rules).
 //! Also prints the conntrack table's memory per flow, measured by filling it with a million
@@ -159,6 +160,21 @@ fn bench(c: &mut Criterion) {
             d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)
         })
     });
+    // Both again with the flow cache off: every packet through the router's full path.
+    d.set_flow_cache(false);
+    g.bench_function("snat_established_64B_no_flow_cache", |bn| {
+        bn.iter(|| {
+            b.load(&est, VnetHdr::default());
+            d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)
+        })
+    });
+    g.bench_function("routed_established_64B_no_flow_cache", |bn| {
+        bn.iter(|| {
+            b.load(&routed, VnetHdr::default());
+            d.process(std::hint::black_box(now), PortId(0), &mut b, &mut tx)
+        })
+    });
+    d.set_flow_cache(true);
     // The same with 2000 more networks on the router: what the router asks of the networks
     // per packet (is the destination a network's broadcast address, which network holds an
     // address) must not grow with them.
@@ -167,8 +183,8 @@ fn bench(c: &mut Criterion) {
         for (port, f) in [(2u16, arp(GW, [203, 0, 113, 1], [203, 0, 113, 10])), (0, arp(G, [10, 1, 1, 11], [10, 1, 1, 1])), (1, arp(H, [10, 1, 2, 11], [10, 1, 2, 1]))] {
             d.process(now, PortId(port), &mut PacketBuf::from_frame(&f, VnetHdr::default()), &mut tx);
         }
-        d.process(now, PortId(0), &mut PacketBuf::from_frame(&routed, VnetHdr::default()), &mut tx);
         let forwarded = tx.0;
+        d.process(now, PortId(0), &mut PacketBuf::from_frame(&routed, VnetHdr::default()), &mut tx);
         g.bench_function("routed_established_64B_2000_nets", |bn| {
             bn.iter(|| {
                 b.load(&routed, VnetHdr::default());

@@ -270,6 +270,8 @@ pub struct StatsSnapshot {
     pub conntrack: CtRow,
     pub security_groups: SgRow,
     pub vxlan: VxlanStats,
+    /// Established packets the flow cache forwarded, and how often the full path filled it.
+    pub flow_cache: flowcache::FlowCacheStats,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -330,6 +332,8 @@ pub struct Datapath {
     gro_on: bool,
     /// Counters of ports a reload removed (the totals never go down).
     retired: PortStats,
+    /// Established flows' last forwarding, replayed (see [`flowcache`]).
+    flow_cache: flowcache::FlowCache,
 }
 
 /// VXLAN peers' ports by the peer's address.
@@ -412,6 +416,7 @@ impl Datapath {
             router: Router::new(cfg.router_mac, cfg.l3),
             public_port,
             retired: PortStats::default(),
+            flow_cache: flowcache::FlowCache::default(),
         }
     }
 
@@ -421,6 +426,7 @@ impl Datapath {
     /// network, VLANs, security) and its flows; a removed one's learned MACs go, and its
     /// counters stay in the totals. The router re-decides flows lazily (see `router::reload`).
     pub fn reconfigure(&mut self, now: Instant, cfg: DatapathConfig, svc: crate::router::reload::Services, same_port: &dyn Fn(PortId) -> bool, same_net: &dyn Fn(NetId) -> bool) {
+        self.flow_cache.invalidate();
         let n = cfg.ports.len();
         for i in 0..self.ports.len().max(n) {
             let p = PortId(i as u16);
@@ -653,6 +659,13 @@ impl Datapath {
         self.watch_after(seen);
     }
 
+    /// The flow cache on (the default) or off (every packet takes the router's full path).
+    /// Either way it starts empty.
+    pub fn set_flow_cache(&mut self, on: bool) {
+        self.flow_cache.set_on(on);
+        self.router.hops = on;
+    }
+
     /// Capture of dropped frames: which ports to watch (empty: none, and no cost).
     pub fn watch_drops(&mut self, ports: Vec<PortId>) {
         self.drop_watch = ports;
@@ -727,10 +740,14 @@ impl Datapath {
             return r;
         }
         if self.for_router(ctx) {
+            if self.cached_forward(now, Iface::Net(net), ctx, buf, tx) {
+                return Ok(());
+            }
             self.router.set_ingress(Some(in_port));
             let v = self.router.handle(now, Iface::Net(net), buf, ctx);
             self.router.set_ingress(None);
             let r = self.l3_verdict(now, v, buf, tx);
+            self.cache_hop(now, v);
             self.drain_outbox(now, tx);
             if v != Verdict::NotMine {
                 return r;
@@ -939,6 +956,52 @@ impl Datapath {
         ctx.dst == self.router_mac || (ctx.dst.is_broadcast() && ctx.ethertype == crate::wire::ethernet::ethertype::ARP)
     }
 
+    /// A frame for the router from `from` that the flow cache forwards: an
+    /// established flow direction the full path forwarded before, with nothing changed since
+    /// that its checks read. `false`: the full path's (nothing was done).
+    #[inline]
+    fn cached_forward(&mut self, now: Instant, from: Iface, ctx: &FrameCtx, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> bool {
+        if !self.flow_cache.is_on() {
+            return false;
+        }
+        let Some(ip) = ctx.ipv4() else { return false };
+        let Some(est) = self.router.established(now, buf, ip) else { return false };
+        let gens = (self.flow_cache.gen(), self.fdb.gen(), self.router.neigh.gen());
+        // A miss leaves the router the lookup just made (`found`), for the full path.
+        let Some(e) = self.flow_cache.get(est.slot, est.serial, from, est.wire, gens, now) else { return false };
+        let (port, net, mac) = (e.port, e.net, e.mac);
+        self.router.found = None;
+        self.flow_cache.stats.hits += 1;
+        self.router.replay(now, &est, buf, mac);
+        self.output(now, port, net, buf, tx, None);
+        true
+    }
+
+    /// After the full path ran a frame with verdict `v`: the router's note of
+    /// how it forwarded the frame's flow direction (if it did), with the egress port that
+    /// forwarding went to, into the flow cache.
+    fn cache_hop(&mut self, now: Instant, v: Verdict) {
+        self.router.found = None;
+        let Some(hop) = self.router.hop.take() else { return };
+        if !matches!(v, Verdict::Forward(_)) {
+            return;
+        }
+        let (port, net, until) = match hop.to {
+            // As `egress_routed`: the MAC table's port for the next hop (never a flood).
+            Iface::Net(n) if (n.0 as usize) < self.nets.len() => match self.fdb.lookup_until(n, hop.mac, now) {
+                Some((p, until)) if p != ROUTER_PORT => (p, Some(n), until),
+                _ => return,
+            },
+            Iface::Public => match self.public_port {
+                Some(p) => (p, None, Instant(u64::MAX)),
+                None => return,
+            },
+            _ => return,
+        };
+        let gens = (self.flow_cache.gen(), self.fdb.gen(), hop.neigh_gen);
+        self.flow_cache.fill(&hop, port, net, until, gens);
+    }
+
     fn l3_verdict(&mut self, now: Instant, v: Verdict, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Result<(), DropReason> {
         match v {
             Verdict::Forward(iface) => {
@@ -959,11 +1022,15 @@ impl Datapath {
         if !self.for_router(&ctx) {
             return Err(if ctx.dst.is_multicast() { DropReason::UnsupportedL3 } else { DropReason::NotForwarded });
         }
+        if self.cached_forward(now, Iface::Public, &ctx, buf, tx) {
+            return Ok(());
+        }
         let v = self.router.handle(now, Iface::Public, buf, &ctx);
         let r = match v {
             Verdict::NotMine => Ok(()),
             v => self.l3_verdict(now, v, buf, tx),
         };
+        self.cache_hop(now, v);
         self.drain_outbox(now, tx);
         r
     }
@@ -1318,6 +1385,7 @@ impl Datapath {
             conntrack: CtRow { flows: ct.len(), max: ct.max(), stats: ct.stats },
             security_groups: SgRow { flows: self.sg.flows(), stats: self.sg.stats },
             vxlan: self.vx_stats,
+            flow_cache: self.flow_cache.stats,
         }
     }
 }
@@ -1580,5 +1648,6 @@ fn flow_entropy(ctx: &FrameCtx) -> u16 {
     (h ^ (h >> 16)) as u16
 }
 
+pub mod flowcache;
 #[cfg(test)]
 mod tests;

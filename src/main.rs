@@ -492,13 +492,15 @@ fn render(t: Table, data: &Value) -> String {
             };
             let mut out = format!(
                 "uptime {}s, {} MAC entries\ntotals: rx {} frames / {} bytes, tx {} frames / {} bytes, {} software-segmented, {} coalesced, drops {}\n\
-                 latency: per frame (decision + writes or queueing) {}; per write {}\n                 small-frame bursts to taps by {}: {} bursts, {} frames, p50 {} / p99 {} / max {} frames\n                 receive coalescing: {} pauses, {} ms of continuous small UDP input\n\n",
+                 latency: per frame (decision + writes or queueing) {}; per write {}\n                 small-frame bursts to taps by {}: {} bursts, {} frames, p50 {} / p99 {} / max {} frames\n                 receive coalescing: {} pauses, {} ms of continuous small UDP input\n\
+                 routed {} packets, {} of them by the flow cache ({} fills)\n\n",
                 data["uptime_secs"], data["fdb_entries"], data["totals"]["rx_frames"], data["totals"]["rx_bytes"],
                 data["totals"]["tx_frames"], data["totals"]["tx_bytes"], data["totals"]["tx_sw_segmented"],
                 data["totals"]["tx_coalesced"], cell(&data["totals"]["drops"]), lat("frame"), lat("write"),
                 data["latency"]["tap_io"].as_str().unwrap_or("?"), data["latency"]["tx_burst"]["count"],
                 data["latency"]["tx_burst"]["frames"], data["latency"]["tx_burst"]["p50"], data["latency"]["tx_burst"]["p99"],
-                data["latency"]["tx_burst"]["max"], data["latency"]["rx_coalesce"]["pauses"], data["latency"]["rx_coalesce"]["busy_windows"]
+                data["latency"]["tx_burst"]["max"], data["latency"]["rx_coalesce"]["pauses"], data["latency"]["rx_coalesce"]["busy_windows"],
+                data["router"]["forwarded"], data["flow_cache"]["hits"], data["flow_cache"]["fills"]
             );
             let rows: Vec<Value> = ports.iter().map(|p| {
                 let mut p = p.clone();

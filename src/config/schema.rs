@@ -135,6 +135,11 @@ pub struct Router {
     /// Request/response traffic, TCP and ping never make it pause.
     #[serde(default = "defaults::coalesce_us")]
     pub coalesce_us: u64,
+    /// Forward established flows' packets by the flow cache: the router's last decision for
+    /// the flow direction replayed, checked against everything it depends on (default true;
+    /// false: every packet takes the router's full path, as a way to rule the cache out).
+    #[serde(default = "defaults::yes")]
+    pub flow_cache: bool,
     /// Write bursts of small frames to taps through io_uring (default true; false, or a kernel
     /// that refuses io_uring: one write per frame).
     #[serde(default = "defaults::yes")]

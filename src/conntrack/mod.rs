@@ -164,6 +164,12 @@ pub struct Flow {
     pub epoch: u32,
     /// The owner's note about the flow (security groups: which way its first packet crossed).
     pub aux: u8,
+    /// Names this decision of this flow: a new flow in a reused slot, or a flow re-decided
+    /// after a reload, gets a new one, so whatever was cached about the old one is not
+    /// mistaken for it (the datapath's flow cache).
+    pub serial: u32,
+    /// Some address or port is translated (the reply key is not the original reversed).
+    pub nat: bool,
 }
 
 /// A flow nobody counts.
@@ -255,6 +261,8 @@ pub struct Conntrack {
     translated: std::collections::HashMap<(Ipv4Addr, u8), u32>,
     /// The current rules epoch: new flows get it; a flow with an older one is re-decided.
     pub epoch: u32,
+    /// The last [`Flow::serial`] given.
+    serial: u32,
 }
 
 fn slot(idx: u32, dir: Dir) -> u32 {
@@ -280,6 +288,7 @@ impl Conntrack {
             released: Vec::new(),
             translated: std::collections::HashMap::new(),
             epoch: 0,
+            serial: 0,
         }
     }
 
@@ -366,9 +375,12 @@ impl Conntrack {
     /// (where the new rules send each direction).
     pub fn refresh(&mut self, idx: u32, egress: [Egress; 2]) {
         let epoch = self.epoch;
+        self.serial = self.serial.wrapping_add(1);
+        let serial = self.serial;
         if let Some(f) = self.flows.get_mut(idx as usize).filter(|f| f.live) {
             f.epoch = epoch;
             f.egress = egress;
+            f.serial = serial;
         }
     }
 
@@ -415,7 +427,8 @@ impl Conntrack {
         // A TCP flow starts half-open, whether its first packet is a SYN or it is picked up
         // mid-stream (Linux's nf_conntrack_tcp_loose): established once the other side answers.
         let state = if orig.proto == proto::TCP { State::SynSent } else { State::Unreplied };
-        let flow = Flow { orig, reply, egress, expires: 0, bytes: 0, packets: 0, state, fins: 0, live: true, tag: NO_TAG, epoch: self.epoch, aux: 0 };
+        self.serial = self.serial.wrapping_add(1);
+        let flow = Flow { orig, reply, egress, expires: 0, bytes: 0, packets: 0, state, fins: 0, live: true, tag: NO_TAG, epoch: self.epoch, aux: 0, serial: self.serial, nat: orig.reverse() != reply };
         let idx = match self.free.pop() {
             Some(i) => {
                 self.flows[i as usize] = flow;

@@ -201,6 +201,8 @@ impl Telemetry {
             o.gauge("vrouter_neighbours", "Entries in the neighbour (ARP) table.", None, g1(s.neighbours as i64))?;
             let r = &s.router;
             o.counter("vrouter_router_forwarded_packets", "Packets routed.", None, one(r.forwarded))?;
+            o.counter("vrouter_flow_cache_hits", "Packets of established flows the flow cache forwarded (of vrouter_router_forwarded_packets).", None, one(s.flow_cache.hits))?;
+            o.counter("vrouter_flow_cache_fills", "Flow directions the router's full path entered into the flow cache.", None, one(s.flow_cache.fills))?;
             o.counter("vrouter_router_icmp_sent", "ICMP errors and echo replies the router sent.", None, one(r.icmp_sent))?;
             o.counter("vrouter_security_group_flows_allowed", "Flows security groups let start.", None, one(s.security_groups.stats.flows_allowed))?;
             o.counter("vrouter_security_group_denied", "Packets security groups refused.", None, one(s.security_groups.stats.denied))?;

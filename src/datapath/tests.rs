@@ -871,3 +871,267 @@ fn vxlan_entropy_keeps_a_datagrams_fragments_together() {
     };
     assert_ne!(e(&whole(40000)), e(&whole(40001)));
 }
+
+/// The flow cache against the full path: two datapaths, one with the cache and one without,
+/// take the same seeded mix of routed, source-NAT and port-forward traffic in both directions
+/// (TCP with every flag, UDP, TTL 1, fragments, bad header checksums, packets over a
+/// network's MTU with and without DF, pending checksums), with guests moving between ports,
+/// neighbours changing MAC, timers and ageing, a guest's port lost; every frame each sends, in
+/// order, and every counter and conntrack entry must be the same, and the cache must have
+/// taken most established packets.
+mod flow_cache_differential {
+    use super::*;
+    use crate::config::schema::{Action, Proto};
+    use crate::filter::{Classifier, Rule};
+    use crate::router::{Forward, NetL3, PublicL3};
+
+    const G: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 0x11]);
+    const H: [MacAddr; 2] = [MacAddr([0x52, 0x54, 0, 0, 0, 0x21]), MacAddr([0x52, 0x54, 0, 0, 0, 0x22])];
+    const GW: [MacAddr; 2] = [MacAddr([0x52, 0x54, 0, 0, 9, 1]), MacAddr([0x52, 0x54, 0, 0, 9, 2])];
+    const PUBLIC: u16 = 3;
+
+    fn l3_dp(cache: bool) -> Datapath {
+        let pip: std::net::Ipv4Addr = [203, 0, 113, 10].into();
+        let net = |cidr: &str, gw: [u8; 4], mtu: u16| NetL3 {
+            domain: None,
+            cidr: cidr.parse().unwrap(),
+            gateway: Some(gw.into()),
+            mtu,
+            egress: Classifier::new(Vec::new()),
+            egress_default: Action::Allow,
+        };
+        let mut firewall = std::collections::HashMap::new();
+        firewall.insert(pip, Classifier::new(vec![Rule { protocol: Proto::Tcp, ports: Some("8080".parse().unwrap()), nets: vec!["0.0.0.0/0".parse().unwrap()], value: () }]));
+        let mut d = Datapath::new(DatapathConfig {
+            router_mac: ROUTER,
+            nets: vec![NetSpec { name: "web".into(), vlan: None }, NetSpec { name: "db".into(), vlan: None }],
+            ports: vec![
+                access("g", A, true),
+                access("h", B, true),
+                access("x", A, false),
+                PortSpec { name: "public".into(), ifname: "pub".into(), kind: "tap".into(), role: Role::Public, offload: true.into(), mac_limit: Some(0) },
+            ],
+            mac_aging: Duration::from_secs(300),
+            mac_table_size: 64,
+            security: Default::default(),
+            vxlan_mtu: 1450,
+            pins: Vec::new(),
+            l3: L3Config {
+                nets: vec![net("10.1.1.0/24", [10, 1, 1, 1], 1500), net("10.1.2.0/24", [10, 1, 2, 1], 1400)],
+                public: Some(PublicL3 { ips: vec!["203.0.113.10/24".parse().unwrap()], gateway: [203, 0, 113, 1].into(), source_nat_ip: pip, mtu: 1500 }),
+                conntrack_max: 24,
+                forwards: vec![Forward { protocol: 6, public_ip: pip, public_port: "8080".parse().unwrap(), private_ip: [10, 1, 1, 11].into(), private_port: "80".parse().unwrap() }],
+                firewall,
+                ..Default::default()
+            },
+        });
+        d.flow_cache.set_on(cache);
+        d
+    }
+
+    fn arp(src: MacAddr, spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&src.0);
+        f.extend_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&src.0);
+        f.extend_from_slice(&spa);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&tpa);
+        f.resize(60, 0);
+        f
+    }
+
+    /// xorshift64: the same mix on every run.
+    fn next(r: &mut u64) -> u64 {
+        *r ^= *r << 13;
+        *r ^= *r >> 7;
+        *r ^= *r << 17;
+        *r
+    }
+
+    struct Packet {
+        port: u16,
+        src_mac: MacAddr,
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+    }
+
+    /// One packet of the mix: who sends what (`x` picks), and how it is made (`y`).
+    fn packet(x: u64, y: u64, g_port: u16, h_mac: MacAddr, gw_mac: MacAddr) -> (Vec<u8>, VnetHdr, u16) {
+        let flow = (x >> 8) % 16;
+        let p = match x % 6 {
+            // A guest to another network and back (routed).
+            0 => Packet { port: g_port, src_mac: G, src: [10, 1, 1, 11], dst: [10, 1, 2, 11], sport: 40000 + flow as u16, dport: 5201 },
+            1 => Packet { port: 1, src_mac: h_mac, src: [10, 1, 2, 11], dst: [10, 1, 1, 11], sport: 5201, dport: 40000 + flow as u16 },
+            // A guest to the outside (source NAT keeps a free port) and back.
+            2 => Packet { port: g_port, src_mac: G, src: [10, 1, 1, 11], dst: [198, 51, 100, 5], sport: 41000 + flow as u16, dport: 443 },
+            3 => Packet { port: PUBLIC, src_mac: gw_mac, src: [198, 51, 100, 5], dst: [203, 0, 113, 10], sport: 443, dport: 41000 + flow as u16 },
+            // The outside through the port forward and back.
+            4 => Packet { port: PUBLIC, src_mac: gw_mac, src: [198, 51, 100, 7], dst: [203, 0, 113, 10], sport: 3000 + flow as u16, dport: 8080 },
+            _ => Packet { port: g_port, src_mac: G, src: [10, 1, 1, 11], dst: [198, 51, 100, 7], sport: 80, dport: 3000 + flow as u16 },
+        };
+        let udp = (x >> 12).is_multiple_of(4) && !matches!(x % 6, 4 | 5);
+        let ttl = if y.is_multiple_of(20) { 1 } else { 64 };
+        let (payload, df) = match (y >> 8) % 25 {
+            0 => (1400, true),
+            1 => (1400, false),
+            n => ((n as usize * 7) % 90, (y >> 16).is_multiple_of(2)),
+        };
+        let flags = match (y >> 24) % 30 {
+            0 => 0x02,
+            1 => 0x04,
+            2 => 0x11,
+            3 => 0x12,
+            4..=10 => 0x18,
+            _ => 0x10,
+        };
+        let b = etherparse::PacketBuilder::ethernet2(p.src_mac.0, ROUTER.0);
+        let mut ip = etherparse::Ipv4Header::new(0, ttl, etherparse::IpNumber::TCP, p.src, p.dst).unwrap();
+        ip.dont_fragment = df;
+        ip.identification = (y >> 32) as u16;
+        let b = b.ip(etherparse::IpHeaders::Ipv4(ip, Default::default()));
+        let mut f = Vec::new();
+        let body = vec![0x5au8; payload];
+        if udp {
+            b.udp(p.sport, p.dport).write(&mut f, &body).unwrap();
+        } else {
+            let mut t = b.tcp(p.sport, p.dport, 1000 + (y >> 40) as u32, 65000);
+            if flags & 0x02 != 0 {
+                t = t.syn();
+            }
+            if flags & 0x04 != 0 {
+                t = t.rst();
+            }
+            if flags & 0x01 != 0 {
+                t = t.fin();
+            }
+            if flags & 0x10 != 0 {
+                t = t.ack(1);
+            }
+            if flags & 0x08 != 0 {
+                t = t.psh();
+            }
+            t.write(&mut f, &body).unwrap();
+        }
+        let fix_csum = |f: &mut Vec<u8>| {
+            f[24] = 0;
+            f[25] = 0;
+            let c = crate::wire::checksum::checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+        };
+        match (y >> 48) % 50 {
+            // A first fragment.
+            0 => {
+                f[20] |= 0x20;
+                fix_csum(&mut f);
+            }
+            // A header checksum that is wrong.
+            1 => f[25] ^= 0x40,
+            _ => {}
+        }
+        let mut vnet = VnetHdr::default();
+        if !udp && payload == 1400 && (y >> 20).is_multiple_of(2) {
+            // A TSO super-frame of segments that fit one network's MTU and not the other's.
+            vnet = VnetHdr { needs_csum: true, gso: Gso::TcpV4, hdr_len: 54, gso_size: if (y >> 21).is_multiple_of(2) { 700 } else { 1400 }, csum_start: 34, csum_offset: 16, ..VnetHdr::default() };
+        } else if (y >> 56).is_multiple_of(8) {
+            // The guest's checksum is left to the receiver (a partial one in the field).
+            vnet.needs_csum = true;
+            vnet.csum_start = 34;
+            vnet.csum_offset = if udp { 6 } else { 16 };
+        }
+        if f.len() < 60 {
+            f.resize(60, 0);
+        }
+        (f, vnet, p.port)
+    }
+
+    fn snapshot(d: &Datapath) -> (String, String) {
+        let mut stats = serde_json::to_value(d.show_stats()).unwrap();
+        stats.as_object_mut().unwrap().remove("flow_cache");
+        (stats.to_string(), format!("{:?}", d.router.ct.iter().collect::<Vec<_>>()))
+    }
+
+    #[test]
+    fn the_flow_cache_does_what_the_full_path_does() {
+        let mut with = l3_dp(true);
+        let mut without = l3_dp(false);
+        let mut now = 1_000u64;
+        let mut r = 0x9e37_79b9_7f4a_7c15u64;
+        let (mut g_port, mut h_mac, mut gw_mac) = (0u16, H[0], GW[0]);
+        let (mut frames, mut established) = (0u64, 0u64);
+        let run = |with: &mut Datapath, without: &mut Datapath, now: u64, port: u16, f: &[u8], vnet: VnetHdr| {
+            let send = |d: &mut Datapath| {
+                let mut s = Sink::default();
+                d.process(Instant(now), PortId(port), &mut PacketBuf::from_frame(f, vnet), &mut s);
+                s
+            };
+            let (a, b) = (send(with), send(without));
+            assert_eq!(a.0, b.0, "at {now} ms, port {port}, frame {f:02x?}");
+        };
+        for (port, f) in [(PUBLIC, arp(GW[0], [203, 0, 113, 1], [203, 0, 113, 10])), (0, arp(G, [10, 1, 1, 11], [10, 1, 1, 1])), (1, arp(H[0], [10, 1, 2, 11], [10, 1, 2, 1]))] {
+            run(&mut with, &mut without, now, port, &f, VnetHdr::default());
+        }
+        for step in 0..30_000u32 {
+            let (x, y) = (next(&mut r), next(&mut r));
+            match x % 100 {
+                0..=79 => {
+                    let (f, vnet, port) = packet(x >> 8, y, g_port, h_mac, gw_mac);
+                    run(&mut with, &mut without, now, port, &f, vnet);
+                    frames += 1;
+                }
+                80..=87 => now += 1 + y % 3000,
+                // Long enough for flows, learned MACs and neighbours to age out.
+                88 => now += 30_000 + y % 400_000,
+                89 | 90 => {
+                    let (mut a, mut b) = (Sink::default(), Sink::default());
+                    with.poll(Instant(now), &mut a);
+                    without.poll(Instant(now), &mut b);
+                    // Timers walk hash tables (each with its own seed): the same frames, in
+                    // some order.
+                    let sorted = |mut v: Vec<(PortId, Option<VnetHdr>, Vec<u8>)>| {
+                        v.sort_by(|x, y| (x.0, &x.2).cmp(&(y.0, &y.2)));
+                        v
+                    };
+                    assert_eq!(sorted(a.0), sorted(b.0), "poll at {now} ms");
+                }
+                // The guest moves to the other port of its network (and announces itself).
+                91 | 92 => {
+                    g_port = if g_port == 0 { 2 } else { 0 };
+                    run(&mut with, &mut without, now, g_port, &arp(G, [10, 1, 1, 11], [10, 1, 1, 1]), VnetHdr::default());
+                }
+                // A neighbour answers with another MAC (a replaced VM, a failed-over gateway).
+                93 | 94 => {
+                    h_mac = if h_mac == H[0] { H[1] } else { H[0] };
+                    run(&mut with, &mut without, now, 1, &arp(h_mac, [10, 1, 2, 11], [10, 1, 2, 1]), VnetHdr::default());
+                }
+                95 => {
+                    gw_mac = if gw_mac == GW[0] { GW[1] } else { GW[0] };
+                    run(&mut with, &mut without, now, PUBLIC, &arp(gw_mac, [203, 0, 113, 1], [203, 0, 113, 10]), VnetHdr::default());
+                }
+                96 => {
+                    with.port_lost(PortId(1));
+                    without.port_lost(PortId(1));
+                }
+                _ => {
+                    // Established traffic in a burst: what the cache is for.
+                    for k in 0..8 {
+                        let (f, vnet, port) = packet(x >> 8, (y & !0xff_ffff_ff00) | (k << 8) | 0x1000_0000, g_port, h_mac, gw_mac);
+                        run(&mut with, &mut without, now, port, &f, vnet);
+                        frames += 1;
+                        established += 1;
+                    }
+                }
+            }
+            if step % 1000 == 0 {
+                assert_eq!(snapshot(&with), snapshot(&without), "after step {step}");
+            }
+        }
+        assert_eq!(snapshot(&with), snapshot(&without));
+        let s = with.flow_cache.stats;
+        assert_eq!(without.flow_cache.stats, flowcache::FlowCacheStats::default());
+        assert!(s.hits > established / 3 && s.fills > 100, "{s:?} of {frames} frames, {established} in bursts");
+        assert!(with.router.stats.forwarded > s.hits, "the full path forwarded some too");
+    }
+}

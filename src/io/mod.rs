@@ -474,6 +474,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
     dcfg.l3.seed = rng.child();
     let offloads: Vec<crate::wire::vnet::Offloads> = dcfg.ports.iter().map(|p| p.offload).collect();
     let mut dp = Datapath::new(dcfg);
+    dp.set_flow_cache(c.router.flow_cache);
     let origin = std::time::Instant::now();
     let clock = || Instant::from_millis(origin.elapsed().as_millis() as u64);
     // Services: DHCP (leases on the wall clock, persisted in state_dir) and DNS.
@@ -939,6 +940,7 @@ pub fn run(v: &Validated, control_serial: Option<&std::path::Path>) -> Result<()
                         ready.resize(slots.len(), false);
                         busy_poll = Duration::from_micros(config.router.busy_poll_us);
                         coalesce.set_pause(Duration::from_micros(config.router.coalesce_us));
+                        dp.set_flow_cache(config.router.flow_cache);
                         if config.router.io_uring != txq.uring() {
                             flush_tx(&slots, &mut txq, &mut lat, &mut dp);
                             txq = tx_queue(config.router.io_uring, &mut lat);

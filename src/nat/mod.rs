@@ -45,6 +45,20 @@ pub fn rewrite_forwarded(ip: &mut [u8], partial: bool, from: &Key, to: &Key) {
     rewrite_inner(ip, partial, from, to, true)
 }
 
+/// [`rewrite_forwarded`] of a packet whose tuple stays (routed): the TTL step alone, with its
+/// header checksum update (RFC 1624), on a header of at least 20 bytes.
+#[inline]
+pub fn ttl_step(ip: &mut [u8]) {
+    if ip.len() < 20 {
+        return;
+    }
+    let old = be16(ip, 8);
+    let new = old.wrapping_sub(0x0100);
+    let c = checksum::update16(be16(ip, 10), old, new);
+    ip[8] = (new >> 8) as u8;
+    wr16(ip, 10, c);
+}
+
 #[inline]
 fn rewrite_inner(ip: &mut [u8], partial: bool, from: &Key, to: &Key, ttl_step: bool) {
     let Ok(mut p) = Ipv4Packet::new_checked(&mut *ip) else { return };
@@ -191,6 +205,37 @@ mod tests {
         let v = Ipv4Packet::new_checked(p).unwrap();
         let l4 = v.payload();
         Key { src: v.src(), dst: v.dst(), sport: be16(l4, 0), dport: be16(l4, 2), proto: if udp { 17 } else { 6 } }
+    }
+
+    #[test]
+    fn ttl_step_is_the_routed_rewrite_and_matches_a_packet_built_with_ttl_63() {
+        for udp in [false, true] {
+            let p = packet([10, 1, 1, 11], [10, 1, 2, 11], 40000, 80, udp);
+            let mut want = etherparse::PacketBuilder::ipv4([10, 1, 1, 11], [10, 1, 2, 11], 63);
+            let mut w = Vec::new();
+            if udp {
+                want.udp(40000, 80).write(&mut w, b"hello through the NAT").unwrap();
+            } else {
+                want = etherparse::PacketBuilder::ipv4([10, 1, 1, 11], [10, 1, 2, 11], 63);
+                want.tcp(40000, 80, 1000, 64000).ack(5).write(&mut w, b"hello through the NAT").unwrap();
+            }
+            let (mut a, mut b) = (p.clone(), p.clone());
+            ttl_step(&mut a);
+            let k = key(&p, udp);
+            rewrite_forwarded(&mut b, false, &k, &k);
+            assert_eq!(a, w, "udp={udp}");
+            assert_eq!(a, b, "udp={udp}");
+        }
+        // Golden bytes (checksums computed independently): TTL 1 -> 0, 0x5099 -> 0x5199.
+        let mut h = [0x45, 0, 0, 20, 0x12, 0x34, 0x40, 0, 1, 6, 0x50, 0x99, 10, 1, 1, 11, 10, 1, 2, 11];
+        assert!(crate::wire::ipv4::header_checksum_ok(&h));
+        ttl_step(&mut h);
+        assert_eq!(h[8..12], [0, 6, 0x51, 0x99]);
+        assert!(crate::wire::ipv4::header_checksum_ok(&h));
+        // Too short to be a header: left alone.
+        let mut short = [0x45u8; 19];
+        ttl_step(&mut short);
+        assert_eq!(short, [0x45u8; 19]);
     }
 
     #[test]

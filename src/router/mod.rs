@@ -235,6 +235,36 @@ enum FlowKind {
     Hairpin,
 }
 
+/// One flow direction as the router last forwarded it: the conntrack slot (`idx << 1 | dir`)
+/// and decision ([`conntrack::Flow::serial`]), the interface its packets came in on and go out
+/// of, the next hop's MAC and the egress MTU; valid while the neighbour table's generation is
+/// `neigh_gen` and until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hop {
+    pub slot: u32,
+    pub serial: u32,
+    pub from: Iface,
+    pub to: Iface,
+    pub mac: MacAddr,
+    pub mtu: usize,
+    pub neigh_gen: u32,
+    pub until: Instant,
+}
+
+/// A packet of an established flow that needs nothing from the router but the replay of its
+/// flow's decision (see [`Router::established`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Established {
+    pub slot: u32,
+    pub serial: u32,
+    key: Key,
+    /// The IP total length.
+    pub tl: usize,
+    /// The largest IP packet it makes on the wire (a super-frame's segments).
+    pub wire: usize,
+    tcp: u8,
+}
+
 pub struct Router {
     mac: MacAddr,
     cfg: L3Config,
@@ -272,6 +302,16 @@ pub struct Router {
     meta: meta::MetaSvc,
     /// The port the frame being handled arrived on (the datapath says; who asks for metadata).
     ingress: Option<crate::switch::PortId>,
+    /// What [`Self::ipv4`] decided for the packet it last forwarded to a resolved next hop,
+    /// for the datapath's flow cache to take that flow direction's next packets by
+    /// [`Self::established`] and [`Self::replay`]; the datapath takes it after every packet.
+    pub(crate) hop: Option<Hop>,
+    /// Whether [`Self::hop`] is wanted (the datapath's flow cache is on).
+    pub(crate) hops: bool,
+    /// The conntrack lookup [`Self::established`] just made for a packet the flow cache then
+    /// did not take: [`Self::ipv4`] uses it instead of looking again. The datapath clears it
+    /// after the packet, so it never outlives the packet it was made for.
+    pub(crate) found: Option<(Key, u32, Dir)>,
     /// WireGuard peers, when configured.
     pub(crate) vpn: Option<crate::vpn::Vpn>,
     /// Datagrams the VPN asked to send (handshakes, cookies, keepalives), for `vpn_flush`.
@@ -367,6 +407,9 @@ impl Router {
             svc: services::Services::new(rng.child()),
             meta: meta::MetaSvc::new(false, Vec::new(), rng.child()),
             ingress: None,
+            hop: None,
+            hops: true,
+            found: None,
             vpn: cfg.vpn.clone().map(crate::vpn::Vpn::new),
             vpn_tx: Vec::new(),
             vpn_scratch: Vec::new(),
@@ -699,7 +742,10 @@ impl Router {
         }
         let echo_reply = icmp_type == Some(icmp::ECHO_REPLY);
         let key = Key { src, dst, sport, dport, proto: protocol };
-        let mut found = self.ct.lookup(now, &key);
+        let mut found = match self.found.take() {
+            Some((k, i, d)) if k == key => Some((i, d)),
+            _ => self.ct.lookup(now, &key),
+        };
         if let Some((i, Dir::Orig)) = found {
             // A new connection reusing a closed one's tuple is decided afresh (Linux kills the
             // old entry the same way), so it may go to another backend and be counted.
@@ -774,7 +820,71 @@ impl Router {
             let ipb = &mut buf.frame_mut()[14..14 + tl];
             nat::rewrite_forwarded(ipb, partial, &key, &target);
         }
+        if self.hops && matches!(protocol, proto::TCP | proto::UDP) && matches!(r, Resolve::Mac(_)) && !matches!(from, Iface::Tunnel(_)) && !matches!(egress.iface, Iface::Tunnel(_)) {
+            self.remember_hop(now, idx << 1 | dir as u32, from, egress);
+        }
         self.send(egress, r, origin, buf, tl, df)
+    }
+
+    /// Notes in [`Self::hop`] how a flow direction was just forwarded, when the next hop's
+    /// answer came from the neighbour cache (a fresh resolution is noted on the next packet).
+    #[inline(never)]
+    fn remember_hop(&mut self, now: Instant, slot: u32, from: Iface, egress: Egress) {
+        if let Some((mac, until)) = self.neigh.cached_until(now, egress.iface, egress.next_hop) {
+            let serial = self.ct.flow(slot >> 1).serial;
+            self.hop = Some(Hop { slot, serial, from, to: egress.iface, mac, mtu: self.mtu(egress.iface), neigh_gen: self.neigh.gen(), until });
+        }
+    }
+
+    /// A packet from `from` of an established flow, if nothing [`Self::ipv4`] would do with
+    /// it depends on more than its flow, its direction, the interface it came from and the
+    /// tables' generations: a whole, valid IPv4 header with TTL to spare, no fragment, TCP
+    /// without SYN or RST (which may end or reopen a flow) or UDP, no super-frame, a flow
+    /// decided under the current rules. Everything else that [`Self::ipv4`] checks (source,
+    /// broadcast destination, the VPN endpoint, the flow's ingress) follows from the flow
+    /// direction and the configuration, and was checked for the packet that made the [`Hop`].
+    /// A flow found expired is removed, as [`Self::ipv4`]'s lookup would.
+    #[inline]
+    pub(crate) fn established(&mut self, now: Instant, buf: &PacketBuf, ip: &Ipv4Ctx) -> Option<Established> {
+        use conntrack::tcp_flags::{RST, SYN};
+        let r = &ip.ip;
+        if r.frag_offset != 0 || r.more_frags || r.ttl <= 1 || !matches!(r.protocol, proto::TCP | proto::UDP) {
+            return None;
+        }
+        let (sport, dport) = ip.ports()?;
+        let tcp = ip.tcp_flags();
+        if tcp & (SYN | RST) != 0 || !ipv4::header_checksum_ok(buf.frame().get(14..14 + r.header_len as usize)?) {
+            return None;
+        }
+        let key = Key { src: r.src, dst: r.dst, sport, dport, proto: r.protocol };
+        let (idx, dir) = self.ct.lookup(now, &key)?;
+        self.found = Some((key, idx, dir));
+        let f = self.ct.flow(idx);
+        // What must fit the egress MTU: the packet, or each segment of a super-frame (which
+        // is never cut, so DF or not, it must fit; see `check_mtu`).
+        let v = &buf.vnet;
+        let wire = if v.gso != Gso::None { (v.hdr_len as usize).saturating_sub(14) + v.gso_size as usize } else { r.total_len as usize };
+        (f.epoch == self.ct.epoch).then_some(Established { slot: idx << 1 | dir as u32, serial: f.serial, key, tl: r.total_len as usize, wire, tcp })
+    }
+
+    /// What [`Self::ipv4`] does with an [`Established`] packet once its checks are known to
+    /// pass and its next hop is `mac`: the conntrack update, the NAT rewrite and TTL step, the
+    /// Ethernet addresses.
+    #[inline]
+    pub(crate) fn replay(&mut self, now: Instant, e: &Established, buf: &mut PacketBuf, mac: MacAddr) {
+        let (idx, dir) = (e.slot >> 1, if e.slot & 1 == 0 { Dir::Orig } else { Dir::Reply });
+        let flow = self.ct.flow(idx);
+        let target = flow.nat.then(|| flow.target(dir));
+        self.ct.update(now, idx, dir, e.tcp, e.tl);
+        let partial = buf.vnet.needs_csum;
+        let f = buf.frame_mut();
+        match target {
+            Some(t) => nat::rewrite_forwarded(&mut f[14..14 + e.tl], partial, &e.key, &t),
+            None => nat::ttl_step(&mut f[14..14 + e.tl]),
+        }
+        f[0..6].copy_from_slice(&mac.0);
+        f[6..12].copy_from_slice(&self.mac.0);
+        self.stats.forwarded += 1;
     }
 
     /// A packet that opens no flow is turned away here; one that may gets a new conntrack entry

@@ -189,6 +189,17 @@ impl Neighbours {
         (f.ip == ip && f.iface == iface && f.gen == self.gen && now < f.until).then_some(f.mac)
     }
 
+    /// [`Self::cached`]'s answer and until when it stands while [`Self::gen`] is unchanged.
+    pub fn cached_until(&self, now: Instant, iface: Iface, ip: Ipv4Addr) -> Option<(MacAddr, Instant)> {
+        let f = self.fast[fast_slot(ip)].as_ref()?;
+        (f.ip == ip && f.iface == iface && f.gen == self.gen && now < f.until).then_some((f.mac, f.until))
+    }
+
+    /// Changes with every change that can make a cached answer wrong.
+    pub fn gen(&self) -> u32 {
+        self.gen
+    }
+
     /// Nothing here changes an entry the cache may hold (a cached entry is reachable and not
     /// yet due for a probe; this changes only entries that are not, and makes room through
     /// `gc`, which counts as a change), so it leaves the generation alone: a flood of misses

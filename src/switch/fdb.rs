@@ -203,6 +203,17 @@ impl Fdb {
         Some(e.port)
     }
 
+    /// [`Self::lookup`]'s answer and until when it stands while [`Self::gen`] is unchanged.
+    pub fn lookup_until(&self, net: NetId, mac: MacAddr, now: Instant) -> Option<(PortId, Instant)> {
+        let e = self.map.get(&Key::new(net, mac)).filter(|e| !self.expired(e, now))?;
+        Some((e.port, if e.fixed || e.remote { Instant(u64::MAX) } else { e.last_seen + self.aging }))
+    }
+
+    /// Changes with every change that can move or remove an existing entry.
+    pub fn gen(&self) -> u32 {
+        self.gen
+    }
+
     /// The entry for `mac` in `net`, aged or not.
     pub fn iter_one(&self, net: NetId, mac: MacAddr) -> Option<Entry> {
         self.map.get(&Key::new(net, mac)).copied()
