@@ -663,7 +663,6 @@ impl Datapath {
     /// Either way it starts empty.
     pub fn set_flow_cache(&mut self, on: bool) {
         self.flow_cache.set_on(on);
-        self.router.hops = on;
     }
 
     /// Capture of dropped frames: which ports to watch (empty: none, and no cost).
@@ -961,14 +960,19 @@ impl Datapath {
     /// that its checks read. `false`: the full path's (nothing was done).
     #[inline]
     fn cached_forward(&mut self, now: Instant, from: Iface, ctx: &FrameCtx, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> bool {
+        // Only a packet that could have been taken, and missed, has its forwarding noted.
+        self.router.hops = false;
         if !self.flow_cache.is_on() {
             return false;
         }
         let Some(ip) = ctx.ipv4() else { return false };
         let Some(est) = self.router.established(now, buf, ip) else { return false };
         let gens = (self.flow_cache.gen(), self.fdb.gen(), self.router.neigh.gen());
-        // A miss leaves the router the lookup just made (`found`), for the full path.
-        let Some(e) = self.flow_cache.get(est.slot, est.serial, from, est.wire, gens, now) else { return false };
+        let Some(e) = self.flow_cache.get(est.slot, est.serial, from, est.wire, gens, now) else {
+            // The full path gets the lookup just made (`found`).
+            self.router.hops = self.flow_cache.wants(est.slot, gens, now);
+            return false;
+        };
         let (port, net, mac) = (e.port, e.net, e.mac);
         self.router.found = None;
         self.flow_cache.stats.hits += 1;
@@ -982,6 +986,7 @@ impl Datapath {
     /// forwarding went to, into the flow cache.
     fn cache_hop(&mut self, now: Instant, v: Verdict) {
         self.router.found = None;
+        self.router.hops = false;
         let Some(hop) = self.router.hop.take() else { return };
         if !matches!(v, Verdict::Forward(_)) {
             return;

@@ -30,6 +30,9 @@ use crate::wire::ethernet::MacAddr;
 /// Entries (a power of two): flows past this many share entries and take turns.
 const ENTRIES: usize = 4096;
 
+/// One miss in this many on an entry another live flow holds refills it.
+const CONTENDED_FILL: u32 = 8;
+
 /// A slot number no flow has (conntrack holds fewer than 2^31 flows).
 const EMPTY: u32 = u32::MAX;
 
@@ -77,12 +80,14 @@ pub(crate) struct FlowCache {
     /// The configuration's generation (see [`Self::invalidate`]).
     gen: u32,
     on: bool,
+    /// Misses on entries another live flow held (see [`Self::wants`]).
+    contended: u32,
     pub stats: FlowCacheStats,
 }
 
 impl Default for FlowCache {
     fn default() -> Self {
-        FlowCache { entries: vec![VACANT; ENTRIES].into_boxed_slice(), gen: 0, on: true, stats: FlowCacheStats::default() }
+        FlowCache { entries: vec![VACANT; ENTRIES].into_boxed_slice(), gen: 0, on: true, contended: 0, stats: FlowCacheStats::default() }
     }
 }
 
@@ -110,6 +115,21 @@ impl FlowCache {
     pub(crate) fn get(&self, slot: u32, serial: u32, from: Iface, wire: usize, gens: Gens, now: Instant) -> Option<&Entry> {
         let e = &self.entries[slot as usize & (ENTRIES - 1)];
         (e.slot == slot && e.serial == serial && e.from == from && wire <= e.mtu && e.gens == gens && now < e.until).then_some(e)
+    }
+
+    /// Whether the full path should note how it forwards a packet of `slot` that missed:
+    /// always when its entry is free, stale or its own; when another live flow holds it,
+    /// one time in [`CONTENDED_FILL`], so that more flows than entries taking turns do not
+    /// pay a fill per packet (OVS's EMC inserts with a probability for the same reason),
+    /// while a flow that keeps coming still gets in.
+    #[inline]
+    pub(crate) fn wants(&mut self, slot: u32, gens: Gens, now: Instant) -> bool {
+        let e = &self.entries[slot as usize & (ENTRIES - 1)];
+        if e.slot == EMPTY || e.slot == slot || e.gens != gens || now >= e.until {
+            return true;
+        }
+        self.contended = self.contended.wrapping_add(1);
+        self.contended.is_multiple_of(CONTENDED_FILL)
     }
 
     /// Records how the full path just forwarded a flow direction: `hop` from the router, then
@@ -170,6 +190,20 @@ mod tests {
         c.invalidate();
         assert!(c.get(10, 4, Iface::Net(NetId(0)), 1500, (c.gen(), 3, 7), now).is_none());
         assert_eq!(c.stats, FlowCacheStats { hits: 0, fills: 1 });
+    }
+
+    #[test]
+    fn a_flow_fills_a_free_stale_or_own_entry_and_one_held_by_another_only_now_and_then() {
+        let mut c = FlowCache::default();
+        let g = (c.gen(), 3, 7);
+        let now = Instant(1000);
+        assert!(c.wants(10, g, now), "free");
+        c.fill(&hop(10, 4), PortId(2), None, Instant(4000), g);
+        assert!(c.wants(10, g, now), "its own");
+        assert!(c.wants(10 + ENTRIES as u32, (g.0, 4, 7), now), "stale: a table changed");
+        assert!(c.wants(10 + ENTRIES as u32, g, Instant(5000)), "stale: aged");
+        let held: Vec<bool> = (0..16).map(|_| c.wants(10 + ENTRIES as u32, g, now)).collect();
+        assert_eq!(held.iter().filter(|&&w| w).count(), 16 / CONTENDED_FILL as usize, "{held:?}");
     }
 
     #[test]

@@ -306,7 +306,8 @@ pub struct Router {
     /// for the datapath's flow cache to take that flow direction's next packets by
     /// [`Self::established`] and [`Self::replay`]; the datapath takes it after every packet.
     pub(crate) hop: Option<Hop>,
-    /// Whether [`Self::hop`] is wanted (the datapath's flow cache is on).
+    /// Whether [`Self::hop`] is wanted for the packet at hand (the datapath's flow cache
+    /// missed it and would keep it).
     pub(crate) hops: bool,
     /// The conntrack lookup [`Self::established`] just made for a packet the flow cache then
     /// did not take: [`Self::ipv4`] uses it instead of looking again. The datapath clears it
@@ -408,7 +409,7 @@ impl Router {
             meta: meta::MetaSvc::new(false, Vec::new(), rng.child()),
             ingress: None,
             hop: None,
-            hops: true,
+            hops: false,
             found: None,
             vpn: cfg.vpn.clone().map(crate::vpn::Vpn::new),
             vpn_tx: Vec::new(),
