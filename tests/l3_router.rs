@@ -583,3 +583,63 @@ fn conntrack_limit_spares_established() {
     assert!(count(&table["count"], "conntrack count") <= 64 && flows(&table).len() <= 64, "{}", table["count"]);
     assert!(lab.vrouter_alive());
 }
+
+/// The flow cache (datapath::flowcache) takes established flows' packets, routed and through
+/// source NAT, both ways: the transfers arrive whole and `show stats` says how many packets it
+/// forwarded; `flow_cache = false`, applied live, sends every packet through the full path,
+/// and traffic still flows; back on, it takes packets again.
+#[test]
+fn flow_cache_takes_established_flows_and_turns_off_live() {
+    let mut lab = Lab::new("fc");
+    let cfg = [networks(&lab, ""), public(&lab, "")].concat();
+    let sock = lab.vrouter(&cfg);
+    let a1 = guest(&mut lab, "a1", "10.1.1.11", "10.1.1.1");
+    let b1 = guest(&mut lab, "b1", "10.1.2.11", "10.1.2.1");
+    let out = outside(&mut lab);
+    assert!(lab.ping(&a1, "10.1.2.11", 5), "web -> db");
+    assert!(lab.ping(&a1, REMOTE, 5), "web -> outside");
+    let cache = |lab: &Lab| {
+        let st = lab.show("stats");
+        (count(&st["flow_cache"]["hits"], "flow_cache.hits"), count(&st["flow_cache"]["fills"], "flow_cache.fills"), count(&st["router"]["forwarded"], "router.forwarded"))
+    };
+    // Small UDP datagrams and TCP, routed and through source NAT, each for a second.
+    let transfers = |lab: &mut Lab, tag: &str| {
+        for (server, dst, what) in [(&b1, "10.1.2.11", "routed"), (&out, REMOTE, "source NAT")] {
+            for udp in [true, false] {
+                lab.spawn_in(server, &["iperf3", "-s", "-1", "-B", dst], &lab.path(&format!("iperf-{tag}-{what}-{udp}.log")));
+                wait_tcp_listen(lab, server, 5201);
+                let mut args = vec!["iperf3", "-c", dst, "-t", "1", "-J"];
+                if udp {
+                    args.extend(["-u", "-b", "20M", "-l", "64"]);
+                }
+                let o = lab.exec(&a1, &args);
+                let bytes = iperf_bytes(&o, &format!("{what}, udp {udp}, {tag}"));
+                assert!(bytes > 100_000, "{what} udp={udp} {tag}: only {bytes} bytes");
+            }
+        }
+    };
+    let (h0, _, _) = cache(&lab);
+    transfers(&mut lab, "on");
+    let (h1, f1, fwd1) = cache(&lab);
+    assert!(h1 > h0 + 1000 && f1 > 0 && fwd1 > h1, "hits {h0} -> {h1}, fills {f1}, forwarded {fwd1}");
+    let t = ok(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "show", "stats"]);
+    assert!(t.contains(&format!("routed {fwd1} packets, {h1} of them by the flow cache ({f1} fills)")), "{t}");
+    eprintln!("flow cache on: {h1} hits, {f1} fills, {fwd1} routed");
+
+    // Off, live: the same traffic takes the full path.
+    let file = lab.path("vrouter.toml");
+    let on = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, on.replacen("[router]\n", "[router]\nflow_cache = false\n", 1)).unwrap();
+    ok(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "reload"]);
+    transfers(&mut lab, "off");
+    let (h2, _, fwd2) = cache(&lab);
+    assert_eq!(h2, h1, "the flow cache forwarded packets while off");
+    assert!(fwd2 > fwd1 + 1000, "forwarded {fwd1} -> {fwd2}");
+
+    // On again.
+    std::fs::write(&file, on).unwrap();
+    ok(&[bin(), "ctl", "-s", sock.to_str().unwrap(), "reload"]);
+    transfers(&mut lab, "again");
+    let (h3, _, _) = cache(&lab);
+    assert!(h3 > h2 + 1000, "hits {h2} -> {h3} after turning it back on");
+}

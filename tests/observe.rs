@@ -55,6 +55,7 @@ fn prometheus_scrapes_and_answers_a_per_port_rate() {
         "# TYPE vrouter_frame_processing_seconds histogram",
         "# TYPE vrouter_port_write_seconds histogram",
         "vrouter_rx_coalesce_pauses_total 0",
+        "# TYPE vrouter_flow_cache_hits_total counter",
         "vrouter_health_check{check=\"datapath\"} 0",
         "vrouter_build_info{version=",
     ] {
