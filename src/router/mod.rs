@@ -312,7 +312,7 @@ pub struct Router {
     /// The conntrack lookup [`Self::established`] just made for a packet the flow cache then
     /// did not take: [`Self::ipv4`] uses it instead of looking again. The datapath clears it
     /// after the packet, so it never outlives the packet it was made for.
-    pub(crate) found: Option<(Key, u32, Dir)>,
+    pub(crate) found: Option<(Key, Option<(u32, Dir)>)>,
     /// WireGuard peers, when configured.
     pub(crate) vpn: Option<crate::vpn::Vpn>,
     /// Datagrams the VPN asked to send (handshakes, cookies, keepalives), for `vpn_flush`.
@@ -744,7 +744,7 @@ impl Router {
         let echo_reply = icmp_type == Some(icmp::ECHO_REPLY);
         let key = Key { src, dst, sport, dport, proto: protocol };
         let mut found = match self.found.take() {
-            Some((k, i, d)) if k == key => Some((i, d)),
+            Some((k, f)) if k == key => f,
             _ => self.ct.lookup(now, &key),
         };
         if let Some((i, Dir::Orig)) = found {
@@ -858,8 +858,9 @@ impl Router {
             return None;
         }
         let key = Key { src: r.src, dst: r.dst, sport, dport, proto: r.protocol };
-        let (idx, dir) = self.ct.lookup(now, &key)?;
-        self.found = Some((key, idx, dir));
+        let found = self.ct.lookup(now, &key);
+        self.found = Some((key, found));
+        let (idx, dir) = found?;
         let f = self.ct.flow(idx);
         // What must fit the egress MTU: the packet, or each segment of a super-frame (which
         // is never cut, so DF or not, it must fit; see `check_mtu`).
