@@ -195,4 +195,15 @@ mod tests {
         let Err(ConfigError::Invalid(d)) = parse(&t("coalesce_us = 1001\n"), Path::new("c.toml")) else { panic!("accepted") };
         assert!(d.iter().any(|d| d.key == "router.coalesce_us" && d.line == Some(3) && d.message.contains("at most 1000")), "{d:?}");
     }
+
+    #[test]
+    fn flow_cache_defaults_to_on_and_a_change_is_a_router_key_change() {
+        let t = |extra: &str| format!("[router]\nname = \"t\"\n{extra}[[network]]\nname = \"n\"\ncidr = \"10.0.0.0/24\"\n");
+        let on = parse(&t(""), Path::new("c.toml")).unwrap().config;
+        let off = parse(&t("flow_cache = false\n"), Path::new("c.toml")).unwrap().config;
+        assert!(on.router.flow_cache && !off.router.flow_cache);
+        let d = diff::diff(&on, &off);
+        assert!(format!("{d:?}").contains("flow_cache"), "{d:?}");
+        assert!(parse(&t("flow_cache = \"no\"\n"), Path::new("c.toml")).is_err());
+    }
 }

@@ -891,6 +891,19 @@ mod flow_cache_differential {
     const PUBLIC: u16 = 3;
 
     fn l3_dp(cache: bool) -> Datapath {
+        let mut d = Datapath::new(l3_cfg(0));
+        d.flow_cache.set_on(cache);
+        d
+    }
+
+    /// As a reload would: variant 1 sends the port forward to another port of the guest and
+    /// closes the public firewall to it, so its flows are revoked; variant 0 is the original.
+    fn reload(d: &mut Datapath, now: u64, variant: u8) {
+        let svc = crate::router::reload::Services { spec: crate::build::ServiceSpec { dhcp: None, served: vec![false; 2], dns: None }, metadata_enabled: false, vms: Vec::new() };
+        d.reconfigure(Instant(now), l3_cfg(variant), svc, &|_| true, &|_| true);
+    }
+
+    fn l3_cfg(variant: u8) -> DatapathConfig {
         let pip: std::net::Ipv4Addr = [203, 0, 113, 10].into();
         let net = |cidr: &str, gw: [u8; 4], mtu: u16| NetL3 {
             domain: None,
@@ -901,8 +914,10 @@ mod flow_cache_differential {
             egress_default: Action::Allow,
         };
         let mut firewall = std::collections::HashMap::new();
-        firewall.insert(pip, Classifier::new(vec![Rule { protocol: Proto::Tcp, ports: Some("8080".parse().unwrap()), nets: vec!["0.0.0.0/0".parse().unwrap()], value: () }]));
-        let mut d = Datapath::new(DatapathConfig {
+        let open = if variant == 0 { "0.0.0.0/0" } else { "198.51.100.7/32" };
+        firewall.insert(pip, Classifier::new(vec![Rule { protocol: Proto::Tcp, ports: Some("8080".parse().unwrap()), nets: vec![open.parse().unwrap()], value: () }]));
+        let private_port = if variant == 0 { "80" } else { "81" };
+        DatapathConfig {
             router_mac: ROUTER,
             nets: vec![NetSpec { name: "web".into(), vlan: None }, NetSpec { name: "db".into(), vlan: None }],
             ports: vec![
@@ -920,13 +935,11 @@ mod flow_cache_differential {
                 nets: vec![net("10.1.1.0/24", [10, 1, 1, 1], 1500), net("10.1.2.0/24", [10, 1, 2, 1], 1400)],
                 public: Some(PublicL3 { ips: vec!["203.0.113.10/24".parse().unwrap()], gateway: [203, 0, 113, 1].into(), source_nat_ip: pip, mtu: 1500 }),
                 conntrack_max: 24,
-                forwards: vec![Forward { protocol: 6, public_ip: pip, public_port: "8080".parse().unwrap(), private_ip: [10, 1, 1, 11].into(), private_port: "80".parse().unwrap() }],
+                forwards: vec![Forward { protocol: 6, public_ip: pip, public_port: "8080".parse().unwrap(), private_ip: [10, 1, 1, 11].into(), private_port: private_port.parse().unwrap() }],
                 firewall,
                 ..Default::default()
             },
-        });
-        d.flow_cache.set_on(cache);
-        d
+        }
     }
 
     fn arp(src: MacAddr, spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
@@ -1061,6 +1074,7 @@ mod flow_cache_differential {
         let mut r = 0x9e37_79b9_7f4a_7c15u64;
         let (mut g_port, mut h_mac, mut gw_mac) = (0u16, H[0], GW[0]);
         let (mut frames, mut established) = (0u64, 0u64);
+        let mut variant = 0u8;
         let run = |with: &mut Datapath, without: &mut Datapath, now: u64, port: u16, f: &[u8], vnet: VnetHdr| {
             let send = |d: &mut Datapath| {
                 let mut s = Sink::default();
@@ -1113,6 +1127,13 @@ mod flow_cache_differential {
                 96 => {
                     with.port_lost(PortId(1));
                     without.port_lost(PortId(1));
+                }
+                // A reload that changes the port forward (flows through it are revoked or
+                // re-decided), and one that changes it back.
+                97 => {
+                    variant ^= 1;
+                    reload(&mut with, now, variant);
+                    reload(&mut without, now, variant);
                 }
                 _ => {
                     // Established traffic in a burst: what the cache is for.
