@@ -11,14 +11,16 @@
 //! lookup the packet makes anyway.
 //!
 //! Invariant: an entry is used only while everything it was made from is unchanged: the
-//! same decision of the same flow ([`crate::conntrack::Flow::serial`]), the same ingress port
-//! and interface, the same generation of the configuration (bumped by every reload), of the
-//! MAC table and of the neighbour table (each bumped by every change that can move or
-//! remove an answer), and before the time either table's answer could age out. What depends
-//! on the packet itself (TTL, fragments, TCP SYN/RST, header checksum, size against the MTU,
-//! offload metadata) is checked per packet by [`crate::router::Router::established`] and
-//! here; a packet that fails any of it takes the full path, which counts its drop or does
-//! its work. Ingress (port security, the guest guard, security groups, learning, DHCP
+//! same decision of the same flow ([`crate::conntrack::Flow::serial`]), the same interface of
+//! arrival (all the router sees of where a packet came from), the same generation of the
+//! configuration (bumped by every reload), of the MAC table and of the neighbour table (each
+//! bumped by every change that can move or remove an answer), and before the time either
+//! table's answer could age out. What depends on the packet itself (TTL, fragments, TCP
+//! SYN/RST, header checksum, size against the MTU) is checked per packet by
+//! `Router::established` and here (offload metadata was checked at
+//! ingress); a packet that fails any of it takes the full path, which counts its drop or
+//! does its work, and notes how it forwarded the packet for the next one. The datapath's
+//! test `flow_cache_differential` holds the two paths to the same frames and counters. Ingress (port security, the guest guard, security groups, learning, DHCP
 //! interception) runs before the cache, egress (security groups, tags, offloads) after it,
 //! as for every frame.
 

@@ -840,8 +840,9 @@ impl Router {
     /// A packet from `from` of an established flow, if nothing [`Self::ipv4`] would do with
     /// it depends on more than its flow, its direction, the interface it came from and the
     /// tables' generations: a whole, valid IPv4 header with TTL to spare, no fragment, TCP
-    /// without SYN or RST (which may end or reopen a flow) or UDP, no super-frame, a flow
-    /// decided under the current rules. Everything else that [`Self::ipv4`] checks (source,
+    /// without SYN or RST (which may end or reopen a flow) or UDP, a flow decided under the
+    /// current rules; whether it fits the egress MTU is the caller's to check, by `wire`
+    /// (a super-frame's segments). Everything else that [`Self::ipv4`] checks (source,
     /// broadcast destination, the VPN endpoint, the flow's ingress) follows from the flow
     /// direction and the configuration, and was checked for the packet that made the [`Hop`].
     /// A flow found expired is removed, as [`Self::ipv4`]'s lookup would.
