@@ -185,11 +185,11 @@ impl Neighbours {
     /// The answer [`Self::resolve`] would give from its cache alone: a MAC that needs no work.
     #[inline]
     pub fn cached(&self, now: Instant, iface: Iface, ip: Ipv4Addr) -> Option<MacAddr> {
-        let f = self.fast[fast_slot(ip)].as_ref()?;
-        (f.ip == ip && f.iface == iface && f.gen == self.gen && now < f.until).then_some(f.mac)
+        self.cached_until(now, iface, ip).map(|(mac, _)| mac)
     }
 
     /// [`Self::cached`]'s answer and until when it stands while [`Self::gen`] is unchanged.
+    #[inline]
     pub fn cached_until(&self, now: Instant, iface: Iface, ip: Ipv4Addr) -> Option<(MacAddr, Instant)> {
         let f = self.fast[fast_slot(ip)].as_ref()?;
         (f.ip == ip && f.iface == iface && f.gen == self.gen && now < f.until).then_some((f.mac, f.until))

@@ -194,19 +194,28 @@ impl Fdb {
             }
         }
         let e = *self.map.get(&key).filter(|e| !self.expired(e, now))?;
+        let until = self.sure_until(&e);
         if let Some(r) = self.recent_dst.get_mut(slot) {
-            // A fixed or remote entry never ages; a learned one is sure to live until its
-            // last_seen plus the aging time.
-            let until = if e.fixed || e.remote { Instant(u64::MAX) } else { e.last_seen + self.aging };
             *r = Some((key, e.port, until, self.gen));
         }
         Some(e.port)
     }
 
+    /// Until when an entry is sure not to age out, its generation unchanged: a fixed or
+    /// remote entry never ages; a learned one lives at least until its last_seen plus the
+    /// aging time.
+    fn sure_until(&self, e: &Entry) -> Instant {
+        if e.fixed || e.remote {
+            Instant(u64::MAX)
+        } else {
+            e.last_seen + self.aging
+        }
+    }
+
     /// [`Self::lookup`]'s answer and until when it stands while [`Self::gen`] is unchanged.
     pub fn lookup_until(&self, net: NetId, mac: MacAddr, now: Instant) -> Option<(PortId, Instant)> {
         let e = self.map.get(&Key::new(net, mac)).filter(|e| !self.expired(e, now))?;
-        Some((e.port, if e.fixed || e.remote { Instant(u64::MAX) } else { e.last_seen + self.aging }))
+        Some((e.port, self.sure_until(e)))
     }
 
     /// Changes with every change that can move or remove an existing entry.
