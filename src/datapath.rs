@@ -739,20 +739,28 @@ impl Datapath {
             return r;
         }
         if self.for_router(ctx) {
-            if self.cached_forward(now, Iface::Net(net), ctx, buf, tx) {
-                return Ok(());
-            }
-            self.router.set_ingress(Some(in_port));
-            let v = self.router.handle(now, Iface::Net(net), buf, ctx);
-            self.router.set_ingress(None);
-            let r = self.l3_verdict(now, v, buf, tx);
-            self.cache_hop(now, v);
-            self.drain_outbox(now, tx);
-            if v != Verdict::NotMine {
+            if let Some(r) = self.to_router(now, net, ctx, in_port, buf, tx) {
                 return r;
             }
         }
         self.forward(now, net, ctx.dst, in_port, buf, tx, Some(ctx))
+    }
+
+    /// A frame from a network for the router: the flow cache, else the router's full path.
+    /// `None`: not the router's after all (a multicast it does not take), switched on.
+    /// Out of line, so switching keeps a lean frame of its own.
+    #[inline(never)]
+    fn to_router(&mut self, now: Instant, net: NetId, ctx: &FrameCtx, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Option<Result<(), DropReason>> {
+        if self.cached_forward(now, Iface::Net(net), ctx, buf, tx) {
+            return Some(Ok(()));
+        }
+        self.router.set_ingress(Some(in_port));
+        let v = self.router.handle(now, Iface::Net(net), buf, ctx);
+        self.router.set_ingress(None);
+        let r = self.l3_verdict(now, v, buf, tx);
+        self.cache_hop(now, v);
+        self.drain_outbox(now, tx);
+        (v != Verdict::NotMine).then_some(r)
     }
 
     fn is_vtep(&self, p: PortId) -> bool {
