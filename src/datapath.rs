@@ -739,7 +739,7 @@ impl Datapath {
             return r;
         }
         if self.for_router(ctx) {
-            if let Some(r) = self.to_router(now, net, ctx, in_port, buf, tx) {
+            if let Some(r) = self.router_in(now, net, ctx, in_port, buf, tx) {
                 return r;
             }
         }
@@ -750,7 +750,7 @@ impl Datapath {
     /// `None`: not the router's after all (a multicast it does not take), switched on.
     /// Out of line, so switching keeps a lean frame of its own.
     #[inline(never)]
-    fn to_router(&mut self, now: Instant, net: NetId, ctx: &FrameCtx, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Option<Result<(), DropReason>> {
+    fn router_in(&mut self, now: Instant, net: NetId, ctx: &FrameCtx, in_port: PortId, buf: &mut PacketBuf, tx: &mut dyn Transmit) -> Option<Result<(), DropReason>> {
         if self.cached_forward(now, Iface::Net(net), ctx, buf, tx) {
             return Some(Ok(()));
         }
