@@ -211,12 +211,11 @@ mod tests {
     fn ttl_step_is_the_routed_rewrite_and_matches_a_packet_built_with_ttl_63() {
         for udp in [false, true] {
             let p = packet([10, 1, 1, 11], [10, 1, 2, 11], 40000, 80, udp);
-            let mut want = etherparse::PacketBuilder::ipv4([10, 1, 1, 11], [10, 1, 2, 11], 63);
+            let want = etherparse::PacketBuilder::ipv4([10, 1, 1, 11], [10, 1, 2, 11], 63);
             let mut w = Vec::new();
             if udp {
                 want.udp(40000, 80).write(&mut w, b"hello through the NAT").unwrap();
             } else {
-                want = etherparse::PacketBuilder::ipv4([10, 1, 1, 11], [10, 1, 2, 11], 63);
                 want.tcp(40000, 80, 1000, 64000).ack(5).write(&mut w, b"hello through the NAT").unwrap();
             }
             let (mut a, mut b) = (p.clone(), p.clone());
